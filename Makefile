@@ -1,0 +1,50 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint types imports pytest bench clean
+
+run: $(VENV)/.installed-run
+	$(BIN)/syncq init --if-missing
+	$(BIN)/syncq status
+
+test: $(VENV)/.installed-dev lint types imports pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(VENV)/.installed-dev
+	$(BIN)/mypy --strict syncq
+
+# import-linter finds subpackages by walking folders, but node/ executors/ cli/ live beside
+# syncq/ and are mapped in by pyproject's package-dir: lint a tree of links laid out as installed.
+imports: $(VENV)/.installed-dev
+	rm -rf build/imports && mkdir -p build/imports/syncq
+	cp -rs $(CURDIR)/syncq/. build/imports/syncq/
+	ln -s $(CURDIR)/node build/imports/syncq/node
+	ln -s $(CURDIR)/executors build/imports/syncq/executors
+	ln -s $(CURDIR)/cli build/imports/syncq/cli
+	cd build/imports && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --no-cache --no-logo $(CURDIR)/pyproject.toml
+
+pytest: $(VENV)/.installed-dev
+	$(BIN)/pytest -n 2
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/local.py
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-run
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,228 @@
+"""The ``syncq`` command: parse, make one library call, render.
+
+One error boundary (``SyncqGroup.invoke``) turns every ``SyncqError`` into a one-line message and
+exit code 1; click's usage errors exit with 2; nothing a user can cause prints a traceback. Human
+output uses rich (imported only when a table is drawn, to keep start-up fast); ``--json`` prints
+one JSON object per line for scripts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from syncq.errors import SyncqError
+
+STATUSES = ("queued", "claimed", "running", "done", "failed", "cancelled")
+KINDS = ("llm", "asr", "image")
+
+
+class SyncqGroup(click.Group):
+    """The command group with syncq's error boundary."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SyncqError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except BrokenPipeError:
+            # `syncq log | head`: the reader left; say nothing.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
+
+
+def _home(ctx: click.Context) -> Path:
+    from syncq.keys import resolve_home
+
+    return resolve_home(ctx.obj.get("home"), os.environ)
+
+
+def _open(ctx: click.Context) -> Any:
+    from syncq.space import Space
+
+    space = Space.open(_home(ctx))
+    ctx.call_on_close(space.close)
+    return space
+
+
+@click.group(cls=SyncqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Home directory of the space (default: $SYNCQ_HOME, else the user data dir).",
+)
+@click.version_option(package_name="syncq")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None) -> None:
+    """syncq: run AI prompts across all of your devices, end-to-end encrypted.
+
+    \b
+    Example:
+      syncq init --name laptop
+      syncq add "Why is the sky blue?" -m gemma3-270m
+      syncq log
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home
+
+
+@cli.command()
+@click.option("--name", help="A name for this device (default: the host name).")
+@click.option("--if-missing", is_flag=True, help="Do nothing if the home holds a space already.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def init(ctx: click.Context, name: str | None, if_missing: bool, as_json: bool) -> None:
+    """Create a new space and this device's identity in the home.
+
+    \b
+    Example:
+      syncq init --name laptop
+    """
+    from syncq.keys import HomePaths
+    from syncq.space import Space
+
+    home = _home(ctx)
+    if if_missing and HomePaths(home).space_key.exists():
+        return
+    space = Space.init(home, name=name or socket.gethostname())
+    ctx.call_on_close(space.close)
+    from syncq.cli import render
+
+    render.initialised(space, as_json)
+
+
+@cli.command()
+@click.argument("text")
+@click.option("-m", "--model", required=True, help="The model to run it on, e.g. gemma3-270m.")
+@click.option("--kind", type=click.Choice(KINDS), default="llm", show_default=True, help="Kind of model.")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first (-1000..1000).")
+@click.option("--max-attempts", type=int, default=3, show_default=True, help="Runs before it fails.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A model parameter (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the prompt as a JSON object.")
+@click.pass_context
+def add(
+    ctx: click.Context,
+    text: str,
+    model: str,
+    kind: str,
+    priority: int,
+    max_attempts: int,
+    params: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Queue a prompt (TEXT, or - to read it from stdin) and print its id.
+
+    Works with no node running: the prompt waits in the local store until a device that serves
+    the model picks it up.
+
+    \b
+    Example:
+      syncq add "Why is the sky blue?" -m gemma3-270m --param max_tokens=64
+      echo "Summarise this" | syncq add - -m gemma3-270m
+    """
+    from syncq.records import parse_param
+
+    if text == "-":
+        text = sys.stdin.read()
+    parsed = dict(parse_param(p) for p in params)
+    space = _open(ctx)
+    prompt = space.add(
+        text, model=model, kind=kind, params=parsed, priority=priority, max_attempts=max_attempts
+    )
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"id": prompt.id, "model": prompt.model, "status": "queued"}))
+    else:
+        click.echo(prompt.id)
+
+
+@cli.command(name="log")
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many prompts (0: all).",
+)
+@click.option("--status", type=click.Choice(STATUSES), help="Only prompts with this status.")
+@click.option("--model", help="Only prompts for this model.")
+@click.option("--since", metavar="ID", help="Only prompts added after this id (or prefix).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def log_(
+    ctx: click.Context, limit: int, status: str | None, model: str | None, since: str | None, as_json: bool
+) -> None:
+    """List prompts with their status, newest last (like a chat).
+
+    \b
+    Example:
+      syncq log -n 50 --status done
+      syncq log --json | jq .status
+    """
+    from syncq.cli import render
+
+    space = _open(ctx)
+    entries = space.entries(limit=limit or None, status=status, model=model, since=since)
+    render.log(entries, as_json)
+
+
+@cli.command()
+@click.argument("prompt_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def show(ctx: click.Context, prompt_id: str, as_json: bool) -> None:
+    """Show one prompt: its input, status, claims and every run.
+
+    ID may be any unique prefix of the id.
+
+    \b
+    Example:
+      syncq show 01JDX4
+    """
+    from syncq.cli import render
+
+    render.show(_open(ctx).show(prompt_id), as_json)
+
+
+@cli.command()
+@click.argument("prompt_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def cancel(ctx: click.Context, prompt_id: str, as_json: bool) -> None:
+    """Cancel a queued or running prompt (ID or a unique prefix).
+
+    \b
+    Example:
+      syncq cancel 01JDX4
+    """
+    from syncq.cli import render
+
+    render.cancelled(_open(ctx).cancel(prompt_id), as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show this device, its space, prompt counts per status and the store's size.
+
+    \b
+    Example:
+      syncq status --json
+    """
+    from syncq.cli import render
+
+    render.status(_open(ctx).status(), as_json)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="syncq")

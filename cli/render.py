@@ -1,0 +1,227 @@
+"""Output of the CLI: rich tables and colours for people, one JSON object per line for scripts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from syncq.log import Entry
+from syncq.records import Result
+from syncq.space import Space, SpaceStatus
+
+STATUS_STYLE = {
+    "queued": "yellow",
+    "claimed": "cyan",
+    "running": "bold cyan",
+    "done": "green",
+    "failed": "bold red",
+    "cancelled": "dim",
+}
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    """An entry as a JSON-ready dict (the shape of `log --json` and `show --json`)."""
+    p = entry.prompt
+    result = entry.result
+    return {
+        "id": p.id,
+        "status": entry.status.value,
+        "model": p.model,
+        "kind": p.kind.value,
+        "input": p.input,
+        "params": dict(p.params),
+        "priority": p.priority,
+        "max_attempts": p.max_attempts,
+        "created_at": _iso(p.created_at),
+        "author": p.author,
+        "result": _run_json(result) if result else None,
+        "runs": [_run_json(r) for r in entry.results],
+        "claims": [
+            {"node": c.node, "attempt": c.attempt, "heartbeat": c.heartbeat, "running": c.running}
+            for c in entry.claims
+        ],
+        "cancelled": {"by": entry.cancel.by, "at": _iso(entry.cancel.at)} if entry.cancel else None,
+    }
+
+
+def initialised(space: Space, as_json: bool) -> None:
+    """`syncq init`."""
+    if as_json:
+        _json_line(
+            {
+                "home": str(space.paths.root),
+                "space_id": space.keys.space_id,
+                "device_id": space.device_id,
+                "device_name": space.name,
+            }
+        )
+        return
+    click.echo(f"Created space {space.keys.space_id} in {space.paths.root}")
+    click.echo(f"This device: {space.name} ({space.device_id[:16]})")
+    click.echo('Next: syncq add "hello" -m echo && syncq log')
+
+
+def log(entries: Sequence[Entry], as_json: bool) -> None:
+    """`syncq log`."""
+    if as_json:
+        for entry in entries:
+            _json_line(entry_json(entry))
+        return
+    if not entries:
+        click.echo('No prompts yet. Add one with: syncq add "hello" -m echo')
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("id", "created", "model", "status", "prompt", "result"):
+        table.add_column(
+            column, overflow="ellipsis", no_wrap=True, min_width=8 if column in ("prompt", "result") else None
+        )
+    for entry in entries:
+        result = entry.result
+        table.add_row(
+            entry.prompt.id,
+            _short_time(entry.prompt.created_at),
+            entry.prompt.model,
+            _status(entry.status.value),
+            _one_line(entry.prompt.input, 60),
+            _one_line(_result_text(result), 60) if result else "",
+        )
+    _console().print(table)
+
+
+def show(entry: Entry, as_json: bool) -> None:
+    """`syncq show`."""
+    if as_json:
+        _json_line(entry_json(entry))
+        return
+    from rich.table import Table
+
+    p = entry.prompt
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("id", p.id)
+    facts.add_row("status", _status(entry.status.value))
+    facts.add_row("model", f"{p.model} ({p.kind.value})")
+    facts.add_row("created", f"{_iso(p.created_at)} by {p.author[:16]}")
+    facts.add_row("priority", f"{p.priority}   max attempts {p.max_attempts}")
+    if p.params:
+        facts.add_row("params", " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(p.params.items())))
+    if entry.cancel:
+        facts.add_row("cancelled", f"{_iso(entry.cancel.at)} by {entry.cancel.by[:16]}")
+    for claim in entry.claims:
+        state = "running" if claim.running else "claimed"
+        facts.add_row("claim", f"{claim.node[:16]} attempt {claim.attempt} ({state})")
+    console = _console()
+    console.print(facts)
+    console.print("\n[bold]prompt[/bold]")
+    console.print(p.input, markup=False, highlight=False)
+    for run in entry.results:
+        mark = " (canonical)" if run is entry.result and len(entry.results) > 1 else ""
+        console.print(
+            f"\n[bold]run[/bold] attempt {run.attempt} on {run.node_name} ({run.node[:16]}): "
+            f"{_status(run.status.value)}{mark}"
+        )
+        console.print(_result_text(run), markup=False, highlight=False)
+
+
+def cancelled(entry: Entry, as_json: bool) -> None:
+    """`syncq cancel`."""
+    if as_json:
+        _json_line({"id": entry.prompt.id, "status": entry.status.value})
+    else:
+        click.echo(f"{entry.prompt.id} {entry.status.value}")
+
+
+def status(st: SpaceStatus, as_json: bool) -> None:
+    """`syncq status`."""
+    counts = {s: st.counts.get(s, 0) for s in STATUS_STYLE}
+    if as_json:
+        _json_line(
+            {
+                "home": str(st.home),
+                "device_id": st.device_id,
+                "device_name": st.device_name,
+                "space_id": st.space_id,
+                "prompts": st.prompts,
+                "counts": counts,
+                "devices": st.devices,
+                "envelopes": st.envelopes,
+                "store_bytes": st.store_bytes,
+                "rejected": dict(st.rejected),
+            }
+        )
+        return
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("device", f"{st.device_name} ({st.device_id[:16]})")
+    grid.add_row("space", st.space_id)
+    grid.add_row("home", str(st.home))
+    grid.add_row("prompts", f"{st.prompts}: " + ", ".join(f"{_status(s)} {n}" for s, n in counts.items()))
+    grid.add_row("devices", str(st.devices))
+    grid.add_row("store", f"{st.envelopes} envelopes, {_size(st.store_bytes)}")
+    if st.rejected:
+        grid.add_row("rejected", ", ".join(f"{r} {n}" for r, n in sorted(st.rejected.items())))
+    _console().print(grid)
+
+
+def _run_json(run: Result) -> dict[str, Any]:
+    return {
+        "node": run.node,
+        "node_name": run.node_name,
+        "attempt": run.attempt,
+        "status": run.status.value,
+        "output": run.output,
+        "error": run.error,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "usage": dict(run.usage),
+    }
+
+
+def _result_text(run: Result) -> str:
+    return run.output if run.error is None else f"error: {run.error}"
+
+
+def _json_line(obj: dict[str, Any]) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _status(status: str) -> str:
+    return f"[{STATUS_STYLE[status]}]{status}[/]"
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _short_time(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000).strftime("%m-%d %H:%M:%S")
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

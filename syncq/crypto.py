@@ -1,0 +1,300 @@
+"""Keys, key derivation and the sealed envelope (see PROTOCOL.md, "Envelope").
+
+An envelope carries one Yjs update of one author::
+
+    header     = magic "SQ" | v u8 | kind u8 | space_id 16B | epoch u32 | author 32B | seq u64
+    nonce      = 12 random bytes
+    ciphertext = ChaCha20-Poly1305(enc_key[epoch], nonce, payload, aad=header)   (16-byte tag)
+    signature  = Ed25519(author, header || nonce || ciphertext)
+
+The AEAD keeps relays and disks from reading the payload and binds it to its header; the
+signature lets any holder of the public header (a relay included) check who wrote it without the
+space key. Random bytes (nonces, seeds) are arguments: this module never draws them itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hmac
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from syncq.errors import (
+    BadSignature,
+    BadTag,
+    MalformedEnvelope,
+    UnknownEpoch,
+    WrongSpace,
+)
+from syncq.ids import DeviceId, SpaceId
+
+ENVELOPE_VERSION = 1
+MAGIC = b"SQ"
+_HEADER = struct.Struct(">2sBB16sI32sQ")
+HEADER_SIZE = _HEADER.size  # 64
+NONCE_SIZE = 12
+TAG_SIZE = 16
+SIGNATURE_SIZE = 64
+OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE + SIGNATURE_SIZE  # 156 bytes per envelope
+MAX_ENVELOPE_SIZE = 16 * 1024 * 1024  # checked before anything else is done with the bytes
+SECRET_SIZE = 32
+_MAX_SEQ = (1 << 63) - 1
+
+
+class Kind(enum.IntEnum):
+    """What an envelope's payload is (PROTOCOL.md, "Kinds")."""
+
+    UPDATE = 1  # one Yjs update: one local transaction
+    SNAPSHOT = 2  # a full state covering a version vector (reserved: sync issue)
+    KEYS = 3  # an epoch rotation (reserved: revocation)
+
+
+@functools.lru_cache(maxsize=256)
+def hkdf(secret: bytes, label: str, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with no salt and ``b"syncq v1 " + label`` as info."""
+    return HKDF(SHA256(), length, None, b"syncq v1 " + label.encode()).derive(secret)
+
+
+def space_id_for(secret_epoch0: bytes) -> SpaceId:
+    """The public id of the space whose epoch-0 secret is given."""
+    return SpaceId(hkdf(secret_epoch0, "space-id", 16).hex())
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceKeys:
+    """The secrets of one space, by key epoch; derives the AEAD and admission keys.
+
+    ``secrets`` is empty for a relay, which holds only ``auth_keys`` and can never decrypt.
+    """
+
+    space_id: SpaceId
+    secrets: Mapping[int, bytes]
+
+    @classmethod
+    def create(cls, secret: bytes) -> SpaceKeys:
+        """A new space at epoch 0 from a fresh 32-byte secret."""
+        if len(secret) != SECRET_SIZE:
+            raise ValueError("a space secret is 32 bytes")
+        return cls(space_id=space_id_for(secret), secrets={0: secret})
+
+    @property
+    def epoch(self) -> int:
+        """The newest epoch: new envelopes are sealed under it."""
+        return max(self.secrets)
+
+    def enc_key(self, epoch: int) -> bytes:
+        """The ChaCha20-Poly1305 key of ``epoch``. Raises ``UnknownEpoch``."""
+        secret = self.secrets.get(epoch)
+        if secret is None:
+            raise UnknownEpoch(f"no key for epoch {epoch}")
+        return hkdf(secret, f"enc {epoch}")
+
+    def auth_key(self, epoch: int) -> bytes:
+        """The key that peers prove knowledge of when they connect. Raises ``UnknownEpoch``."""
+        secret = self.secrets.get(epoch)
+        if secret is None:
+            raise UnknownEpoch(f"no key for epoch {epoch}")
+        return hkdf(secret, f"auth {epoch}")
+
+    def local_key(self, label: str) -> bytes:
+        """A key for this device's own at-rest data (checkpoints), derived from epoch 0."""
+        return hkdf(self.secrets[min(self.secrets)], f"local {label}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKeys:
+    """A device's identity: an Ed25519 signing key and an X25519 key for sealed key delivery."""
+
+    signing_seed: bytes
+    exchange_seed: bytes
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> DeviceKeys:
+        """Keys from 64 random bytes (32 for each key). Raises ``ValueError`` on a bad length."""
+        if len(seed) != 64:
+            raise ValueError("a device seed is 64 bytes")
+        return cls(signing_seed=seed[:32], exchange_seed=seed[32:])
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw 32-byte Ed25519 public key (the envelope's ``author``)."""
+        return _signing_key(self.signing_seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def device_id(self) -> DeviceId:
+        """The device id: hex of the Ed25519 public key."""
+        return DeviceId(self.public_key.hex())
+
+    @property
+    def exchange_public_key(self) -> bytes:
+        """The raw 32-byte X25519 public key others seal new epoch secrets to."""
+        return (
+            X25519PrivateKey.from_private_bytes(self.exchange_seed)
+            .public_key()
+            .public_bytes(Encoding.Raw, PublicFormat.Raw)
+        )
+
+    def sign(self, message: bytes) -> bytes:
+        """An Ed25519 signature of ``message``."""
+        return _signing_key(self.signing_seed).sign(message)
+
+
+@functools.lru_cache(maxsize=16)
+def _signing_key(seed: bytes) -> Ed25519PrivateKey:
+    # Cached: building the key object costs more than a signature.
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+@functools.lru_cache(maxsize=1024)
+def _verifying_key(public: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(public)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded (not yet verified) envelope; ``raw`` is its exact bytes."""
+
+    kind: Kind
+    space_id: bytes
+    epoch: int
+    author: bytes
+    seq: int
+    nonce: bytes
+    ciphertext: bytes
+    signature: bytes
+    raw: bytes
+
+    @property
+    def author_id(self) -> DeviceId:
+        """The author's device id."""
+        return DeviceId(self.author.hex())
+
+    @property
+    def header(self) -> bytes:
+        """The header bytes: the AEAD's associated data."""
+        return self.raw[:HEADER_SIZE]
+
+
+def seal(
+    *,
+    device: DeviceKeys,
+    space: SpaceKeys,
+    seq: int,
+    payload: bytes,
+    nonce: bytes,
+    kind: Kind = Kind.UPDATE,
+) -> bytes:
+    """Seal ``payload`` as envelope ``seq`` of ``device`` under the space's current epoch.
+
+    ``nonce`` must be 12 fresh random bytes. Raises ``ValueError`` on bad arguments.
+    """
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError("a nonce is 12 bytes")
+    if not 1 <= seq <= _MAX_SEQ:
+        raise ValueError(f"seq out of range: {seq}")
+    epoch = space.epoch
+    header = _HEADER.pack(
+        MAGIC,
+        ENVELOPE_VERSION,
+        kind,
+        bytes.fromhex(space.space_id),
+        epoch,
+        device.public_key,
+        seq,
+    )
+    ciphertext = ChaCha20Poly1305(space.enc_key(epoch)).encrypt(nonce, payload, header)
+    body = header + nonce + ciphertext
+    return body + device.sign(body)
+
+
+def decode(data: bytes) -> Envelope:
+    """Split envelope bytes into their fields, checking sizes first. Raises ``MalformedEnvelope``."""
+    if not isinstance(data, bytes):
+        raise MalformedEnvelope("an envelope must be bytes")
+    if len(data) > MAX_ENVELOPE_SIZE:
+        raise MalformedEnvelope(f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_SIZE}")
+    if len(data) < OVERHEAD:
+        raise MalformedEnvelope(f"envelope of {len(data)} bytes is shorter than {OVERHEAD}")
+    magic, version, kind, space_id, epoch, author, seq = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise MalformedEnvelope("not a syncq envelope (bad magic)")
+    if version != ENVELOPE_VERSION:
+        raise MalformedEnvelope(f"unsupported envelope version {version}")
+    if kind not in Kind._value2member_map_:
+        raise MalformedEnvelope(f"unknown envelope kind {kind}")
+    if not 1 <= seq <= _MAX_SEQ:
+        raise MalformedEnvelope(f"seq out of range: {seq}")
+    body_end = len(data) - SIGNATURE_SIZE
+    return Envelope(
+        kind=Kind(kind),
+        space_id=space_id,
+        epoch=epoch,
+        author=author,
+        seq=seq,
+        nonce=data[HEADER_SIZE : HEADER_SIZE + NONCE_SIZE],
+        ciphertext=data[HEADER_SIZE + NONCE_SIZE : body_end],
+        signature=data[body_end:],
+        raw=data,
+    )
+
+
+def verify(envelope: Envelope) -> None:
+    """Check the author's signature. Raises ``BadSignature``."""
+    try:
+        key = _verifying_key(envelope.author)
+        key.verify(envelope.signature, envelope.raw[:-SIGNATURE_SIZE])
+    except (InvalidSignature, ValueError) as exc:
+        raise BadSignature(f"bad signature on envelope {envelope.seq} of {envelope.author_id[:12]}") from exc
+
+
+def check_space(envelope: Envelope, space_id: SpaceId) -> None:
+    """Check that the envelope belongs to ``space_id``. Raises ``WrongSpace``."""
+    if not hmac.compare_digest(envelope.space_id, bytes.fromhex(space_id)):
+        raise WrongSpace(f"envelope belongs to space {envelope.space_id.hex()}, not {space_id}")
+
+
+def open_payload(envelope: Envelope, space: SpaceKeys) -> bytes:
+    """Decrypt and authenticate the payload.
+
+    Raises ``WrongSpace``, ``UnknownEpoch`` or ``BadTag``.
+    """
+    check_space(envelope, space.space_id)
+    key = space.enc_key(envelope.epoch)
+    try:
+        return ChaCha20Poly1305(key).decrypt(envelope.nonce, envelope.ciphertext, envelope.header)
+    except InvalidTag as exc:
+        raise BadTag(f"envelope {envelope.seq} of {envelope.author_id[:12]} fails authentication") from exc
+
+
+def open_envelope(data: bytes, space: SpaceKeys) -> tuple[Envelope, bytes]:
+    """Decode, verify the signature, check the space and decrypt, in that order.
+
+    Raises a subclass of ``EnvelopeRejected``.
+    """
+    envelope = decode(data)
+    check_space(envelope, space.space_id)
+    verify(envelope)
+    return envelope, open_payload(envelope, space)
+
+
+def seal_local(key: bytes, payload: bytes, nonce: bytes, aad: bytes) -> bytes:
+    """AEAD for this device's own at-rest data: nonce || ChaCha20-Poly1305(payload)."""
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, payload, aad)
+
+
+def open_local(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Open what ``seal_local`` sealed. Raises ``BadTag``."""
+    try:
+        return ChaCha20Poly1305(key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+    except (InvalidTag, ValueError) as exc:
+        raise BadTag("local data fails authentication (wrong key or corrupted)") from exc

@@ -1,0 +1,185 @@
+"""The home directory and the key files in it.
+
+Layout of ``$SYNCQ_HOME`` (default: the platformdirs user data dir, e.g. ``~/.local/share/syncq``)::
+
+    identity.key   this device's Ed25519 + X25519 seeds and name   mode 0600
+    space.key      the space id and its secret per key epoch       mode 0600
+    syncq.db       the SQLite store (envelopes, checkpoint)        ciphertext only
+
+Key files are written atomically (temporary file created with mode 0600, fsync, rename) and
+refused on read when other users could read or write them: a leaked space secret exposes every
+prompt ever written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syncq.crypto import DeviceKeys, SpaceKeys
+from syncq.errors import HomeError, InsecureKeyFile, NotInitialized
+from syncq.ids import SpaceId
+
+HOME_ENV = "SYNCQ_HOME"
+_DEVICE_FORMAT = "syncq-device-v1"
+_SPACE_FORMAT = "syncq-space-v1"
+
+
+def resolve_home(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    """The home: ``--home`` > ``$SYNCQ_HOME`` > the platformdirs user data dir."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if environ.get(HOME_ENV):
+        return Path(environ[HOME_ENV]).expanduser()
+    import platformdirs  # imported here: it costs ~30 ms and most calls name a home
+
+    return Path(platformdirs.user_data_dir("syncq", appauthor=False))
+
+
+@dataclass(frozen=True, slots=True)
+class HomePaths:
+    """Where each file of a home lives."""
+
+    root: Path
+
+    @property
+    def identity(self) -> Path:
+        """This device's key file."""
+        return self.root / "identity.key"
+
+    @property
+    def space_key(self) -> Path:
+        """The space's key file."""
+        return self.root / "space.key"
+
+    @property
+    def database(self) -> Path:
+        """The SQLite store."""
+        return self.root / "syncq.db"
+
+    def check_initialized(self) -> None:
+        """Raise ``HomeError`` or ``NotInitialized`` unless the home holds a space."""
+        if self.root.exists() and not self.root.is_dir():
+            raise HomeError(f"the home {self.root} is not a directory")
+        if not self.space_key.exists():
+            raise NotInitialized(
+                f"no space in {self.root}: run `syncq init` first (or pass --home / set {HOME_ENV})"
+            )
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise HomeError(f"the home {self.root} is not readable by this user")
+
+    def create(self) -> None:
+        """Create the home directory (mode 0700). Raises ``HomeError``."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HomeError(f"cannot create the home {self.root}: {exc.strerror}") from exc
+        if not self.root.is_dir():
+            raise HomeError(f"the home {self.root} is not a directory")
+
+
+def save_device(paths: HomePaths, keys: DeviceKeys, name: str) -> None:
+    """Write this device's identity."""
+    doc = {
+        "format": _DEVICE_FORMAT,
+        "name": name,
+        "ed25519_seed": _b64(keys.signing_seed),
+        "x25519_seed": _b64(keys.exchange_seed),
+    }
+    write_secret(paths.identity, json.dumps(doc, indent=2).encode())
+
+
+def load_device(paths: HomePaths) -> tuple[DeviceKeys, str]:
+    """Read this device's identity and name. Raises ``InsecureKeyFile`` or ``HomeError``."""
+    doc = _read_json(paths.identity, _DEVICE_FORMAT)
+    try:
+        keys = DeviceKeys(signing_seed=_unb64(doc["ed25519_seed"]), exchange_seed=_unb64(doc["x25519_seed"]))
+        return keys, str(doc["name"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise HomeError(f"{paths.identity} is damaged: {exc}") from exc
+
+
+def save_space(paths: HomePaths, keys: SpaceKeys) -> None:
+    """Write the space's secrets."""
+    doc = {
+        "format": _SPACE_FORMAT,
+        "space_id": keys.space_id,
+        "secrets": {str(epoch): _b64(secret) for epoch, secret in sorted(keys.secrets.items())},
+    }
+    write_secret(paths.space_key, json.dumps(doc, indent=2).encode())
+
+
+def load_space(paths: HomePaths) -> SpaceKeys:
+    """Read the space's secrets. Raises ``InsecureKeyFile`` or ``HomeError``."""
+    doc = _read_json(paths.space_key, _SPACE_FORMAT)
+    try:
+        secrets = {int(epoch): _unb64(secret) for epoch, secret in doc["secrets"].items()}
+        keys = SpaceKeys(space_id=SpaceId(str(doc["space_id"])), secrets=secrets)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise HomeError(f"{paths.space_key} is damaged: {exc}") from exc
+    if not secrets or any(len(s) != 32 for s in secrets.values()):
+        raise HomeError(f"{paths.space_key} is damaged: bad secrets")
+    return keys
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a file readable by its owner only, atomically. Raises ``HomeError``."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise HomeError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def read_secret(path: Path) -> bytes:
+    """Read a key file, refusing one that other users can read or write.
+
+    Raises ``InsecureKeyFile`` or ``HomeError``.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise NotInitialized(f"{path} is missing: run `syncq init` first") from exc
+    except OSError as exc:
+        raise HomeError(f"cannot read {path}: {exc.strerror}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InsecureKeyFile(
+            f"{path} can be read by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"it holds secret keys. Fix it with: chmod 600 {path}"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise HomeError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _read_json(path: Path, expected_format: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(read_secret(path))
+    except ValueError as exc:
+        raise HomeError(f"{path} is damaged (not JSON)") from exc
+    if not isinstance(doc, dict) or doc.get("format") != expected_format:
+        raise HomeError(f"{path} is not a {expected_format} file")
+    return doc
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("expected base64 text")
+    return base64.b64decode(text, validate=True)

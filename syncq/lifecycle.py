@@ -1,0 +1,91 @@
+"""The prompt lifecycle: status is derived from facts in the log, never stored.
+
+A prompt's facts are its cancel (if any), its claims and its results. Facts only accumulate, and
+they may reach a device in any order, so the status is a function of the *set* of facts, decided
+by the first rule in ``RULES`` that holds (h11 style: the whole table lives here and the tests
+walk it)::
+
+    rule                                              status
+    a run finished with status done                   done        (work done is never hidden)
+    a cancel exists                                   cancelled
+    runs failed max_attempts times                    failed
+    a claim without a result is marked running        running
+    a claim without a result exists                   claimed
+    otherwise                                         queued      (including "failed, will retry")
+
+Because facts only accumulate, a terminal status can only move to a terminal status of a higher
+rule: failed -> cancelled -> done (``TERMINAL_ORDER``). A cancel that arrives after a run
+finished does not undo the run.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from syncq.records import Claim, Result, RunStatus
+
+
+class Status(enum.StrEnum):
+    """The derived status of a prompt."""
+
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Facts:
+    """Everything the log knows about one prompt's progress."""
+
+    max_attempts: int
+    cancelled: bool = False
+    claims: Sequence[Claim] = ()
+    results: Sequence[Result] = ()
+
+    def failures(self) -> int:
+        """How many runs failed (each (node, attempt) counted once)."""
+        return len({(r.node, r.attempt) for r in self.results if r.status is RunStatus.FAILED})
+
+    def open_claims(self) -> list[Claim]:
+        """Claims whose run has not produced a result yet."""
+        finished = {(r.node, r.attempt) for r in self.results}
+        return [c for c in self.claims if (c.node, c.attempt) not in finished]
+
+
+RULES: tuple[tuple[Callable[[Facts], bool], Status], ...] = (
+    (lambda f: any(r.status is RunStatus.DONE for r in f.results), Status.DONE),
+    (lambda f: f.cancelled, Status.CANCELLED),
+    (lambda f: f.failures() >= f.max_attempts, Status.FAILED),
+    (lambda f: any(c.running for c in f.open_claims()), Status.RUNNING),
+    (lambda f: bool(f.open_claims()), Status.CLAIMED),
+)
+
+TERMINAL_ORDER: tuple[Status, ...] = (Status.FAILED, Status.CANCELLED, Status.DONE)
+TERMINAL = frozenset(TERMINAL_ORDER)
+
+
+def derive_status(facts: Facts) -> Status:
+    """The status that the first matching rule of ``RULES`` gives (queued if none matches)."""
+    for holds, status in RULES:
+        if holds(facts):
+            return status
+    return Status.QUEUED
+
+
+def canonical_result(results: Sequence[Result]) -> Result | None:
+    """The result shown as *the* answer: the first done run by (attempt, node), else the last
+    failure by (attempt, node). Every replica picks the same one from the same set."""
+    done = sorted((r for r in results if r.status is RunStatus.DONE), key=_run_order)
+    if done:
+        return done[0]
+    failed = sorted(results, key=_run_order)
+    return failed[-1] if failed else None
+
+
+def _run_order(result: Result) -> tuple[int, str]:
+    return (result.attempt, result.node)

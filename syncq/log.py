@@ -1,0 +1,202 @@
+"""The CRDT log of one space: a pycrdt Doc with the root maps of DESIGN.md section 5.
+
+Every mutation is one Doc transaction whose incremental update the caller seals into one
+envelope; status is derived (``syncq.lifecycle``), never stored. Values are plain dicts (one
+immutable value per key: far less memory than nested maps); changing a record writes a new dict.
+
+The Doc is a cache: it is rebuilt from envelopes (and checkpoints) by ``syncq.space``. Its Yjs
+client id is an argument so that each process can use a fresh random one (DESIGN.md section 4:
+reusing one after losing unsaved state makes peers ignore the new writes).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pycrdt import Doc, Map, TransactionEvent
+
+from syncq.errors import LocalProtocolError, MalformedEnvelope, MalformedRecord
+from syncq.ids import PromptId
+from syncq.lifecycle import Facts, Status, canonical_result, derive_status
+from syncq.records import Cancel, Claim, Device, Prompt, Result, Wire
+
+T = TypeVar("T")
+
+ROOTS = ("prompts", "cancels", "claims", "results", "nodes", "devices")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """A prompt with everything known about it and its derived status."""
+
+    prompt: Prompt
+    status: Status
+    cancel: Cancel | None = None
+    claims: tuple[Claim, ...] = ()
+    results: tuple[Result, ...] = ()
+
+    @property
+    def result(self) -> Result | None:
+        """The canonical result (``lifecycle.canonical_result``), if any run finished."""
+        return canonical_result(self.results)
+
+
+@dataclass(slots=True)
+class _Index:
+    """Claim and result keys grouped by prompt id (the maps are keyed ``id/...``)."""
+
+    claims: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    results: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+
+class Log:
+    """One space's CRDT state: mutations return the update to seal, queries return records."""
+
+    def __init__(self, client_id: int) -> None:
+        self._doc: Doc[Any] = Doc(client_id=client_id)
+        self._maps = {name: self._doc.get(name, type=Map) for name in ROOTS}
+        self._captured: list[bytes] = []
+        self._index: _Index | None = None
+        self._doc.observe(self._capture)
+
+    # -- state in and out ------------------------------------------------------------------
+
+    def apply(self, update: bytes) -> None:
+        """Merge an update (from the store or a peer). Raises ``MalformedEnvelope`` if the
+        authenticated payload is still not a Yjs update (a broken or hostile member)."""
+        try:
+            self._doc.apply_update(update)
+        except ValueError as exc:
+            raise MalformedEnvelope(f"payload is not a valid update: {exc}") from exc
+        finally:
+            self._captured.clear()
+            self._index = None
+
+    def state(self) -> bytes:
+        """The whole state as one update (what a checkpoint stores)."""
+        return self._doc.get_update()
+
+    # -- mutations: each is one transaction and returns its update ---------------------------
+
+    def cancel(self, cancel: Cancel) -> bytes:
+        """Record a cancel request."""
+        return self._mutate(lambda: _set(self._maps["cancels"], cancel.prompt_id, cancel.to_wire()))
+
+    def put_claim(self, claim: Claim) -> bytes:
+        """Write (or refresh) this node's claim on a prompt."""
+        return self._mutate(lambda: _set(self._maps["claims"], claim.key, claim.to_wire()))
+
+    def put_result(self, result: Result) -> bytes:
+        """Record the outcome of one run."""
+        return self._mutate(lambda: _set(self._maps["results"], result.key, result.to_wire()))
+
+    def put_device(self, device: Device) -> bytes:
+        """Record (or update) a member device."""
+        return self._mutate(lambda: _set(self._maps["devices"], device.id, device.to_wire()))
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def prompt_ids(self) -> list[PromptId]:
+        """Every prompt id, oldest first (ids sort by creation time)."""
+        return sorted(PromptId(k) for k in self._maps["prompts"])
+
+    def __len__(self) -> int:
+        return len(self._maps["prompts"])
+
+    def has_prompt(self, prompt_id: str) -> bool:
+        """Whether the log holds this prompt."""
+        return prompt_id in self._maps["prompts"]
+
+    def entry(self, prompt_id: str) -> Entry:
+        """The prompt with its facts and status. Raises ``KeyError`` or ``MalformedRecord``."""
+        prompt = Prompt.from_wire(prompt_id, self._maps["prompts"][prompt_id])
+        cancel_wire = self._maps["cancels"].get(prompt_id)
+        cancel = Cancel.from_wire(prompt_id, cancel_wire) if cancel_wire is not None else None
+        claims = tuple(self._read(Claim.from_wire, "claims", self._keys().claims.get(prompt_id)))
+        results = tuple(self._read(Result.from_wire, "results", self._keys().results.get(prompt_id)))
+        facts = Facts(
+            max_attempts=prompt.max_attempts, cancelled=cancel is not None, claims=claims, results=results
+        )
+        return Entry(
+            prompt=prompt, status=derive_status(facts), cancel=cancel, claims=claims, results=results
+        )
+
+    def entries(self, ids: Iterable[str]) -> Iterator[Entry]:
+        """Entries for ``ids`` in that order, skipping records that are malformed."""
+        for prompt_id in ids:
+            try:
+                yield self.entry(prompt_id)
+            except MalformedRecord:
+                continue
+
+    def status(self, prompt_id: str) -> Status:
+        """The derived status, without reading the prompt when nothing has happened to it."""
+        index = self._keys()
+        if (
+            prompt_id not in self._maps["cancels"]
+            and prompt_id not in index.claims
+            and prompt_id not in index.results
+        ):
+            return Status.QUEUED
+        return self.entry(prompt_id).status
+
+    def counts(self) -> Counter[Status]:
+        """How many prompts have each status (malformed records are not counted)."""
+        counts: Counter[Status] = Counter()
+        for prompt_id in self._maps["prompts"]:
+            try:
+                counts[self.status(prompt_id)] += 1
+            except MalformedRecord:
+                continue
+        return counts
+
+    def devices(self) -> list[Device]:
+        """Every member device known to the log, by name."""
+        devices = []
+        for key, wire in self._maps["devices"].items():
+            try:
+                devices.append(Device.from_wire(key, wire))
+            except MalformedRecord:
+                continue
+        return sorted(devices, key=lambda d: (d.name, d.id))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _capture(self, event: TransactionEvent) -> None:
+        self._captured.append(event.update)
+
+    def _mutate(self, change: Callable[[], object]) -> bytes:
+        self._captured.clear()
+        self._index = None
+        with self._doc.transaction():
+            change()
+        if len(self._captured) != 1:
+            raise LocalProtocolError("a mutation must produce exactly one update")
+        return self._captured.pop()
+
+    def _keys(self) -> _Index:
+        if self._index is None:
+            index = _Index()
+            for key in self._maps["claims"]:
+                index.claims[key.split("/", 1)[0]].append(key)
+            for key in self._maps["results"]:
+                index.results[key.split("/", 1)[0]].append(key)
+            self._index = _Index(claims=dict(index.claims), results=dict(index.results))
+        return self._index
+
+    def _read(
+        self, convert: Callable[[str, object], T], root: str, keys: Iterable[str] | None
+    ) -> Iterator[T]:
+        root_map = self._maps[root]
+        for key in sorted(keys or ()):
+            try:
+                yield convert(key, root_map[key])
+            except MalformedRecord:
+                continue
+
+
+def _set(root: Map[object], key: str, value: Wire) -> None:
+    root[key] = value

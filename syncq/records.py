@@ -1,0 +1,362 @@
+"""The typed records kept in the CRDT log, and their wire form (DESIGN.md section 5).
+
+Each record is stored as one plain dict value under one key of a root map. Reading goes through
+``from_wire``, which checks every field: the log is written by other devices (perhaps newer or
+broken ones), and pycrdt hands integers back as floats. Parameters and usage are kept as JSON
+strings so that their value types survive the round trip exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from syncq.errors import InvalidInput, MalformedRecord
+from syncq.ids import DeviceId, PromptId, is_prompt_id
+
+ParamValue: TypeAlias = str | int | float | bool | None
+Wire: TypeAlias = dict[str, Any]
+
+MAX_INPUT_BYTES = 256 * 1024  # longer inputs belong in attachments
+MAX_PARAMS = 64
+MAX_TEXT_BYTES = 4 * 1024 * 1024  # outputs and errors
+PRIORITY_RANGE = range(-1000, 1001)
+ATTEMPTS_RANGE = range(1, 101)
+_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+_PARAM_RE = re.compile(r"[a-z_][a-z0-9_]{0,63}")
+
+
+class PromptKind(enum.StrEnum):
+    """What kind of model a prompt is for."""
+
+    LLM = "llm"
+    ASR = "asr"
+    IMAGE = "image"
+
+
+class RunStatus(enum.StrEnum):
+    """How one run of a prompt ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prompt:
+    """A prompt as queued by a user: immutable once written."""
+
+    id: PromptId
+    model: str
+    kind: PromptKind
+    input: str
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    created_at: int  # milliseconds since the epoch, on the author's clock
+    author: DeviceId
+    priority: int = 0
+    max_attempts: int = 3
+
+    def to_wire(self) -> Wire:
+        """The dict stored under ``prompts[id]``."""
+        return {
+            "model": self.model,
+            "kind": self.kind.value,
+            "input": self.input,
+            "params": json.dumps(dict(self.params), sort_keys=True),
+            "created_at": self.created_at,
+            "author": self.author,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+        }
+
+    @classmethod
+    def from_wire(cls, key: str, wire: object) -> Prompt:
+        """Check and convert a stored dict. Raises ``MalformedRecord``."""
+        w = _mapping(wire)
+        if not is_prompt_id(key):
+            raise MalformedRecord(f"bad prompt id {key!r}")
+        try:
+            kind = PromptKind(_str(w, "kind"))
+        except ValueError as exc:
+            raise MalformedRecord(f"unknown prompt kind in {key}") from exc
+        return cls(
+            id=PromptId(key),
+            model=_str(w, "model"),
+            kind=kind,
+            input=_str(w, "input"),
+            params=_json_object(w, "params"),
+            created_at=_int(w, "created_at"),
+            author=DeviceId(_str(w, "author")),
+            priority=_int(w, "priority"),
+            max_attempts=_int(w, "max_attempts"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel:
+    """A request to cancel a prompt (``cancels[prompt_id]``)."""
+
+    prompt_id: PromptId
+    by: DeviceId
+    at: int
+
+    def to_wire(self) -> Wire:
+        """The dict stored under ``cancels[prompt_id]``."""
+        return {"by": self.by, "at": self.at}
+
+    @classmethod
+    def from_wire(cls, key: str, wire: object) -> Cancel:
+        """Check and convert a stored dict. Raises ``MalformedRecord``."""
+        w = _mapping(wire)
+        return cls(prompt_id=PromptId(key), by=DeviceId(_str(w, "by")), at=_int(w, "at"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """One node's claim on a prompt (``claims[prompt_id/node]``); rewritten on each heartbeat."""
+
+    prompt_id: PromptId
+    node: DeviceId
+    attempt: int
+    heartbeat: int  # a counter: observers judge staleness by when they last saw it change
+    running: bool = False
+
+    @property
+    def key(self) -> str:
+        """The key under ``claims``."""
+        return f"{self.prompt_id}/{self.node}"
+
+    def to_wire(self) -> Wire:
+        """The dict stored under ``claims[key]``."""
+        return {
+            "node": self.node,
+            "attempt": self.attempt,
+            "heartbeat": self.heartbeat,
+            "running": self.running,
+        }
+
+    @classmethod
+    def from_wire(cls, key: str, wire: object) -> Claim:
+        """Check and convert a stored dict. Raises ``MalformedRecord``."""
+        w = _mapping(wire)
+        return cls(
+            prompt_id=PromptId(key.split("/", 1)[0]),
+            node=DeviceId(_str(w, "node")),
+            attempt=_int(w, "attempt"),
+            heartbeat=_int(w, "heartbeat"),
+            running=_bool(w, "running"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """The outcome of one run (``results[prompt_id/node/attempt]``): duplicates sit side by side."""
+
+    prompt_id: PromptId
+    node: DeviceId
+    node_name: str
+    attempt: int
+    status: RunStatus
+    output: str = ""
+    error: str | None = None
+    started_at: int
+    finished_at: int
+    usage: Mapping[str, ParamValue] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The key under ``results``."""
+        return f"{self.prompt_id}/{self.node}/{self.attempt}"
+
+    def to_wire(self) -> Wire:
+        """The dict stored under ``results[key]``."""
+        return {
+            "node": self.node,
+            "node_name": self.node_name,
+            "attempt": self.attempt,
+            "status": self.status.value,
+            "output": self.output,
+            "error": self.error,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "usage": json.dumps(dict(self.usage), sort_keys=True),
+        }
+
+    @classmethod
+    def from_wire(cls, key: str, wire: object) -> Result:
+        """Check and convert a stored dict. Raises ``MalformedRecord``."""
+        w = _mapping(wire)
+        try:
+            status = RunStatus(_str(w, "status"))
+        except ValueError as exc:
+            raise MalformedRecord(f"unknown run status in {key}") from exc
+        error = w.get("error")
+        if error is not None and not isinstance(error, str):
+            raise MalformedRecord(f"field 'error' of {key} is not text")
+        return cls(
+            prompt_id=PromptId(key.split("/", 1)[0]),
+            node=DeviceId(_str(w, "node")),
+            node_name=_str(w, "node_name"),
+            attempt=_int(w, "attempt"),
+            status=status,
+            output=_str(w, "output"),
+            error=error,
+            started_at=_int(w, "started_at"),
+            finished_at=_int(w, "finished_at"),
+            usage=_json_object(w, "usage"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Device:
+    """A member device of the space (``devices[device_id]``)."""
+
+    id: DeviceId
+    name: str
+    x25519: str  # hex public key, to seal new epoch secrets to this device
+    added_by: DeviceId
+    added_at: int
+    removed: bool = False
+
+    def to_wire(self) -> Wire:
+        """The dict stored under ``devices[id]``."""
+        return {
+            "name": self.name,
+            "x25519": self.x25519,
+            "added_by": self.added_by,
+            "added_at": self.added_at,
+            "removed": self.removed,
+        }
+
+    @classmethod
+    def from_wire(cls, key: str, wire: object) -> Device:
+        """Check and convert a stored dict. Raises ``MalformedRecord``."""
+        w = _mapping(wire)
+        return cls(
+            id=DeviceId(key),
+            name=_str(w, "name"),
+            x25519=_str(w, "x25519"),
+            added_by=DeviceId(_str(w, "added_by")),
+            added_at=_int(w, "added_at"),
+            removed=_bool(w, "removed"),
+        )
+
+
+# -- validation of user input (raises InvalidInput, with a message fit to print) ---------------
+
+
+def check_prompt_input(text: str) -> str:
+    """Refuse an empty or oversized prompt. Raises ``InvalidInput``."""
+    if not text.strip():
+        raise InvalidInput("the prompt is empty: give some text (or - to read it from stdin)")
+    size = len(text.encode("utf-8"))
+    if size > MAX_INPUT_BYTES:
+        raise InvalidInput(
+            f"the prompt is {size} bytes; the limit is {MAX_INPUT_BYTES} (attach large inputs as files)"
+        )
+    return text
+
+
+def check_model(name: str) -> str:
+    """Refuse a malformed model name. Raises ``InvalidInput``."""
+    if not _MODEL_RE.fullmatch(name):
+        raise InvalidInput(
+            f"{name!r} is not a model name: use letters, digits and . _ : / @ + - (at most 128)"
+        )
+    return name
+
+
+def check_priority(priority: int) -> int:
+    """Refuse a priority outside -1000..1000. Raises ``InvalidInput``."""
+    if priority not in PRIORITY_RANGE:
+        raise InvalidInput(f"priority {priority} is out of range (-1000 to 1000)")
+    return priority
+
+
+def check_max_attempts(attempts: int) -> int:
+    """Refuse a max_attempts outside 1..100. Raises ``InvalidInput``."""
+    if attempts not in ATTEMPTS_RANGE:
+        raise InvalidInput(f"max attempts {attempts} is out of range (1 to 100)")
+    return attempts
+
+
+def parse_param(text: str) -> tuple[str, ParamValue]:
+    """Parse ``key=value``; the value is read as JSON when it is a JSON scalar, else as text.
+
+    ``temperature=0.7`` gives a float, ``seed=42`` an int, ``stop=###`` a string,
+    ``stream=true`` a bool. Raises ``InvalidInput``.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise InvalidInput(f"--param {text!r} must look like key=value")
+    if not _PARAM_RE.fullmatch(key):
+        raise InvalidInput(f"--param name {key!r} must be lower-case letters, digits and _")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return key, raw
+    if isinstance(value, float) and value != value:  # NaN
+        raise InvalidInput(f"--param {key} must be a finite number")
+    if isinstance(value, dict | list):
+        return key, raw
+    return key, value if isinstance(value, str | int | float | bool) or value is None else raw
+
+
+def check_params(params: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
+    """Refuse too many parameters or bad names. Raises ``InvalidInput``."""
+    if len(params) > MAX_PARAMS:
+        raise InvalidInput(f"too many parameters ({len(params)}; the limit is {MAX_PARAMS})")
+    for key, value in params.items():
+        if not _PARAM_RE.fullmatch(key):
+            raise InvalidInput(f"parameter name {key!r} must be lower-case letters, digits and _")
+        if not (isinstance(value, str | int | float | bool) or value is None):
+            raise InvalidInput(f"parameter {key} must be a string, number, boolean or null")
+    return dict(params)
+
+
+# -- field readers for from_wire (raise MalformedRecord) --------------------------------------
+
+
+def _mapping(wire: object) -> Mapping[str, Any]:
+    if not isinstance(wire, Mapping):
+        raise MalformedRecord(f"expected a dict, got {type(wire).__name__}")
+    return wire
+
+
+def _str(w: Mapping[str, Any], name: str) -> str:
+    value = w.get(name)
+    if not isinstance(value, str):
+        raise MalformedRecord(f"field {name!r} is not text")
+    return value
+
+
+def _bool(w: Mapping[str, Any], name: str) -> bool:
+    value = w.get(name, False)
+    if not isinstance(value, bool):
+        raise MalformedRecord(f"field {name!r} is not a boolean")
+    return value
+
+
+def _int(w: Mapping[str, Any], name: str) -> int:
+    # pycrdt returns every number as a float; accept only whole ones.
+    value = w.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedRecord(f"field {name!r} is not a number")
+    if isinstance(value, float) and not value.is_integer():
+        raise MalformedRecord(f"field {name!r} is not a whole number")
+    return int(value)
+
+
+def _json_object(w: Mapping[str, Any], name: str) -> dict[str, ParamValue]:
+    raw = _str(w, name)
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise MalformedRecord(f"field {name!r} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise MalformedRecord(f"field {name!r} is not a JSON object")
+    return value

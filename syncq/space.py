@@ -1,0 +1,513 @@
+"""The library's public face: one space on this device, opened from its home directory.
+
+``Space`` ties the pure core (log, crypto, records) to local storage (store, keys). It is what
+the CLI, the node and scripts call::
+
+    space = Space.open(home)                 # or Space.init(home, name="laptop")
+    prompt = space.add("Why is the sky blue?", model="gemma3-270m")
+    for entry in space.entries(limit=20):
+        print(entry.prompt.id, entry.status)
+
+Writes go to the store first (one SQLite transaction, synchronous=FULL), then into the Doc, so
+an add that returned is never lost. The Doc is loaded lazily: adding a prompt writes a blind
+insert (``syncq.yjs``) and needs no Doc at all, which keeps a cold ``syncq add`` fast whatever
+the size of the space. Envelopes are applied to the Doc per author in seq order; an envelope
+that arrives after a gap is stored and held until the gap fills.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from syncq import crypto, yjs
+from syncq.crypto import DeviceKeys, SpaceKeys
+from syncq.errors import (
+    AlreadyInitialized,
+    EnvelopeRejected,
+    InvalidState,
+    SeqConflict,
+    StoreBroken,
+)
+from syncq.ids import DeviceId, PromptId, SpaceId, next_prompt_id, resolve_prefix
+from syncq.keys import HomePaths, load_device, load_space, save_device, save_space
+from syncq.lifecycle import TERMINAL, Status
+from syncq.records import (
+    Cancel,
+    Claim,
+    Device,
+    ParamValue,
+    Prompt,
+    PromptKind,
+    Result,
+    check_max_attempts,
+    check_model,
+    check_params,
+    check_priority,
+    check_prompt_input,
+)
+from syncq.store import Checkpoint, Row, SqliteStore, Store
+
+if TYPE_CHECKING:
+    # syncq.log imports pycrdt (~100 ms): only code that reads the Doc loads it, so that a
+    # cold `syncq add` (a blind insert) never pays for it.
+    from syncq.log import Entry, Log
+
+CHECKPOINT_AFTER = 256  # envelopes replayed on open before a fresh checkpoint is written
+MAX_UPDATE_BYTES = 512 * 1024  # a batch of adds is split into envelopes of about this size
+_CLIENT_ID_BITS = 53  # Yjs client ids stay below 2**53; random, fresh for every process
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch (the default clock of ``Space``)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewPrompt:
+    """What a caller asks to add (``Space.add_many``)."""
+
+    text: str
+    model: str
+    kind: PromptKind = PromptKind.LLM
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpaceStatus:
+    """A summary of this device's view of the space (``syncq status``)."""
+
+    home: Path
+    device_id: DeviceId
+    device_name: str
+    space_id: SpaceId
+    prompts: int
+    counts: Mapping[str, int]
+    devices: int
+    envelopes: int
+    store_bytes: int
+    rejected: Mapping[str, int]
+
+
+@dataclass(slots=True)
+class ReceiveReport:
+    """What ``Space.receive`` did with a batch of envelopes from elsewhere."""
+
+    added: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class Space:
+    """One space as seen from this device. Not safe to share between threads without its lock
+    (every public method takes it)."""
+
+    def __init__(
+        self,
+        *,
+        paths: HomePaths,
+        device: DeviceKeys,
+        name: str,
+        keys: SpaceKeys,
+        store: Store,
+        clock: Callable[[], int] = wall_clock_ms,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.paths = paths
+        self.device = device
+        self.name = name
+        self.keys = keys
+        self.store = store
+        self._clock = clock
+        self._entropy = entropy
+        self._author = device.public_key
+        self._lock = threading.RLock()
+        self._log: Log | None = None
+        self._applied: dict[bytes, int] = {}  # per author: highest seq applied, gapless
+        self._blind_client = self._new_client_id()
+        self._blind_clock = 0
+        self._last_id: PromptId | None = None
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        home: Path,
+        *,
+        name: str,
+        secret: bytes | None = None,
+        entropy: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> Space:
+        """Create a new space in ``home`` (or join the space of ``secret``) with a fresh device
+        identity. Raises ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
+        paths = HomePaths(home)
+        if paths.space_key.exists():
+            raise AlreadyInitialized(f"{home} holds a space already (see `syncq status`)")
+        if paths.database.exists():
+            raise AlreadyInitialized(
+                f"{home} holds a database but no space.key (an interrupted init?): "
+                "move the home aside and run `syncq init` again"
+            )
+        paths.create()
+        device = DeviceKeys.from_seed(entropy(64))
+        keys = SpaceKeys.create(secret if secret is not None else entropy(crypto.SECRET_SIZE))
+        store = SqliteStore.create(paths.database)
+        store.set_meta("space_id", keys.space_id)
+        save_device(paths, device, name)
+        save_space(paths, keys)  # written last: its presence means "initialised"
+        space = cls(
+            paths=paths, device=device, name=name, keys=keys, store=store, clock=clock, entropy=entropy
+        )
+        space.put_device(
+            Device(
+                id=device.device_id,
+                name=name,
+                x25519=device.exchange_public_key.hex(),
+                added_by=device.device_id,
+                added_at=clock(),
+            )
+        )
+        return space
+
+    @classmethod
+    def open(
+        cls,
+        home: Path,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> Space:
+        """Open the space in ``home``. Raises ``NotInitialized``, ``HomeError``,
+        ``InsecureKeyFile`` or ``StoreBroken``."""
+        paths = HomePaths(home)
+        paths.check_initialized()
+        keys = load_space(paths)
+        device, name = load_device(paths)
+        store = SqliteStore.open(paths.database)
+        stored_id = store.get_meta("space_id")
+        if stored_id != keys.space_id:
+            store.close()
+            raise StoreBroken(
+                f"{paths.database} belongs to space {stored_id}, not to {keys.space_id} of {paths.space_key}"
+            )
+        return cls(
+            paths=paths, device=device, name=name, keys=keys, store=store, clock=clock, entropy=entropy
+        )
+
+    def close(self) -> None:
+        """Close the store. Idempotent."""
+        with self._lock:
+            self._log = None
+            self.store.close()
+
+    def __enter__(self) -> Space:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def device_id(self) -> DeviceId:
+        """This device's id."""
+        return self.device.device_id
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        text: str,
+        *,
+        model: str,
+        kind: PromptKind | str = PromptKind.LLM,
+        params: Mapping[str, ParamValue] | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+    ) -> Prompt:
+        """Queue one prompt; returns it once it is durably stored.
+
+        Raises ``InvalidInput`` for bad arguments and ``StoreBroken`` if it cannot be stored.
+        """
+        new = NewPrompt(
+            text=text,
+            model=model,
+            kind=PromptKind(kind),
+            params=params or {},
+            priority=priority,
+            max_attempts=max_attempts,
+        )
+        return self.add_many([new])[0]
+
+    def add_many(self, new: Sequence[NewPrompt]) -> list[Prompt]:
+        """Queue several prompts in one store transaction (envelopes of up to ~512 KiB each).
+
+        Raises ``InvalidInput`` (nothing is stored) or ``StoreBroken``.
+        """
+        prompts = [self._make_prompt(n) for n in new]
+        with self._lock:
+            seals = []
+            for batch in _batches(prompts, MAX_UPDATE_BYTES):
+                update = yjs.encode_map_inserts(
+                    self._blind_client,
+                    self._blind_clock,
+                    "prompts",
+                    [(p.id, p.to_wire()) for p in batch],
+                )
+                self._blind_clock += len(batch)
+                seals.append(self._sealer(update))
+            self.store.append_own(self._author, seals)
+            if self._log is not None:
+                self._catch_up(self._log)
+        return prompts
+
+    def cancel(self, prefix: str) -> Entry:
+        """Ask every device to cancel the prompt. Raises ``UnknownId``, ``AmbiguousId`` or
+        ``InvalidState`` (when it already finished or was cancelled)."""
+        with self._lock:
+            entry = self.show(prefix)
+            if entry.status in TERMINAL:
+                raise InvalidState(f"prompt {entry.prompt.id} is {entry.status} already")
+            cancel = Cancel(prompt_id=entry.prompt.id, by=self.device_id, at=self._clock())
+            self._write(lambda log: log.cancel(cancel))
+            return self.log.entry(entry.prompt.id)
+
+    def put_claim(self, claim: Claim) -> None:
+        """Write a claim (used by the scheduler, and by tests of the lifecycle)."""
+        with self._lock:
+            self._write(lambda log: log.put_claim(claim))
+
+    def put_result(self, result: Result) -> None:
+        """Write the result of a run."""
+        with self._lock:
+            self._write(lambda log: log.put_result(result))
+
+    def put_device(self, device: Device) -> None:
+        """Record a member device."""
+        with self._lock:
+            self._write(lambda log: log.put_device(device))
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def log(self) -> Log:
+        """The Doc, loaded on first use and brought up to date with the store on every access
+        (other processes may have written)."""
+        with self._lock:
+            if self._log is None:
+                self._log = self._load()
+            else:
+                self._catch_up(self._log)
+            return self._log
+
+    def resolve(self, prefix: str) -> PromptId:
+        """The one prompt id starting with ``prefix``. Raises ``UnknownId`` or ``AmbiguousId``."""
+        return resolve_prefix(prefix, self.log.prompt_ids())
+
+    def show(self, prefix: str) -> Entry:
+        """A prompt with its status, claims and every run. Raises ``UnknownId``,
+        ``AmbiguousId`` or ``MalformedRecord``."""
+        log = self.log
+        return log.entry(resolve_prefix(prefix, log.prompt_ids()))
+
+    def entries(
+        self,
+        *,
+        limit: int | None = 20,
+        status: Status | str | None = None,
+        model: str | None = None,
+        since: str | None = None,
+    ) -> list[Entry]:
+        """The newest ``limit`` prompts that match, oldest first (like a chat).
+
+        ``since`` is an id (or prefix): only prompts added after it. Raises ``UnknownId`` or
+        ``AmbiguousId`` for a bad ``since``.
+        """
+        log = self.log
+        ids = log.prompt_ids()
+        if since is not None:
+            start = resolve_prefix(since, ids)
+            ids = [i for i in ids if i > start]
+        wanted = Status(status) if status is not None else None
+        picked: list[Entry] = []
+        for prompt_id in reversed(ids):
+            if limit is not None and len(picked) >= limit:
+                break
+            if wanted is not None and log.status(prompt_id) is not wanted:
+                continue
+            for entry in log.entries([prompt_id]):
+                if model is None or entry.prompt.model == model:
+                    picked.append(entry)
+        picked.reverse()
+        return picked
+
+    def status(self) -> SpaceStatus:
+        """Counts and sizes for ``syncq status``."""
+        log = self.log
+        return SpaceStatus(
+            home=self.paths.root,
+            device_id=self.device_id,
+            device_name=self.name,
+            space_id=self.keys.space_id,
+            prompts=len(log),
+            counts={s.value: n for s, n in log.counts().items()},
+            devices=len(log.devices()),
+            envelopes=self.store.count(),
+            store_bytes=self.store.size_bytes(),
+            rejected=self.store.rejections(),
+        )
+
+    # -- exchanging envelopes (the sync layer and the tests use these) -------------------------
+
+    def version_vector(self) -> dict[bytes, int]:
+        """Per author, the highest seq up to which this device holds every envelope."""
+        return self.store.gapless_seqs()
+
+    def envelopes(self, after: Mapping[bytes, int] | None = None) -> Iterator[bytes]:
+        """Stored envelopes the holder of ``after`` lacks, per author in seq order."""
+        after = after or {}
+        for author in self.store.authors():
+            for row in self.store.rows(author, after.get(author, 0)):
+                yield row.data
+
+    def receive(self, datas: Iterable[bytes]) -> ReceiveReport:
+        """Verify, store and apply envelopes from elsewhere. Rejected envelopes are counted by
+        reason and never stored or applied. Raises ``StoreBroken`` only."""
+        report = ReceiveReport()
+        rows = []
+        for data in datas:
+            try:
+                envelope, _ = crypto.open_envelope(data, self.keys)
+            except EnvelopeRejected as exc:
+                self._reject(report, exc)
+                continue
+            rows.append(Row(envelope.author, envelope.seq, data))
+        with self._lock:
+            put = self.store.put(rows)
+            for row in put.conflicts:
+                self._reject(report, SeqConflict(f"seq {row.seq} of {row.author.hex()[:12]} reused"))
+            report.added += len(put.added)
+            report.duplicates += put.duplicates
+            if self._log is not None and put.added:
+                self._catch_up(self._log)
+        return report
+
+    def checkpoint(self) -> None:
+        """Seal the Doc's state into the store, so the next open need not replay envelopes."""
+        with self._lock:
+            log = self.log
+            vv = dict(self._applied)
+            data = crypto.seal_local(
+                self.keys.local_key("checkpoint"), log.state(), self._entropy(12), _vv_aad(vv)
+            )
+            self.store.save_checkpoint(Checkpoint(vv=vv, data=data))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _make_prompt(self, new: NewPrompt) -> Prompt:
+        now = self._clock()
+        self._last_id = next_prompt_id(now, self._entropy(10), self._last_id)
+        return Prompt(
+            id=self._last_id,
+            model=check_model(new.model),
+            kind=PromptKind(new.kind),
+            input=check_prompt_input(new.text),
+            params=check_params(new.params),
+            created_at=now,
+            author=self.device_id,
+            priority=check_priority(new.priority),
+            max_attempts=check_max_attempts(new.max_attempts),
+        )
+
+    def _sealer(self, payload: bytes) -> Callable[[int], bytes]:
+        def seal(seq: int) -> bytes:
+            return crypto.seal(
+                device=self.device, space=self.keys, seq=seq, payload=payload, nonce=self._entropy(12)
+            )
+
+        return seal
+
+    def _write(self, mutate: Callable[[Log], bytes]) -> None:
+        log = self.log
+        update = mutate(log)
+        try:
+            self.store.append_own(self._author, [self._sealer(update)])
+        except BaseException:
+            # The Doc holds a change the store does not: drop it, rebuild on next use.
+            self._log = None
+            raise
+        self._catch_up(log)
+
+    def _load(self) -> Log:
+        from syncq.log import Log
+
+        log = Log(client_id=self._new_client_id())
+        self._applied = {}
+        found = self.store.load_checkpoint()
+        if found is not None:
+            key = self.keys.local_key("checkpoint")
+            try:
+                log.apply(crypto.open_local(key, found.data, _vv_aad(found.vv)))
+                self._applied = dict(found.vv)
+            except EnvelopeRejected as exc:
+                # The checkpoint is only a cache of the envelopes: replay them all instead.
+                self.store.record_rejection(exc.reason, f"checkpoint ignored: {exc}")
+                log = Log(client_id=self._new_client_id())
+        if self._catch_up(log) >= CHECKPOINT_AFTER:
+            self._log = log
+            self.checkpoint()
+        return log
+
+    def _catch_up(self, log: Log) -> int:
+        """Apply stored envelopes the Doc lacks, per author in seq order, stopping at gaps."""
+        applied = 0
+        for author in self.store.authors():
+            done = self._applied.get(author, 0)
+            for row in self.store.rows(author, done):
+                if row.seq != done + 1:
+                    break  # a gap: hold the rest until the missing envelope arrives
+                self._apply_row(log, row)
+                done = row.seq
+                applied += 1
+            self._applied[author] = done
+        return applied
+
+    def _apply_row(self, log: Log, row: Row) -> None:
+        # Stored envelopes were verified on the way in (or written here); the AEAD tag still
+        # guards against a damaged file, so only the signature check is skipped.
+        try:
+            log.apply(crypto.open_payload(crypto.decode(row.data), self.keys))
+        except EnvelopeRejected as exc:
+            self.store.record_rejection(exc.reason, f"stored envelope {row.seq}: {exc}")
+
+    def _reject(self, report: ReceiveReport, exc: EnvelopeRejected) -> None:
+        report.rejected[exc.reason] = report.rejected.get(exc.reason, 0) + 1
+        self.store.record_rejection(exc.reason, str(exc))
+
+    def _new_client_id(self) -> int:
+        return int.from_bytes(self._entropy(8), "big") % ((1 << _CLIENT_ID_BITS) - 1) + 1
+
+
+def _vv_aad(vv: Mapping[bytes, int]) -> bytes:
+    return b"checkpoint" + b"".join(a + s.to_bytes(8, "big") for a, s in sorted(vv.items()))
+
+
+def _batches(prompts: Sequence[Prompt], budget: int) -> Iterator[list[Prompt]]:
+    batch: list[Prompt] = []
+    size = 0
+    for prompt in prompts:
+        cost = len(prompt.input.encode()) + 300
+        if batch and size + cost > budget:
+            yield batch
+            batch, size = [], 0
+        batch.append(prompt)
+        size += cost
+    if batch:
+        yield batch

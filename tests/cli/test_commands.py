@@ -1,0 +1,188 @@
+"""Every command through click's runner (in-process), checking output, exit codes and errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from syncq.cli.main import cli
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture
+def run(home: Path):
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None) -> Result:
+        return runner.invoke(cli, ["--home", str(home), *args], input=input, catch_exceptions=False)
+
+    return invoke
+
+
+def test_the_first_minute(run) -> None:
+    assert run("init", "--name", "laptop").exit_code == 0
+    added = run("add", "hello", "-m", "echo")
+    assert added.exit_code == 0
+    prompt_id = added.output.strip()
+    assert re.fullmatch(r"[0-9A-Z]{26}", prompt_id)
+    lines = run("log", "--json").output.splitlines()
+    assert [json.loads(line)["status"] for line in lines] == ["queued"]
+    assert json.loads(lines[0])["id"] == prompt_id
+    assert json.loads(lines[0])["input"] == "hello"
+
+
+def test_add_reads_stdin_and_takes_params(run) -> None:
+    run("init")
+    out = run(
+        "add",
+        "-",
+        "-m",
+        "gemma3-270m",
+        "--param",
+        "max_tokens=32",
+        "--param",
+        "temperature=0.5",
+        "--priority",
+        "5",
+        "--kind",
+        "llm",
+        "--json",
+        input="from stdin\n",
+    )
+    assert out.exit_code == 0, out.output
+    prompt = json.loads(out.output)
+    shown = json.loads(run("show", prompt["id"][:22], "--json").output)
+    assert shown["input"] == "from stdin\n"
+    assert shown["params"] == {"max_tokens": 32, "temperature": 0.5}
+    assert shown["priority"] == 5
+
+
+def test_log_filters_and_human_output(run) -> None:
+    run("init")
+    first = run("add", "one", "-m", "echo").output.strip()
+    run("add", "two", "-m", "other")
+    run("cancel", first)
+    assert [
+        json.loads(x)["input"] for x in run("log", "--json", "--status", "queued").output.splitlines()
+    ] == ["two"]
+    assert [json.loads(x)["input"] for x in run("log", "--json", "--model", "echo").output.splitlines()] == [
+        "one"
+    ]
+    assert [json.loads(x)["input"] for x in run("log", "--json", "--since", first).output.splitlines()] == [
+        "two"
+    ]
+    assert [json.loads(x)["input"] for x in run("log", "--json", "-n", "1").output.splitlines()] == ["two"]
+    human = run("log").output
+    assert "cancelled" in human and "queued" in human and first in human
+
+
+def test_show_cancel_and_status(run) -> None:
+    run("init", "--name", "laptop")
+    prompt_id = run("add", "x", "-m", "echo").output.strip()
+    assert "queued" in run("show", prompt_id).output
+    assert run("cancel", prompt_id).output.strip() == f"{prompt_id} cancelled"
+    again = run("cancel", prompt_id)
+    assert again.exit_code == 1 and "cancelled already" in again.output
+    status = json.loads(run("status", "--json").output)
+    assert status["device_name"] == "laptop"
+    assert status["counts"]["cancelled"] == 1 and status["prompts"] == 1
+    assert status["envelopes"] == 3 and status["store_bytes"] > 0
+    assert "laptop" in run("status").output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add", "hi", "-m", "echo"], "run `syncq init` first"),
+        (["log"], "run `syncq init` first"),
+        (["status"], "run `syncq init` first"),
+    ],
+)
+def test_commands_before_init_explain_what_to_do(run, args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_user_mistakes_exit_1_with_a_message(run, home: Path) -> None:
+    run("init")
+    run("add", "one", "-m", "echo")
+    run("add", "two", "-m", "echo")
+    cases = {
+        ("add", "   ", "-m", "echo"): "the prompt is empty",
+        ("add", "x", "-m", "bad model"): "is not a model name",
+        ("add", "x", "-m", "echo", "--param", "novalue"): "key=value",
+        ("add", "x", "-m", "echo", "--priority", "99999"): "out of range",
+        ("show", "0"): "ambiguous",
+        ("show", "7ZZZZ"): "no prompt id starts with",
+        ("show", "!!"): "is not an id",
+        ("cancel", "7ZZZZ"): "no prompt id starts with",
+        ("log", "--since", "7ZZZZ"): "no prompt id starts with",
+        ("init",): "holds a space already",
+    }
+    for args, message in cases.items():
+        result = run(*args)
+        assert result.exit_code == 1, args
+        assert message in result.output, (args, result.output)
+
+
+def test_usage_errors_exit_2(run) -> None:
+    run("init")
+    assert run("add", "hi").exit_code == 2
+    assert run("log", "--status", "sleeping").exit_code == 2
+    assert run("frobnicate").exit_code == 2
+
+
+def test_loose_key_permissions_are_refused_with_the_fix(run, home: Path) -> None:
+    run("init")
+    (home / "space.key").chmod(0o644)
+    result = run("log")
+    assert result.exit_code == 1
+    assert f"chmod 600 {home / 'space.key'}" in result.output
+
+
+def test_corrupt_and_foreign_databases_are_explained(run, home: Path) -> None:
+    run("init")
+    db = home / "syncq.db"
+    for suffix in ("-wal", "-shm"):
+        (home / f"syncq.db{suffix}").unlink(missing_ok=True)
+    db.write_bytes(b"garbage" * 1000)
+    result = run("log")
+    assert result.exit_code == 1 and "not a syncq database or is corrupt" in result.output
+    db.unlink()
+    sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.close()
+    result = run("add", "x", "-m", "echo")
+    assert result.exit_code == 1 and "another program" in result.output
+
+
+def test_home_that_is_a_file_is_explained(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    result = CliRunner().invoke(cli, ["--home", str(a_file), "log"])
+    assert result.exit_code == 2  # click refuses a --home that is not a directory
+    result = CliRunner().invoke(cli, ["log"], env={"SYNCQ_HOME": str(a_file)})
+    assert result.exit_code == 1 and "not a directory" in result.output
+
+
+def test_init_if_missing_is_idempotent(run) -> None:
+    assert run("init", "--if-missing").exit_code == 0
+    assert run("init", "--if-missing").exit_code == 0
+    assert run("init", "--if-missing", "--json").output == ""
+
+
+def all_commands() -> list[str]:
+    return sorted(cli.commands)
+
+
+@pytest.mark.parametrize("command", all_commands())
+def test_every_command_has_help_with_an_example_and_is_in_the_readme(command: str) -> None:
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+    assert f"syncq {command}" in README.read_text()

@@ -1,0 +1,53 @@
+"""Shared fixtures: real homes in temporary folders, real SQLite files, real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from syncq.space import Space
+
+SYNCQ = [sys.executable, "-m", "syncq.cli"]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A home path that does not exist yet."""
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def space(home: Path) -> Iterator[Space]:
+    """A freshly initialised space."""
+    with Space.init(home, name="laptop") as s:
+        yield s
+
+
+@pytest.fixture
+def member(tmp_path: Path, space: Space) -> Callable[[str], Space]:
+    """Make another device of the same space in its own home (what `syncq join` will do)."""
+    made: list[Space] = []
+
+    def make(name: str) -> Space:
+        s = Space.init(tmp_path / name, name=name, secret=space.keys.secrets[0])
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def run_syncq(
+    home: Path, *args: str, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `syncq` command in a child process against ``home``."""
+    env = {**os.environ, "SYNCQ_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(
+        [*SYNCQ, *args], input=input, capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )

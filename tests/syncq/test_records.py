@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pycrdt import Doc, Map
+
+from syncq.errors import InvalidInput, MalformedRecord
+from syncq.ids import DeviceId, PromptId, new_prompt_id
+from syncq.records import (
+    Cancel,
+    Claim,
+    Device,
+    Prompt,
+    PromptKind,
+    Result,
+    RunStatus,
+    check_max_attempts,
+    check_model,
+    check_params,
+    check_priority,
+    check_prompt_input,
+    parse_param,
+)
+
+PID = new_prompt_id(1_700_000_000_000, bytes(10))
+DEV = DeviceId("ab" * 32)
+
+
+def through_crdt(wire: dict[str, object]) -> object:
+    """Store a wire dict in a real Doc and read it back (numbers come back as floats)."""
+    doc: Doc = Doc()
+    root = doc.get("r", type=Map)
+    root["k"] = wire
+    return root["k"]
+
+
+params = st.dictionaries(
+    st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True),
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text(max_size=10),
+    max_size=5,
+)
+
+
+@given(params=params, priority=st.integers(-1000, 1000), attempts=st.integers(1, 100))
+def test_prompt_survives_the_crdt_with_exact_types(params: dict, priority: int, attempts: int) -> None:
+    prompt = Prompt(
+        id=PID,
+        model="gemma3-270m",
+        kind=PromptKind.LLM,
+        input="hi",
+        params=params,
+        created_at=1_700_000_000_123,
+        author=DEV,
+        priority=priority,
+        max_attempts=attempts,
+    )
+    assert Prompt.from_wire(PID, through_crdt(prompt.to_wire())) == prompt
+
+
+def test_other_records_survive_the_crdt() -> None:
+    cancel = Cancel(prompt_id=PID, by=DEV, at=5)
+    claim = Claim(prompt_id=PID, node=DEV, attempt=2, heartbeat=7, running=True)
+    result = Result(
+        prompt_id=PID,
+        node=DEV,
+        node_name="gpu",
+        attempt=1,
+        status=RunStatus.FAILED,
+        output="",
+        error="boom",
+        started_at=1,
+        finished_at=2,
+        usage={"tokens": 3},
+    )
+    device = Device(id=DEV, name="laptop", x25519="00" * 32, added_by=DEV, added_at=9)
+    assert Cancel.from_wire(PID, through_crdt(cancel.to_wire())) == cancel
+    assert Claim.from_wire(claim.key, through_crdt(claim.to_wire())) == claim
+    assert Result.from_wire(result.key, through_crdt(result.to_wire())) == result
+    assert Device.from_wire(DEV, through_crdt(device.to_wire())) == device
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        None,
+        "text",
+        {"model": 1},
+        {"model": "m", "kind": "video"},
+        {
+            "model": "m",
+            "kind": "llm",
+            "input": "x",
+            "params": "not json",
+            "created_at": 1,
+            "author": "a",
+            "priority": 0,
+            "max_attempts": 3,
+        },
+        {
+            "model": "m",
+            "kind": "llm",
+            "input": "x",
+            "params": "[]",
+            "created_at": 1,
+            "author": "a",
+            "priority": 0,
+            "max_attempts": 3,
+        },
+        {
+            "model": "m",
+            "kind": "llm",
+            "input": "x",
+            "params": "{}",
+            "created_at": 1.5,
+            "author": "a",
+            "priority": 0,
+            "max_attempts": 3,
+        },
+        {
+            "model": "m",
+            "kind": "llm",
+            "input": "x",
+            "params": "{}",
+            "created_at": True,
+            "author": "a",
+            "priority": 0,
+            "max_attempts": 3,
+        },
+    ],
+)
+def test_malformed_prompt_records_are_refused(wire: object) -> None:
+    with pytest.raises(MalformedRecord):
+        Prompt.from_wire(PID, wire)
+
+
+def test_record_with_bad_key_or_status_is_refused() -> None:
+    good = Prompt(id=PID, model="m", kind=PromptKind.LLM, input="x", created_at=1, author=DEV)
+    with pytest.raises(MalformedRecord):
+        Prompt.from_wire("not-an-id", good.to_wire())
+    bad_result = {
+        "node": "n",
+        "node_name": "n",
+        "attempt": 1,
+        "status": "maybe",
+        "output": "",
+        "error": None,
+        "started_at": 1,
+        "finished_at": 1,
+        "usage": "{}",
+    }
+    with pytest.raises(MalformedRecord):
+        Result.from_wire(f"{PID}/n/1", bad_result)
+    with pytest.raises(MalformedRecord):
+        Result.from_wire(f"{PID}/n/1", {**bad_result, "status": "done", "error": 3})
+    with pytest.raises(MalformedRecord):
+        Claim.from_wire(f"{PID}/n", {"node": "n", "attempt": 1, "heartbeat": 1, "running": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("temperature=0.7", ("temperature", 0.7)),
+        ("seed=42", ("seed", 42)),
+        ("stop=###", ("stop", "###")),
+        ("stream=true", ("stream", True)),
+        ("name=", ("name", "")),
+        ('grammar={"a": 1}', ("grammar", '{"a": 1}')),
+        ('note="quoted"', ("note", "quoted")),
+        ("x=null", ("x", None)),
+    ],
+)
+def test_param_parsing(text: str, expected: tuple[str, object]) -> None:
+    assert parse_param(text) == expected
+
+
+@pytest.mark.parametrize("text", ["novalue", "Bad=1", "=1", "x y=1", "t=NaN"])
+def test_bad_params_are_user_errors(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_param(text)
+
+
+def test_input_checks() -> None:
+    with pytest.raises(InvalidInput, match="empty"):
+        check_prompt_input("  \n")
+    with pytest.raises(InvalidInput, match="limit"):
+        check_prompt_input("x" * (256 * 1024 + 1))
+    with pytest.raises(InvalidInput):
+        check_model("bad model name")
+    with pytest.raises(InvalidInput):
+        check_priority(5000)
+    with pytest.raises(InvalidInput):
+        check_max_attempts(0)
+    with pytest.raises(InvalidInput):
+        check_params({f"p{i}": i for i in range(65)})
+    with pytest.raises(InvalidInput):
+        check_params({"x": [1]})  # type: ignore[dict-item]
+    assert check_model("hf.co/org/model:Q4_K_M") == "hf.co/org/model:Q4_K_M"
+    assert PromptId(PID) == PID

@@ -1,0 +1,138 @@
+"""One acceptance suite run against every Store adapter (automerge-repo's habit)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from syncq.errors import StoreBroken, StoreClosed
+from syncq.store import Checkpoint, MemoryStore, Row, SqliteStore, Store
+
+A, B = b"a" * 32, b"b" * 32
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made: Store = SqliteStore.create(tmp_path / "s.db") if request.param == "sqlite" else MemoryStore()
+    yield made
+    made.close()
+
+
+def seals(*payloads: bytes) -> list[Callable[[int], bytes]]:
+    return [lambda seq, p=p: p + seq.to_bytes(2, "big") for p in payloads]
+
+
+def test_append_own_allocates_gapless_seqs(store: Store) -> None:
+    assert store.append_own(A, seals(b"x", b"y")) == [1, 2]
+    assert store.append_own(A, seals(b"z")) == [3]
+    assert store.append_own(B, seals(b"w")) == [1]
+    assert [r.seq for r in store.rows(A)] == [1, 2, 3]
+    assert [r.data for r in store.rows(A, after=2)] == [b"z\x00\x03"]
+    assert store.gapless_seqs() == {A: 3, B: 1}
+    assert store.count() == 4
+    assert store.authors() == [A, B]
+
+
+def test_a_failing_seal_stores_nothing(store: Store) -> None:
+    def broken(seq: int) -> bytes:
+        raise ValueError("seal failed")
+
+    with pytest.raises(ValueError):
+        store.append_own(A, [*seals(b"ok"), broken])
+    assert store.count() == 0
+
+
+def test_put_drops_duplicates_and_refuses_conflicts(store: Store) -> None:
+    report = store.put([Row(A, 1, b"one"), Row(A, 3, b"three")])
+    assert [r.seq for r in report.added] == [1, 3]
+    again = store.put([Row(A, 1, b"one"), Row(A, 3, b"THREE"), Row(A, 2, b"two")])
+    assert again.duplicates == 1
+    assert again.conflicts == [Row(A, 3, b"THREE")]
+    assert [(r.seq, r.data) for r in store.rows(A)] == [(1, b"one"), (2, b"two"), (3, b"three")]
+
+
+def test_gapless_seqs_stop_at_the_first_gap(store: Store) -> None:
+    store.put([Row(A, 2, b"2"), Row(B, 1, b"1"), Row(B, 2, b"2"), Row(B, 4, b"4"), Row(B, 5, b"5")])
+    assert store.gapless_seqs() == {B: 2}  # A lacks seq 1; B lacks seq 3
+    store.put([Row(A, 1, b"1"), Row(B, 3, b"3")])
+    assert store.gapless_seqs() == {A: 2, B: 5}
+
+
+def test_rows_page_through_long_runs(store: Store) -> None:
+    store.put([Row(A, s, b"%d" % s) for s in range(1, 2501)])
+    assert [r.seq for r in store.rows(A, after=10)] == list(range(11, 2501))
+
+
+def test_checkpoint_meta_and_rejections(store: Store) -> None:
+    assert store.load_checkpoint() is None
+    store.save_checkpoint(Checkpoint(vv={A: 2}, data=b"state"))
+    store.save_checkpoint(Checkpoint(vv={A: 3, B: 1}, data=b"newer"))
+    assert store.load_checkpoint() == Checkpoint(vv={A: 3, B: 1}, data=b"newer")
+    assert store.get_meta("k") is None
+    store.set_meta("k", "v")
+    assert store.get_meta("k") == "v"
+    store.record_rejection("bad-tag", "x")
+    store.record_rejection("bad-tag", "y")
+    store.record_rejection("malformed", "z")
+    assert store.rejections() == {"bad-tag": 2, "malformed": 1}
+    assert store.size_bytes() >= 0
+
+
+def test_closed_store_refuses_use(store: Store) -> None:
+    store.close()
+    store.close()
+    with pytest.raises(StoreClosed):
+        store.count()
+    with pytest.raises(StoreClosed):
+        store.append_own(A, seals(b"x"))
+
+
+def test_sqlite_store_persists_and_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore.create(path)
+    store.append_own(A, seals(b"x"))
+    store.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    reopened = SqliteStore.open(path)
+    assert [r.data for r in reopened.rows(A)] == [b"x\x00\x01"]
+    assert reopened.size_bytes() > 0
+    reopened.close()
+    with pytest.raises(StoreBroken, match="exists already"):
+        SqliteStore.create(path)
+
+
+def test_sqlite_store_refuses_garbage_foreign_missing_and_newer(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreBroken, match="not a syncq database or is corrupt"):
+        SqliteStore.open(garbage)
+    foreign = tmp_path / "foreign.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(StoreBroken, match="another program"):
+        SqliteStore.open(foreign)
+    with pytest.raises(StoreBroken, match="missing"):
+        SqliteStore.open(tmp_path / "absent.db")
+    newer = tmp_path / "newer.db"
+    SqliteStore.create(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(StoreBroken, match="newer syncq"):
+        SqliteStore.open(newer)
+
+
+def test_a_read_only_database_reports_broken_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SqliteStore.create(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE envelopes")  # a damaged file: writes fail inside SQLite
+    conn.close()
+    store = SqliteStore.open(path)
+    with pytest.raises(StoreBroken, match="cannot write"):
+        store.append_own(A, seals(b"x"))
+    with pytest.raises(StoreBroken, match="cannot read"):
+        store.count()
+    store.close()

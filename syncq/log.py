@@ -1,8 +1,9 @@
 """The CRDT log of one space: a pycrdt Doc with the root maps of DESIGN.md section 5.
 
 Every mutation is one Doc transaction whose incremental update the caller seals into one
-envelope; status is derived (``syncq.lifecycle``), never stored. Values are plain dicts (one
-immutable value per key: far less memory than nested maps); changing a record writes a new dict.
+envelope; status is derived (``syncq.lifecycle``), never stored. Each value is one record as
+JSON text (``records.encode``: one immutable value per key, far less memory than nested maps or
+dicts); changing a record writes a new value.
 
 The Doc is a cache: it is rebuilt from envelopes (and checkpoints) by ``syncq.space``. Its Yjs
 client id is an argument so that each process can use a fresh random one (DESIGN.md section 4:
@@ -21,7 +22,7 @@ from pycrdt import Doc, Map, TransactionEvent
 from syncq.errors import LocalProtocolError, MalformedEnvelope, MalformedRecord
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status, canonical_result, derive_status
-from syncq.records import Cancel, Claim, Device, Prompt, Result, Wire
+from syncq.records import Cancel, Claim, Device, Prompt, Result, Wire, decode, encode
 
 T = TypeVar("T")
 
@@ -112,9 +113,9 @@ class Log:
 
     def entry(self, prompt_id: str) -> Entry:
         """The prompt with its facts and status. Raises ``KeyError`` or ``MalformedRecord``."""
-        prompt = Prompt.from_wire(prompt_id, self._maps["prompts"][prompt_id])
-        cancel_wire = self._maps["cancels"].get(prompt_id)
-        cancel = Cancel.from_wire(prompt_id, cancel_wire) if cancel_wire is not None else None
+        prompt = Prompt.from_wire(prompt_id, decode(self._maps["prompts"][prompt_id]))
+        cancel_stored = self._maps["cancels"].get(prompt_id)
+        cancel = Cancel.from_wire(prompt_id, decode(cancel_stored)) if cancel_stored is not None else None
         claims = tuple(self._read(Claim.from_wire, "claims", self._keys().claims.get(prompt_id)))
         results = tuple(self._read(Result.from_wire, "results", self._keys().results.get(prompt_id)))
         facts = Facts(
@@ -156,9 +157,9 @@ class Log:
     def devices(self) -> list[Device]:
         """Every member device known to the log, by name."""
         devices = []
-        for key, wire in self._maps["devices"].items():
+        for key, stored in self._maps["devices"].items():
             try:
-                devices.append(Device.from_wire(key, wire))
+                devices.append(Device.from_wire(key, decode(stored)))
             except MalformedRecord:
                 continue
         return sorted(devices, key=lambda d: (d.name, d.id))
@@ -193,10 +194,10 @@ class Log:
         root_map = self._maps[root]
         for key in sorted(keys or ()):
             try:
-                yield convert(key, root_map[key])
+                yield convert(key, decode(root_map[key]))
             except MalformedRecord:
                 continue
 
 
-def _set(root: Map[object], key: str, value: Wire) -> None:
-    root[key] = value
+def _set(root: Map[object], key: str, wire: Wire) -> None:
+    root[key] = encode(wire)

@@ -50,6 +50,7 @@ from syncq.records import (
     check_params,
     check_priority,
     check_prompt_input,
+    encode,
 )
 from syncq.store import Checkpoint, Row, SqliteStore, Store
 
@@ -259,7 +260,7 @@ class Space:
                     self._blind_client,
                     self._blind_clock,
                     "prompts",
-                    [(p.id, p.to_wire()) for p in batch],
+                    [(p.id, encode(p.to_wire())) for p in batch],
                 )
                 self._blind_clock += len(batch)
                 seals.append(self._sealer(update))
@@ -452,10 +453,13 @@ class Space:
         self._applied = {}
         found = self.store.load_checkpoint()
         if found is not None:
-            key = self.keys.local_key("checkpoint")
+            vv, sealed = dict(found.vv), found.data
+            del found
             try:
-                log.apply(crypto.open_local(key, found.data, _vv_aad(found.vv)))
-                self._applied = dict(found.vv)
+                state = crypto.open_local(self.keys.local_key("checkpoint"), sealed, _vv_aad(vv))
+                del sealed  # free the ciphertext before the Doc decodes the state: peak memory
+                log.apply(state)
+                self._applied = vv
             except EnvelopeRejected as exc:
                 # The checkpoint is only a cache of the envelopes: replay them all instead.
                 self.store.record_rejection(exc.reason, f"checkpoint ignored: {exc}")

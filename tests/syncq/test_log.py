@@ -7,7 +7,7 @@ from syncq.errors import MalformedEnvelope
 from syncq.ids import DeviceId, new_prompt_id
 from syncq.lifecycle import Status
 from syncq.log import Log
-from syncq.records import Cancel, Claim, Device, Prompt, PromptKind, Result, RunStatus
+from syncq.records import Cancel, Claim, Device, Prompt, PromptKind, Result, RunStatus, encode
 
 DEV = DeviceId("d" * 64)
 
@@ -26,7 +26,7 @@ def prompt(n: int, **kw: object) -> Prompt:
 
 
 def added(log: Log, *prompts: Prompt, client: int = 42, clock: int = 0) -> bytes:
-    update = yjs.encode_map_inserts(client, clock, "prompts", [(p.id, p.to_wire()) for p in prompts])
+    update = yjs.encode_map_inserts(client, clock, "prompts", [(p.id, encode(p.to_wire())) for p in prompts])
     log.apply(update)
     return update
 
@@ -65,7 +65,7 @@ def test_queries_skip_malformed_records() -> None:
     good = prompt(1)
     bad_id = new_prompt_id(5, bytes(10))
     added(log, good)
-    log.apply(yjs.encode_map_inserts(7, 0, "prompts", [(bad_id, {"nonsense": True})]))
+    log.apply(yjs.encode_map_inserts(7, 0, "prompts", [(bad_id, '{"nonsense": true}')]))
     log.apply(yjs.encode_map_inserts(7, 1, "claims", [(f"{good.id}/x", "not a dict")]))
     log.apply(yjs.encode_map_inserts(7, 2, "devices", [("x", 1)]))
     assert [e.prompt.id for e in log.entries(log.prompt_ids())] == [good.id]

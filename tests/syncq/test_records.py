@@ -20,6 +20,8 @@ from syncq.records import (
     check_params,
     check_priority,
     check_prompt_input,
+    decode,
+    encode,
     parse_param,
 )
 
@@ -28,11 +30,13 @@ DEV = DeviceId("ab" * 32)
 
 
 def through_crdt(wire: dict[str, object]) -> object:
-    """Store a wire dict in a real Doc and read it back (numbers come back as floats)."""
+    """Store a record in a real Doc as the log does, replicate it, and read it back."""
     doc: Doc = Doc()
-    root = doc.get("r", type=Map)
-    root["k"] = wire
-    return root["k"]
+    doc.get("r", type=Map)["k"] = encode(wire)
+    replica: Doc = Doc()
+    root = replica.get("r", type=Map)
+    replica.apply_update(doc.get_update())
+    return decode(root["k"])
 
 
 params = st.dictionaries(
@@ -132,6 +136,12 @@ def test_other_records_survive_the_crdt() -> None:
 def test_malformed_prompt_records_are_refused(wire: object) -> None:
     with pytest.raises(MalformedRecord):
         Prompt.from_wire(PID, wire)
+
+
+@pytest.mark.parametrize("stored", [None, 3, {"a": 1}, "not json", "[1, 2]", '"text"'])
+def test_stored_values_that_are_not_json_objects_are_refused(stored: object) -> None:
+    with pytest.raises(MalformedRecord):
+        decode(stored)
 
 
 def test_record_with_bad_key_or_status_is_refused() -> None:

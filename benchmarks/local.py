@@ -115,14 +115,16 @@ ids = sorted(roots[0])[-20:]
 [roots[0][i] for i in ids]
 """
 
+# VmHWM, not ru_maxrss: ru_maxrss survives exec and so counts the forking parent's pages.
 RSS_PROBE = """
-import resource, sys
+import sys
 from pathlib import Path
 from syncq.space import Space
 with Space.open(Path(sys.argv[1])) as space:
     space.entries(limit=20)
     space.status()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(int(peak.split()[1]) / 1024)
 """
 
 

@@ -254,17 +254,17 @@ class Space:
         """
         prompts = [self._make_prompt(n) for n in new]
         with self._lock:
-            seals = []
+            seals, clock = [], self._blind_clock
             for batch in _batches(prompts, MAX_UPDATE_BYTES):
-                update = yjs.encode_map_inserts(
-                    self._blind_client,
-                    self._blind_clock,
-                    "prompts",
-                    [(p.id, encode(p.to_wire())) for p in batch],
+                entries = [(p.id, encode(p.to_wire())) for p in batch]
+                seals.append(
+                    self._sealer(yjs.encode_map_inserts(self._blind_client, clock, "prompts", entries))
                 )
-                self._blind_clock += len(batch)
-                seals.append(self._sealer(update))
+                clock += len(batch)
             self.store.append_own(self._author, seals)
+            # Only now: a clock used by an update that never reached the store would leave a gap
+            # that makes every peer hold this client's later updates forever.
+            self._blind_clock = clock
             if self._log is not None:
                 self._catch_up(self._log)
         return prompts

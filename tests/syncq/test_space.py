@@ -13,12 +13,14 @@ from syncq.errors import (
     InvalidState,
     NotInitialized,
     StoreBroken,
+    StoreClosed,
     UnknownId,
 )
 from syncq.ids import new_prompt_id
 from syncq.lifecycle import Status
 from syncq.records import Claim, Result, RunStatus
 from syncq.space import CHECKPOINT_AFTER, NewPrompt, Space
+from syncq.store import SqliteStore
 
 
 def ids(space: Space, **filters: object) -> list[str]:
@@ -262,3 +264,26 @@ def test_a_database_of_another_space_is_refused(space: Space, home: Path, tmp_pa
             (home / f"syncq.db{suffix}").write_bytes(src.read_bytes())
     with pytest.raises(StoreBroken, match="belongs to space"):
         Space.open(home)
+
+
+def test_a_failed_write_leaves_no_gap_in_later_adds(space: Space, member: Callable[[str], Space]) -> None:
+    gpu = member("gpu")
+    space.store.close()  # the next write fails, as on a full disk
+    with pytest.raises(StoreClosed):
+        space.add("lost", model="echo")
+    space.store = SqliteStore.open(space.paths.database)
+    kept = space.add("kept", model="echo")
+    gpu.receive(space.envelopes())
+    assert ids(gpu) == [kept.id]
+
+
+def test_a_change_that_failed_to_store_is_not_shown(space: Space) -> None:
+    prompt = space.add("x", model="echo")
+    assert space.show(prompt.id).status is Status.QUEUED
+    assert isinstance(space.store, SqliteStore)
+    space.store._connection().execute("PRAGMA query_only=ON")  # reads work, writes fail
+    with pytest.raises(StoreBroken, match="cannot write"):
+        space.cancel(prompt.id)
+    space.store._connection().execute("PRAGMA query_only=OFF")
+    assert space.show(prompt.id).status is Status.QUEUED  # the Doc was rebuilt from the store
+    assert space.cancel(prompt.id).status is Status.CANCELLED

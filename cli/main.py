@@ -226,3 +226,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="syncq")
+
+
+# Registers the mesh commands on `cli` (they import it from here).
+from syncq.cli import mesh as _mesh  # noqa: E402, F401

@@ -148,6 +148,7 @@ def status(st: SpaceStatus, as_json: bool) -> None:
                 "device_id": st.device_id,
                 "device_name": st.device_name,
                 "space_id": st.space_id,
+                "relay": st.relay,
                 "prompts": st.prompts,
                 "counts": counts,
                 "devices": st.devices,
@@ -165,12 +166,43 @@ def status(st: SpaceStatus, as_json: bool) -> None:
     grid.add_row("device", f"{st.device_name} ({st.device_id[:16]})")
     grid.add_row("space", st.space_id)
     grid.add_row("home", str(st.home))
-    grid.add_row("prompts", f"{st.prompts}: " + ", ".join(f"{_status(s)} {n}" for s, n in counts.items()))
-    grid.add_row("devices", str(st.devices))
+    if st.relay:
+        grid.add_row("role", "relay: stores and forwards ciphertext, cannot read prompts")
+    else:
+        grid.add_row("prompts", f"{st.prompts}: " + ", ".join(f"{_status(s)} {n}" for s, n in counts.items()))
+        grid.add_row("devices", str(st.devices))
     grid.add_row("store", f"{st.envelopes} envelopes, {_size(st.store_bytes)}")
     if st.rejected:
         grid.add_row("rejected", ", ".join(f"{r} {n}" for r, n in sorted(st.rejected.items())))
     _console().print(grid)
+
+
+def peers(rows: Sequence[dict[str, Any]], running: bool) -> None:
+    """`syncq peers`."""
+    if not rows:
+        click.echo("No peers yet. Add one with: syncq peers add ws://HOST:7330 (or syncq join CODE)")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("peer", "name", "state", "last seen", "behind", "source"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        state = "[green]connected[/]" if row["connected"] else "[dim]not connected[/]"
+        if row["error"] and not row["connected"]:
+            state += f" [red]({_one_line(row['error'], 40)})[/]"
+        table.add_row(
+            row["url"],
+            row["name"] or "",
+            state,
+            _iso(row["last_seen"]) if row["last_seen"] else "never",
+            "" if row["behind"] is None else str(row["behind"]),
+            row["source"],
+        )
+    console = _console()
+    console.print(table)
+    if not running:
+        console.print("[dim]No node is running in this home: start one with `syncq node`.[/]")
 
 
 def _run_json(run: Result) -> dict[str, Any]:

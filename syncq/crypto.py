@@ -19,7 +19,7 @@ import functools
 import hmac
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -74,11 +74,13 @@ def space_id_for(secret_epoch0: bytes) -> SpaceId:
 class SpaceKeys:
     """The secrets of one space, by key epoch; derives the AEAD and admission keys.
 
-    ``secrets`` is empty for a relay, which holds only ``auth_keys`` and can never decrypt.
+    A relay holds no ``secrets``, only ``relay_auth`` (the admission keys): it can verify
+    signatures and forward envelopes, and can never decrypt one.
     """
 
     space_id: SpaceId
     secrets: Mapping[int, bytes]
+    relay_auth: Mapping[int, bytes] = field(default_factory=dict)
 
     @classmethod
     def create(cls, secret: bytes) -> SpaceKeys:
@@ -88,9 +90,22 @@ class SpaceKeys:
         return cls(space_id=space_id_for(secret), secrets={0: secret})
 
     @property
+    def is_relay(self) -> bool:
+        """Whether these keys only admit to the space (no decryption)."""
+        return not self.secrets
+
+    @property
     def epoch(self) -> int:
         """The newest epoch: new envelopes are sealed under it."""
-        return max(self.secrets)
+        return max(self.secrets or self.relay_auth)
+
+    def for_relay(self) -> SpaceKeys:
+        """The keys a relay gets: the admission keys and nothing that decrypts."""
+        return SpaceKeys(
+            space_id=self.space_id,
+            secrets={},
+            relay_auth={epoch: self.auth_key(epoch) for epoch in self.secrets},
+        )
 
     def enc_key(self, epoch: int) -> bytes:
         """The ChaCha20-Poly1305 key of ``epoch``. Raises ``UnknownEpoch``."""
@@ -102,13 +117,21 @@ class SpaceKeys:
     def auth_key(self, epoch: int) -> bytes:
         """The key that peers prove knowledge of when they connect. Raises ``UnknownEpoch``."""
         secret = self.secrets.get(epoch)
-        if secret is None:
-            raise UnknownEpoch(f"no key for epoch {epoch}")
-        return hkdf(secret, f"auth {epoch}")
+        if secret is not None:
+            return hkdf(secret, f"auth {epoch}")
+        if epoch in self.relay_auth:
+            return self.relay_auth[epoch]
+        raise UnknownEpoch(f"no key for epoch {epoch}")
 
     def local_key(self, label: str) -> bytes:
         """A key for this device's own at-rest data (checkpoints), derived from epoch 0."""
         return hkdf(self.secrets[min(self.secrets)], f"local {label}")
+
+
+def discovery_tag(keys: SpaceKeys) -> str:
+    """What a node advertises on the LAN: nodes of the space recognise it, nobody else can tie
+    it to a space (it is derived from the admission key, not from the public space id)."""
+    return hkdf(keys.auth_key(0), "mdns", 8).hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +278,15 @@ def verify(envelope: Envelope) -> None:
         key.verify(envelope.signature, envelope.raw[:-SIGNATURE_SIZE])
     except (InvalidSignature, ValueError) as exc:
         raise BadSignature(f"bad signature on envelope {envelope.seq} of {envelope.author_id[:12]}") from exc
+
+
+def verify_signature(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is the Ed25519 signature of ``message`` by ``public_key``."""
+    try:
+        _verifying_key(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def check_space(envelope: Envelope, space_id: SpaceId) -> None:

@@ -11,7 +11,8 @@ The whole tree, so a caller can see at a glance what to catch::
     │   ├── InvalidInput            an empty prompt, a bad --param, a bad priority ...
     │   ├── UnknownId               no prompt starts with that id prefix
     │   ├── AmbiguousId             several prompts start with it (carries the candidates)
-    │   └── InvalidState            e.g. cancelling a prompt that is already done
+    │   ├── InvalidState            e.g. cancelling a prompt that is already done
+    │   └── RelayOnly               a relay's home holds only ciphertext: it cannot read or write
     ├── EnvelopeRejected            an envelope that must never be applied (counted, reported)
     │   ├── MalformedEnvelope       bytes that do not decode as an envelope
     │   ├── WrongSpace              sealed for another space
@@ -80,6 +81,10 @@ class AmbiguousId(UserError):
 
 class InvalidState(UserError):
     """The operation does not apply to the prompt in its current status."""
+
+
+class RelayOnly(UserError):
+    """This home is a relay: it stores and forwards ciphertext and can never read it."""
 
 
 class EnvelopeRejected(SyncqError):

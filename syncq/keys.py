@@ -110,7 +110,9 @@ def save_space(paths: HomePaths, keys: SpaceKeys) -> None:
     doc = {
         "format": _SPACE_FORMAT,
         "space_id": keys.space_id,
+        "role": "relay" if keys.is_relay else "member",
         "secrets": {str(epoch): _b64(secret) for epoch, secret in sorted(keys.secrets.items())},
+        "relay_auth": {str(epoch): _b64(key) for epoch, key in sorted(keys.relay_auth.items())},
     }
     write_secret(paths.space_key, json.dumps(doc, indent=2).encode())
 
@@ -120,10 +122,11 @@ def load_space(paths: HomePaths) -> SpaceKeys:
     doc = _read_json(paths.space_key, _SPACE_FORMAT)
     try:
         secrets = {int(epoch): _unb64(secret) for epoch, secret in doc["secrets"].items()}
-        keys = SpaceKeys(space_id=SpaceId(str(doc["space_id"])), secrets=secrets)
+        relay = {int(epoch): _unb64(key) for epoch, key in doc.get("relay_auth", {}).items()}
+        keys = SpaceKeys(space_id=SpaceId(str(doc["space_id"])), secrets=secrets, relay_auth=relay)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise HomeError(f"{paths.space_key} is damaged: {exc}") from exc
-    if not secrets or any(len(s) != 32 for s in secrets.values()):
+    if not (secrets or relay) or any(len(s) != 32 for s in [*secrets.values(), *relay.values()]):
         raise HomeError(f"{paths.space_key} is damaged: bad secrets")
     return keys
 

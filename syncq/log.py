@@ -22,7 +22,7 @@ from pycrdt import Doc, Map, TransactionEvent
 from syncq.errors import LocalProtocolError, MalformedEnvelope, MalformedRecord
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status, canonical_result, derive_status
-from syncq.records import Cancel, Claim, Device, Prompt, Result, Wire, decode, encode
+from syncq.records import Cancel, Claim, Device, NodeInfo, Prompt, Result, Wire, decode, encode
 
 T = TypeVar("T")
 
@@ -98,6 +98,10 @@ class Log:
         """Record (or update) a member device."""
         return self._mutate(lambda: _set(self._maps["devices"], device.id, device.to_wire()))
 
+    def put_node(self, node: NodeInfo) -> bytes:
+        """Record a node's presence."""
+        return self._mutate(lambda: _set(self._maps["nodes"], node.id, node.to_wire()))
+
     # -- queries -------------------------------------------------------------------------------
 
     def prompt_ids(self) -> list[PromptId]:
@@ -153,6 +157,16 @@ class Log:
             except MalformedRecord:
                 continue
         return counts
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node that announced itself, by name."""
+        nodes = []
+        for key, stored in self._maps["nodes"].items():
+            try:
+                nodes.append(NodeInfo.from_wire(key, decode(stored)))
+            except MalformedRecord:
+                continue
+        return sorted(nodes, key=lambda n: (n.name, n.id))
 
     def devices(self) -> list[Device]:
         """Every member device known to the log, by name."""

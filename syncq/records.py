@@ -265,6 +265,38 @@ def decode(stored: object) -> Wire:
     return wire
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeInfo:
+    """A running node's presence (``nodes[node_id]``), rewritten at most once a minute."""
+
+    id: DeviceId
+    name: str
+    version: str
+    last_seen: int  # ms, on the node's own clock
+    listen: str = ""
+
+    def to_wire(self) -> Wire:
+        """The record stored under ``nodes[id]``."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_seen": self.last_seen,
+            "listen": self.listen,
+        }
+
+    @classmethod
+    def from_wire(cls, key: str, wire: object) -> NodeInfo:
+        """Check and convert a stored record. Raises ``MalformedRecord``."""
+        w = _mapping(wire)
+        return cls(
+            id=DeviceId(key),
+            name=_str(w, "name"),
+            version=_str(w, "version"),
+            last_seen=_int(w, "last_seen"),
+            listen=_str(w, "listen"),
+        )
+
+
 # -- validation of user input (raises InvalidInput, with a message fit to print) ---------------
 
 

@@ -31,6 +31,7 @@ from syncq.errors import (
     AlreadyInitialized,
     EnvelopeRejected,
     InvalidState,
+    RelayOnly,
     SeqConflict,
     StoreBroken,
 )
@@ -41,6 +42,7 @@ from syncq.records import (
     Cancel,
     Claim,
     Device,
+    NodeInfo,
     ParamValue,
     Prompt,
     PromptKind,
@@ -89,9 +91,10 @@ class SpaceStatus:
     device_id: DeviceId
     device_name: str
     space_id: SpaceId
-    prompts: int
+    relay: bool
+    prompts: int | None
     counts: Mapping[str, int]
-    devices: int
+    devices: int | None
     envelopes: int
     store_bytes: int
     rejected: Mapping[str, int]
@@ -104,6 +107,7 @@ class ReceiveReport:
     added: int = 0
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    accepted: list[tuple[bytes, int]] = field(default_factory=list)  # stored now or before
 
 
 class Space:
@@ -150,6 +154,61 @@ class Space:
     ) -> Space:
         """Create a new space in ``home`` (or join the space of ``secret``) with a fresh device
         identity. Raises ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
+        keys = SpaceKeys.create(secret if secret is not None else entropy(crypto.SECRET_SIZE))
+        return cls.join(home, name=name, keys=keys, entropy=entropy, clock=clock)
+
+    @classmethod
+    def join(
+        cls,
+        home: Path,
+        *,
+        name: str,
+        keys: SpaceKeys,
+        entropy: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> Space:
+        """Create a home for a new member device of the space of ``keys`` and record the device
+        in the log. Raises ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
+        if keys.is_relay:
+            raise ValueError("a member needs the space secret")
+        space = cls._create(home, name=name, keys=keys, entropy=entropy, clock=clock)
+        space.put_device(
+            Device(
+                id=space.device_id,
+                name=name,
+                x25519=space.device.exchange_public_key.hex(),
+                added_by=space.device_id,
+                added_at=clock(),
+            )
+        )
+        return space
+
+    @classmethod
+    def init_relay(
+        cls,
+        home: Path,
+        *,
+        name: str,
+        keys: SpaceKeys,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> Space:
+        """Create a relay's home: it will store and forward the space's envelopes, and holds
+        no key that decrypts them. Raises ``AlreadyInitialized``, ``HomeError`` or
+        ``StoreBroken``."""
+        if not keys.is_relay:
+            raise ValueError("a relay must not hold the space secret")
+        return cls._create(home, name=name, keys=keys, entropy=entropy, clock=wall_clock_ms)
+
+    @classmethod
+    def _create(
+        cls,
+        home: Path,
+        *,
+        name: str,
+        keys: SpaceKeys,
+        entropy: Callable[[int], bytes],
+        clock: Callable[[], int],
+    ) -> Space:
         paths = HomePaths(home)
         if paths.space_key.exists():
             raise AlreadyInitialized(f"{home} holds a space already (see `syncq status`)")
@@ -160,24 +219,13 @@ class Space:
             )
         paths.create()
         device = DeviceKeys.from_seed(entropy(64))
-        keys = SpaceKeys.create(secret if secret is not None else entropy(crypto.SECRET_SIZE))
         store = SqliteStore.create(paths.database)
         store.set_meta("space_id", keys.space_id)
         save_device(paths, device, name)
         save_space(paths, keys)  # written last: its presence means "initialised"
-        space = cls(
+        return cls(
             paths=paths, device=device, name=name, keys=keys, store=store, clock=clock, entropy=entropy
         )
-        space.put_device(
-            Device(
-                id=device.device_id,
-                name=name,
-                x25519=device.exchange_public_key.hex(),
-                added_by=device.device_id,
-                added_at=clock(),
-            )
-        )
-        return space
 
     @classmethod
     def open(
@@ -221,6 +269,18 @@ class Space:
         """This device's id."""
         return self.device.device_id
 
+    @property
+    def is_relay(self) -> bool:
+        """Whether this home is a relay (ciphertext only)."""
+        return self.keys.is_relay
+
+    def _require_member(self) -> None:
+        if self.keys.is_relay:
+            raise RelayOnly(
+                f"{self.paths.root} is a relay: it stores and forwards ciphertext and can never "
+                "read or write prompts"
+            )
+
     # -- writing ------------------------------------------------------------------------------
 
     def add(
@@ -252,6 +312,7 @@ class Space:
 
         Raises ``InvalidInput`` (nothing is stored) or ``StoreBroken``.
         """
+        self._require_member()
         prompts = [self._make_prompt(n) for n in new]
         with self._lock:
             seals, clock = [], self._blind_clock
@@ -290,6 +351,11 @@ class Space:
         with self._lock:
             self._write(lambda log: log.put_result(result))
 
+    def put_node(self, node: NodeInfo) -> None:
+        """Write this node's presence record."""
+        with self._lock:
+            self._write(lambda log: log.put_node(node))
+
     def put_device(self, device: Device) -> None:
         """Record a member device."""
         with self._lock:
@@ -301,6 +367,7 @@ class Space:
     def log(self) -> Log:
         """The Doc, loaded on first use and brought up to date with the store on every access
         (other processes may have written)."""
+        self._require_member()
         with self._lock:
             if self._log is None:
                 self._log = self._load()
@@ -350,16 +417,17 @@ class Space:
         return picked
 
     def status(self) -> SpaceStatus:
-        """Counts and sizes for ``syncq status``."""
-        log = self.log
+        """Counts and sizes for ``syncq status`` (a relay has no prompts it can count)."""
+        log = None if self.is_relay else self.log
         return SpaceStatus(
             home=self.paths.root,
             device_id=self.device_id,
             device_name=self.name,
             space_id=self.keys.space_id,
-            prompts=len(log),
-            counts={s.value: n for s, n in log.counts().items()},
-            devices=len(log.devices()),
+            relay=self.is_relay,
+            prompts=len(log) if log is not None else None,
+            counts={s.value: n for s, n in log.counts().items()} if log is not None else {},
+            devices=len(log.devices()) if log is not None else None,
             envelopes=self.store.count(),
             store_bytes=self.store.size_bytes(),
             rejected=self.store.rejections(),
@@ -378,27 +446,66 @@ class Space:
             for row in self.store.rows(author, after.get(author, 0)):
                 yield row.data
 
-    def receive(self, datas: Iterable[bytes]) -> ReceiveReport:
-        """Verify, store and apply envelopes from elsewhere. Rejected envelopes are counted by
-        reason and never stored or applied. Raises ``StoreBroken`` only."""
+    def envelopes_for(
+        self, peer_vv: Mapping[bytes, int], max_count: int, max_bytes: int
+    ) -> list[tuple[bytes, int, bytes]]:
+        """A batch of (author, seq, data) the holder of ``peer_vv`` lacks: per author in seq
+        order, never across a gap in this store, at most ``max_count`` and about ``max_bytes``."""
+        batch: list[tuple[bytes, int, bytes]] = []
+        size = 0
+        for author in self.store.authors():
+            after = peer_vv.get(author, 0)
+            for row in self.store.rows(author, after):
+                if (
+                    row.seq != after + 1
+                    or len(batch) >= max_count
+                    or (batch and size + len(row.data) > max_bytes)
+                ):
+                    break
+                batch.append((author, row.seq, row.data))
+                size += len(row.data)
+                after = row.seq
+            if len(batch) >= max_count or size >= max_bytes:
+                break
+        return batch
+
+    def receive(self, datas: Iterable[bytes], *, atomic: bool = False) -> ReceiveReport:
+        """Verify, store and apply envelopes from elsewhere.
+
+        Rejected envelopes are counted by reason and never stored or applied; with ``atomic``,
+        one rejection stores none of the batch (what the sync protocol wants: a peer that sends
+        one forged envelope is not trusted with the rest). A relay checks space and signature
+        only: it cannot decrypt. Raises ``StoreBroken`` only.
+        """
         report = ReceiveReport()
         rows = []
         for data in datas:
             try:
-                envelope, _ = crypto.open_envelope(data, self.keys)
+                envelope = self._verify(data)
             except EnvelopeRejected as exc:
                 self._reject(report, exc)
                 continue
             rows.append(Row(envelope.author, envelope.seq, data))
+        if atomic and report.rejected:
+            return report
         with self._lock:
             put = self.store.put(rows)
             for row in put.conflicts:
                 self._reject(report, SeqConflict(f"seq {row.seq} of {row.author.hex()[:12]} reused"))
             report.added += len(put.added)
             report.duplicates += put.duplicates
+            report.accepted = [(r.author, r.seq) for r in rows if r not in put.conflicts]
             if self._log is not None and put.added:
                 self._catch_up(self._log)
         return report
+
+    def _verify(self, data: bytes) -> crypto.Envelope:
+        if self.keys.is_relay:
+            envelope = crypto.decode(data)
+            crypto.check_space(envelope, self.keys.space_id)
+            crypto.verify(envelope)
+            return envelope
+        return crypto.open_envelope(data, self.keys)[0]
 
     def checkpoint(self) -> None:
         """Seal the Doc's state into the store, so the next open need not replay envelopes."""

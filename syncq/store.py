@@ -46,6 +46,16 @@ CREATE TABLE IF NOT EXISTS meta (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS peers (
+    url       TEXT PRIMARY KEY,          -- ws://host:port, or "inbound:<node id>"
+    source    TEXT NOT NULL,             -- config | invite | mdns | inbound
+    node_id   TEXT,
+    name      TEXT,
+    connected INTEGER NOT NULL DEFAULT 0,
+    last_seen INTEGER,                   -- ms since the epoch
+    behind    INTEGER,                   -- envelopes we hold that the peer lacks
+    error     TEXT
+);
 CREATE TABLE IF NOT EXISTS rejections (
     id     INTEGER PRIMARY KEY,
     reason TEXT NOT NULL,
@@ -69,6 +79,20 @@ class Checkpoint:
 
     vv: Mapping[bytes, int]
     data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Peer:
+    """A peer this node dials or was dialled by, with what the node last saw of it."""
+
+    url: str
+    source: str
+    node_id: str | None = None
+    name: str | None = None
+    connected: bool = False
+    last_seen: int | None = None
+    behind: int | None = None
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -138,6 +162,18 @@ class Store(Protocol):
 
     def size_bytes(self) -> int:
         """Bytes used on disk (0 in memory)."""
+        ...
+
+    def save_peer(self, peer: Peer) -> None:
+        """Insert or replace a peer."""
+        ...
+
+    def peers(self) -> list[Peer]:
+        """Every known peer, by url."""
+        ...
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection (process) commits a change."""
         ...
 
     def close(self) -> None:
@@ -316,6 +352,38 @@ class SqliteStore:
         files = [self.path, self.path.with_name(self.path.name + "-wal")]
         return sum(f.stat().st_size for f in files if f.exists())
 
+    def save_peer(self, peer: Peer) -> None:
+        """Insert or replace a peer."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO peers (url, source, node_id, name, connected, last_seen,"
+                " behind, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    peer.url,
+                    peer.source,
+                    peer.node_id,
+                    peer.name,
+                    int(peer.connected),
+                    peer.last_seen,
+                    peer.behind,
+                    peer.error,
+                ),
+            )
+
+    def peers(self) -> list[Peer]:
+        """Every known peer, by url."""
+        rows = self._read(
+            "SELECT url, source, node_id, name, connected, last_seen, behind, error FROM peers ORDER BY url"
+        )
+        return [
+            Peer(url=u, source=s, node_id=n, name=m, connected=bool(c), last_seen=t, behind=b, error=e)
+            for u, s, n, m, c, t, b, e in rows
+        ]
+
+    def data_version(self) -> int:
+        """SQLite's data_version: it changes when another connection commits."""
+        return int(self._read("PRAGMA data_version")[0][0])
+
     def close(self) -> None:
         """Close the connection (idempotent)."""
         if self._conn is not None:
@@ -388,6 +456,7 @@ class MemoryStore:
         self._checkpoint: Checkpoint | None = None
         self._meta: dict[str, str] = {}
         self._rejections: Counter[str] = Counter()
+        self._peers: dict[str, Peer] = {}
 
     def append_own(self, author: bytes, seals: Sequence[Callable[[int], bytes]]) -> list[int]:
         """Allocate seqs and store each ``seal(seq)``."""
@@ -469,6 +538,21 @@ class MemoryStore:
 
     def size_bytes(self) -> int:
         """Nothing on disk."""
+        self._all()
+        return 0
+
+    def save_peer(self, peer: Peer) -> None:
+        """Insert or replace a peer."""
+        self._all()
+        self._peers[peer.url] = peer
+
+    def peers(self) -> list[Peer]:
+        """Every known peer, by url."""
+        self._all()
+        return [self._peers[url] for url in sorted(self._peers)]
+
+    def data_version(self) -> int:
+        """Always the same: no other process can write to memory."""
         self._all()
         return 0
 

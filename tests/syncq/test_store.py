@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from syncq.errors import StoreBroken, StoreClosed
-from syncq.store import Checkpoint, MemoryStore, Row, SqliteStore, Store
+from syncq.store import Checkpoint, MemoryStore, Peer, Row, SqliteStore, Store
 
 A, B = b"a" * 32, b"b" * 32
 
@@ -136,3 +136,36 @@ def test_a_read_only_database_reports_broken_not_a_traceback(tmp_path: Path) -> 
     with pytest.raises(StoreBroken, match="cannot read"):
         store.count()
     store.close()
+
+
+def test_peers_are_saved_replaced_and_listed(store: Store) -> None:
+    store.save_peer(Peer(url="ws://b:7330", source="config"))
+    store.save_peer(Peer(url="ws://a:7330", source="invite"))
+    store.save_peer(
+        Peer(
+            url="ws://b:7330",
+            source="config",
+            node_id="ab",
+            name="gpu",
+            connected=True,
+            last_seen=5,
+            behind=3,
+            error=None,
+        )
+    )
+    assert [p.url for p in store.peers()] == ["ws://a:7330", "ws://b:7330"]
+    assert store.peers()[1] == Peer(
+        url="ws://b:7330", source="config", node_id="ab", name="gpu", connected=True, last_seen=5, behind=3
+    )
+
+
+def test_data_version_changes_when_another_connection_commits(tmp_path: Path) -> None:
+    one = SqliteStore.create(tmp_path / "s.db")
+    two = SqliteStore.open(tmp_path / "s.db")
+    before = one.data_version()
+    one.append_own(A, seals(b"mine"))
+    assert one.data_version() == before  # own commits do not count
+    two.append_own(A, seals(b"theirs"))
+    assert one.data_version() != before
+    one.close()
+    two.close()

@@ -1,0 +1,250 @@
+"""Commands of the mesh: run a node, invite and join devices, manage peers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+from typing import Any
+
+import click
+from syncq.cli.main import _home, _open, cli
+
+from syncq.errors import InvalidInput, RelayOnly, UserError
+
+DEFAULT_LISTEN = "0.0.0.0:7330"
+NODE_FRESH_MS = 15_000  # a node heartbeat older than this means no node runs
+
+
+@cli.command()
+@click.option(
+    "--listen", metavar="HOST:PORT", help="Where to listen (default 0.0.0.0:7330; port 0: any free one)."
+)
+@click.option(
+    "--peer", "peers", multiple=True, metavar="URL", help="Also dial this peer, e.g. ws://gpu:7330."
+)
+@click.option("--no-discovery", is_flag=True, help="Do not advertise or look for peers on the LAN (mDNS).")
+@click.option("--json-log", is_flag=True, help="Log one JSON object per line.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every batch received.")
+@click.pass_context
+def node(
+    ctx: click.Context,
+    listen: str | None,
+    peers: tuple[str, ...],
+    no_discovery: bool,
+    json_log: bool,
+    verbose: bool,
+) -> None:
+    """Run this device's node: sync with peers over websockets until stopped (Ctrl-C).
+
+    \b
+    Example:
+      syncq node
+      syncq node --listen 127.0.0.1:7331 --peer ws://gpu.local:7330
+    """
+    from syncq.node.daemon import Node
+    from syncq.node.logs import NodeLog
+
+    from syncq.invite import peer_url
+
+    host, port = _parse_listen(listen or os.environ.get("SYNCQ_LISTEN") or DEFAULT_LISTEN)
+    urls = [peer_url(p) for p in peers]
+    space = _open(ctx)
+    the_node = Node(
+        space,
+        host=host,
+        port=port,
+        log=NodeLog(json_lines=json_log, verbose=verbose),
+        discovery=not no_discovery,
+    )
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, the_node.stop)
+        for url in urls:
+            the_node.add_peer(url, "config")
+        await the_node.run()
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+@cli.command()
+@click.option("--relay", is_flag=True, help="A code for a relay: it can forward, never read.")
+@click.option(
+    "--address",
+    "addresses",
+    multiple=True,
+    metavar="URL",
+    help="Where the new device can reach this one (default: this machine's addresses).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def invite(ctx: click.Context, relay: bool, addresses: tuple[str, ...], as_json: bool) -> None:
+    """Print a code that adds another device (or a relay) to this space.
+
+    The code is a secret: whoever has a member code can read every prompt of the space.
+
+    \b
+    Example:
+      syncq invite                 # then, on the new device: syncq join CODE
+      syncq invite --relay --address ws://relay.example.net:7330
+    """
+    from syncq.invite import encode_invite, peer_url
+
+    space = _open(ctx)
+    if space.is_relay:
+        raise RelayOnly("a relay cannot invite: run `syncq invite` on a member device")
+    urls = [peer_url(a) for a in addresses] or _own_addresses(space)
+    code = encode_invite(space.keys.for_relay() if relay else space.keys, urls)
+    if as_json:
+        click.echo(json.dumps({"code": code, "relay": relay, "addresses": urls}))
+        return
+    click.echo(code)
+    what = "store and forward this space's encrypted data" if relay else "read every prompt of this space"
+    click.echo(
+        f"This code is a secret: whoever has it can {what}. Share it only over a channel "
+        "you trust, then run `syncq join CODE` on the new device.",
+        err=True,
+    )
+
+
+@cli.command()
+@click.argument("code")
+@click.option("--name", help="A name for this device (default: the host name).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def join(ctx: click.Context, code: str, name: str | None, as_json: bool) -> None:
+    """Join the space of an invite CODE from `syncq invite`, as a new device or a relay.
+
+    \b
+    Example:
+      syncq join syncq1-kAEQ... --name gpu-box
+    """
+    from syncq.invite import decode_invite
+    from syncq.space import Space
+    from syncq.store import Peer
+
+    found = decode_invite(code)
+    home = _home(ctx)
+    label = name or socket.gethostname()
+    if found.keys.is_relay:
+        space = Space.init_relay(home, name=label, keys=found.keys)
+    else:
+        space = Space.join(home, name=label, keys=found.keys)
+    ctx.call_on_close(space.close)
+    for url in found.addresses:
+        space.store.save_peer(Peer(url=url, source="invite"))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "home": str(home),
+                    "space_id": space.keys.space_id,
+                    "device_id": space.device_id,
+                    "relay": space.is_relay,
+                    "peers": list(found.addresses),
+                }
+            )
+        )
+        return
+    role = (
+        "a relay (it stores and forwards ciphertext, and cannot read prompts)"
+        if space.is_relay
+        else "a member"
+    )
+    click.echo(f"Joined space {space.keys.space_id} as {label}, {role}.")
+    click.echo(f"Peers: {', '.join(found.addresses) or 'none (add one with `syncq peers add`)'}")
+    click.echo("Run `syncq node` to sync.")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def peers(ctx: click.Context, as_json: bool) -> None:
+    """List known peers: connected or not, last seen, envelopes behind.
+
+    \b
+    Example:
+      syncq peers
+      syncq peers add ws://gpu.local:7330
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    space = _open(ctx)
+    running = _node_running(space)
+    rows = [_peer_json(p, running) for p in space.store.peers()]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    from syncq.cli import render
+
+    render.peers(rows, running)
+
+
+@peers.command(name="add")
+@click.argument("url")
+@click.pass_context
+def peers_add(ctx: click.Context, url: str) -> None:
+    """Remember a peer to dial (a running node dials it at once).
+
+    \b
+    Example:
+      syncq peers add ws://192.168.1.20:7330
+    """
+    from syncq.invite import peer_url
+    from syncq.store import Peer
+
+    normalised = peer_url(url)
+    space = _open(ctx)
+    if any(p.url == normalised for p in space.store.peers()):
+        raise UserError(f"{normalised} is a known peer already")
+    space.store.save_peer(Peer(url=normalised, source="config"))
+    click.echo(f"added {normalised}")
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidInput(f"--listen {text!r} must look like HOST:PORT, e.g. 0.0.0.0:7330")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+
+
+def _own_addresses(space: Any) -> list[str]:
+    listen = space.store.get_meta("node.listen") or f"ws://0.0.0.0:{DEFAULT_LISTEN.rsplit(':', 1)[1]}"
+    port = listen.rsplit(":", 1)[1]
+    host = listen.split("://", 1)[1].rsplit(":", 1)[0]
+    if host not in ("0.0.0.0", "::", ""):  # noqa: S104
+        return [f"ws://{host}:{port}"]
+    try:
+        found = socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        found = []
+    hosts = [a for a in found if not a.startswith("127.")] + ["127.0.0.1"]
+    return [f"ws://{h}:{port}" for h in hosts]
+
+
+def _node_running(space: Any) -> bool:
+    from syncq.space import wall_clock_ms
+
+    beat = space.store.get_meta("node.heartbeat")
+    return beat is not None and wall_clock_ms() - int(beat) < NODE_FRESH_MS
+
+
+def _peer_json(peer: Any, running: bool) -> dict[str, Any]:
+    return {
+        "url": peer.url,
+        "source": peer.source,
+        "node_id": peer.node_id,
+        "name": peer.name,
+        "connected": bool(peer.connected and running),
+        "last_seen": peer.last_seen,
+        "behind": peer.behind,
+        "error": peer.error,
+    }

@@ -1,0 +1,123 @@
+"""One websocket connection: moves bytes between the socket and a ``Peering``.
+
+Two tasks per connection: the reader feeds every message to the peering (which verifies and
+stores envelopes, then acknowledges them); the sender waits to be woken (the peer's HAVE, an
+acknowledgement, a new local envelope) and sends batches while the flow-control window allows.
+A stalled peer only ever blocks its own tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.connection import Connection as WebSocket
+from websockets.exceptions import ConnectionClosed
+
+from syncq.peering import Peering
+from syncq.protocol import CloseCode, PeerClosed, Role, SessionFailed
+
+if TYPE_CHECKING:
+    from syncq.node.daemon import Node
+
+HANDSHAKE_TIMEOUT_S = 10.0
+PROGRESS_EVERY_S = 1.0
+
+
+class Connection:
+    """A peer connection, inbound or outbound; it is also the peering's hooks."""
+
+    def __init__(self, node: Node, ws: WebSocket, role: Role, url: str | None) -> None:
+        self.node = node
+        self.ws = ws
+        self.url = url
+        self.peering = Peering(node.space, role, hooks=self)
+        self.session = self.peering.session
+        self.wake = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._last_progress = 0.0
+
+    @property
+    def key(self) -> str:
+        """How the peers table names this peer."""
+        return self.url or f"inbound:{self.session.peer_id}"
+
+    @property
+    def label(self) -> str:
+        """A short human name for log lines."""
+        peer = self.session.peer_id
+        who = self.peering.peer_name or (peer[:12] if peer else "?")
+        return f"{who} ({self.url})" if self.url else who
+
+    async def run(self) -> None:
+        """Run the session until either side ends it; always closes the websocket."""
+        sender = asyncio.create_task(self._send_loop())
+        timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
+        try:
+            await self._flush()
+            async for message in self.ws:
+                self.peering.receive(message if isinstance(message, bytes) else b"")
+                if self.peering.wants_to_send:
+                    self.wake.set()
+                await self._flush()
+                if not self.peering.open:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            timer.cancel()
+            sender.cancel()
+            await self.close()
+            self.node.disconnected(self)
+
+    async def close(self) -> None:
+        """Send what the session queued (its ERROR, if it failed) and close the websocket."""
+        await self._flush()
+        code = self.session.close_code or CloseCode.NORMAL
+        if not (code == 1000 or 4000 <= code <= 4999):
+            code = CloseCode.NORMAL
+        await self.ws.close(code, self.session.close_reason[:120])
+
+    # -- hooks of the peering --------------------------------------------------------------
+
+    def authenticated(self, peering: Peering) -> bool:
+        """Register with the node; False for a duplicate connection to the same peer."""
+        return self.node.connected(self)
+
+    def stored(self, peering: Peering, added: int) -> None:
+        """Gossip: offer what arrived to every other peer."""
+        self.node.stored(self, added)
+
+    def ended(self, peering: Peering, event: SessionFailed | PeerClosed) -> None:
+        """Log why the session ended."""
+        kind = "peer-failed" if isinstance(event, SessionFailed) else "peer-closed"
+        level = "warning" if isinstance(event, SessionFailed) else "info"
+        self.node.log.event(kind, level=level, peer=self.label, code=int(event.code), reason=event.reason)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.peering.send_batch():
+                await self._flush()
+            now = time.monotonic()
+            if self.session.peer_id is not None and now - self._last_progress >= PROGRESS_EVERY_S:
+                self._last_progress = now
+                self.node.progress(self)
+
+    async def _flush(self) -> None:
+        # One lock keeps the session's frames in order across the reader and sender tasks.
+        async with self._send_lock:
+            for frame in self.peering.data_to_send():
+                try:
+                    await self.ws.send(frame)
+                except ConnectionClosed:
+                    return
+
+    def _handshake_timeout(self) -> None:
+        if self.session.peer_id is None and self.peering.open:
+            self.peering.fail(CloseCode.TIMEOUT, "handshake took too long")
+            self.node.spawn(self.close())

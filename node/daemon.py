@@ -1,0 +1,267 @@
+"""`syncq node`: a websocket server, outgoing connections to every known peer, and gossip.
+
+The node is a thin asyncio shell around the library: ``Space`` stores and verifies envelopes,
+``SyncSession`` speaks the protocol, and this module moves bytes and runs timers:
+
+- a server (default 0.0.0.0:7330) and a dialler per known peer that reconnects with
+  exponential backoff and jitter (0.5 s doubling to 60 s);
+- a watcher that polls SQLite's ``data_version`` every 20 ms, so envelopes written by other
+  processes (`syncq add` while the node runs) are forwarded within ~20 ms, and peers added with
+  `syncq peers add` are dialled;
+- presence (``nodes[id]``, at most once a minute) and a heartbeat in the store's metadata that
+  `syncq status` reads to say whether a node runs.
+
+All library calls run on the event-loop thread: each is a short SQLite transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Coroutine, Iterable
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import InvalidHandshake, InvalidURI
+
+from syncq import __version__
+from syncq.errors import StoreError
+from syncq.protocol import MAX_FRAME_SIZE, CloseCode, Role
+from syncq.records import NodeInfo
+from syncq.space import Space, wall_clock_ms
+from syncq.store import Peer
+
+from .connection import Connection
+from .logs import NodeLog
+
+WATCH_INTERVAL_S = 0.02
+HEARTBEAT_S = 5.0
+PRESENCE_S = 60.0
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 60.0
+PING_S = 20.0
+
+
+class Node:
+    """The running node of one home."""
+
+    def __init__(self, space: Space, *, host: str, port: int, log: NodeLog, discovery: bool) -> None:
+        self.space = space
+        self.host = host
+        self.port = port
+        self.log = log
+        self.discovery = discovery
+        self.connections: dict[str, Connection] = {}  # by peer id, once authenticated
+        self._dialers: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self.url = ""
+
+    def spawn(self, work: Coroutine[object, object, None]) -> None:
+        """Run ``work`` in the background, keeping a reference until it ends."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until ``stop()``; then close every connection and return."""
+        server = await serve(
+            self._inbound,
+            self.host,
+            self.port,
+            max_size=MAX_FRAME_SIZE,
+            compression=None,  # ciphertext does not compress; deflate cost 7x throughput
+            ping_interval=PING_S,
+            ping_timeout=PING_S,
+        )
+        self.port = _bound_port(server)
+        self.url = f"ws://{self.host}:{self.port}"
+        self.space.store.set_meta("node.listen", self.url)
+        self.log.event("listening", url=self.url, node=self.space.device_id, name=self.space.name)
+        tasks = [
+            asyncio.create_task(self._watch()),
+            asyncio.create_task(self._heartbeat()),
+        ]
+        if not self.space.is_relay:
+            tasks.append(asyncio.create_task(self._presence()))
+        if self.discovery:
+            from .discovery import Discovery
+
+            tasks.append(asyncio.create_task(Discovery(self).run()))
+        self._dial_known()
+        try:
+            await self._stop.wait()
+        finally:
+            for task in [*tasks, *self._dialers.values()]:
+                task.cancel()
+            server.close()
+            await server.wait_closed()
+            self.space.store.set_meta("node.heartbeat", "0")
+            self.log.event("stopped")
+
+    def stop(self) -> None:
+        """Ask ``run`` to finish (signal handlers call this)."""
+        self._stop.set()
+
+    # -- peers -----------------------------------------------------------------------------
+
+    def add_peer(self, url: str, source: str) -> None:
+        """Dial ``url`` from now on (and remember it)."""
+        known = {p.url for p in self.space.store.peers()}
+        if url not in known:
+            self.space.store.save_peer(Peer(url=url, source=source))
+        self._dial(url)
+
+    def _dial_known(self) -> None:
+        for peer in self.space.store.peers():
+            if not peer.url.startswith("inbound:"):
+                self._dial(peer.url)
+
+    def _dial(self, url: str) -> None:
+        if url not in self._dialers and url != self.url:
+            self._dialers[url] = asyncio.create_task(self._dialer(url))
+
+    async def _dialer(self, url: str) -> None:
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                async with connect(
+                    url,
+                    max_size=MAX_FRAME_SIZE,
+                    compression=None,
+                    open_timeout=10,
+                    ping_interval=PING_S,
+                    ping_timeout=PING_S,
+                ) as ws:
+                    conn = Connection(self, ws, Role.INITIATOR, url)
+                    await conn.run()
+                    if conn.session.peer_id is not None:
+                        delay = BACKOFF_FIRST_S  # it worked: retry soon after a drop
+            except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+                self._remember(url, error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _inbound(self, ws: ServerConnection) -> None:
+        await Connection(self, ws, Role.RESPONDER, None).run()
+
+    def connected(self, conn: Connection) -> bool:
+        """Register an authenticated connection; False if it duplicates one to the same peer.
+
+        Both ends keep the connection opened by the node with the smaller id, so two nodes
+        that dial each other settle on the same one.
+        """
+        peer = conn.session.peer_id
+        assert peer is not None
+        existing = self.connections.get(peer)
+        if existing is not None:
+            mine_first = self.space.device_id < peer
+            keep_new = (conn.session.role is Role.INITIATOR) == mine_first
+            if not keep_new:
+                return False
+            existing.session.fail(CloseCode.NORMAL, "duplicate connection")  # not a fault
+            self.spawn(existing.close())
+        self.connections[peer] = conn
+        self._remember(conn.key, node_id=peer, name=conn.peering.peer_name, connected=True)
+        self.log.event("peer-connected", peer=conn.label, relay=conn.session.relay)
+        return True
+
+    def disconnected(self, conn: Connection) -> None:
+        """Forget a connection that ended."""
+        peer = conn.session.peer_id
+        if peer is not None and self.connections.get(peer) is conn:
+            del self.connections[peer]
+            self._remember(conn.key, node_id=peer, name=conn.peering.peer_name, connected=False)
+            self.log.event("peer-disconnected", peer=conn.label, reason=conn.session.close_reason or "closed")
+
+    def _remember(self, key: str, **fields: object) -> None:
+        old = next((p for p in self.space.store.peers() if p.url == key), None)
+        source = old.source if old else ("inbound" if key.startswith("inbound:") else "config")
+        values = {
+            "url": key,
+            "source": source,
+            "node_id": old.node_id if old else None,
+            "name": old.name if old else None,
+            "connected": old.connected if old else False,
+            "last_seen": old.last_seen if old else None,
+            "behind": old.behind if old else None,
+            "error": None,
+        }
+        values.update(fields)
+        if values["connected"] or "connected" in fields:
+            values["last_seen"] = wall_clock_ms()
+        try:
+            self.space.store.save_peer(Peer(**values))  # type: ignore[arg-type]
+        except StoreError as exc:
+            self.log.event("store-failed", level="error", reason=str(exc))
+
+    # -- envelopes ---------------------------------------------------------------------------
+
+    def stored(self, source: Connection, added: int) -> None:
+        """New envelopes arrived from ``source``: offer them to every other peer (gossip)."""
+        self._wake_all(c for c in self.connections.values() if c is not source)
+        self.log.event("received", peer=source.label, envelopes=added, level="debug")
+
+    def progress(self, conn: Connection) -> None:
+        """Record how far behind the peer is (shown by `syncq peers`)."""
+        self._remember(
+            conn.key,
+            node_id=conn.session.peer_id,
+            name=conn.peering.peer_name,
+            connected=True,
+            behind=conn.peering.behind(),
+        )
+
+    def _wake_all(self, conns: Iterable[Connection]) -> None:
+        for conn in conns:
+            conn.wake.set()
+
+    # -- timers ----------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        store = self.space.store
+        version = store.data_version()
+        peers = {p.url for p in store.peers()}
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = store.data_version()
+            if now == version:
+                continue
+            version = now
+            self._wake_all(self.connections.values())
+            current = {p.url for p in store.peers()}
+            for url in current - peers:
+                if not url.startswith("inbound:"):
+                    self._dial(url)
+            peers = current
+
+    async def _heartbeat(self) -> None:
+        self.space.store.set_meta("node.pid", str(os.getpid()))
+        while True:
+            self.space.store.set_meta("node.heartbeat", str(wall_clock_ms()))
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _presence(self) -> None:
+        while True:
+            info = NodeInfo(
+                id=self.space.device_id,
+                name=self.space.name,
+                version=__version__,
+                last_seen=wall_clock_ms(),
+                listen=self.url,
+            )
+            try:
+                self.space.put_node(info)
+                self._wake_all(self.connections.values())
+            except StoreError as exc:
+                self.log.event("store-failed", level="error", reason=str(exc))
+            await asyncio.sleep(PRESENCE_S)
+
+
+def _bound_port(server: Server) -> int:
+    for sock in server.sockets:
+        return int(sock.getsockname()[1])
+    raise RuntimeError("the server has no socket")

@@ -1,0 +1,40 @@
+"""The node's log: quiet lines for people, or one JSON object per line (``--json-log``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+
+_HUMAN = {
+    "listening": "listening on {url} as {name} ({node:.12})",
+    "peer-connected": "connected to {peer}",
+    "peer-disconnected": "disconnected from {peer}: {reason}",
+    "peer-failed": "closed the session with {peer}: {reason} ({code})",
+    "peer-closed": "{peer} closed the session: {reason} ({code})",
+    "store-failed": "cannot store envelopes: {reason}",
+    "discovered": "found {url} on the local network",
+    "stopped": "stopped",
+}
+
+
+class NodeLog:
+    """Writes node events to a stream (stdout by default), flushed line by line."""
+
+    def __init__(self, *, json_lines: bool, verbose: bool = False, stream: TextIO | None = None) -> None:
+        self.json_lines = json_lines
+        self.verbose = verbose
+        self.stream = stream or sys.stdout
+
+    def event(self, kind: str, *, level: str = "info", **fields: object) -> None:
+        """Log one event; ``debug`` events only with ``verbose`` (or in JSON)."""
+        if self.json_lines:
+            record = {"t": round(time.time(), 3), "event": kind, "level": level, **fields}
+            self.stream.write(json.dumps(record, default=str) + "\n")
+        elif level != "debug" or self.verbose:
+            template = _HUMAN.get(kind)
+            text = template.format(**fields) if template else f"{kind} {fields}"
+            prefix = "error: " if level == "error" else ""
+            self.stream.write(f"{time.strftime('%H:%M:%S')} {prefix}{text}\n")
+        self.stream.flush()

@@ -1,0 +1,154 @@
+"""A sync session bound to a space: what to do with each protocol event, with no I/O of its own.
+
+``SyncSession`` (syncq.protocol) knows the wire; ``Peering`` adds what this device does about it:
+answer ``Authenticated`` with its version vector, verify and store every received batch (all of
+it or none of it) before acknowledging it, and fill the flow-control window from the store with
+what the peer lacks, per author in seq order and never across a local gap. The node's websocket
+connection and the in-memory transport of the tests both drive this one class, so what is tested
+in memory is what runs over the network.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Protocol
+
+from syncq.errors import StoreError
+from syncq.protocol import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_ENVELOPES,
+    Authenticated,
+    CloseCode,
+    EnvelopesReceived,
+    Event,
+    HaveReceived,
+    PeerClosed,
+    Role,
+    SessionFailed,
+    State,
+    SyncSession,
+    WindowOpen,
+)
+
+if TYPE_CHECKING:
+    from syncq.space import Space
+
+
+class Hooks(Protocol):
+    """What the owner of a peering (the node) is told."""
+
+    def authenticated(self, peering: Peering) -> bool:
+        """The peer is admitted; return False to drop this connection (a duplicate)."""
+        ...
+
+    def stored(self, peering: Peering, added: int) -> None:
+        """New envelopes from this peer are stored: offer them to the other peers."""
+        ...
+
+    def ended(self, peering: Peering, event: SessionFailed | PeerClosed) -> None:
+        """The session ended (this side failed it, or the peer closed it)."""
+        ...
+
+
+class NoHooks:
+    """Hooks that admit every peer and ignore the rest."""
+
+    def authenticated(self, peering: Peering) -> bool:
+        """Admit."""
+        return True
+
+    def stored(self, peering: Peering, added: int) -> None:
+        """Ignore."""
+
+    def ended(self, peering: Peering, event: SessionFailed | PeerClosed) -> None:
+        """Ignore."""
+
+
+class Peering:
+    """One sync session with one peer, driven against ``space``."""
+
+    def __init__(
+        self, space: Space, role: Role, *, hooks: Hooks | None = None, challenge: bytes | None = None
+    ) -> None:
+        self.space = space
+        self.hooks: Hooks = hooks or NoHooks()
+        self.session = SyncSession(
+            role=role,
+            space_id=bytes.fromhex(space.keys.space_id),
+            auth_key=space.keys.auth_key(space.keys.epoch),
+            node=space.device,
+            name=space.name,
+            challenge=challenge if challenge is not None else os.urandom(32),
+            relay=space.is_relay,
+        )
+        self.peer_name = ""
+        self.wants_to_send = False  # the peer's HAVE or an ACK arrived: try ``send_batch``
+        self.received = 0
+        self.sent = 0
+
+    @property
+    def open(self) -> bool:
+        """Whether the session still runs."""
+        return self.session.state is not State.CLOSED
+
+    def data_to_send(self) -> list[bytes]:
+        """Frames to put on the wire, in order."""
+        return self.session.data_to_send()
+
+    def receive(self, frame: bytes) -> None:
+        """Feed one received message and act on what it means."""
+        for event in self.session.receive(frame):
+            self._handle(event)
+
+    def send_batch(self) -> int:
+        """Queue one batch of envelopes the peer lacks, if the window allows; returns how many."""
+        self.wants_to_send = False
+        if not self.session.can_send:
+            return 0
+        batch = self.space.envelopes_for(self.session.peer_vv, MAX_BATCH_ENVELOPES, MAX_BATCH_BYTES)
+        if batch:
+            self.session.send_envelopes(batch)
+            self.sent += len(batch)
+            self.wants_to_send = True
+        return len(batch)
+
+    def fail(self, code: CloseCode, reason: str) -> None:
+        """End the session from this side."""
+        if self.open:
+            self.hooks.ended(self, self.session.fail(code, reason))
+
+    def behind(self) -> int:
+        """How many envelopes this side holds that the peer lacks."""
+        mine = self.space.version_vector()
+        return sum(max(0, seq - self.session.peer_vv.get(a, 0)) for a, seq in mine.items())
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, Authenticated):
+            self.peer_name = event.peer_name
+            if not self.hooks.authenticated(self):
+                self.session.fail(CloseCode.NORMAL, "duplicate connection")
+                return
+            self.session.send_have(self.space.version_vector())
+        elif isinstance(event, HaveReceived | WindowOpen):
+            self.wants_to_send = True
+        elif isinstance(event, EnvelopesReceived):
+            self._store(event)
+        else:
+            self.hooks.ended(self, event)
+
+    def _store(self, event: EnvelopesReceived) -> None:
+        try:
+            report = self.space.receive(event.envelopes, atomic=True)
+        except StoreError as exc:
+            self.fail(CloseCode.UNAVAILABLE, f"cannot store envelopes here: {exc}")
+            return
+        if report.rejected:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(report.rejected.items()))
+            self.fail(CloseCode.BAD_ENVELOPE, f"envelopes rejected: {reasons}")
+            return
+        for author, seq in report.accepted:
+            self.session.note_peer_has(author, seq)
+        self.session.ack(event.batch)  # only now: an ACK means "stored here"
+        self.received += report.added
+        if report.added:
+            self.hooks.stored(self, report.added)

@@ -1,0 +1,112 @@
+"""Real `syncq node` processes on 127.0.0.1, and bounded waits on conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SYNCQ = str(Path(sys.executable).parent / "syncq")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class NodeProcess:
+    """A `syncq node --json-log` child process whose log events are collected as they come."""
+
+    def __init__(self, home: Path, *args: str, port: int = 0) -> None:
+        self.home = home
+        self.args = args
+        self.port = port
+        self.events: list[dict[str, Any]] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+
+    def start(self) -> NodeProcess:
+        env = {**os.environ, "SYNCQ_HOME": str(self.home)}
+        self.events = []
+        self.proc = subprocess.Popen(
+            [SYNCQ, "node", "--listen", f"127.0.0.1:{self.port}", "--no-discovery", "--json-log", *self.args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        listening = self.wait_event("listening", timeout=30)
+        self.port = int(listening["url"].rsplit(":", 1)[1])
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return
+            if line is None:
+                continue
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                self.events.append({"event": "output", "text": line})
+
+    def find(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
+        self._drain()
+        return [
+            e for e in self.events if e.get("event") == kind and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait_event(self, kind: str, timeout: float = 30, **fields: Any) -> dict[str, Any]:
+        def found() -> Any:
+            if self.proc is not None and self.proc.poll() is not None:
+                self._drain()
+                raise AssertionError(f"node exited with {self.proc.returncode}: {self.events}")
+            matches = self.find(kind, **fields)
+            return matches[0] if matches else None
+
+        return wait_until(found, timeout, f"{kind} {fields}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self._drain()
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)

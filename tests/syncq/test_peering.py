@@ -1,0 +1,150 @@
+"""Sessions over an in-memory transport: replicas connected and cut at random converge."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from syncq.peering import NoHooks, Peering
+from syncq.protocol import Role
+from syncq.space import Space
+
+
+class Link:
+    """Two peerings joined by in-memory queues."""
+
+    def __init__(self, a: Peering, b: Peering) -> None:
+        self.a, self.b = a, b
+
+    def step(self, limit: int | None = None) -> int:
+        """Move queued frames both ways (at most ``limit`` each way); returns how many moved."""
+        moved = 0
+        for src, dst in ((self.a, self.b), (self.b, self.a)):
+            while src.wants_to_send and src.send_batch():
+                pass
+            frames = src.data_to_send()
+            for frame in frames[:limit]:
+                dst.receive(frame)
+            moved += len(frames[:limit])
+            # Frames beyond the limit are lost, as when a connection drops mid-flight.
+        return moved
+
+    def settle(self) -> None:
+        while self.step():
+            pass
+
+
+class Gossip(NoHooks):
+    """Like the node: what one peer delivers is offered to the replica's other peers."""
+
+    def __init__(self, mesh: Mesh, replica: int) -> None:
+        self.mesh, self.replica = mesh, replica
+
+    def stored(self, peering: Peering, added: int) -> None:
+        self.mesh.nudge(self.replica)
+
+
+class Mesh(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = Path(tempfile.mkdtemp(prefix="syncq-mesh-"))
+        rng = random.Random(0)
+        self.entropy = rng.randbytes
+        ticks = itertools.count(1_700_000_000_000)
+        self.clock = lambda: next(ticks)
+        self.replicas: list[Space] = []
+        self.links: dict[tuple[int, int], Link] = {}
+        self.added: set[str] = set()
+
+    @initialize(n=st.integers(3, 4))
+    def make(self, n: int) -> None:
+        first = Space.init(self.root / "r0", name="r0", entropy=self.entropy, clock=self.clock)
+        self.replicas = [first] + [
+            Space.join(
+                self.root / f"r{i}", name=f"r{i}", keys=first.keys, entropy=self.entropy, clock=self.clock
+            )
+            for i in range(1, n)
+        ]
+
+    def pair(self, data: st.DataObject) -> tuple[int, int]:
+        i, j = data.draw(
+            st.lists(st.integers(0, len(self.replicas) - 1), min_size=2, max_size=2, unique=True),
+            label="pair",
+        )
+        return (min(i, j), max(i, j))
+
+    def nudge(self, replica: int) -> None:
+        for (i, j), link in self.links.items():
+            if i == replica:
+                link.a.wants_to_send = True
+            if j == replica:
+                link.b.wants_to_send = True
+
+    @rule(data=st.data())
+    def connect(self, data: st.DataObject) -> None:
+        i, j = self.pair(data)
+        if (i, j) not in self.links or not self.links[(i, j)].a.open:
+            challenge = self.entropy(32)
+            self.links[(i, j)] = Link(
+                Peering(self.replicas[i], Role.INITIATOR, hooks=Gossip(self, i), challenge=challenge),
+                Peering(self.replicas[j], Role.RESPONDER, hooks=Gossip(self, j), challenge=self.entropy(32)),
+            )
+
+    @precondition(lambda self: self.links)
+    @rule(data=st.data())
+    def cut(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(sorted(self.links)), label="link")
+        del self.links[key]
+
+    @precondition(lambda self: self.links)
+    @rule(data=st.data(), limit=st.integers(0, 3))
+    def deliver_a_little(self, data: st.DataObject, limit: int) -> None:
+        key = data.draw(st.sampled_from(sorted(self.links)), label="link")
+        self.links[key].step(limit)
+
+    @rule(data=st.data(), text=st.text(min_size=1, max_size=10).filter(str.strip))
+    def add(self, data: st.DataObject, text: str) -> None:
+        i = data.draw(st.integers(0, len(self.replicas) - 1), label="replica")
+        self.added.add(self.replicas[i].add(text, model="echo").id)
+        self.nudge(i)
+
+    def teardown(self) -> None:
+        try:
+            if self.replicas:
+                self.heal_and_check()
+        finally:
+            for replica in self.replicas:
+                replica.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def heal_and_check(self) -> None:
+        # Fresh sessions along a line r0 - r1 - ... (gossip must carry everything end to end).
+        self.links = {}
+        for i in range(len(self.replicas) - 1):
+            self.links[(i, i + 1)] = Link(
+                Peering(self.replicas[i], Role.INITIATOR, hooks=Gossip(self, i), challenge=self.entropy(32)),
+                Peering(
+                    self.replicas[i + 1],
+                    Role.RESPONDER,
+                    hooks=Gossip(self, i + 1),
+                    challenge=self.entropy(32),
+                ),
+            )
+        for _ in range(3 * len(self.replicas)):
+            for link in self.links.values():
+                link.settle()
+        views = [[e.prompt.id for e in r.entries(limit=None)] for r in self.replicas]
+        assert set(views[0]) == self.added
+        assert all(view == views[0] for view in views)
+        assert all(link.a.open and link.b.open for link in self.links.values())
+
+
+Mesh.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+TestMeshConverges = Mesh.TestCase

@@ -15,7 +15,6 @@ from syncq.cli.main import _home, _open, cli
 from syncq.errors import InvalidInput, RelayOnly, UserError
 
 DEFAULT_LISTEN = "0.0.0.0:7330"
-NODE_FRESH_MS = 15_000  # a node heartbeat older than this means no node runs
 
 
 @cli.command()
@@ -177,7 +176,7 @@ def peers(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     space = _open(ctx)
-    running = _node_running(space)
+    running = space.node_running() is not None
     rows = [_peer_json(p, running) for p in space.store.peers()]
     if as_json:
         for row in rows:
@@ -228,13 +227,6 @@ def _own_addresses(space: Any) -> list[str]:
         found = []
     hosts = [a for a in found if not a.startswith("127.")] + ["127.0.0.1"]
     return [f"ws://{h}:{port}" for h in hosts]
-
-
-def _node_running(space: Any) -> bool:
-    from syncq.space import wall_clock_ms
-
-    beat = space.store.get_meta("node.heartbeat")
-    return beat is not None and wall_clock_ms() - int(beat) < NODE_FRESH_MS
 
 
 def _peer_json(peer: Any, running: bool) -> dict[str, Any]:

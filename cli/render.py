@@ -155,6 +155,10 @@ def status(st: SpaceStatus, as_json: bool) -> None:
                 "envelopes": st.envelopes,
                 "store_bytes": st.store_bytes,
                 "rejected": dict(st.rejected),
+                "node": st.node,
+                "peers": st.peers,
+                "peers_connected": st.peers_connected,
+                "peers_behind": st.peers_behind,
             }
         )
         return
@@ -172,6 +176,12 @@ def status(st: SpaceStatus, as_json: bool) -> None:
         grid.add_row("prompts", f"{st.prompts}: " + ", ".join(f"{_status(s)} {n}" for s, n in counts.items()))
         grid.add_row("devices", str(st.devices))
     grid.add_row("store", f"{st.envelopes} envelopes, {_size(st.store_bytes)}")
+    grid.add_row("node", f"[green]running[/] at {st.node}" if st.node else "[dim]not running (syncq node)[/]")
+    sync = "in sync" if st.peers_behind == 0 else f"{st.peers_behind} envelopes to send"
+    grid.add_row(
+        "peers",
+        f"{st.peers_connected} connected of {st.peers} known" + (f", {sync}" if st.peers_connected else ""),
+    )
     if st.rejected:
         grid.add_row("rejected", ", ".join(f"{r} {n}" for r, n in sorted(st.rejected.items())))
     _console().print(grid)

@@ -37,6 +37,8 @@ class Connection:
         self.wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._last_progress = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     @property
     def key(self) -> str:
@@ -57,6 +59,7 @@ class Connection:
         try:
             await self._flush()
             async for message in self.ws:
+                self.bytes_in += len(message)
                 self.peering.receive(message if isinstance(message, bytes) else b"")
                 if self.peering.wants_to_send:
                     self.wake.set()
@@ -114,6 +117,7 @@ class Connection:
             for frame in self.peering.data_to_send():
                 try:
                     await self.ws.send(frame)
+                    self.bytes_out += len(frame)
                 except ConnectionClosed:
                     return
 

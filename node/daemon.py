@@ -5,8 +5,8 @@ The node is a thin asyncio shell around the library: ``Space`` stores and verifi
 
 - a server (default 0.0.0.0:7330) and a dialler per known peer that reconnects with
   exponential backoff and jitter (0.5 s doubling to 60 s);
-- a watcher that polls SQLite's ``data_version`` every 20 ms, so envelopes written by other
-  processes (`syncq add` while the node runs) are forwarded within ~20 ms, and peers added with
+- a watcher that polls SQLite's ``data_version`` every 5 ms, so envelopes written by other
+  processes (`syncq add` while the node runs) are forwarded within ~5 ms, and peers added with
   `syncq peers add` are dialled;
 - presence (``nodes[id]``, at most once a minute) and a heartbeat in the store's metadata that
   `syncq status` reads to say whether a node runs.
@@ -35,7 +35,7 @@ from syncq.store import Peer
 from .connection import Connection
 from .logs import NodeLog
 
-WATCH_INTERVAL_S = 0.02
+WATCH_INTERVAL_S = 0.005
 HEARTBEAT_S = 5.0
 PRESENCE_S = 60.0
 BACKOFF_FIRST_S = 0.5

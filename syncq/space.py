@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from syncq import crypto, yjs
 from syncq.crypto import DeviceKeys, SpaceKeys
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     # cold `syncq add` (a blind insert) never pays for it.
     from syncq.log import Entry, Log
 
+NODE_FRESH_MS = 15_000  # a node heartbeat older than this means no node runs in the home
 CHECKPOINT_AFTER = 256  # envelopes replayed on open before a fresh checkpoint is written
 MAX_UPDATE_BYTES = 512 * 1024  # a batch of adds is split into envelopes of about this size
 _CLIENT_ID_BITS = 53  # Yjs client ids stay below 2**53; random, fresh for every process
@@ -98,6 +99,10 @@ class SpaceStatus:
     envelopes: int
     store_bytes: int
     rejected: Mapping[str, int]
+    node: str | None = None  # the running node's listen URL, if one runs in this home
+    peers: int = 0
+    peers_connected: int = 0
+    peers_behind: int = 0  # envelopes held here that connected peers still lack
 
 
 @dataclass(slots=True)
@@ -431,7 +436,26 @@ class Space:
             envelopes=self.store.count(),
             store_bytes=self.store.size_bytes(),
             rejected=self.store.rejections(),
+            **self._mesh_status(),
         )
+
+    def node_running(self) -> str | None:
+        """The listen URL of the node running in this home, judged by its heartbeat."""
+        beat = self.store.get_meta("node.heartbeat")
+        if beat is None or not beat.isdigit() or self._clock() - int(beat) > NODE_FRESH_MS:
+            return None
+        return self.store.get_meta("node.listen") or "?"
+
+    def _mesh_status(self) -> dict[str, Any]:
+        node = self.node_running()
+        peers = self.store.peers()
+        connected = [p for p in peers if p.connected] if node else []
+        return {
+            "node": node,
+            "peers": len(peers),
+            "peers_connected": len(connected),
+            "peers_behind": sum(p.behind or 0 for p in connected),
+        }
 
     # -- exchanging envelopes (the sync layer and the tests use these) -------------------------
 
@@ -479,13 +503,16 @@ class Space:
         """
         report = ReceiveReport()
         rows = []
+        payloads: dict[tuple[bytes, int], bytes] = {}
         for data in datas:
             try:
-                envelope = self._verify(data)
+                envelope, payload = self._verify(data)
             except EnvelopeRejected as exc:
                 self._reject(report, exc)
                 continue
             rows.append(Row(envelope.author, envelope.seq, data))
+            if payload is not None:
+                payloads[(envelope.author, envelope.seq)] = payload
         if atomic and report.rejected:
             return report
         with self._lock:
@@ -496,16 +523,17 @@ class Space:
             report.duplicates += put.duplicates
             report.accepted = [(r.author, r.seq) for r in rows if r not in put.conflicts]
             if self._log is not None and put.added:
-                self._catch_up(self._log)
+                added = {(r.author, r.seq) for r in put.added}
+                self._catch_up(self._log, {k: v for k, v in payloads.items() if k in added})
         return report
 
-    def _verify(self, data: bytes) -> crypto.Envelope:
+    def _verify(self, data: bytes) -> tuple[crypto.Envelope, bytes | None]:
         if self.keys.is_relay:
             envelope = crypto.decode(data)
             crypto.check_space(envelope, self.keys.space_id)
             crypto.verify(envelope)
-            return envelope
-        return crypto.open_envelope(data, self.keys)[0]
+            return envelope, None
+        return crypto.open_envelope(data, self.keys)
 
     def checkpoint(self) -> None:
         """Seal the Doc's state into the store, so the next open need not replay envelopes."""
@@ -576,10 +604,22 @@ class Space:
             self.checkpoint()
         return log
 
-    def _catch_up(self, log: Log) -> int:
-        """Apply stored envelopes the Doc lacks, per author in seq order, stopping at gaps."""
+    def _catch_up(self, log: Log, fresh: Mapping[tuple[bytes, int], bytes] | None = None) -> int:
+        """Apply stored envelopes the Doc lacks, per author in seq order, stopping at gaps.
+
+        ``fresh`` holds payloads just verified and stored by ``receive``: they are applied from
+        memory, and only their authors are looked up in the store (for envelopes held behind a
+        gap they filled), which spares reading back and decrypting again what just arrived.
+        """
         applied = 0
-        for author in self.store.authors():
+        if fresh is not None:
+            for author, seq in sorted(fresh):
+                if seq == self._applied.get(author, 0) + 1:
+                    self._apply(log, seq, fresh[(author, seq)])
+                    self._applied[author] = seq
+                    applied += 1
+        authors = sorted({a for a, _ in fresh}) if fresh is not None else self.store.authors()
+        for author in authors:
             done = self._applied.get(author, 0)
             for row in self.store.rows(author, done):
                 if row.seq != done + 1:
@@ -594,9 +634,17 @@ class Space:
         # Stored envelopes were verified on the way in (or written here); the AEAD tag still
         # guards against a damaged file, so only the signature check is skipped.
         try:
-            log.apply(crypto.open_payload(crypto.decode(row.data), self.keys))
+            payload = crypto.open_payload(crypto.decode(row.data), self.keys)
         except EnvelopeRejected as exc:
             self.store.record_rejection(exc.reason, f"stored envelope {row.seq}: {exc}")
+            return
+        self._apply(log, row.seq, payload)
+
+    def _apply(self, log: Log, seq: int, payload: bytes) -> None:
+        try:
+            log.apply(payload)
+        except EnvelopeRejected as exc:
+            self.store.record_rejection(exc.reason, f"envelope {seq}: {exc}")
 
     def _reject(self, report: ReceiveReport, exc: EnvelopeRejected) -> None:
         report.rejected[exc.reason] = report.rejected.get(exc.reason, 0) + 1

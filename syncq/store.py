@@ -322,7 +322,7 @@ class SqliteStore:
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Replace the checkpoint."""
         vv = json.dumps({k.hex(): v for k, v in sorted(checkpoint.vv.items())})
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoint (id, vv, data) VALUES (1, ?, ?)",
                 (vv, checkpoint.data),
@@ -335,12 +335,12 @@ class SqliteStore:
 
     def set_meta(self, key: str, value: str) -> None:
         """Set a metadata string."""
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def record_rejection(self, reason: str, detail: str) -> None:
         """Count an envelope that was refused."""
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             conn.execute("INSERT INTO rejections (reason, detail) VALUES (?, ?)", (reason, detail))
 
     def rejections(self) -> dict[str, int]:
@@ -354,7 +354,7 @@ class SqliteStore:
 
     def save_peer(self, peer: Peer) -> None:
         """Insert or replace a peer."""
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO peers (url, source, node_id, name, connected, last_seen,"
                 " behind, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -403,19 +403,24 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreBroken(f"cannot read {self.path}: {exc}") from exc
 
-    def _write(self) -> _WriteTransaction:
-        return _WriteTransaction(self._connection(), self.path)
+    def _write(self, *, durable: bool = True) -> _WriteTransaction:
+        # Envelopes are written with synchronous=FULL: an add that returned, or an ACK sent to a
+        # peer, survives power loss. Caches and bookkeeping (checkpoint, metadata, peers,
+        # rejection counts) use NORMAL: still atomic, but they skip the fsync of every commit.
+        return _WriteTransaction(self._connection(), self.path, durable)
 
 
 class _WriteTransaction:
     """``with`` block running one BEGIN IMMEDIATE transaction; commits or rolls back."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, durable: bool) -> None:
         self._conn = conn
         self._path = path
+        self._durable = durable
 
     def __enter__(self) -> sqlite3.Connection:
         try:
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StoreBroken(f"cannot write {self._path}: {exc}") from exc

@@ -1,0 +1,107 @@
+"""invite, join, peers, node and status through the CLI."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from syncq.cli.main import cli
+
+from syncq.space import Space
+
+
+def run(home: Path, *args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli, ["--home", str(home), *args], input=input, catch_exceptions=False)
+
+
+def test_invite_then_join_makes_a_member_of_the_same_space(tmp_path: Path) -> None:
+    laptop, gpu = tmp_path / "laptop", tmp_path / "gpu"
+    run(laptop, "init", "--name", "laptop")
+    invited = run(laptop, "invite", "--address", "127.0.0.1:7401")
+    code = invited.stdout.strip()
+    assert code.startswith("syncq1-")
+    assert "secret" in invited.stderr
+    joined = json.loads(run(gpu, "join", code, "--name", "gpu", "--json").output)
+    assert joined["space_id"] == json.loads(run(laptop, "status", "--json").output)["space_id"]
+    assert joined["relay"] is False
+    assert joined["peers"] == ["ws://127.0.0.1:7401"]
+    peers = [json.loads(line) for line in run(gpu, "peers", "--json").output.splitlines()]
+    assert [(p["url"], p["source"], p["connected"]) for p in peers] == [
+        ("ws://127.0.0.1:7401", "invite", False)
+    ]
+    assert "No node is running" in run(gpu, "peers").output
+    with Space.open(gpu) as space:
+        assert [d.name for d in space.log.devices()] == ["gpu"]  # the laptop's record arrives by sync
+
+
+def test_a_relay_code_gives_a_home_that_cannot_read(tmp_path: Path) -> None:
+    laptop, relay = tmp_path / "laptop", tmp_path / "relay"
+    run(laptop, "init")
+    run(laptop, "add", "secret prompt", "-m", "echo")
+    code = json.loads(run(laptop, "invite", "--relay", "--json").output)["code"]
+    assert "relay" in run(relay, "join", code, "--name", "relay").output
+    for args in (("log",), ("add", "x", "-m", "echo"), ("invite",)):
+        result = run(relay, *args)
+        assert result.exit_code == 1
+        assert "relay" in result.output
+    status = json.loads(run(relay, "status", "--json").output)
+    assert status["relay"] is True and status["prompts"] is None
+    keys = json.loads((relay / "space.key").read_text())
+    assert keys["secrets"] == {}
+    with Space.open(laptop) as member:
+        assert keys["space_id"] == member.keys.space_id
+        assert member.keys.secrets[0].hex() not in (relay / "space.key").read_text()
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("hello", "not a syncq invite code"),
+        ("syncq1-AAAA", "damaged"),
+        ("syncq1-" + "x" * 5000, "not a syncq invite code"),
+    ],
+)
+def test_bad_invite_codes_are_explained(tmp_path: Path, code: str, message: str) -> None:
+    result = run(tmp_path / "h", "join", code)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert not (tmp_path / "h").exists()
+
+
+def test_join_into_a_home_with_a_space_is_refused(tmp_path: Path) -> None:
+    run(tmp_path / "a", "init")
+    code = run(tmp_path / "a", "invite").stdout.strip()
+    result = run(tmp_path / "a", "join", code)
+    assert result.exit_code == 1 and "holds a space already" in result.output
+
+
+def test_peers_add_validates_and_refuses_duplicates(tmp_path: Path) -> None:
+    run(tmp_path, "init")
+    assert run(tmp_path, "peers", "add", "gpu.local").output.strip() == "added ws://gpu.local:7330"
+    again = run(tmp_path, "peers", "add", "ws://gpu.local:7330")
+    assert again.exit_code == 1 and "known peer already" in again.output
+    for bad in ("http://x:1", "ws://:7330", "ws://x:99999", "ws://x:1/path"):
+        result = run(tmp_path, "peers", "add", bad)
+        assert result.exit_code == 1 and "not a peer address" in result.output, bad
+
+
+def test_node_refuses_a_bad_or_busy_listen_address(tmp_path: Path) -> None:
+    run(tmp_path, "init")
+    bad = run(tmp_path, "node", "--listen", "nonsense")
+    assert bad.exit_code == 1 and "HOST:PORT" in bad.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run(tmp_path, "node", "--listen", f"127.0.0.1:{port}", "--no-discovery")
+    assert result.exit_code == 1 and "cannot listen" in result.output
+
+
+def test_status_says_when_no_node_runs(tmp_path: Path) -> None:
+    run(tmp_path, "init")
+    status = json.loads(run(tmp_path, "status", "--json").output)
+    assert status["node"] is None and status["peers"] == 0
+    assert "not running" in run(tmp_path, "status").output

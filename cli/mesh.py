@@ -25,6 +25,13 @@ DEFAULT_LISTEN = "0.0.0.0:7330"
     "--peer", "peers", multiple=True, metavar="URL", help="Also dial this peer, e.g. ws://gpu:7330."
 )
 @click.option("--no-discovery", is_flag=True, help="Do not advertise or look for peers on the LAN (mDNS).")
+@click.option(
+    "--discovery-interface",
+    "interfaces",
+    multiple=True,
+    metavar="ADDR",
+    help="Use mDNS only on the interface with this address (repeatable; default: all).",
+)
 @click.option("--json-log", is_flag=True, help="Log one JSON object per line.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every batch received.")
 @click.pass_context
@@ -33,6 +40,7 @@ def node(
     listen: str | None,
     peers: tuple[str, ...],
     no_discovery: bool,
+    interfaces: tuple[str, ...],
     json_log: bool,
     verbose: bool,
 ) -> None:
@@ -57,6 +65,7 @@ def node(
         port=port,
         log=NodeLog(json_lines=json_log, verbose=verbose),
         discovery=not no_discovery,
+        discovery_interfaces=list(interfaces) or None,
     )
 
     async def serve() -> None:
@@ -221,12 +230,9 @@ def _own_addresses(space: Any) -> list[str]:
     host = listen.split("://", 1)[1].rsplit(":", 1)[0]
     if host not in ("0.0.0.0", "::", ""):  # noqa: S104
         return [f"ws://{host}:{port}"]
-    try:
-        found = socket.gethostbyname_ex(socket.gethostname())[2]
-    except OSError:
-        found = []
-    hosts = [a for a in found if not a.startswith("127.")] + ["127.0.0.1"]
-    return [f"ws://{h}:{port}" for h in hosts]
+    from syncq.node.addresses import local_addresses
+
+    return [f"ws://{h}:{port}" for h in local_addresses()]
 
 
 def _peer_json(peer: Any, running: bool) -> dict[str, Any]:

@@ -46,12 +46,22 @@ PING_S = 20.0
 class Node:
     """The running node of one home."""
 
-    def __init__(self, space: Space, *, host: str, port: int, log: NodeLog, discovery: bool) -> None:
+    def __init__(
+        self,
+        space: Space,
+        *,
+        host: str,
+        port: int,
+        log: NodeLog,
+        discovery: bool,
+        discovery_interfaces: list[str] | None = None,
+    ) -> None:
         self.space = space
         self.host = host
         self.port = port
         self.log = log
         self.discovery = discovery
+        self.discovery_interfaces = discovery_interfaces
         self.connections: dict[str, Connection] = {}  # by peer id, once authenticated
         self._dialers: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
@@ -90,7 +100,7 @@ class Node:
         if self.discovery:
             from .discovery import Discovery
 
-            tasks.append(asyncio.create_task(Discovery(self).run()))
+            tasks.append(asyncio.create_task(Discovery(self, self.discovery_interfaces).run()))
         self._dial_known()
         try:
             await self._stop.wait()

@@ -16,6 +16,8 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from syncq.crypto import discovery_tag
 
+from .addresses import local_addresses
+
 if TYPE_CHECKING:
     from syncq.node.daemon import Node
 
@@ -25,19 +27,26 @@ SERVICE = "_syncq._tcp.local."
 class Discovery:
     """Advertises the node and dials peers of the same space found on the LAN."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, interfaces: list[str] | None = None) -> None:
         self.node = node
+        self.interfaces = interfaces  # None: every interface (a real LAN); tests use loopback
         self.tag = discovery_tag(node.space.keys)
         self._pending: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Advertise and browse until cancelled."""
-        zc = AsyncZeroconf()
+        """Advertise and browse until cancelled; a LAN without multicast only logs a line."""
+        try:
+            await self._run()
+        except OSError as exc:
+            self.node.log.event("discovery-off", level="warning", reason=str(exc))
+
+    async def _run(self) -> None:
+        zc = AsyncZeroconf(interfaces=self.interfaces) if self.interfaces else AsyncZeroconf()
         me = self.node.space.device_id
         info = AsyncServiceInfo(
             SERVICE,
             f"{self.tag}-{me[:12]}.{SERVICE}",
-            addresses=[socket.inet_aton(a) for a in _addresses(self.node.host)],
+            addresses=[socket.inet_aton(a) for a in self.interfaces or _addresses(self.node.host)],
             port=self.node.port,
             properties={"t": self.tag},
         )
@@ -77,8 +86,4 @@ class Discovery:
 def _addresses(host: str) -> list[str]:
     if host not in ("0.0.0.0", "", "::"):  # noqa: S104 - comparing, not binding
         return [host]
-    try:
-        found = socket.gethostbyname_ex(socket.gethostname())[2]
-    except OSError:
-        found = []
-    return [a for a in found if not a.startswith("127.")] or ["127.0.0.1"]
+    return local_addresses()

@@ -15,6 +15,7 @@ _HUMAN = {
     "peer-closed": "{peer} closed the session: {reason} ({code})",
     "store-failed": "cannot store envelopes: {reason}",
     "discovered": "found {url} on the local network",
+    "discovery-off": "no LAN discovery: {reason}",
     "stopped": "stopped",
 }
 

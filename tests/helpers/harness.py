@@ -32,10 +32,11 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
 class NodeProcess:
     """A `syncq node --json-log` child process whose log events are collected as they come."""
 
-    def __init__(self, home: Path, *args: str, port: int = 0) -> None:
+    def __init__(self, home: Path, *args: str, port: int = 0, discovery: bool = False) -> None:
         self.home = home
         self.args = args
         self.port = port
+        self.discovery = discovery
         self.events: list[dict[str, Any]] = []
         self.proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -44,7 +45,15 @@ class NodeProcess:
         env = {**os.environ, "SYNCQ_HOME": str(self.home)}
         self.events = []
         self.proc = subprocess.Popen(
-            [SYNCQ, "node", "--listen", f"127.0.0.1:{self.port}", "--no-discovery", "--json-log", *self.args],
+            [
+                SYNCQ,
+                "node",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--json-log",
+                *self._discovery(),
+                *self.args,
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -54,6 +63,10 @@ class NodeProcess:
         listening = self.wait_event("listening", timeout=30)
         self.port = int(listening["url"].rsplit(":", 1)[1])
         return self
+
+    def _discovery(self) -> list[str]:
+        # Only ever on loopback: tests send no traffic beyond this machine.
+        return ["--discovery-interface", "127.0.0.1"] if self.discovery else ["--no-discovery"]
 
     @property
     def url(self) -> str:

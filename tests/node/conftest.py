@@ -12,8 +12,8 @@ def nodes() -> Iterator[Callable[..., NodeProcess]]:
     """Start node processes; every one is stopped at the end of the test."""
     started: list[NodeProcess] = []
 
-    def start(home: Path, *args: str, port: int = 0) -> NodeProcess:
-        node = NodeProcess(home, *args, port=port).start()
+    def start(home: Path, *args: str, port: int = 0, discovery: bool = False) -> NodeProcess:
+        node = NodeProcess(home, *args, port=port, discovery=discovery).start()
         started.append(node)
         return node
 

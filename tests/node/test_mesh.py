@@ -96,3 +96,19 @@ def test_kill_9_during_a_10k_backlog_then_restart_converges(tmp_path: Path, node
     with Space.open(a_home) as sa, Space.open(b_home) as sb:
         assert sb.store.count() == sa.store.count() == len(set(sb.envelopes()))  # none lost, none twice
         assert len(sb.log) == 10_000
+
+
+def test_nodes_of_a_space_find_each_other_by_mdns_and_strangers_do_not(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:
+        a_home, b_home = first.paths.root, member(tmp_path, first, "b")
+    Space.init(tmp_path / "x", name="stranger").close()
+    a = nodes(a_home, discovery=True)
+    b = nodes(b_home, discovery=True)
+    x = nodes(tmp_path / "x", discovery=True)
+    b.wait_event("peer-connected")
+    a.wait_event("peer-connected")
+    with Space.open(a_home) as space:
+        space.add("found by mdns", model="echo")
+    wait_until(lambda: inputs(b_home) == ["found by mdns"], what="sync between discovered nodes")
+    assert not x.find("discovered") and not x.find("peer-connected")
+    assert all(e["url"] != x.url for e in a.find("discovered") + b.find("discovered"))

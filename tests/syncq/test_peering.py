@@ -8,12 +8,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import msgpack
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from syncq.peering import NoHooks, Peering
-from syncq.protocol import Role
+from syncq.protocol import Frame, Role
 from syncq.space import Space
 
 
@@ -148,3 +149,47 @@ class Mesh(RuleBasedStateMachine):
 
 Mesh.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestMeshConverges = Mesh.TestCase
+
+
+def connected_pair(tmp_path: Path) -> tuple[Space, Space, Link]:
+    a = Space.init(tmp_path / "a", name="a")
+    b = Space.join(tmp_path / "b", name="b", keys=a.keys)
+    link = Link(Peering(a, Role.INITIATOR), Peering(b, Role.RESPONDER))
+    link.settle()
+    return a, b, link
+
+
+def test_a_batch_with_one_forged_envelope_stores_none_of_it(tmp_path: Path) -> None:
+    a, b, link = connected_pair(tmp_path)
+    a.add("good", model="echo")
+    a.add("also good", model="echo")
+    good = list(a.envelopes(b.version_vector()))
+    forged = bytearray(good[-1])
+    forged[-1] ^= 1
+    before = b.store.count()
+    link.a.session.send_envelopes([(bytes(32), 1, good[0]), (bytes(32), 2, bytes(forged))])
+    for frame in link.a.data_to_send():
+        link.b.receive(frame)
+    assert b.store.count() == before
+    assert not link.b.open
+    assert link.b.session.close_code == 4403
+    assert b.status().rejected == {"bad-signature": 1}
+    a.close()
+    b.close()
+
+
+def test_a_store_that_cannot_write_fails_the_session_without_acknowledging(tmp_path: Path) -> None:
+    a, b, link = connected_pair(tmp_path)
+    a.add("cannot land", model="echo")
+    b.store._connection().execute("PRAGMA query_only=ON")  # as on a full disk: reads work, writes fail
+    link.a.wants_to_send = True
+    link.a.send_batch()
+    for frame in link.a.data_to_send():
+        link.b.receive(frame)
+    replies = link.b.data_to_send()
+    assert [msgpack.unpackb(f)[0] for f in replies] == [Frame.ERROR]  # no ACK
+    assert link.b.session.close_code == 4503
+    b.store._connection().execute("PRAGMA query_only=OFF")
+    assert [e.prompt.input for e in b.entries()] == []
+    a.close()
+    b.close()

@@ -160,23 +160,11 @@ class Log:
 
     def nodes(self) -> list[NodeInfo]:
         """Every node that announced itself, by name."""
-        nodes = []
-        for key, stored in self._maps["nodes"].items():
-            try:
-                nodes.append(NodeInfo.from_wire(key, decode(stored)))
-            except MalformedRecord:
-                continue
-        return sorted(nodes, key=lambda n: (n.name, n.id))
+        return sorted(self._all(NodeInfo.from_wire, "nodes"), key=lambda n: (n.name, n.id))
 
     def devices(self) -> list[Device]:
         """Every member device known to the log, by name."""
-        devices = []
-        for key, stored in self._maps["devices"].items():
-            try:
-                devices.append(Device.from_wire(key, decode(stored)))
-            except MalformedRecord:
-                continue
-        return sorted(devices, key=lambda d: (d.name, d.id))
+        return sorted(self._all(Device.from_wire, "devices"), key=lambda d: (d.name, d.id))
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -201,6 +189,9 @@ class Log:
                 index.results[key.split("/", 1)[0]].append(key)
             self._index = _Index(claims=dict(index.claims), results=dict(index.results))
         return self._index
+
+    def _all(self, convert: Callable[[str, object], T], root: str) -> Iterator[T]:
+        return self._read(convert, root, list(self._maps[root]))
 
     def _read(
         self, convert: Callable[[str, object], T], root: str, keys: Iterable[str] | None

@@ -123,3 +123,19 @@ class NodeProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
+
+
+def member(tmp_path: Path, first: Any, name: str) -> Path:
+    """Another home of ``first``'s space (what `syncq join` makes)."""
+    from syncq.space import Space
+
+    Space.join(tmp_path / name, name=name, keys=first.keys).close()
+    return tmp_path / name
+
+
+def inputs(home: Path) -> list[str]:
+    """The prompts of a home, by id (creation time)."""
+    from syncq.space import Space
+
+    with Space.open(home) as space:
+        return [e.prompt.input for e in space.entries(limit=None)]

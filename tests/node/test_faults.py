@@ -9,7 +9,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from harness import wait_until
+from harness import inputs as ordered_inputs
+from harness import member, wait_until
 from proxy import Proxy
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -22,14 +23,8 @@ from syncq.store import Peer
 pytestmark = pytest.mark.slow
 
 
-def member(tmp_path: Path, first: Space, name: str) -> Path:
-    Space.join(tmp_path / name, name=name, keys=first.keys).close()
-    return tmp_path / name
-
-
 def inputs(home: Path) -> list[str]:
-    with Space.open(home) as space:
-        return sorted(e.prompt.input for e in space.entries(limit=None))
+    return sorted(ordered_inputs(home))
 
 
 def add(home: Path, *texts: str) -> None:

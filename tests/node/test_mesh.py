@@ -7,23 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import SYNCQ, wait_until
+from harness import SYNCQ, inputs, member, wait_until
 
 from syncq.space import NewPrompt, Space
 from syncq.store import Peer
 
 pytestmark = pytest.mark.slow
-
-
-def member(tmp_path: Path, first: Space, name: str) -> Path:
-    """A second home of the same space (what `syncq join` makes)."""
-    Space.join(tmp_path / name, name=name, keys=first.keys).close()
-    return tmp_path / name
-
-
-def inputs(home: Path) -> list[str]:
-    with Space.open(home) as space:
-        return [e.prompt.input for e in space.entries(limit=None)]
 
 
 def same_envelopes(a: Path, b: Path) -> bool:

@@ -9,8 +9,8 @@ walk it)::
     a run finished with status done                   done        (work done is never hidden)
     a cancel exists                                   cancelled
     runs failed max_attempts times                    failed
-    a claim without a result is marked running        running
-    a claim without a result exists                   claimed
+    the winning claim has no result, marked running   running
+    the winning claim has no result                   claimed
     otherwise                                         queued      (including "failed, will retry")
 
 Because facts only accumulate, a terminal status can only move to a terminal status of a higher
@@ -21,7 +21,8 @@ finished does not undo the run.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from syncq.records import Claim, Result, RunStatus
@@ -52,9 +53,19 @@ class Facts:
         return len({(r.node, r.attempt) for r in self.results if r.status is RunStatus.FAILED})
 
     def open_claims(self) -> list[Claim]:
-        """Claims whose run has not produced a result yet."""
+        """The winning claim of the latest attempt, if its run has not produced a result yet.
+
+        Claims that lost (``winner``) are ignored: their nodes never ran the prompt.
+        """
+        current = winner(self.claims)
+        if current is None:
+            return []
         finished = {(r.node, r.attempt) for r in self.results}
-        return [c for c in self.claims if (c.node, c.attempt) not in finished]
+        return [] if (current.node, current.attempt) in finished else [current]
+
+    def next_attempt(self) -> int:
+        """The attempt number a new claim takes: one past every attempt claimed or run."""
+        return 1 + max([c.attempt for c in self.claims] + [r.attempt for r in self.results], default=0)
 
 
 RULES: tuple[tuple[Callable[[Facts], bool], Status], ...] = (
@@ -75,6 +86,23 @@ def derive_status(facts: Facts) -> Status:
         if holds(facts):
             return status
     return Status.QUEUED
+
+
+def winner(claims: Iterable[Claim]) -> Claim | None:
+    """Who holds a prompt: among the claims of the highest attempt, the one whose node ranks
+    first for this prompt (``rank``). Every replica picks the same claim from the same set, and
+    the rank spreads prompts across nodes instead of always favouring one (the CRDT's own
+    tie-break always favours the higher Yjs client id, so it is not used)."""
+    claims = list(claims)
+    if not claims:
+        return None
+    top = max(c.attempt for c in claims)
+    return min((c for c in claims if c.attempt == top), key=lambda c: (rank(c.prompt_id, c.node), c.node))
+
+
+def rank(prompt_id: str, node: str) -> bytes:
+    """A node's place in the queue for one prompt: a hash, so no node always wins."""
+    return hashlib.sha256(f"{prompt_id}/{node}".encode()).digest()
 
 
 def canonical_result(results: Sequence[Result]) -> Result | None:

@@ -167,11 +167,14 @@ class Result:
     started_at: int
     finished_at: int
     usage: Mapping[str, ParamValue] = field(default_factory=dict)
+    observer: DeviceId | None = None  # set when another node recorded this run's lease expiry
 
     @property
     def key(self) -> str:
-        """The key under ``results``."""
-        return f"{self.prompt_id}/{self.node}/{self.attempt}"
+        """The key under ``results``; an observer's record has its own key, so it never
+        overwrites what the run's own node writes."""
+        base = f"{self.prompt_id}/{self.node}/{self.attempt}"
+        return f"{base}/lease-{self.observer}" if self.observer else base
 
     def to_wire(self) -> Wire:
         """The dict stored under ``results[key]``."""
@@ -185,6 +188,7 @@ class Result:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "usage": dict(self.usage),
+            "observer": self.observer,
         }
 
     @classmethod
@@ -198,6 +202,9 @@ class Result:
         error = w.get("error")
         if error is not None and not isinstance(error, str):
             raise MalformedRecord(f"field 'error' of {key} is not text")
+        observer = w.get("observer")
+        if observer is not None and not isinstance(observer, str):
+            raise MalformedRecord(f"field 'observer' of {key} is not text")
         return cls(
             prompt_id=PromptId(key.split("/", 1)[0]),
             node=DeviceId(_str(w, "node")),
@@ -209,6 +216,7 @@ class Result:
             started_at=_int(w, "started_at"),
             finished_at=_int(w, "finished_at"),
             usage=_object(w, "usage"),
+            observer=DeviceId(observer) if observer else None,
         )
 
 

@@ -61,7 +61,10 @@ def retry_at(facts: Facts, policy: Policy) -> int:
     failed = [r for r in facts.results if r.status is RunStatus.FAILED]
     if not failed:
         return 0
-    return max(r.finished_at for r in failed) + backoff_ms(facts.failures(), policy)
+    last = max(r.finished_at for r in failed)
+    if facts.retried_at >= last:
+        return 0  # a user asked for another run after the last failure: no backoff
+    return last + backoff_ms(facts.failures(), policy)
 
 
 @dataclass(slots=True)

@@ -47,6 +47,7 @@ class Facts:
     cancelled: bool = False
     claims: Sequence[Claim] = ()
     results: Sequence[Result] = ()
+    retried_at: int = 0  # when a user last asked for a retry (0: never)
 
     def failures(self) -> int:
         """How many runs failed (each (node, attempt) counted once)."""

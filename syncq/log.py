@@ -17,16 +17,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pycrdt import Doc, Map, TransactionEvent
+from pycrdt import Doc, Map, Text, TransactionEvent
 
 from syncq.errors import LocalProtocolError, MalformedEnvelope, MalformedRecord
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status, canonical_result, derive_status
-from syncq.records import Cancel, Claim, Device, NodeInfo, Prompt, Result, Wire, decode, encode
+from syncq.records import Cancel, Claim, Device, NodeInfo, Prompt, Result, Retry, Wire, decode, encode
 
 T = TypeVar("T")
 
-ROOTS = ("prompts", "cancels", "claims", "results", "nodes", "devices")
+ROOTS = ("prompts", "cancels", "retries", "claims", "results", "streams", "nodes", "devices")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,9 +35,12 @@ class Entry:
 
     prompt: Prompt
     status: Status
+    facts: Facts
     cancel: Cancel | None = None
+    retry: Retry | None = None
     claims: tuple[Claim, ...] = ()
     results: tuple[Result, ...] = ()
+    stream: str | None = None  # output so far while it runs (streams[id])
 
     @property
     def result(self) -> Result | None:
@@ -86,6 +89,40 @@ class Log:
         """Record a cancel request."""
         return self._mutate(lambda: _set(self._maps["cancels"], cancel.prompt_id, cancel.to_wire()))
 
+    def put_retry(self, retry: Retry) -> bytes:
+        """Record a request to run a failed prompt again."""
+        return self._mutate(lambda: _set(self._maps["retries"], retry.prompt_id, retry.to_wire()))
+
+    def append_stream(self, prompt_id: str, text: str) -> bytes:
+        """Append output to the prompt's stream (a Text, so each chunk is a small update)."""
+        streams = self._maps["streams"]
+
+        def append() -> None:
+            current = streams.get(prompt_id)
+            if isinstance(current, Text):
+                current += text
+            else:
+                streams[prompt_id] = Text(text)
+
+        return self._mutate(append)
+
+    def finish(self, result: Result) -> bytes:
+        """Record a run's result and drop its stream, in one transaction: a finished job
+        costs no per-chunk history."""
+
+        def change() -> None:
+            _set(self._maps["results"], result.key, result.to_wire())
+            if result.prompt_id in self._maps["streams"]:
+                del self._maps["streams"][result.prompt_id]
+
+        return self._mutate(change)
+
+    def drop_stream(self, prompt_id: str) -> bytes | None:
+        """Remove a stream (a cancelled run); None if there is none."""
+        if prompt_id not in self._maps["streams"]:
+            return None
+        return self._mutate(lambda: self._maps["streams"].pop(prompt_id))
+
     def put_claim(self, claim: Claim) -> bytes:
         """Write (or refresh) this node's claim on a prompt."""
         return self._mutate(lambda: _set(self._maps["claims"], claim.key, claim.to_wire()))
@@ -118,16 +155,32 @@ class Log:
     def entry(self, prompt_id: str) -> Entry:
         """The prompt with its facts and status. Raises ``KeyError`` or ``MalformedRecord``."""
         prompt = Prompt.from_wire(prompt_id, decode(self._maps["prompts"][prompt_id]))
-        cancel_stored = self._maps["cancels"].get(prompt_id)
-        cancel = Cancel.from_wire(prompt_id, decode(cancel_stored)) if cancel_stored is not None else None
+        cancel = self._one(Cancel.from_wire, "cancels", prompt_id)
+        retry = self._one(Retry.from_wire, "retries", prompt_id)
         claims = tuple(self._read(Claim.from_wire, "claims", self._keys().claims.get(prompt_id)))
         results = tuple(self._read(Result.from_wire, "results", self._keys().results.get(prompt_id)))
         facts = Facts(
-            max_attempts=prompt.max_attempts, cancelled=cancel is not None, claims=claims, results=results
+            max_attempts=max(prompt.max_attempts, retry.max_attempts if retry else 0),
+            cancelled=cancel is not None,
+            claims=claims,
+            results=results,
+            retried_at=retry.at if retry else 0,
         )
         return Entry(
-            prompt=prompt, status=derive_status(facts), cancel=cancel, claims=claims, results=results
+            prompt=prompt,
+            status=derive_status(facts),
+            facts=facts,
+            cancel=cancel,
+            retry=retry,
+            claims=claims,
+            results=results,
+            stream=self.stream(prompt_id),
         )
+
+    def stream(self, prompt_id: str) -> str | None:
+        """The output streamed so far by the node running the prompt, if it runs."""
+        text = self._maps["streams"].get(prompt_id)
+        return str(text) if isinstance(text, Text) else None
 
     def entries(self, ids: Iterable[str]) -> Iterator[Entry]:
         """Entries for ``ids`` in that order, skipping records that are malformed."""
@@ -144,6 +197,7 @@ class Log:
             prompt_id not in self._maps["cancels"]
             and prompt_id not in index.claims
             and prompt_id not in index.results
+            and prompt_id not in self._maps["retries"]
         ):
             return Status.QUEUED
         return self.entry(prompt_id).status
@@ -192,6 +246,15 @@ class Log:
 
     def _all(self, convert: Callable[[str, object], T], root: str) -> Iterator[T]:
         return self._read(convert, root, list(self._maps[root]))
+
+    def _one(self, convert: Callable[[str, object], T], root: str, key: str) -> T | None:
+        stored = self._maps[root].get(key)
+        if stored is None:
+            return None
+        try:
+            return convert(key, decode(stored))
+        except MalformedRecord:
+            return None
 
     def _read(
         self, convert: Callable[[str, object], T], root: str, keys: Iterable[str] | None

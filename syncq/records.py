@@ -117,6 +117,32 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    """A request to run a failed prompt again (``retries[prompt_id]``), up to ``max_attempts``
+    runs in all."""
+
+    prompt_id: PromptId
+    by: DeviceId
+    at: int
+    max_attempts: int
+
+    def to_wire(self) -> Wire:
+        """The record stored under ``retries[prompt_id]``."""
+        return {"by": self.by, "at": self.at, "max_attempts": self.max_attempts}
+
+    @classmethod
+    def from_wire(cls, key: str, wire: object) -> Retry:
+        """Check and convert a stored record. Raises ``MalformedRecord``."""
+        w = _mapping(wire)
+        return cls(
+            prompt_id=PromptId(key),
+            by=DeviceId(_str(w, "by")),
+            at=_int(w, "at"),
+            max_attempts=_int(w, "max_attempts"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Claim:
     """One node's claim on a prompt (``claims[prompt_id/node]``); rewritten on each heartbeat."""
 

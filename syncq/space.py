@@ -47,6 +47,7 @@ from syncq.records import (
     Prompt,
     PromptKind,
     Result,
+    Retry,
     check_max_attempts,
     check_model,
     check_params,
@@ -345,6 +346,43 @@ class Space:
             cancel = Cancel(prompt_id=entry.prompt.id, by=self.device_id, at=self._clock())
             self._write(lambda log: log.cancel(cancel))
             return self.log.entry(entry.prompt.id)
+
+    def retry(self, prefix: str) -> Entry:
+        """Run a failed (or cancelled) prompt again: up to its max attempts more runs.
+
+        Raises ``UnknownId``, ``AmbiguousId`` or ``InvalidState`` (not failed or cancelled)."""
+        with self._lock:
+            entry = self.show(prefix)
+            if entry.status not in (Status.FAILED, Status.CANCELLED):
+                raise InvalidState(
+                    f"prompt {entry.prompt.id} is {entry.status}: only failed prompts are retried"
+                )
+            if entry.status is Status.CANCELLED:
+                raise InvalidState(f"prompt {entry.prompt.id} was cancelled: add it again instead")
+            retry = Retry(
+                prompt_id=entry.prompt.id,
+                by=self.device_id,
+                at=self._clock(),
+                max_attempts=entry.facts.failures() + entry.prompt.max_attempts,
+            )
+            self._write(lambda log: log.put_retry(retry))
+            return self.log.entry(entry.prompt.id)
+
+    def append_stream(self, prompt_id: str, text: str) -> None:
+        """Append streamed output of a running prompt (the scheduler calls this ~10 times/s)."""
+        with self._lock:
+            self._write(lambda log: log.append_stream(prompt_id, text))
+
+    def finish(self, result: Result) -> None:
+        """Write a run's result and drop its stream in one transaction."""
+        with self._lock:
+            self._write(lambda log: log.finish(result))
+
+    def drop_stream(self, prompt_id: str) -> None:
+        """Remove the stream of a run that ended without a result (cancelled)."""
+        with self._lock:
+            if self.log.stream(prompt_id) is not None:
+                self._write(lambda log: log.drop_stream(prompt_id) or b"")
 
     def put_claim(self, claim: Claim) -> None:
         """Write a claim (used by the scheduler, and by tests of the lifecycle)."""

@@ -1,0 +1,243 @@
+"""The model manager: loads models on demand into worker processes and keeps them warm.
+
+Each loaded model lives in its own worker process (``worker.main``): a native crash or an OOM
+kill ends the worker, fails the job with ``WorkerDied`` (the scheduler retries it) and never the
+node; unloading a model frees its memory for certain. The manager
+
+- loads on demand (and runs the executor's warm-up once after loading);
+- runs one job at a time per model;
+- keeps a model warm for ``keep_alive`` seconds after its last job (a prompt may ask for longer);
+- evicts the least recently used idle model beyond ``max_loaded`` models, or while the workers'
+  resident memory exceeds ``memory_budget`` bytes (RAM: the sum of the workers' RSS);
+- stops a cancelled job within ``CANCEL_GRACE_S``, killing the worker if the backend does not
+  stop by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import worker
+from .base import ExecutorError, Job, ModelSpec, Output
+
+CANCEL_GRACE_S = 0.8
+LOAD_TIMEOUT_S = 600.0
+_SPAWN = multiprocessing.get_context("spawn")  # no fork of an asyncio process with threads
+
+
+class WorkerDied(ExecutorError):
+    """The worker process ended while running a job (crash, OOM kill, kill -9)."""
+
+
+class Cancelled(ExecutorError):
+    """The job was cancelled."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Limits of the manager (from the node's config)."""
+
+    max_loaded: int = 2
+    keep_alive_s: float = 300.0
+    memory_budget: int | None = None
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        parent, child = _SPAWN.Pipe()
+        self.conn: Connection = parent
+        self.process = _SPAWN.Process(target=worker.main, args=(child, spec), daemon=True)
+        self._child = child
+        self._messages: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+        self.lock = asyncio.Lock()
+        self.last_used = time.monotonic()
+        self.keep_alive_s = 0.0
+
+    async def start(self) -> None:
+        """Start the process and wait until the model is loaded. Raises ``ExecutorError``."""
+        self.process.start()
+        self._child.close()
+        asyncio.get_running_loop().add_reader(self.conn.fileno(), self._readable)
+        message = await asyncio.wait_for(self._next(), LOAD_TIMEOUT_S)
+        if message[0] != "ready":
+            self.stop()
+            raise ExecutorError(f"cannot load model {self.spec.name}: {message[1]}")
+
+    def _readable(self) -> None:
+        try:
+            self._messages.put_nowait(self.conn.recv())
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            self._messages.put_nowait(None)
+
+    async def _next(self) -> tuple[Any, ...]:
+        message = await self._messages.get()
+        if message is None:
+            self.process.join(timeout=1)
+            raise WorkerDied(f"the worker for {self.spec.name} died (exit code {self.process.exitcode})")
+        return message
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.process.is_alive()
+
+    def rss(self) -> int:
+        """Resident memory of the worker in bytes (0 if unknown)."""
+        try:
+            with open(f"/proc/{self.process.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return 0
+        return 0
+
+    async def run(self, job: Job, on_chunk: Callable[[str], None], cancel: asyncio.Event) -> Output:
+        """Run a job; chunks go to ``on_chunk``. Raises ``Cancelled``, ``WorkerDied`` or
+        ``ExecutorError``."""
+        self.conn.send(("run", job))
+        cancel_wait = asyncio.ensure_future(cancel.wait())
+        try:
+            while True:
+                receive = asyncio.ensure_future(self._next())
+                done, _ = await asyncio.wait({receive, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if receive not in done:
+                    receive.cancel()
+                    return await self._cancel(job, on_chunk)
+                message = receive.result()
+                if message[0] == "chunk":
+                    on_chunk(message[1])
+                elif message[0] == "done":
+                    return Output(text=message[1], usage=message[2])
+                else:
+                    raise ExecutorError(message[1])
+        finally:
+            cancel_wait.cancel()
+            self.last_used = time.monotonic()
+
+    async def _cancel(self, job: Job, on_chunk: Callable[[str], None]) -> Output:
+        self.conn.send(("cancel", job.prompt_id))
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        with contextlib.suppress(TimeoutError, WorkerDied):
+            while (left := deadline - time.monotonic()) > 0:
+                message = await asyncio.wait_for(self._next(), left)
+                if message[0] in ("done", "failed"):
+                    raise Cancelled("cancelled")
+                on_chunk(message[1])
+        self.stop(polite=False)  # it did not stop in time: the only sure way is to end it
+        raise Cancelled("cancelled (worker stopped)")
+
+    def stop(self, *, polite: bool = True) -> None:
+        """End the worker: ask it to exit (unless ``polite`` is false), then kill it."""
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            asyncio.get_running_loop().remove_reader(self.conn.fileno())
+        if polite:
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(("exit",))
+            self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.conn.close()
+
+
+class ModelManager:
+    """Workers by model name, least recently used first."""
+
+    def __init__(self, specs: Mapping[str, ModelSpec], settings: Settings | None = None) -> None:
+        self.specs = dict(specs)
+        self.settings = settings or Settings()
+        self.workers: OrderedDict[str, Worker] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.loads = 0  # how many times a model was loaded (tests and logs read it)
+
+    def loaded(self, name: str) -> bool:
+        """Whether the model is warm."""
+        found = self.workers.get(name)
+        return found is not None and found.alive
+
+    def busy(self, name: str) -> bool:
+        """Whether the model is running (or loading for) a job."""
+        return self._locks.get(name, asyncio.Lock()).locked()
+
+    async def run(
+        self,
+        name: str,
+        job: Job,
+        on_chunk: Callable[[str], None],
+        cancel: asyncio.Event,
+        keep_alive_s: float | None = None,
+    ) -> Output:
+        """Run ``job`` on model ``name``, loading it first if needed. Raises ``ExecutorError``
+        (``Cancelled``, ``WorkerDied`` among them)."""
+        if name not in self.specs:
+            raise ExecutorError(f"this node does not serve model {name!r}")
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            found = await self._worker(name)
+            found.keep_alive_s = keep_alive_s if keep_alive_s is not None else self.settings.keep_alive_s
+            try:
+                return await found.run(job, on_chunk, cancel)
+            except WorkerDied:
+                self._drop(name)
+                raise
+            finally:
+                if not found.alive:
+                    self._drop(name)
+
+    async def _worker(self, name: str) -> Worker:
+        found = self.workers.get(name)
+        if found is not None and found.alive:
+            self.workers.move_to_end(name)
+            return found
+        self._drop(name)
+        self._evict(room_for=1)
+        fresh = Worker(self.specs[name])
+        await fresh.start()
+        self.loads += 1
+        self.workers[name] = fresh
+        self._evict(room_for=0)
+        return fresh
+
+    def _evict(self, room_for: int) -> None:
+        for name in list(self.workers):  # least recently used first
+            over_count = len(self.workers) + room_for > self.settings.max_loaded
+            budget = self.settings.memory_budget
+            over_memory = budget is not None and sum(w.rss() for w in self.workers.values()) > budget
+            if not (over_count or over_memory):
+                return
+            if not self.busy(name):
+                self._drop(name)
+
+    def expire(self) -> list[str]:
+        """Unload idle models whose keep-alive ran out; returns their names."""
+        now = time.monotonic()
+        gone = [
+            name
+            for name, w in self.workers.items()
+            if not self.busy(name) and now - w.last_used >= w.keep_alive_s
+        ]
+        for name in gone:
+            self._drop(name)
+        return gone
+
+    def _drop(self, name: str) -> None:
+        found = self.workers.pop(name, None)
+        if found is not None:
+            found.stop()
+
+    def close(self) -> None:
+        """Stop every worker."""
+        for name in list(self.workers):
+            self._drop(name)

@@ -1,0 +1,176 @@
+"""The model manager with real worker processes and the echo executor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from syncq.executors.base import ExecutorError, Job, ModelSpec
+from syncq.executors.manager import Cancelled, ModelManager, Settings, WorkerDied
+
+SPECS = {name: ModelSpec(name=name, backend="echo") for name in ("echo", "echo-b")}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def job(manager: ModelManager, text: str, model: str = "echo", **params) -> tuple[str, list[str]]:
+    chunks: list[str] = []
+    out = await manager.run(
+        model, Job(prompt_id="p", input=text, params=params), chunks.append, asyncio.Event()
+    )
+    return out.text, chunks
+
+
+def test_a_job_streams_its_chunks_and_the_model_stays_warm() -> None:
+    async def scenario() -> None:
+        manager = ModelManager(SPECS)
+        try:
+            text, chunks = await job(manager, "one two three")
+            assert text == "one two three"
+            assert "".join(chunks) == "one two three" and len(chunks) == 3
+            assert manager.loaded("echo")
+            await job(manager, "again")
+            assert manager.loads == 1  # warm: not loaded twice
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_keep_alive_expiry_unloads_the_worker() -> None:
+    async def scenario() -> None:
+        manager = ModelManager(SPECS, Settings(keep_alive_s=0.2))
+        try:
+            await job(manager, "x")
+            pid = manager.workers["echo"].process.pid
+            assert manager.expire() == []
+            await asyncio.sleep(0.25)
+            assert manager.expire() == ["echo"]
+            assert not manager.loaded("echo")
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)  # the worker process is gone
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_lru_eviction_with_max_loaded_one() -> None:
+    async def scenario() -> None:
+        manager = ModelManager(SPECS, Settings(max_loaded=1))
+        try:
+            for model in ("echo", "echo-b", "echo", "echo-b"):
+                await job(manager, "x", model)
+                assert list(manager.workers) == [model]
+            assert manager.loads == 4
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_a_crashing_worker_fails_the_job_not_the_manager() -> None:
+    async def scenario() -> None:
+        manager = ModelManager(SPECS)
+        try:
+            with pytest.raises(WorkerDied, match="died"):
+                await job(manager, "x", crash=True)
+            assert not manager.loaded("echo")
+            assert (await job(manager, "after"))[0] == "after"  # a fresh worker
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_a_failing_job_reports_its_error_and_keeps_the_worker() -> None:
+    async def scenario() -> None:
+        manager = ModelManager(SPECS)
+        try:
+            with pytest.raises(ExecutorError, match="boom"):
+                await job(manager, "x", fail="boom")
+            assert manager.loaded("echo") and manager.loads == 1
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_cancel_stops_a_running_job_within_a_second() -> None:
+    async def scenario() -> None:
+        manager = ModelManager(SPECS)
+        try:
+            await job(manager, "warm")
+            cancel = asyncio.Event()
+            running = asyncio.ensure_future(
+                manager.run(
+                    "echo",
+                    Job(prompt_id="p", input="a b c d e", params={"delay": 30}),
+                    lambda c: None,
+                    cancel,
+                )
+            )
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            cancel.set()
+            with pytest.raises(Cancelled):
+                await running
+            assert time.monotonic() - started < 1.0
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_a_worker_that_ignores_cancel_is_killed_within_a_second() -> None:
+    async def scenario() -> None:
+        manager = ModelManager(SPECS)
+        try:
+            cancel = asyncio.Event()
+            stuck = Job(prompt_id="p", input="x", params={"hang": 30})
+            running = asyncio.ensure_future(manager.run("echo", stuck, lambda c: None, cancel))
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            cancel.set()
+            with pytest.raises(Cancelled, match="worker stopped"):
+                await running
+            assert time.monotonic() - started < 1.0
+            assert not manager.loaded("echo")
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_an_unknown_model_or_backend_is_a_clear_error() -> None:
+    async def scenario() -> None:
+        manager = ModelManager({"odd": ModelSpec(name="odd", backend="nope")})
+        try:
+            with pytest.raises(ExecutorError, match="does not serve"):
+                await job(manager, "x", "missing")
+            with pytest.raises(ExecutorError, match="no executor 'nope'"):
+                await job(manager, "x", "odd")
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_an_idle_worker_killed_from_outside_is_replaced() -> None:
+    async def scenario() -> None:
+        manager = ModelManager(SPECS)
+        try:
+            await job(manager, "x")
+            os.kill(manager.workers["echo"].process.pid, signal.SIGKILL)
+            manager.workers["echo"].process.join(5)
+            assert (await job(manager, "y"))[0] == "y"  # an idle worker that died is replaced
+            assert manager.loads == 2
+        finally:
+            manager.close()
+
+    run(scenario())

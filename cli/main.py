@@ -104,7 +104,13 @@ def init(ctx: click.Context, name: str | None, if_missing: bool, as_json: bool) 
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first (-1000..1000).")
 @click.option("--max-attempts", type=int, default=3, show_default=True, help="Runs before it fails.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A model parameter (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the prompt as a JSON object.")
+@click.option("--keep-alive", type=click.FloatRange(min=0), help="Seconds to keep the model loaded after it.")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--follow", is_flag=True, help="Print the output as it streams, from whichever node runs it.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), help="With --wait/--follow: give up after this many seconds."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the prompt (or, waiting, the result) as JSON.")
 @click.pass_context
 def add(
     ctx: click.Context,
@@ -114,6 +120,10 @@ def add(
     priority: int,
     max_attempts: int,
     params: tuple[str, ...],
+    keep_alive: float | None,
+    wait: bool,
+    follow: bool,
+    timeout: float | None,
     as_json: bool,
 ) -> None:
     """Queue a prompt (TEXT, or - to read it from stdin) and print its id.
@@ -131,16 +141,38 @@ def add(
     if text == "-":
         text = sys.stdin.read()
     parsed = dict(parse_param(p) for p in params)
+    if keep_alive is not None:
+        parsed["keep_alive"] = keep_alive
     space = _open(ctx)
     prompt = space.add(
         text, model=model, kind=kind, params=parsed, priority=priority, max_attempts=max_attempts
     )
-    if as_json:
+    _warn_if_unserved(space, model)
+    if wait or follow:
+        from syncq.cli import follow as following
+
+        following.result(space, prompt.id, stream=follow, timeout=timeout, as_json=as_json)
+    elif as_json:
         import json
 
         click.echo(json.dumps({"id": prompt.id, "model": prompt.model, "status": "queued"}))
     else:
         click.echo(prompt.id)
+
+
+def _served(space: Any) -> set[str] | None:
+    """The models the mesh advertises, as the local node last noted them (reading the Doc for
+    this would cost a cold add its speed); None if no node has run in this home yet."""
+    import json
+
+    known = space.store.get_meta("mesh.models")
+    return set(json.loads(known)) if known is not None else None
+
+
+def _warn_if_unserved(space: Any, model: str) -> None:
+    served = _served(space)
+    if served is not None and model not in served:
+        click.echo(f"warning: no node of this space has advertised model {model!r}; queued anyway", err=True)
 
 
 @cli.command(name="log")
@@ -155,10 +187,17 @@ def add(
 @click.option("--status", type=click.Choice(STATUSES), help="Only prompts with this status.")
 @click.option("--model", help="Only prompts for this model.")
 @click.option("--since", metavar="ID", help="Only prompts added after this id (or prefix).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new prompts and status changes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def log_(
-    ctx: click.Context, limit: int, status: str | None, model: str | None, since: str | None, as_json: bool
+    ctx: click.Context,
+    limit: int,
+    status: str | None,
+    model: str | None,
+    since: str | None,
+    follow: bool,
+    as_json: bool,
 ) -> None:
     """List prompts with their status, newest last (like a chat).
 
@@ -171,7 +210,11 @@ def log_(
 
     space = _open(ctx)
     entries = space.entries(limit=limit or None, status=status, model=model, since=since)
-    render.log(entries, as_json)
+    render.log(entries, as_json, _served(space))
+    if follow:
+        from syncq.cli import follow as following
+
+        following.log(space, entries, status=status, model=model, as_json=as_json)
 
 
 @cli.command()
@@ -189,7 +232,8 @@ def show(ctx: click.Context, prompt_id: str, as_json: bool) -> None:
     """
     from syncq.cli import render
 
-    render.show(_open(ctx).show(prompt_id), as_json)
+    space = _open(ctx)
+    render.show(space.show(prompt_id), as_json, _served(space))
 
 
 @cli.command()
@@ -205,7 +249,38 @@ def cancel(ctx: click.Context, prompt_id: str, as_json: bool) -> None:
     """
     from syncq.cli import render
 
-    render.cancelled(_open(ctx).cancel(prompt_id), as_json)
+    render.changed(_open(ctx).cancel(prompt_id), as_json)
+
+
+@cli.command()
+@click.argument("prompt_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def retry(ctx: click.Context, prompt_id: str, as_json: bool) -> None:
+    """Queue a failed prompt again (ID or a unique prefix), for another round of attempts.
+
+    \b
+    Example:
+      syncq retry 01JDX4
+    """
+    from syncq.cli import render
+
+    render.changed(_open(ctx).retry(prompt_id), as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List every model of the mesh and the nodes that serve it (warm or cold).
+
+    \b
+    Example:
+      syncq models
+    """
+    from syncq.cli import render
+
+    render.models(_open(ctx).log.nodes(), as_json)
 
 
 @cli.command()

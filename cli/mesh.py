@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 import click
@@ -32,6 +33,7 @@ DEFAULT_LISTEN = "0.0.0.0:7330"
     metavar="ADDR",
     help="Use mDNS only on the interface with this address (repeatable; default: all).",
 )
+@click.option("--no-executors", is_flag=True, help="Only sync: never claim or run prompts (laptops, relays).")
 @click.option("--json-log", is_flag=True, help="Log one JSON object per line.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every batch received.")
 @click.pass_context
@@ -41,6 +43,7 @@ def node(
     peers: tuple[str, ...],
     no_discovery: bool,
     interfaces: tuple[str, ...],
+    no_executors: bool,
     json_log: bool,
     verbose: bool,
 ) -> None:
@@ -59,6 +62,7 @@ def node(
     host, port = _parse_listen(listen or os.environ.get("SYNCQ_LISTEN") or DEFAULT_LISTEN)
     urls = [peer_url(p) for p in peers]
     space = _open(ctx)
+    scheduler = None if no_executors or space.is_relay else _scheduler_factory(space.paths.root)
     the_node = Node(
         space,
         host=host,
@@ -66,6 +70,7 @@ def node(
         log=NodeLog(json_lines=json_log, verbose=verbose),
         discovery=not no_discovery,
         discovery_interfaces=list(interfaces) or None,
+        scheduler=scheduler,
     )
 
     async def serve() -> None:
@@ -215,6 +220,33 @@ def peers_add(ctx: click.Context, url: str) -> None:
         raise UserError(f"{normalised} is a known peer already")
     space.store.save_peer(Peer(url=normalised, source="config"))
     click.echo(f"added {normalised}")
+
+
+def _scheduler_factory(home: Path) -> Any:
+    """What runs prompts here: the models found in the home, under the [node] settings of
+    config.toml (``executors = []`` makes a node that only syncs)."""
+    from syncq.executors.manager import ModelManager, Settings
+    from syncq.executors.models import discover, node_config
+    from syncq.node.scheduler import Scheduler
+
+    from syncq.claims import Policy
+
+    config = node_config(home)
+    backends = config.get("executors")
+    if backends == []:
+        return None
+    specs = discover(home, backends)
+    settings = Settings(
+        max_loaded=int(config.get("max_loaded", 2)),
+        keep_alive_s=float(config.get("keep_alive", 300)),
+        memory_budget=int(config["memory_budget"]) if "memory_budget" in config else None,
+    )
+    policy = Policy(
+        lease_ms=int(float(config.get("lease", 30)) * 1000),
+        heartbeat_ms=int(float(config.get("heartbeat", 5)) * 1000),
+        backoff_first_ms=int(float(config.get("backoff", 1)) * 1000),
+    )
+    return lambda node: Scheduler(node, ModelManager(specs, settings), policy)
 
 
 def _parse_listen(text: str) -> tuple[str, int]:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from syncq.log import Entry
-from syncq.records import Result
+from syncq.records import ModelAd, NodeInfo, Result
 from syncq.space import Space, SpaceStatus
 
 STATUS_STYLE = {
@@ -65,11 +65,15 @@ def initialised(space: Space, as_json: bool) -> None:
     click.echo('Next: syncq add "hello" -m echo && syncq log')
 
 
-def log(entries: Sequence[Entry], as_json: bool) -> None:
-    """`syncq log`."""
+UNSERVED = "no node serves this model"
+
+
+def log(entries: Sequence[Entry], as_json: bool, served: set[str] | None = None) -> None:
+    """`syncq log`; ``served`` (the models the mesh advertises, if known) marks prompts that
+    nothing will run."""
     if as_json:
         for entry in entries:
-            _json_line(entry_json(entry))
+            _json_line({**entry_json(entry), "note": _note(entry, served)})
         return
     if not entries:
         click.echo('No prompts yet. Add one with: syncq add "hello" -m echo')
@@ -87,17 +91,23 @@ def log(entries: Sequence[Entry], as_json: bool) -> None:
             entry.prompt.id,
             _short_time(entry.prompt.created_at),
             entry.prompt.model,
-            _status(entry.status.value),
+            _status(entry.status.value) + (f" [dim]({UNSERVED})[/]" if _note(entry, served) else ""),
             _one_line(entry.prompt.input, 60),
             _one_line(_result_text(result), 60) if result else "",
         )
     _console().print(table)
 
 
-def show(entry: Entry, as_json: bool) -> None:
+def _note(entry: Entry, served: set[str] | None) -> str | None:
+    if served is not None and entry.status.value == "queued" and entry.prompt.model not in served:
+        return UNSERVED
+    return None
+
+
+def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
     """`syncq show`."""
     if as_json:
-        _json_line(entry_json(entry))
+        _json_line({**entry_json(entry), "note": _note(entry, served)})
         return
     from rich.table import Table
 
@@ -106,7 +116,8 @@ def show(entry: Entry, as_json: bool) -> None:
     facts.add_column(style="bold")
     facts.add_column()
     facts.add_row("id", p.id)
-    facts.add_row("status", _status(entry.status.value))
+    note = _note(entry, served)
+    facts.add_row("status", _status(entry.status.value) + (f" ({note})" if note else ""))
     facts.add_row("model", f"{p.model} ({p.kind.value})")
     facts.add_row("created", f"{_iso(p.created_at)} by {p.author[:16]}")
     facts.add_row("priority", f"{p.priority}   max attempts {p.max_attempts}")
@@ -121,6 +132,9 @@ def show(entry: Entry, as_json: bool) -> None:
     console.print(facts)
     console.print("\n[bold]prompt[/bold]")
     console.print(p.input, markup=False, highlight=False)
+    if entry.stream is not None:
+        console.print("\n[bold]output so far[/bold]")
+        console.print(entry.stream, markup=False, highlight=False)
     for run in entry.results:
         mark = " (canonical)" if run is entry.result and len(entry.results) > 1 else ""
         console.print(
@@ -130,12 +144,50 @@ def show(entry: Entry, as_json: bool) -> None:
         console.print(_result_text(run), markup=False, highlight=False)
 
 
-def cancelled(entry: Entry, as_json: bool) -> None:
-    """`syncq cancel`."""
+def changed(entry: Entry, as_json: bool) -> None:
+    """`syncq cancel` and `syncq retry`: the prompt's new status."""
     if as_json:
         _json_line({"id": entry.prompt.id, "status": entry.status.value})
     else:
         click.echo(f"{entry.prompt.id} {entry.status.value}")
+
+
+def models(nodes: Sequence[NodeInfo], as_json: bool) -> None:
+    """`syncq models`: one row per model, with the nodes that serve it."""
+    by_model: dict[str, list[tuple[NodeInfo, ModelAd]]] = {}
+    for node in nodes:
+        for ad in node.models:
+            by_model.setdefault(ad.name, []).append((node, ad))
+    rows = [
+        {
+            "model": name,
+            "backend": served[0][1].backend,
+            "size": served[0][1].size,
+            "nodes": [
+                {"node": n.id, "name": n.name, "loaded": ad.loaded, "last_seen": _iso(n.last_seen)}
+                for n, ad in served
+            ],
+        }
+        for name, served in sorted(by_model.items())
+    ]
+    if as_json:
+        for row in rows:
+            _json_line(row)
+        return
+    if not rows:
+        click.echo("No node has advertised a model yet (start one with `syncq node`).")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("model", "backend", "size", "served by"):
+        table.add_column(column, no_wrap=column != "served by")
+    for row in rows:
+        where = ", ".join(
+            f"{n['name']} ({'[green]warm[/]' if n['loaded'] else 'cold'})" for n in row["nodes"]
+        )
+        table.add_row(row["model"], row["backend"], _size(row["size"]) if row["size"] else "", where)
+    _console().print(table)
 
 
 def status(st: SpaceStatus, as_json: bool) -> None:

@@ -17,9 +17,11 @@ All library calls run on the event-loop thread: each is a short SQLite transacti
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -28,12 +30,15 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 from syncq import __version__
 from syncq.errors import StoreError
 from syncq.protocol import MAX_FRAME_SIZE, CloseCode, Role
-from syncq.records import NodeInfo
+from syncq.records import ModelAd, NodeInfo
 from syncq.space import Space, wall_clock_ms
 from syncq.store import Peer
 
 from .connection import Connection
 from .logs import NodeLog
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 WATCH_INTERVAL_S = 0.005
 HEARTBEAT_S = 5.0
@@ -55,6 +60,7 @@ class Node:
         log: NodeLog,
         discovery: bool,
         discovery_interfaces: list[str] | None = None,
+        scheduler: Callable[[Node], Scheduler] | None = None,
     ) -> None:
         self.space = space
         self.host = host
@@ -67,6 +73,8 @@ class Node:
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self.url = ""
+        self.scheduler = scheduler(self) if scheduler is not None and not space.is_relay else None
+        self._advertised: tuple[object, ...] | None = None
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
         """Run ``work`` in the background, keeping a reference until it ends."""
@@ -97,6 +105,8 @@ class Node:
         ]
         if not self.space.is_relay:
             tasks.append(asyncio.create_task(self._presence()))
+        if self.scheduler is not None:
+            tasks.append(asyncio.create_task(self.scheduler.run()))
         if self.discovery:
             from .discovery import Discovery
 
@@ -213,7 +223,13 @@ class Node:
     def stored(self, source: Connection, added: int) -> None:
         """New envelopes arrived from ``source``: offer them to every other peer (gossip)."""
         self._wake_all(c for c in self.connections.values() if c is not source)
+        if self.scheduler is not None:
+            self.scheduler.wake()
         self.log.event("received", peer=source.label, envelopes=added, level="debug")
+
+    def changed(self) -> None:
+        """This node wrote to the log: offer the new envelopes to every peer."""
+        self._wake_all(self.connections.values())
 
     def progress(self, conn: Connection) -> None:
         """Record how far behind the peer is (shown by `syncq peers`)."""
@@ -242,6 +258,8 @@ class Node:
                 continue
             version = now
             self._wake_all(self.connections.values())
+            if self.scheduler is not None:
+                self.scheduler.wake()
             current = {p.url for p in store.peers()}
             for url in current - peers:
                 if not url.startswith("inbound:"):
@@ -252,23 +270,53 @@ class Node:
         self.space.store.set_meta("node.pid", str(os.getpid()))
         while True:
             self.space.store.set_meta("node.heartbeat", str(wall_clock_ms()))
+            self._note_mesh_models()
             await asyncio.sleep(HEARTBEAT_S)
+
+    def _note_mesh_models(self) -> None:
+        # `syncq add` warns about a model nobody serves without loading the Doc: it reads this.
+        if self.space.is_relay:
+            return
+        names = sorted({m.name for n in self.space.log.nodes() for m in n.models})
+        text = json.dumps(names)
+        if self.space.store.get_meta("mesh.models") != text:
+            self.space.store.set_meta("mesh.models", text)
 
     async def _presence(self) -> None:
         while True:
-            info = NodeInfo(
-                id=self.space.device_id,
-                name=self.space.name,
-                version=__version__,
-                last_seen=wall_clock_ms(),
-                listen=self.url,
-            )
-            try:
-                self.space.put_node(info)
-                self._wake_all(self.connections.values())
-            except StoreError as exc:
-                self.log.event("store-failed", level="error", reason=str(exc))
+            self.advertise(force=True)
             await asyncio.sleep(PRESENCE_S)
+
+    def advertise(self, *, force: bool = False) -> None:
+        """Write this node's presence (name, models warm or cold); without ``force`` only when
+        the models changed, so ``last_seen`` costs one envelope a minute."""
+        models = self._models()
+        if not force and models == self._advertised:
+            return
+        self._advertised = models
+        info = NodeInfo(
+            id=self.space.device_id,
+            name=self.space.name,
+            version=__version__,
+            last_seen=wall_clock_ms(),
+            listen=self.url,
+            models=models,
+        )
+        try:
+            self.space.put_node(info)
+            self.changed()
+            self._note_mesh_models()
+        except StoreError as exc:
+            self.log.event("store-failed", level="error", reason=str(exc))
+
+    def _models(self) -> tuple[ModelAd, ...]:
+        if self.scheduler is None:
+            return ()
+        manager = self.scheduler.manager
+        return tuple(
+            ModelAd(name=s.name, backend=s.backend, loaded=manager.loaded(s.name), size=s.size)
+            for s in manager.specs.values()
+        )
 
 
 def _bound_port(server: Server) -> int:

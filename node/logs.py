@@ -17,6 +17,10 @@ _HUMAN = {
     "discovered": "found {url} on the local network",
     "discovery-off": "no LAN discovery: {reason}",
     "stopped": "stopped",
+    "running": "running {prompt} on {model} (attempt {attempt})",
+    "finished": "finished {prompt}: {status}",
+    "cancelled": "cancelled {prompt}",
+    "lease-expired": "took over {prompt}: node {node:.12} stopped sending heartbeats",
 }
 
 

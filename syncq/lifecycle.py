@@ -15,7 +15,8 @@ walk it)::
 
 Because facts only accumulate, a terminal status can only move to a terminal status of a higher
 rule: failed -> cancelled -> done (``TERMINAL_ORDER``). A cancel that arrives after a run
-finished does not undo the run.
+finished does not undo the run. The one way back is a user's ``syncq retry`` of a failed
+prompt: its retry record raises ``max_attempts``, so the prompt is queued again.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -308,6 +308,7 @@ class NodeInfo:
     version: str
     last_seen: int  # ms, on the node's own clock
     listen: str = ""
+    models: tuple[ModelAd, ...] = ()
 
     def to_wire(self) -> Wire:
         """The record stored under ``nodes[id]``."""
@@ -316,6 +317,7 @@ class NodeInfo:
             "version": self.version,
             "last_seen": self.last_seen,
             "listen": self.listen,
+            "models": [m.to_wire() for m in self.models],
         }
 
     @classmethod
@@ -328,6 +330,29 @@ class NodeInfo:
             version=_str(w, "version"),
             last_seen=_int(w, "last_seen"),
             listen=_str(w, "listen"),
+            models=tuple(ModelAd.from_wire(m) for m in _list(w, "models")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelAd:
+    """A model a node serves, as advertised in its presence record."""
+
+    name: str
+    backend: str
+    loaded: bool
+    size: int
+
+    def to_wire(self) -> Wire:
+        """The dict inside ``nodes[id].models``."""
+        return {"name": self.name, "backend": self.backend, "loaded": self.loaded, "size": self.size}
+
+    @classmethod
+    def from_wire(cls, wire: object) -> ModelAd:
+        """Check and convert. Raises ``MalformedRecord``."""
+        w = _mapping(wire)
+        return cls(
+            name=_str(w, "name"), backend=_str(w, "backend"), loaded=_bool(w, "loaded"), size=_int(w, "size")
         )
 
 
@@ -392,15 +417,61 @@ def parse_param(text: str) -> tuple[str, ParamValue]:
     return key, value if isinstance(value, str | int | float | bool) or value is None else raw
 
 
-def check_params(params: Mapping[str, ParamValue]) -> dict[str, ParamValue]:
-    """Refuse too many parameters or bad names. Raises ``InvalidInput``."""
+# Parameters every executor of a kind understands, with their checks. ``keep_alive`` (seconds
+# to keep the model loaded after this prompt) is the manager's; ``delay``, ``fail``, ``crash``
+# and ``hang`` are the echo executor's test knobs.
+def _number(low: float, high: float) -> Callable[[ParamValue], bool]:
+    return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
+
+
+def _whole(low: int, high: int) -> Callable[[ParamValue], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+COMMON_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
+    "keep_alive": (_number(0, 7 * 24 * 3600), "seconds, 0 to 604800"),
+    "delay": (_number(0, 3600), "seconds, 0 to 3600"),
+    "fail": (lambda v: isinstance(v, str), "an error message"),
+    "crash": (lambda v: isinstance(v, bool), "true or false"),
+    "hang": (_number(0, 3600), "seconds, 0 to 3600"),
+}
+LLM_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
+    **COMMON_PARAMS,
+    "max_tokens": (_whole(1, 32768), "a whole number from 1 to 32768"),
+    "temperature": (_number(0, 5), "a number from 0 to 5"),
+    "top_p": (_number(0, 1), "a number from 0 to 1"),
+    "top_k": (_whole(0, 1000), "a whole number from 0 to 1000"),
+    "seed": (_whole(0, 2**32 - 1), "a whole number from 0 to 4294967295"),
+    "stop": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "text of 1 to 64 characters"),
+    "mode": (lambda v: v in ("chat", "complete"), "chat or complete"),
+    "repeat_penalty": (_number(0, 5), "a number from 0 to 5"),
+}
+
+
+def check_params(
+    params: Mapping[str, ParamValue], kind: PromptKind = PromptKind.LLM
+) -> dict[str, ParamValue]:
+    """Refuse unknown parameters, bad names and bad values for the kind. Raises ``InvalidInput``.
+
+    Kinds whose executors are not built yet (asr, image) accept any well-formed parameter.
+    """
     if len(params) > MAX_PARAMS:
         raise InvalidInput(f"too many parameters ({len(params)}; the limit is {MAX_PARAMS})")
+    schema = LLM_PARAMS if kind is PromptKind.LLM else None
     for key, value in params.items():
         if not _PARAM_RE.fullmatch(key):
             raise InvalidInput(f"parameter name {key!r} must be lower-case letters, digits and _")
         if not (isinstance(value, str | int | float | bool) or value is None):
             raise InvalidInput(f"parameter {key} must be a string, number, boolean or null")
+        if schema is None:
+            continue
+        if key not in schema:
+            raise InvalidInput(
+                f"unknown parameter {key!r} for {kind} prompts (known: {', '.join(sorted(schema))})"
+            )
+        valid, expected = schema[key]
+        if not valid(value):
+            raise InvalidInput(f"parameter {key}={value!r} is invalid: expected {expected}")
     return dict(params)
 
 
@@ -431,6 +502,13 @@ def _int(w: Mapping[str, Any], name: str) -> int:
     value = w.get(name)
     if isinstance(value, bool) or not isinstance(value, int):
         raise MalformedRecord(f"field {name!r} is not a whole number")
+    return value
+
+
+def _list(w: Mapping[str, Any], name: str) -> list[Any]:
+    value = w.get(name, [])
+    if not isinstance(value, list):
+        raise MalformedRecord(f"field {name!r} is not a list")
     return value
 
 

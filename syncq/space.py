@@ -593,7 +593,7 @@ class Space:
             model=check_model(new.model),
             kind=PromptKind(new.kind),
             input=check_prompt_input(new.text),
-            params=check_params(new.params),
+            params=check_params(new.params, PromptKind(new.kind)),
             created_at=now,
             author=self.device_id,
             priority=check_priority(new.priority),

@@ -207,3 +207,31 @@ def test_input_checks() -> None:
         check_params({"x": [1]})  # type: ignore[dict-item]
     assert check_model("hf.co/org/model:Q4_K_M") == "hf.co/org/model:Q4_K_M"
     assert PromptId(PID) == PID
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"max_tokens": -3}, "max_tokens=-3 is invalid"),
+        ({"max_tokens": 1.5}, "whole number"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"mode": "poem"}, "chat or complete"),
+        ({"frobnicate": 1}, "unknown parameter 'frobnicate'"),
+    ],
+)
+def test_llm_params_are_checked_at_add_time(params: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        check_params(params, PromptKind.LLM)
+
+
+def test_good_llm_params_and_other_kinds_pass() -> None:
+    good = {
+        "max_tokens": 32,
+        "temperature": 0.7,
+        "seed": 42,
+        "mode": "complete",
+        "stop": "\n\n",
+        "keep_alive": 60,
+    }
+    assert check_params(good, PromptKind.LLM) == good
+    assert check_params({"language": "en"}, PromptKind.ASR) == {"language": "en"}

@@ -224,7 +224,7 @@ def test_a_damaged_checkpoint_is_ignored_and_rebuilt(space: Space, home: Path) -
 
 def test_no_plaintext_at_rest(space: Space, home: Path) -> None:
     marker = "MARKER-7f3a9c-the-user-secret"
-    prompt = space.add(f"please keep {marker} private", model="echo", params={"note": marker})
+    prompt = space.add(f"please keep {marker} private", model="echo", params={"stop": marker[:60]})
     space.put_result(
         Result(
             prompt_id=prompt.id,

@@ -1,0 +1,92 @@
+"""Waiting on the log: `add --wait/--follow` and `log --follow`.
+
+Both watch the local store (SQLite's data_version, every 20 ms) and re-read the Doc when it
+changes; the node running in this home is what brings results and streams from other devices.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from syncq.errors import UserError
+from syncq.lifecycle import TERMINAL, Status
+from syncq.log import Entry
+
+POLL_S = 0.02
+
+
+def _changes(space: Any, timeout: float | None) -> Any:
+    """Yield each time the store changed (and once at first), until ``timeout``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    version = None
+    while deadline is None or time.monotonic() < deadline:
+        now = space.store.data_version()
+        if now != version:
+            version = now
+            yield
+        time.sleep(POLL_S)
+    raise UserError(f"gave up waiting after {timeout:g} s; the prompt stays queued (see `syncq log`)")
+
+
+def result(space: Any, prompt_id: str, *, stream: bool, timeout: float | None, as_json: bool) -> None:
+    """Wait for the prompt to finish; with ``stream``, print its output as it arrives."""
+    if space.node_running() is None:
+        raise UserError(
+            f"queued {prompt_id}, but no node runs in this home to bring its result: start "
+            "`syncq node` (or wait with `syncq log --follow` later)"
+        )
+    streamed = ""
+    for _ in _changes(space, timeout):
+        entry = space.log.entry(prompt_id)
+        if stream and not as_json and entry.stream and len(entry.stream) > len(streamed):
+            sys.stdout.write(entry.stream[len(streamed) :])
+            sys.stdout.flush()
+            streamed = entry.stream
+        if entry.status in TERMINAL:
+            _finish(entry, streamed, as_json)
+            return
+
+
+def _finish(entry: Entry, streamed: str, as_json: bool) -> None:
+    from syncq.cli.render import entry_json
+
+    run = entry.result
+    if as_json:
+        click.echo(json.dumps(entry_json(entry), ensure_ascii=False))
+    elif entry.status is Status.DONE and run is not None:
+        # Print what the stream has not shown yet (all of it if the stream and the result differ).
+        click.echo(run.output[len(streamed) :] if run.output.startswith(streamed) else "\n" + run.output)
+        click.echo(
+            f"[{entry.prompt.model} on {run.node_name}, {run.usage.get('ms_total', '?')} ms]", err=True
+        )
+    if entry.status is not Status.DONE:
+        error = run.error if run is not None and run.error else entry.status.value
+        raise UserError(f"prompt {entry.prompt.id} {entry.status.value}: {error}")
+
+
+def log(space: Any, shown: Sequence[Entry], *, status: str | None, model: str | None, as_json: bool) -> None:
+    """After the first listing, print each new prompt and each status change as it happens."""
+    from syncq.cli import render
+
+    seen = {e.prompt.id: e.status for e in shown}
+    newest = shown[-1].prompt.id if shown else None
+    for _ in _changes(space, None):
+        fresh = (
+            space.entries(limit=None, since=newest, status=status, model=model)
+            if newest
+            else space.entries(limit=None, status=status, model=model)
+        )
+        watching = [space.log.entry(pid) for pid, st in seen.items() if st not in TERMINAL]
+        changed = [e for e in watching if e.status != seen[e.prompt.id]] + list(fresh)
+        for entry in changed:
+            seen[entry.prompt.id] = entry.status
+        if fresh:
+            newest = fresh[-1].prompt.id
+        if changed:
+            render.log(changed, as_json)  # one line (or JSON object) per change

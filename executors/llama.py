@@ -1,0 +1,120 @@
+"""``llama``: GGUF language models through llama-cpp-python (the ``llm`` extra).
+
+Params: ``mode`` (``chat``, the default, formats the prompt as one user turn with the model's
+chat template; ``complete`` continues the raw text), ``max_tokens`` (default 128),
+``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``, ``repeat_penalty``.
+
+A GGUF without a chat template (gemma3-270m's, for one) gets the correct template of its model
+family, read from ``general.architecture``; llama-cpp-python would otherwise fall back to a
+generic format the model was never trained on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .base import ExecutorError, Job, ModelSpec, Output
+
+# general.architecture -> llama-cpp-python chat format, for GGUFs that carry no template
+FAMILY_FORMATS = {
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "llama": "llama-3",
+    "qwen2": "chatml",
+    "qwen3": "chatml",
+    "phi3": "chatml",
+    "mistral": "mistral-instruct",
+}
+SAMPLING = ("temperature", "top_p", "top_k", "seed", "repeat_penalty")
+
+
+def model_path(spec: ModelSpec) -> Path:
+    """The GGUF file of a spec; a bundled package is assembled into the home first."""
+    if not spec.path.startswith("package:"):
+        return Path(spec.path)
+    module = importlib.import_module(spec.path.split(":", 1)[1])
+    target = Path(str(spec.options["cache_dir"])) / module.MODEL_NAME
+    return Path(module.assemble(output_path=target))
+
+
+class LlamaExecutor:
+    """One GGUF model in llama.cpp."""
+
+    def __init__(self) -> None:
+        self.llm: Any = None
+
+    def load(self, spec: ModelSpec) -> None:
+        """Load the GGUF. Raises ``ExecutorError`` if the file is missing or not a model."""
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ExecutorError("llama-cpp-python is not installed: pip install 'syncq[llm]'") from exc
+        path = model_path(spec)
+        if not path.is_file():
+            raise ExecutorError(f"model file {path} is missing")
+        options = {
+            k: v for k, v in spec.options.items() if k in ("n_ctx", "n_threads", "n_gpu_layers", "n_batch")
+        }
+        options.setdefault("n_ctx", 2048)
+        options.setdefault("n_threads", max(1, (os.cpu_count() or 2)))
+        try:
+            self.llm = Llama(model_path=str(path), verbose=False, **options)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ExecutorError(f"cannot load {path} as a GGUF model: {exc}") from exc
+        if "tokenizer.chat_template" not in self.llm.metadata:
+            family = self.llm.metadata.get("general.architecture", "")
+            self.llm.chat_format = FAMILY_FORMATS.get(family, "chatml")
+            self.llm.chat_handler = None
+
+    def warm_up(self) -> None:
+        """One token, so the first real prompt does not pay for lazy initialisation."""
+        self.llm.create_completion("Hi", max_tokens=1)
+
+    def run(self, job: Job, emit: Callable[[str], None], cancelled: Callable[[], bool]) -> Output:
+        """Generate, emitting text as it comes; stops early when cancelled."""
+        params = job.params
+        sampling = {k: params[k] for k in SAMPLING if k in params}
+        stop = [str(params["stop"])] if "stop" in params else None
+        max_tokens = int(params.get("max_tokens", 128))
+        if params.get("mode", "chat") == "chat":
+            stream = self.llm.create_chat_completion(
+                [{"role": "user", "content": job.input}],
+                stream=True,
+                max_tokens=max_tokens,
+                stop=stop,
+                **sampling,
+            )
+            pieces = (c["choices"][0]["delta"].get("content") or "" for c in stream)
+        else:
+            stream = self.llm.create_completion(
+                job.input, stream=True, max_tokens=max_tokens, stop=stop, **sampling
+            )
+            pieces = (c["choices"][0]["text"] for c in stream)
+        text, tokens = self._collect(pieces, emit, cancelled)
+        return Output(text=text, usage={"completion_tokens": tokens, "prompt_tokens": self._count(job.input)})
+
+    def _collect(
+        self, pieces: Iterator[str], emit: Callable[[str], None], cancelled: Callable[[], bool]
+    ) -> tuple[str, int]:
+        out: list[str] = []
+        for piece in pieces:
+            if cancelled():
+                break
+            if piece:
+                out.append(piece)
+                emit(piece)
+        return "".join(out), len(out)
+
+    def _count(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode(), add_bos=False))
+
+    def unload(self) -> None:
+        """Free the model."""
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None

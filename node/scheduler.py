@@ -1,0 +1,272 @@
+"""The scheduler: claims prompts for the models this node serves and runs them.
+
+It follows ``syncq.claims`` to the letter: pick candidates, write a claim, wait for the merged
+claims to settle (a few round trips to the connected peers), run only if this node won,
+heartbeat while running, stream output into ``streams[id]`` about every 100 ms, and write the
+result (or record an expired lease and take the prompt over). A cancel seen in the log stops the
+job through the model manager within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from syncq.executors.base import ExecutorError, Job
+from syncq.executors.manager import Cancelled, ModelManager
+
+from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, order, won
+from syncq.errors import MalformedRecord, StoreError
+from syncq.ids import PromptId
+from syncq.lifecycle import Status
+from syncq.records import Claim, Result, RunStatus
+from syncq.space import wall_clock_ms
+
+if TYPE_CHECKING:
+    from syncq.node.daemon import Node
+
+    from syncq.log import Entry
+
+FINAL = (Status.DONE, Status.CANCELLED)
+TICK_S = 0.5
+STREAM_EVERY_S = 0.1
+SETTLE_MIN_S = 0.05
+COLD_GRACE_S = 0.25  # a node without the model loaded lets a warm one claim first
+
+
+@dataclass(slots=True)
+class Running:
+    """A prompt claimed or running here."""
+
+    prompt_id: PromptId
+    model: str
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Scheduler:
+    """Claims and runs prompts for one node."""
+
+    def __init__(self, node: Node, manager: ModelManager, policy: Policy | None = None) -> None:
+        self.node = node
+        self.space = node.space
+        self.manager = manager
+        self.policy = policy or Policy()
+        self.watch = HeartbeatWatch()
+        self.jobs: dict[PromptId, Running] = {}
+        self.runs = 0  # runs started here (tests count them)
+        self._done: set[PromptId] = set()  # done or cancelled: never looked at again
+        self._first_seen: dict[PromptId, float] = {}
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """Something changed in the log: look again soon."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK_S)
+                self._wake.clear()
+                try:
+                    self.tick()
+                except StoreError as exc:
+                    self.node.log.event("store-failed", level="error", reason=str(exc))
+                if self.manager.expire():
+                    self.node.advertise()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            self.manager.close()
+
+    def tick(self) -> None:
+        """Cancel what was cancelled, then claim one prompt for each idle model."""
+        log = self.space.log
+        wall, mono = wall_clock_ms(), time.monotonic()
+        best: dict[str, tuple[Candidate, Entry]] = {}
+        for prompt_id in log.prompt_ids():
+            if prompt_id in self._done:
+                continue
+            try:
+                entry = log.entry(prompt_id)
+            except MalformedRecord:
+                self._done.add(prompt_id)
+                continue
+            if prompt_id in self.jobs:
+                if entry.status is Status.CANCELLED:
+                    self.jobs[prompt_id].cancel.set()
+                continue
+            if entry.status in FINAL:
+                self._done.add(prompt_id)
+                continue
+            if entry.status is Status.FAILED:
+                continue  # not final: `syncq retry` may queue it again
+            model = entry.prompt.model
+            if model not in self.manager.specs or self._busy(model):
+                continue
+            self.watch.observe(entry.claims, int(mono * 1000))
+            found = candidate(
+                prompt_id=prompt_id,
+                model=model,
+                priority=entry.prompt.priority,
+                status=entry.status,
+                facts=entry.facts,
+                me=self.space.device_id,
+                wall_ms=wall,
+                monotonic_ms=int(mono * 1000),
+                watch=self.watch,
+                policy=self.policy,
+            )
+            if found is None or not self._warm_enough(found, mono):
+                continue
+            if model not in best or order([found, best[model][0]])[0] is found:
+                best[model] = (found, entry)
+        for chosen, entry in best.values():
+            self._start(chosen, entry)
+
+    def _busy(self, model: str) -> bool:
+        return any(job.model == model for job in self.jobs.values())
+
+    def _warm_enough(self, found: Candidate, mono: float) -> bool:
+        if self.manager.loaded(found.model):
+            return True
+        first = self._first_seen.setdefault(found.prompt_id, mono)
+        return mono - first >= COLD_GRACE_S
+
+    def _start(self, chosen: Candidate, entry: Entry) -> None:
+        running = Running(prompt_id=chosen.prompt_id, model=chosen.model)
+        self.jobs[chosen.prompt_id] = running
+        task = asyncio.ensure_future(
+            self._job(chosen, running, entry.prompt.input, dict(entry.prompt.params))
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _job(self, chosen: Candidate, running: Running, text: str, params: dict[str, object]) -> None:
+        me, pid = self.space.device_id, chosen.prompt_id
+        try:
+            if chosen.expired is not None:
+                record = expiry_record(
+                    chosen.expired, observer=me, observer_name=self.space.name, now_ms=wall_clock_ms()
+                )
+                self.space.finish(record)
+                self.node.log.event("lease-expired", prompt=pid, node=chosen.expired.node)
+            self.space.put_claim(Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=1))
+            self.node.changed()
+            await asyncio.sleep(self._settle_s())
+            entry = self.space.log.entry(pid)
+            if not won(entry.claims, me, chosen.attempt) or entry.status is Status.CANCELLED:
+                return
+            await self._execute(chosen, running, text, params)
+        except StoreError as exc:
+            self.node.log.event("store-failed", level="error", reason=str(exc))
+        finally:
+            self.jobs.pop(pid, None)
+            self._wake.set()
+
+    async def _execute(
+        self, chosen: Candidate, running: Running, text: str, params: dict[str, object]
+    ) -> None:
+        me, pid = self.space.device_id, chosen.prompt_id
+        self.runs += 1
+        self.space.put_claim(Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=2, running=True))
+        self.node.changed()
+        self.node.log.event("running", prompt=pid, model=chosen.model, attempt=chosen.attempt)
+        buffer: list[str] = []
+        beating = asyncio.ensure_future(self._heartbeat(chosen))
+        streaming = asyncio.ensure_future(self._stream(pid, buffer))
+        started, first_token = wall_clock_ms(), 0
+
+        def on_chunk(chunk: str) -> None:
+            nonlocal first_token
+            first_token = first_token or wall_clock_ms()
+            buffer.append(chunk)
+
+        keep_alive = params.pop("keep_alive", None)
+        job = Job(prompt_id=pid, input=text, params=params)
+        result: Result | None
+        try:
+            out = await self.manager.run(
+                chosen.model,
+                job,
+                on_chunk,
+                running.cancel,
+                float(keep_alive) if keep_alive is not None else None,
+            )
+            usage = {
+                **out.usage,
+                "ms_total": wall_clock_ms() - started,
+                "ms_first_token": (first_token or started) - started,
+            }
+            result = self._result(chosen, RunStatus.DONE, started, output=out.text, usage=usage)
+        except Cancelled:
+            result = None
+        except ExecutorError as exc:
+            result = self._result(chosen, RunStatus.FAILED, started, error=str(exc))
+        finally:
+            beating.cancel()
+            streaming.cancel()
+        if result is None:
+            self.space.drop_stream(pid)
+            self.node.log.event("cancelled", prompt=pid)
+        else:
+            self.space.finish(result)
+            self.node.log.event("finished", prompt=pid, status=result.status.value, error=result.error)
+        self.node.changed()
+        self.node.advertise()
+
+    def _result(
+        self,
+        chosen: Candidate,
+        status: RunStatus,
+        started: int,
+        *,
+        output: str = "",
+        error: str | None = None,
+        usage: dict[str, object] | None = None,
+    ) -> Result:
+        return Result(
+            prompt_id=chosen.prompt_id,
+            node=self.space.device_id,
+            node_name=self.space.name,
+            attempt=chosen.attempt,
+            status=status,
+            output=output,
+            error=error,
+            started_at=started,
+            finished_at=wall_clock_ms(),
+            usage=usage or {},  # type: ignore[arg-type]
+        )
+
+    async def _heartbeat(self, chosen: Candidate) -> None:
+        beat = 2
+        while True:
+            await asyncio.sleep(self.policy.heartbeat_ms / 1000)
+            beat += 1
+            claim = Claim(
+                prompt_id=chosen.prompt_id,
+                node=self.space.device_id,
+                attempt=chosen.attempt,
+                heartbeat=beat,
+                running=True,
+            )
+            self.space.put_claim(claim)
+            self.node.changed()
+
+    async def _stream(self, prompt_id: PromptId, buffer: list[str]) -> None:
+        while True:
+            await asyncio.sleep(STREAM_EVERY_S)
+            if buffer:
+                text = "".join(buffer)
+                buffer.clear()
+                self.space.append_stream(prompt_id, text)
+                self.node.changed()
+
+    def _settle_s(self) -> float:
+        latencies = [c.ws.latency for c in self.node.connections.values()]
+        return max(SETTLE_MIN_S, 3 * max(latencies, default=0.0))

@@ -1,0 +1,199 @@
+"""Nodes claiming and running prompts: exactly once, take-over, cancel, retries, crashes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from harness import SYNCQ, member, wait_until
+
+from syncq.lifecycle import Status
+from syncq.space import NewPrompt, Space
+from syncq.store import Peer
+
+pytestmark = pytest.mark.slow
+
+FAST = "[node]\nlease = 2\nheartbeat = 0.3\nbackoff = 0.2\n"
+
+
+def configure(home: Path, text: str = FAST) -> Path:
+    (home / "config.toml").write_text(text)
+    return home
+
+
+def dial(home: Path, url: str) -> None:
+    with Space.open(home) as space:
+        space.store.save_peer(Peer(url=url, source="config"))
+
+
+def statuses(home: Path) -> Counter[str]:
+    with Space.open(home) as space:
+        return Counter(e.status.value for e in space.entries(limit=None))
+
+
+def entry(home: Path, prompt_id: str):
+    with Space.open(home) as space:
+        return space.log.entry(prompt_id)
+
+
+def test_three_echo_nodes_run_300_prompts_each_exactly_once(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "laptop", name="laptop") as laptop:
+        workers = [configure(member(tmp_path, laptop, f"gpu{i}")) for i in range(3)]
+    hub = nodes(tmp_path / "laptop", "--no-executors")
+    for home in workers:
+        dial(home, hub.url)
+        nodes(home)
+    with Space.open(tmp_path / "laptop") as space:
+        space.add_many([NewPrompt(text=f"p{i}", model="echo", params={"delay": 0.05}) for i in range(300)])
+    wait_until(
+        lambda: statuses(tmp_path / "laptop") == Counter(done=300), timeout=240, what="300 prompts done"
+    )
+    with Space.open(tmp_path / "laptop") as space:
+        entries = space.entries(limit=None)
+        runs = Counter(len(e.results) for e in entries)
+        assert runs == Counter({1: 300}), runs  # one result per prompt: nobody ran one twice
+        by_node = Counter(e.result.node_name for e in entries)
+        assert set(by_node) <= {"gpu0", "gpu1", "gpu2"} and len(by_node) >= 2
+        assert all(e.result.output == e.prompt.input for e in entries)
+    for home in workers:
+        assert statuses(home) == Counter(done=300)  # results are visible on every node
+
+
+def test_a_killed_node_s_job_is_taken_over_after_the_lease(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:
+        a_home = configure(first.paths.root)
+        b_home = configure(member(tmp_path, first, "b"), FAST + "executors = []\n")
+    a = nodes(a_home)
+    dial(b_home, a.url)
+    b = nodes(b_home)
+    with Space.open(a_home) as space:
+        prompt = space.add("slow job", model="echo", params={"delay": 60})
+    a.wait_event("running", prompt=prompt.id)
+    a.kill()
+    configure(b_home)  # b now runs executors too: restart it so it serves echo
+    b.stop()
+    nodes(b_home)
+    wait_until(
+        lambda: (
+            entry(b_home, prompt.id).status is Status.RUNNING
+            and any(c.attempt == 2 for c in entry(b_home, prompt.id).claims)
+        ),
+        timeout=60,
+        what="take-over",
+    )
+    taken = entry(b_home, prompt.id)
+    assert any(r.error and "lease expired" in r.error for r in taken.results)
+
+
+def test_cancel_stops_a_running_job_within_a_second_and_a_queued_one_never_runs(
+    tmp_path: Path, nodes
+) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:
+        home = configure(first.paths.root)
+    node = nodes(home)
+    with Space.open(home) as space:
+        running = space.add("long " * 50, model="echo", params={"delay": 60})
+    node.wait_event("running", prompt=running.id)
+    with Space.open(home) as space:
+        queued = space.add("behind it", model="echo")  # the echo worker is busy: it waits
+        started = time.monotonic()
+        space.cancel(running.id)
+        space.cancel(queued.id)
+    node.wait_event("cancelled", prompt=running.id, timeout=10)
+    assert time.monotonic() - started < 1.5
+    time.sleep(0.5)
+    assert not node.find("running", prompt=queued.id)
+    assert entry(home, running.id).status is Status.CANCELLED
+    assert entry(home, running.id).stream is None
+
+
+def test_a_failing_executor_is_retried_with_backoff_then_fails(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:
+        home = configure(first.paths.root)
+    node = nodes(home)
+    with Space.open(home) as space:
+        prompt = space.add("x", model="echo", params={"fail": "out of cheese"}, max_attempts=3)
+    wait_until(lambda: entry(home, prompt.id).status is Status.FAILED, timeout=60, what="failure")
+    failed = entry(home, prompt.id)
+    assert sorted(r.attempt for r in failed.results) == [1, 2, 3]
+    assert {r.error for r in failed.results} == {"out of cheese"}
+    runs = sorted(failed.results, key=lambda r: r.attempt)
+    waits = [later.started_at - earlier.finished_at for earlier, later in itertools.pairwise(runs)]
+    assert waits[0] >= 190 and waits[1] >= 390  # backoff 0.2 s, then 0.4 s
+    env = {**os.environ, "SYNCQ_HOME": str(home)}
+    shown = subprocess.run(
+        [SYNCQ, "show", prompt.id, "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(shown.stdout)["status"] == "failed"
+    retried = subprocess.run([SYNCQ, "retry", prompt.id], env=env, capture_output=True, text=True, check=True)
+    assert "queued" in retried.stdout
+    wait_until(lambda: len(entry(home, prompt.id).results) == 6, timeout=60, what="three more attempts")
+    assert node.alive
+
+
+def test_a_crashing_worker_is_recorded_and_retried_and_the_node_survives(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:
+        home = configure(first.paths.root)
+    node = nodes(home)
+    with Space.open(home) as space:
+        prompt = space.add("x", model="echo", params={"crash": True}, max_attempts=2)
+        after = space.add("after the crash", model="echo")
+    wait_until(lambda: entry(home, prompt.id).status is Status.FAILED, timeout=60, what="crash failures")
+    assert all("died" in (r.error or "") for r in entry(home, prompt.id).results)
+    wait_until(lambda: entry(home, after.id).status is Status.DONE, what="the next prompt")
+    assert node.alive
+
+
+def test_wait_and_follow_from_another_device(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "gpu", name="gpu") as first:
+        gpu = configure(first.paths.root)
+        laptop = member(tmp_path, first, "laptop")
+    g = nodes(gpu)
+    dial(laptop, g.url)
+    nodes(laptop, "--no-executors")
+    env = {**os.environ, "SYNCQ_HOME": str(laptop)}
+    out = subprocess.run(
+        [SYNCQ, "add", "one two three four", "-m", "echo", "--follow", "--param", "delay=0.5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "one two three four"
+    assert "on gpu" in out.stderr
+    done = subprocess.run(
+        [SYNCQ, "add", "x", "-m", "echo", "--wait", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert result["status"] == "done" and result["result"]["node_name"] == "gpu"
+
+
+def test_an_unserved_model_stays_queued_and_says_so(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:
+        home = configure(first.paths.root)
+    node = nodes(home)
+    node.wait_event("listening")
+    env = {**os.environ, "SYNCQ_HOME": str(home)}
+    wait_until(
+        lambda: Space.open(home).store.get_meta("mesh.models"), what="the node to note the mesh's models"
+    )
+    added = subprocess.run(
+        [SYNCQ, "add", "x", "-m", "nobody-serves-this"], env=env, capture_output=True, text=True, check=True
+    )
+    assert "no node of this space has advertised model 'nobody-serves-this'" in added.stderr
+    shown = subprocess.run([SYNCQ, "log"], env=env, capture_output=True, text=True, check=True)
+    assert "no node serves" in shown.stdout
+    time.sleep(1)
+    assert statuses(home) == Counter(queued=1)

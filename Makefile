@@ -5,9 +5,12 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test lint types imports pytest bench clean
 
+# Serves the bundled gemma3-270m (and echo); from a second terminal:
+#   .venv/bin/syncq add "Why is the sky blue?" -m gemma3-270m --follow
 run: $(VENV)/.installed-run
 	$(BIN)/syncq init --if-missing
 	$(BIN)/syncq status
+	$(BIN)/syncq node
 
 test: $(VENV)/.installed-dev lint types imports pytest
 
@@ -33,17 +36,19 @@ pytest: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/local.py
+	$(BIN)/python benchmarks/sync.py
+	$(BIN)/python benchmarks/exec.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[llm]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,llm]'
 	touch $@ $(VENV)/.installed-run
 
 clean:

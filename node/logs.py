@@ -20,6 +20,7 @@ _HUMAN = {
     "running": "running {prompt} on {model} (attempt {attempt})",
     "finished": "finished {prompt}: {status}",
     "cancelled": "cancelled {prompt}",
+    "job-crashed": "a job failed inside the scheduler (a bug): {reason}",
     "lease-expired": "took over {prompt}: node {node:.12} stopped sending heartbeats",
 }
 

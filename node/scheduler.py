@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 FINAL = (Status.DONE, Status.CANCELLED)
 TICK_S = 0.5
 STREAM_EVERY_S = 0.1
-SETTLE_MIN_S = 0.05
+SETTLE_MIN_S = 0.2  # claims must cross the mesh (several hops) before anyone decides
+PIPELINE = 4  # prompts per model claimed ahead (settling or waiting) while one runs
 COLD_GRACE_S = 0.25  # a node without the model loaded lets a warm one claim first
 
 
@@ -44,6 +45,8 @@ class Running:
     prompt_id: PromptId
     model: str
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    beat: int = 1
+    running: bool = False
 
 
 class Scheduler:
@@ -61,6 +64,7 @@ class Scheduler:
         self._first_seen: dict[PromptId, float] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._model_locks: dict[str, asyncio.Lock] = {}
 
     def wake(self) -> None:
         """Something changed in the log: look again soon."""
@@ -130,7 +134,8 @@ class Scheduler:
             self._start(chosen, entry)
 
     def _busy(self, model: str) -> bool:
-        return any(job.model == model for job in self.jobs.values())
+        # Settling takes a few round trips; claiming a few prompts ahead keeps the model busy.
+        return sum(job.model == model for job in self.jobs.values()) >= PIPELINE
 
     def _warm_enough(self, found: Candidate, mono: float) -> bool:
         if self.manager.loaded(found.model):
@@ -145,7 +150,13 @@ class Scheduler:
             self._job(chosen, running, entry.prompt.input, dict(entry.prompt.params))
         )
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            self.node.log.event("job-crashed", level="error", reason=f"{type(error).__name__}: {error}")
 
     async def _job(self, chosen: Candidate, running: Running, text: str, params: dict[str, object]) -> None:
         me, pid = self.space.device_id, chosen.prompt_id
@@ -158,27 +169,41 @@ class Scheduler:
                 self.node.log.event("lease-expired", prompt=pid, node=chosen.expired.node)
             self.space.put_claim(Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=1))
             self.node.changed()
-            await asyncio.sleep(self._settle_s())
-            entry = self.space.log.entry(pid)
-            if not won(entry.claims, me, chosen.attempt) or entry.status is Status.CANCELLED:
-                return
-            await self._execute(chosen, running, text, params)
+            beating = asyncio.ensure_future(self._heartbeat(chosen, running))
+            try:
+                await asyncio.sleep(self._settle_s())
+                if not self._still_mine(chosen):
+                    return
+                async with self._model_locks.setdefault(chosen.model, asyncio.Lock()):
+                    if self._still_mine(chosen):
+                        await self._execute(chosen, running, text, params)
+            finally:
+                beating.cancel()
         except StoreError as exc:
             self.node.log.event("store-failed", level="error", reason=str(exc))
         finally:
             self.jobs.pop(pid, None)
             self._wake.set()
 
+    def _still_mine(self, chosen: Candidate) -> bool:
+        entry = self.space.log.entry(chosen.prompt_id)
+        return (
+            won(entry.claims, self.space.device_id, chosen.attempt) and entry.status is not Status.CANCELLED
+        )
+
     async def _execute(
         self, chosen: Candidate, running: Running, text: str, params: dict[str, object]
     ) -> None:
         me, pid = self.space.device_id, chosen.prompt_id
         self.runs += 1
-        self.space.put_claim(Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=2, running=True))
+        running.running = True
+        running.beat += 1
+        self.space.put_claim(
+            Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=running.beat, running=True)
+        )
         self.node.changed()
         self.node.log.event("running", prompt=pid, model=chosen.model, attempt=chosen.attempt)
         buffer: list[str] = []
-        beating = asyncio.ensure_future(self._heartbeat(chosen))
         streaming = asyncio.ensure_future(self._stream(pid, buffer))
         started, first_token = wall_clock_ms(), 0
 
@@ -209,7 +234,6 @@ class Scheduler:
         except ExecutorError as exc:
             result = self._result(chosen, RunStatus.FAILED, started, error=str(exc))
         finally:
-            beating.cancel()
             streaming.cancel()
         if result is None:
             self.space.drop_stream(pid)
@@ -243,17 +267,17 @@ class Scheduler:
             usage=usage or {},  # type: ignore[arg-type]
         )
 
-    async def _heartbeat(self, chosen: Candidate) -> None:
-        beat = 2
+    async def _heartbeat(self, chosen: Candidate, running: Running) -> None:
+        # From the claim on, waiting included: a claim held ahead must not look abandoned.
         while True:
             await asyncio.sleep(self.policy.heartbeat_ms / 1000)
-            beat += 1
+            running.beat += 1
             claim = Claim(
                 prompt_id=chosen.prompt_id,
                 node=self.space.device_id,
                 attempt=chosen.attempt,
-                heartbeat=beat,
-                running=True,
+                heartbeat=running.beat,
+                running=running.running,
             )
             self.space.put_claim(claim)
             self.node.changed()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness import NodeProcess
 
 from syncq.space import Space
 
@@ -51,3 +52,19 @@ def run_syncq(
     return subprocess.run(
         [*SYNCQ, *args], input=input, capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[..., NodeProcess]]:
+    """Start node processes; every one is stopped at the end of the test."""
+    started: list[NodeProcess] = []
+
+    def start(home: Path, *args: str, port: int = 0, discovery: bool = False) -> NodeProcess:
+        node = NodeProcess(home, *args, port=port, discovery=discovery).start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        if node.alive:
+            node.stop()

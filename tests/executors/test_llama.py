@@ -1,0 +1,69 @@
+"""Real inference on the bundled gemma3-270m, through `syncq add --wait` and a running node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness import SYNCQ, wait_until
+
+from syncq.lifecycle import Status
+from syncq.space import Space
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+pytest.importorskip("llama_cpp", reason="the llm extra is not installed")
+
+
+def syncq(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SYNCQ_HOME": str(home)}
+    return subprocess.run([SYNCQ, *args], env=env, capture_output=True, text=True, timeout=300, check=check)
+
+
+def test_gemma_answers_a_chat_prompt_and_a_raw_completion(tmp_path: Path, nodes) -> None:
+    Space.init(tmp_path / "gpu", name="gpu").close()
+    nodes(tmp_path / "gpu")
+    for mode in ("chat", "complete"):
+        out = syncq(
+            tmp_path / "gpu",
+            "add",
+            "Why is the sky blue?",
+            "-m",
+            "gemma3-270m",
+            "--wait",
+            "--json",
+            "--param",
+            f"mode={mode}",
+            "--param",
+            "max_tokens=24",
+            "--param",
+            "seed=7",
+        )
+        entry = json.loads(out.stdout)
+        assert entry["status"] == "done", entry
+        assert entry["result"]["output"].strip()
+        assert entry["result"]["usage"]["completion_tokens"] > 0
+    models = [json.loads(line) for line in syncq(tmp_path / "gpu", "models", "--json").stdout.splitlines()]
+    gemma = next(m for m in models if m["model"] == "gemma3-270m")
+    assert gemma["backend"] == "llama" and gemma["nodes"][0]["loaded"] is True
+
+
+def test_a_missing_or_corrupt_model_file_fails_the_job_and_the_node_stays_up(tmp_path: Path, nodes) -> None:
+    home = tmp_path / "gpu"
+    Space.init(home, name="gpu").close()
+    (home / "models").mkdir()
+    (home / "models" / "broken.gguf").write_bytes(b"GGUF" + os.urandom(4096))
+    (home / "models.toml").write_text('[models.gone]\nbackend = "llama"\npath = "/nonexistent/model.gguf"\n')
+    (home / "config.toml").write_text("[node]\nbackoff = 0.1\n")
+    node = nodes(home)
+    for model, message in (("gone", "is missing"), ("broken", "cannot load")):
+        out = syncq(home, "add", "hi", "-m", model, "--max-attempts", "1", "--wait", check=False)
+        assert out.returncode == 1
+        assert message in out.stderr, out.stderr
+    assert node.alive
+    ok = syncq(home, "add", "still here", "-m", "echo", "--wait")
+    assert ok.stdout.strip() == "still here"
+    with Space.open(home) as space:
+        assert wait_until(lambda: [e.status for e in space.entries(limit=None)][:2] == [Status.FAILED] * 2)

@@ -1,6 +1,6 @@
 """Waiting on the log: `add --wait/--follow` and `log --follow`.
 
-Both watch the local store (SQLite's data_version, every 20 ms) and re-read the Doc when it
+Both watch the local store (SQLite's data_version, every 5 ms) and re-read the Doc when it
 changes; the node running in this home is what brings results and streams from other devices.
 """
 
@@ -18,7 +18,7 @@ from syncq.errors import UserError
 from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Entry
 
-POLL_S = 0.02
+POLL_S = 0.005
 
 
 def _changes(space: Any, timeout: float | None) -> Any:

@@ -171,7 +171,7 @@ class Scheduler:
             self.node.changed()
             beating = asyncio.ensure_future(self._heartbeat(chosen, running))
             try:
-                await asyncio.sleep(self._settle_s())
+                await asyncio.sleep(self._settle_s(chosen.model))
                 if not self._still_mine(chosen):
                     return
                 async with self._model_locks.setdefault(chosen.model, asyncio.Lock()):
@@ -204,13 +204,15 @@ class Scheduler:
         self.node.changed()
         self.node.log.event("running", prompt=pid, model=chosen.model, attempt=chosen.attempt)
         buffer: list[str] = []
-        streaming = asyncio.ensure_future(self._stream(pid, buffer))
+        arrived = asyncio.Event()
+        streaming = asyncio.ensure_future(self._stream(pid, buffer, arrived))
         started, first_token = wall_clock_ms(), 0
 
         def on_chunk(chunk: str) -> None:
             nonlocal first_token
             first_token = first_token or wall_clock_ms()
             buffer.append(chunk)
+            arrived.set()
 
         keep_alive = params.pop("keep_alive", None)
         job = Job(prompt_id=pid, input=text, params=params)
@@ -282,15 +284,23 @@ class Scheduler:
             self.space.put_claim(claim)
             self.node.changed()
 
-    async def _stream(self, prompt_id: PromptId, buffer: list[str]) -> None:
+    async def _stream(self, prompt_id: PromptId, buffer: list[str], arrived: asyncio.Event) -> None:
+        # The first chunk goes out at once (time to first token), later ones every 100 ms.
         while True:
+            await arrived.wait()
+            arrived.clear()
+            text = "".join(buffer)
+            buffer.clear()
+            self.space.append_stream(prompt_id, text)
+            self.node.changed()
             await asyncio.sleep(STREAM_EVERY_S)
-            if buffer:
-                text = "".join(buffer)
-                buffer.clear()
-                self.space.append_stream(prompt_id, text)
-                self.node.changed()
 
-    def _settle_s(self) -> float:
+    def _settle_s(self, model: str) -> float:
+        """How long claims need to meet: none if no other node advertises the model (nobody
+        else would claim it), else a few round trips to the peers, at least SETTLE_MIN_S."""
+        me = self.space.device_id
+        rivals = [n for n in self.space.log.nodes() if n.id != me and any(m.name == model for m in n.models)]
+        if not rivals:
+            return 0.0
         latencies = [c.ws.latency for c in self.node.connections.values()]
         return max(SETTLE_MIN_S, 3 * max(latencies, default=0.0))

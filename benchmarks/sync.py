@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def backlog(root: Path, n: int, repeats: int, per_call: int) -> dict[str, Any]:
 
 
 def start_node(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start `syncq node`; its log is drained by a thread (a full pipe would stall the node)."""
     proc = subprocess.Popen(
         [
             str(BIN / "syncq"),
@@ -117,6 +119,7 @@ def start_node(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     for line in proc.stdout:
         event = json.loads(line)
         if event["event"] == "listening":
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, event["url"]
     raise RuntimeError("node did not start")
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -54,6 +52,9 @@ def node(
       syncq node
       syncq node --listen 127.0.0.1:7331 --peer ws://gpu.local:7330
     """
+    import asyncio  # here, not at the top: `syncq add` must not pay for it
+    import signal
+
     from syncq.node.daemon import Node
     from syncq.node.logs import NodeLog
 

@@ -21,17 +21,18 @@ from syncq.executors.manager import Cancelled, ModelManager
 from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, order, won
 from syncq.errors import MalformedRecord, StoreError
 from syncq.ids import PromptId
-from syncq.lifecycle import Status
-from syncq.records import Claim, Result, RunStatus
+from syncq.lifecycle import Facts, Status
+from syncq.records import Claim, Prompt, Result, RunStatus
 from syncq.space import wall_clock_ms
 
 if TYPE_CHECKING:
     from syncq.node.daemon import Node
 
-    from syncq.log import Entry
+    from syncq.log import Log
 
 FINAL = (Status.DONE, Status.CANCELLED)
 TICK_S = 0.5
+MIN_TICK_S = 0.02
 STREAM_EVERY_S = 0.1
 SETTLE_MIN_S = 0.2  # claims must cross the mesh (several hops) before anyone decides
 PIPELINE = 4  # prompts per model claimed ahead (settling or waiting) while one runs
@@ -77,6 +78,7 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), TICK_S)
                 self._wake.clear()
+                await asyncio.sleep(MIN_TICK_S)  # let a burst of changes land before looking
                 try:
                     self.tick()
                 except StoreError as exc:
@@ -89,49 +91,57 @@ class Scheduler:
             self.manager.close()
 
     def tick(self) -> None:
-        """Cancel what was cancelled, then claim one prompt for each idle model."""
+        """Cancel what was cancelled, then claim one prompt for each model with room."""
         log = self.space.log
+        for prompt_id, job in self.jobs.items():
+            if log.status(prompt_id) is Status.CANCELLED:
+                job.cancel.set()
+        if all(self._busy(model) for model in self.manager.specs):
+            return
         wall, mono = wall_clock_ms(), time.monotonic()
-        best: dict[str, tuple[Candidate, Entry]] = {}
+        best: dict[str, Candidate] = {}
         for prompt_id in log.prompt_ids():
-            if prompt_id in self._done:
-                continue
-            try:
-                entry = log.entry(prompt_id)
-            except MalformedRecord:
-                self._done.add(prompt_id)
-                continue
-            if prompt_id in self.jobs:
-                if entry.status is Status.CANCELLED:
-                    self.jobs[prompt_id].cancel.set()
-                continue
-            if entry.status in FINAL:
-                self._done.add(prompt_id)
-                continue
-            if entry.status is Status.FAILED:
-                continue  # not final: `syncq retry` may queue it again
-            model = entry.prompt.model
-            if model not in self.manager.specs or self._busy(model):
-                continue
-            self.watch.observe(entry.claims, int(mono * 1000))
-            found = candidate(
-                prompt_id=prompt_id,
-                model=model,
-                priority=entry.prompt.priority,
-                status=entry.status,
-                facts=entry.facts,
-                me=self.space.device_id,
-                wall_ms=wall,
-                monotonic_ms=int(mono * 1000),
-                watch=self.watch,
-                policy=self.policy,
-            )
-            if found is None or not self._warm_enough(found, mono):
-                continue
-            if model not in best or order([found, best[model][0]])[0] is found:
-                best[model] = (found, entry)
-        for chosen, entry in best.values():
-            self._start(chosen, entry)
+            found = self._consider(log, prompt_id, wall, mono)
+            if found is not None and (
+                found.model not in best or order([found, best[found.model]])[0] is found
+            ):
+                best[found.model] = found
+        for chosen in best.values():
+            self._start(chosen, log.prompt(chosen.prompt_id))
+
+    def _consider(self, log: Log, prompt_id: PromptId, wall: int, mono: float) -> Candidate | None:
+        # Cheap first: most prompts are finished (cached) or untouched (read the prompt only).
+        if prompt_id in self._done or prompt_id in self.jobs:
+            return None
+        try:
+            status = log.status(prompt_id)
+            prompt = log.prompt(prompt_id)
+        except MalformedRecord:
+            self._done.add(prompt_id)
+            return None
+        if status in FINAL:
+            self._done.add(prompt_id)
+            return None
+        if status is Status.FAILED or prompt.model not in self.manager.specs or self._busy(prompt.model):
+            return None  # failed is not final: `syncq retry` may queue it again
+        if log.untouched(prompt_id):
+            facts = Facts(max_attempts=prompt.max_attempts)
+        else:
+            facts = log.entry(prompt_id).facts
+            self.watch.observe(facts.claims, int(mono * 1000))
+        found = candidate(
+            prompt_id=prompt_id,
+            model=prompt.model,
+            priority=prompt.priority,
+            status=status,
+            facts=facts,
+            me=self.space.device_id,
+            wall_ms=wall,
+            monotonic_ms=int(mono * 1000),
+            watch=self.watch,
+            policy=self.policy,
+        )
+        return found if found is not None and self._warm_enough(found, mono) else None
 
     def _busy(self, model: str) -> bool:
         # Settling takes a few round trips; claiming a few prompts ahead keeps the model busy.
@@ -143,12 +153,10 @@ class Scheduler:
         first = self._first_seen.setdefault(found.prompt_id, mono)
         return mono - first >= COLD_GRACE_S
 
-    def _start(self, chosen: Candidate, entry: Entry) -> None:
+    def _start(self, chosen: Candidate, prompt: Prompt) -> None:
         running = Running(prompt_id=chosen.prompt_id, model=chosen.model)
         self.jobs[chosen.prompt_id] = running
-        task = asyncio.ensure_future(
-            self._job(chosen, running, entry.prompt.input, dict(entry.prompt.params))
-        )
+        task = asyncio.ensure_future(self._job(chosen, running, prompt.input, dict(prompt.params)))
         self._tasks.add(task)
         task.add_done_callback(self._ended)
 

@@ -154,7 +154,7 @@ class Log:
 
     def entry(self, prompt_id: str) -> Entry:
         """The prompt with its facts and status. Raises ``KeyError`` or ``MalformedRecord``."""
-        prompt = Prompt.from_wire(prompt_id, decode(self._maps["prompts"][prompt_id]))
+        prompt = self.prompt(prompt_id)
         cancel = self._one(Cancel.from_wire, "cancels", prompt_id)
         retry = self._one(Retry.from_wire, "retries", prompt_id)
         claims = tuple(self._read(Claim.from_wire, "claims", self._keys().claims.get(prompt_id)))
@@ -190,15 +190,23 @@ class Log:
             except MalformedRecord:
                 continue
 
-    def status(self, prompt_id: str) -> Status:
-        """The derived status, without reading the prompt when nothing has happened to it."""
+    def prompt(self, prompt_id: str) -> Prompt:
+        """Just the prompt record. Raises ``KeyError`` or ``MalformedRecord``."""
+        return Prompt.from_wire(prompt_id, decode(self._maps["prompts"][prompt_id]))
+
+    def untouched(self, prompt_id: str) -> bool:
+        """Whether nothing has happened to the prompt yet (no claim, result, cancel or retry)."""
         index = self._keys()
-        if (
+        return (
             prompt_id not in self._maps["cancels"]
             and prompt_id not in index.claims
             and prompt_id not in index.results
             and prompt_id not in self._maps["retries"]
-        ):
+        )
+
+    def status(self, prompt_id: str) -> Status:
+        """The derived status, without reading the prompt when nothing has happened to it."""
+        if self.untouched(prompt_id):
             return Status.QUEUED
         return self.entry(prompt_id).status
 

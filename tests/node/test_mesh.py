@@ -69,10 +69,10 @@ def test_kill_9_during_a_10k_backlog_then_restart_converges(tmp_path: Path, node
         b_home = member(tmp_path, first, "b")
         for i in range(10_000):  # one envelope per prompt: the slow path on purpose
             first.add_many([NewPrompt(text=f"backlog {i}", model="echo")])
-    a = nodes(a_home)
+    a = nodes(a_home, "--no-executors")
     with Space.open(b_home) as space:
         space.store.save_peer(Peer(url=a.url, source="config"))
-    b = nodes(b_home)
+    b = nodes(b_home, "--no-executors")
 
     def partly_synced() -> bool:
         with Space.open(b_home) as space:
@@ -80,10 +80,11 @@ def test_kill_9_during_a_10k_backlog_then_restart_converges(tmp_path: Path, node
 
     wait_until(partly_synced, what="b to be part way through the backlog")
     b.kill()
-    nodes(b_home)
+    nodes(b_home, "--no-executors")
     wait_until(lambda: same_envelopes(a_home, b_home), timeout=120, what="b to converge")
     with Space.open(a_home) as sa, Space.open(b_home) as sb:
-        assert sb.store.count() == sa.store.count() == len(set(sb.envelopes()))  # none lost, none twice
+        assert set(sa.envelopes()) <= set(sb.envelopes())  # none lost
+        assert sb.store.count() == len(set(sb.envelopes()))  # none twice
         assert len(sb.log) == 10_000
 
 

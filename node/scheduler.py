@@ -73,12 +73,16 @@ class Scheduler:
 
     async def run(self) -> None:
         """Tick until cancelled."""
+        last = 0.0
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), TICK_S)
                 self._wake.clear()
-                await asyncio.sleep(MIN_TICK_S)  # let a burst of changes land before looking
+                # At most one look every MIN_TICK_S: a burst of changes costs one scan, and a
+                # lone prompt on a quiet node is claimed at once.
+                await asyncio.sleep(max(0.0, last + MIN_TICK_S - time.monotonic()))
+                last = time.monotonic()
                 try:
                     self.tick()
                 except StoreError as exc:
@@ -175,14 +179,21 @@ class Scheduler:
                 )
                 self.space.finish(record)
                 self.node.log.event("lease-expired", prompt=pid, node=chosen.expired.node)
-            self.space.put_claim(Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=1))
+            settle = self._settle_s(chosen.model)
+            lock = self._model_locks.setdefault(chosen.model, asyncio.Lock())
+            # Nothing to settle and the model free: the claim says "running" from the start,
+            # which saves one fsync'd write on the way to the first token.
+            running.running = settle == 0 and not lock.locked()
+            self.space.put_claim(
+                Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=1, running=running.running)
+            )
             self.node.changed()
             beating = asyncio.ensure_future(self._heartbeat(chosen, running))
             try:
-                await asyncio.sleep(self._settle_s(chosen.model))
-                if not self._still_mine(chosen):
+                await asyncio.sleep(settle)
+                if settle and not self._still_mine(chosen):
                     return
-                async with self._model_locks.setdefault(chosen.model, asyncio.Lock()):
+                async with lock:
                     if self._still_mine(chosen):
                         await self._execute(chosen, running, text, params)
             finally:
@@ -204,12 +215,13 @@ class Scheduler:
     ) -> None:
         me, pid = self.space.device_id, chosen.prompt_id
         self.runs += 1
-        running.running = True
-        running.beat += 1
-        self.space.put_claim(
-            Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=running.beat, running=True)
-        )
-        self.node.changed()
+        if not running.running:
+            running.running = True
+            running.beat += 1
+            self.space.put_claim(
+                Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=running.beat, running=True)
+            )
+            self.node.changed()
         self.node.log.event("running", prompt=pid, model=chosen.model, attempt=chosen.attempt)
         buffer: list[str] = []
         arrived = asyncio.Event()

@@ -26,12 +26,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from nodes import start_node, stop_node
 from syncq.executors.base import ModelSpec
 from syncq.executors.llama import model_path
 
@@ -132,37 +132,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_node(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    """Start `syncq node`; its log is drained by a thread (a full pipe would stall the node)."""
-    proc = subprocess.Popen(
-        [
-            str(BIN / "syncq"),
-            "--home",
-            str(home),
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-discovery",
-            "--json-log",
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "listening":
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, event["url"]
-    raise RuntimeError("node did not start")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-
-
 def syncq_library(home: Path, prompts: list[str]) -> dict[str, Any]:
     ttft, total = [], []
     with Space.open(home) as space:
@@ -235,7 +204,7 @@ def echo_mesh(root: Path, n: int) -> dict[str, Any]:
             by_node = Counter(e.result.node_name for e in entries if e.result)
     finally:
         for proc in [hub, *workers]:
-            stop(proc)
+            stop_node(proc)
     ideal = n * 0.02 / 3
     return {
         "prompts": n,
@@ -264,7 +233,7 @@ def main() -> None:
             c1 = syncq_library(root / "node", prompts)
             c2 = syncq_cli(root / "node", prompts)
         finally:
-            stop(node)
+            stop_node(node)
         report = {
             "benchmark": "exec",
             "model": "gemma3-270m",

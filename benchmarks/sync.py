@@ -24,10 +24,8 @@ import random
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import anchor_pycrdt_websocket as anchor
+from nodes import start_node
 from syncq.node.daemon import Node
 from syncq.node.logs import NodeLog
 
@@ -96,32 +95,6 @@ def backlog(root: Path, n: int, repeats: int, per_call: int) -> dict[str, Any]:
         "seconds": round(statistics.median(r["seconds"] for r in runs), 4),
         "bytes": int(statistics.median(r["bytes"] for r in runs)),
     }
-
-
-def start_node(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    """Start `syncq node`; its log is drained by a thread (a full pipe would stall the node)."""
-    proc = subprocess.Popen(
-        [
-            str(BIN / "syncq"),
-            "--home",
-            str(home),
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-discovery",
-            "--json-log",
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "listening":
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, event["url"]
-    raise RuntimeError("node did not start")
 
 
 def live_latency(root: Path, adds: int) -> dict[str, Any]:

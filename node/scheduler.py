@@ -34,8 +34,8 @@ FINAL = (Status.DONE, Status.CANCELLED)
 TICK_S = 0.5
 MIN_TICK_S = 0.02
 STREAM_EVERY_S = 0.1
-SETTLE_MIN_S = 0.2  # claims must cross the mesh (several hops) before anyone decides
-PIPELINE = 4  # prompts per model claimed ahead (settling or waiting) while one runs
+SETTLE_MIN_S = 0.5  # claims must cross the mesh (several hops) before anyone decides
+PIPELINE = 8  # prompts per model claimed ahead (settling or waiting) while one runs
 COLD_GRACE_S = 0.25  # a node without the model loaded lets a warm one claim first
 
 

@@ -17,11 +17,12 @@ All library calls run on the event-loop thread: each is a short SQLite transacti
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -197,24 +198,15 @@ class Node:
             self._remember(conn.key, node_id=peer, name=conn.peering.peer_name, connected=False)
             self.log.event("peer-disconnected", peer=conn.label, reason=conn.session.close_reason or "closed")
 
-    def _remember(self, key: str, **fields: object) -> None:
+    def _remember(self, key: str, **fields: Any) -> None:
+        """Update what the peers table says about a peer (`syncq peers` reads it)."""
         old = next((p for p in self.space.store.peers() if p.url == key), None)
-        source = old.source if old else ("inbound" if key.startswith("inbound:") else "config")
-        values = {
-            "url": key,
-            "source": source,
-            "node_id": old.node_id if old else None,
-            "name": old.name if old else None,
-            "connected": old.connected if old else False,
-            "last_seen": old.last_seen if old else None,
-            "behind": old.behind if old else None,
-            "error": None,
-        }
-        values.update(fields)
-        if values["connected"] or "connected" in fields:
-            values["last_seen"] = wall_clock_ms()
+        base = old or Peer(url=key, source="inbound" if key.startswith("inbound:") else "config")
+        peer = dataclasses.replace(base, error=None, **fields)
+        if peer.connected or "connected" in fields:
+            peer = dataclasses.replace(peer, last_seen=wall_clock_ms())
         try:
-            self.space.store.save_peer(Peer(**values))  # type: ignore[arg-type]
+            self.space.store.save_peer(peer)
         except StoreError as exc:
             self.log.event("store-failed", level="error", reason=str(exc))
 

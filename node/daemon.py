@@ -149,22 +149,30 @@ class Node:
         delay = BACKOFF_FIRST_S
         while True:
             try:
-                async with connect(
-                    url,
-                    max_size=MAX_FRAME_SIZE,
-                    compression=None,
-                    open_timeout=10,
-                    ping_interval=PING_S,
-                    ping_timeout=PING_S,
-                ) as ws:
-                    conn = Connection(self, ws, Role.INITIATOR, url)
-                    await conn.run()
-                    if conn.session.peer_id is not None:
-                        delay = BACKOFF_FIRST_S  # it worked: retry soon after a drop
-            except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-                self._remember(url, error=str(exc) or type(exc).__name__)
+                if await self._dial_once(url):
+                    delay = BACKOFF_FIRST_S  # it worked: retry soon after a drop
+            except Exception as exc:  # a dialler must never die: log what broke and redial
+                self.log.event("dial-failed", level="warning", url=url, reason=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not crypto
             delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _dial_once(self, url: str) -> bool:
+        """One connection to ``url``, until it ends; whether the peer was admitted."""
+        try:
+            async with connect(
+                url,
+                max_size=MAX_FRAME_SIZE,
+                compression=None,
+                open_timeout=10,
+                ping_interval=PING_S,
+                ping_timeout=PING_S,
+            ) as ws:
+                conn = Connection(self, ws, Role.INITIATOR, url)
+                await conn.run()
+                return conn.session.peer_id is not None
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            self._remember(url, error=str(exc) or type(exc).__name__)
+            return False
 
     async def _inbound(self, ws: ServerConnection) -> None:
         await Connection(self, ws, Role.RESPONDER, None).run()
@@ -202,7 +210,7 @@ class Node:
         """Update what the peers table says about a peer (`syncq peers` reads it)."""
         old = next((p for p in self.space.store.peers() if p.url == key), None)
         base = old or Peer(url=key, source="inbound" if key.startswith("inbound:") else "config")
-        peer = dataclasses.replace(base, error=None, **fields)
+        peer = dataclasses.replace(base, **{"error": None, **fields})  # a fresh event clears old errors
         if peer.connected or "connected" in fields:
             peer = dataclasses.replace(peer, last_seen=wall_clock_ms())
         try:

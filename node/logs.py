@@ -16,6 +16,7 @@ _HUMAN = {
     "store-failed": "cannot store envelopes: {reason}",
     "discovered": "found {url} on the local network",
     "discovery-off": "no LAN discovery: {reason}",
+    "dial-failed": "cannot talk to {url}: {reason}",
     "stopped": "stopped",
     "running": "running {prompt} on {model} (attempt {attempt})",
     "finished": "finished {prompt}: {status}",

@@ -102,3 +102,16 @@ def test_nodes_of_a_space_find_each_other_by_mdns_and_strangers_do_not(tmp_path:
     wait_until(lambda: inputs(b_home) == ["found by mdns"], what="sync between discovered nodes")
     assert not x.find("discovered") and not x.find("peer-connected")
     assert all(e["url"] != x.url for e in a.find("discovered") + b.find("discovered"))
+
+
+def test_a_dialler_keeps_trying_while_the_peer_is_down(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:
+        a_home, b_home = first.paths.root, member(tmp_path, first, "b")
+    b = nodes(b_home, "--no-executors")
+    port = b.port
+    b.stop()
+    a = nodes(a_home, "--no-executors", "--peer", f"ws://127.0.0.1:{port}")
+    wait_until(lambda: any(p.error for p in Space.open(a_home).store.peers()), what="a failed dial on record")
+    nodes(b_home, "--no-executors", port=port)
+    a.wait_event("peer-connected", timeout=30)
+    assert not a.find("dial-failed")

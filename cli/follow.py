@@ -77,11 +77,7 @@ def log(space: Any, shown: Sequence[Entry], *, status: str | None, model: str | 
     seen = {e.prompt.id: e.status for e in shown}
     newest = shown[-1].prompt.id if shown else None
     for _ in _changes(space, None):
-        fresh = (
-            space.entries(limit=None, since=newest, status=status, model=model)
-            if newest
-            else space.entries(limit=None, status=status, model=model)
-        )
+        fresh = space.entries(limit=None, since=newest, status=status, model=model)
         watching = [space.log.entry(pid) for pid, st in seen.items() if st not in TERMINAL]
         changed = [e for e in watching if e.status != seen[e.prompt.id]] + list(fresh)
         for entry in changed:

@@ -269,13 +269,7 @@ def _own_addresses(space: Any) -> list[str]:
 
 
 def _peer_json(peer: Any, running: bool) -> dict[str, Any]:
-    return {
-        "url": peer.url,
-        "source": peer.source,
-        "node_id": peer.node_id,
-        "name": peer.name,
-        "connected": bool(peer.connected and running),
-        "last_seen": peer.last_seen,
-        "behind": peer.behind,
-        "error": peer.error,
-    }
+    # "connected" is stale once the node that wrote it has stopped.
+    import dataclasses
+
+    return {**dataclasses.asdict(peer), "connected": bool(peer.connected and running)}

@@ -250,7 +250,6 @@ class Node:
     async def _watch(self) -> None:
         store = self.space.store
         version = store.data_version()
-        peers = {p.url for p in store.peers()}
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             now = store.data_version()
@@ -260,11 +259,7 @@ class Node:
             self._wake_all(self.connections.values())
             if self.scheduler is not None:
                 self.scheduler.wake()
-            current = {p.url for p in store.peers()}
-            for url in current - peers:
-                if not url.startswith("inbound:"):
-                    self._dial(url)
-            peers = current
+            self._dial_known()  # `syncq peers add` from another process
 
     async def _heartbeat(self) -> None:
         self.space.store.set_meta("node.pid", str(os.getpid()))

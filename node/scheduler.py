@@ -46,7 +46,7 @@ class Running:
     prompt_id: PromptId
     model: str
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    beat: int = 1
+    beat: int = 0  # the claim's heartbeat; every write of the claim raises it
     running: bool = False
 
 
@@ -60,7 +60,6 @@ class Scheduler:
         self.policy = policy or Policy()
         self.watch = HeartbeatWatch()
         self.jobs: dict[PromptId, Running] = {}
-        self.runs = 0  # runs started here (tests count them)
         self._done: set[PromptId] = set()  # done or cancelled: never looked at again
         self._first_seen: dict[PromptId, float] = {}
         self._wake = asyncio.Event()
@@ -184,10 +183,7 @@ class Scheduler:
             # Nothing to settle and the model free: the claim says "running" from the start,
             # which saves one fsync'd write on the way to the first token.
             running.running = settle == 0 and not lock.locked()
-            self.space.put_claim(
-                Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=1, running=running.running)
-            )
-            self.node.changed()
+            self._put_claim(chosen, running)
             beating = asyncio.ensure_future(self._heartbeat(chosen, running))
             try:
                 await asyncio.sleep(settle)
@@ -213,15 +209,10 @@ class Scheduler:
     async def _execute(
         self, chosen: Candidate, running: Running, text: str, params: dict[str, object]
     ) -> None:
-        me, pid = self.space.device_id, chosen.prompt_id
-        self.runs += 1
+        pid = chosen.prompt_id
         if not running.running:
             running.running = True
-            running.beat += 1
-            self.space.put_claim(
-                Claim(prompt_id=pid, node=me, attempt=chosen.attempt, heartbeat=running.beat, running=True)
-            )
-            self.node.changed()
+            self._put_claim(chosen, running)
         self.node.log.event("running", prompt=pid, model=chosen.model, attempt=chosen.attempt)
         buffer: list[str] = []
         arrived = asyncio.Event()
@@ -293,16 +284,20 @@ class Scheduler:
         # From the claim on, waiting included: a claim held ahead must not look abandoned.
         while True:
             await asyncio.sleep(self.policy.heartbeat_ms / 1000)
-            running.beat += 1
-            claim = Claim(
-                prompt_id=chosen.prompt_id,
-                node=self.space.device_id,
-                attempt=chosen.attempt,
-                heartbeat=running.beat,
-                running=running.running,
-            )
-            self.space.put_claim(claim)
-            self.node.changed()
+            self._put_claim(chosen, running)
+
+    def _put_claim(self, chosen: Candidate, running: Running) -> None:
+        """Write this node's claim with a new heartbeat, and offer it to the peers."""
+        running.beat += 1
+        claim = Claim(
+            prompt_id=chosen.prompt_id,
+            node=self.space.device_id,
+            attempt=chosen.attempt,
+            heartbeat=running.beat,
+            running=running.running,
+        )
+        self.space.put_claim(claim)
+        self.node.changed()
 
     async def _stream(self, prompt_id: PromptId, buffer: list[str], arrived: asyncio.Event) -> None:
         # The first chunk goes out at once (time to first token), later ones every 100 ms.

@@ -308,14 +308,20 @@ def open_payload(envelope: Envelope, space: SpaceKeys) -> bytes:
         raise BadTag(f"envelope {envelope.seq} of {envelope.author_id[:12]} fails authentication") from exc
 
 
-def open_envelope(data: bytes, space: SpaceKeys) -> tuple[Envelope, bytes]:
-    """Decode, verify the signature, check the space and decrypt, in that order.
+def verify_envelope(data: bytes, space_id: SpaceId) -> Envelope:
+    """Decode, check the space and verify the signature: all a relay can check.
 
     Raises a subclass of ``EnvelopeRejected``.
     """
     envelope = decode(data)
-    check_space(envelope, space.space_id)
+    check_space(envelope, space_id)
     verify(envelope)
+    return envelope
+
+
+def open_envelope(data: bytes, space: SpaceKeys) -> tuple[Envelope, bytes]:
+    """``verify_envelope``, then decrypt. Raises a subclass of ``EnvelopeRejected``."""
+    envelope = verify_envelope(data, space.space_id)
     return envelope, open_payload(envelope, space)
 
 

@@ -117,10 +117,8 @@ class Log:
 
         return self._mutate(change)
 
-    def drop_stream(self, prompt_id: str) -> bytes | None:
-        """Remove a stream (a cancelled run); None if there is none."""
-        if prompt_id not in self._maps["streams"]:
-            return None
+    def drop_stream(self, prompt_id: str) -> bytes:
+        """Remove a stream (of a cancelled run). Raises ``KeyError`` if there is none."""
         return self._mutate(lambda: self._maps["streams"].pop(prompt_id))
 
     def put_claim(self, claim: Claim) -> bytes:

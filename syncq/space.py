@@ -348,17 +348,17 @@ class Space:
             return self.log.entry(entry.prompt.id)
 
     def retry(self, prefix: str) -> Entry:
-        """Run a failed (or cancelled) prompt again: up to its max attempts more runs.
+        """Run a failed prompt again: up to its max attempts more runs, with no backoff.
 
-        Raises ``UnknownId``, ``AmbiguousId`` or ``InvalidState`` (not failed or cancelled)."""
+        Raises ``UnknownId``, ``AmbiguousId`` or ``InvalidState`` (it has not failed)."""
         with self._lock:
             entry = self.show(prefix)
-            if entry.status not in (Status.FAILED, Status.CANCELLED):
+            if entry.status is Status.CANCELLED:
+                raise InvalidState(f"prompt {entry.prompt.id} was cancelled: add it again instead")
+            if entry.status is not Status.FAILED:
                 raise InvalidState(
                     f"prompt {entry.prompt.id} is {entry.status}: only failed prompts are retried"
                 )
-            if entry.status is Status.CANCELLED:
-                raise InvalidState(f"prompt {entry.prompt.id} was cancelled: add it again instead")
             retry = Retry(
                 prompt_id=entry.prompt.id,
                 by=self.device_id,
@@ -382,7 +382,7 @@ class Space:
         """Remove the stream of a run that ended without a result (cancelled)."""
         with self._lock:
             if self.log.stream(prompt_id) is not None:
-                self._write(lambda log: log.drop_stream(prompt_id) or b"")
+                self._write(lambda log: log.drop_stream(prompt_id))
 
     def put_claim(self, claim: Claim) -> None:
         """Write a claim (used by the scheduler, and by tests of the lifecycle)."""
@@ -567,10 +567,7 @@ class Space:
 
     def _verify(self, data: bytes) -> tuple[crypto.Envelope, bytes | None]:
         if self.keys.is_relay:
-            envelope = crypto.decode(data)
-            crypto.check_space(envelope, self.keys.space_id)
-            crypto.verify(envelope)
-            return envelope, None
+            return crypto.verify_envelope(data, self.keys.space_id), None
         return crypto.open_envelope(data, self.keys)
 
     def checkpoint(self) -> None:

@@ -7,7 +7,9 @@
    (c) syncq: a running node with the model warm; (c1) library calls from another process
        (``Space.add``, then watching the store for the first streamed chunk and the result);
        (c2) the CLI, ``syncq add --wait`` (a new process per prompt, as a user types it).
-   Time to first token and total per prompt (medians), and syncq's overhead over (a) and (b).
+   Each prompt goes through (a), (b) and (c1) in turn, so that a busy spell of the machine
+   slows all three alike. Time to first token and total per prompt (medians), and syncq's
+   overhead over (a): the median of the per-prompt differences.
    Target: overhead over (a) below 3% of total or 30 ms; faster than (b).
 2. Three echo nodes, 1,000 prompts of 20 ms added on a fourth node without executors:
    throughput as a share of ideal (3 nodes x 50 prompts/s), and duplicate runs (target 0).
@@ -58,72 +60,94 @@ def gguf(root: Path) -> str:
     return str(model_path(spec))
 
 
-def direct(path: str, prompts: list[str]) -> dict[str, Any]:
-    from llama_cpp import Llama
+class Direct:
+    """(a) llama-cpp-python in this process."""
 
-    llm = Llama(model_path=path, n_ctx=2048, n_threads=os.cpu_count() or 2, verbose=False)
-    llm.create_completion("Hi", max_tokens=1)
-    ttft, total = [], []
-    for text in prompts:
-        start = time.perf_counter()
-        first = None
-        for _ in llm.create_completion(text, stream=True, max_tokens=32, seed=42, temperature=0.0):
+    def __init__(self, path: str) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=path, n_ctx=2048, n_threads=os.cpu_count() or 2, verbose=False)
+        self.llm.create_completion("Hi", max_tokens=1)
+
+    def __call__(self, text: str) -> tuple[float, float]:
+        start, first = time.perf_counter(), None
+        for _ in self.llm.create_completion(text, stream=True, max_tokens=32, seed=42, temperature=0.0):
             first = first or time.perf_counter()
-        total.append(time.perf_counter() - start)
-        ttft.append((first or time.perf_counter()) - start)
-    llm.close()
-    return {"ttft_ms": med(ttft), "total_ms": med(total)}
+        end = time.perf_counter()
+        return (first or end) - start, end - start
+
+    def close(self) -> None:
+        self.llm.close()
 
 
-def server(path: str, prompts: list[str]) -> dict[str, Any]:
-    from openai import OpenAI
+class Server:
+    """(b) llama_cpp.server over HTTP, streaming, with the official openai client."""
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            path,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "2048",
-            "--n_threads",
-            str(os.cpu_count() or 2),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    def __init__(self, path: str) -> None:
+        from openai import OpenAI
+
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                path,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                str(os.cpu_count() or 2),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         deadline = time.monotonic() + 120
         while True:
             try:
-                model = client.models.list().data[0].id
+                self.model = self.client.models.list().data[0].id
                 break
             except Exception:  # not up yet
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        client.completions.create(model=model, prompt="Hi", max_tokens=1)
-        ttft, total = [], []
-        for text in prompts:
-            start = time.perf_counter()
-            first = None
-            for _ in client.completions.create(
-                model=model, prompt=text, max_tokens=32, seed=42, temperature=0.0, stream=True
-            ):
-                first = first or time.perf_counter()
-            total.append(time.perf_counter() - start)
-            ttft.append((first or time.perf_counter()) - start)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    return {"ttft_ms": med(ttft), "total_ms": med(total)}
+        self.client.completions.create(model=self.model, prompt="Hi", max_tokens=1)
+
+    def __call__(self, text: str) -> tuple[float, float]:
+        start, first = time.perf_counter(), None
+        for _ in self.client.completions.create(
+            model=self.model, prompt=text, max_tokens=32, seed=42, temperature=0.0, stream=True
+        ):
+            first = first or time.perf_counter()
+        end = time.perf_counter()
+        return (first or end) - start, end - start
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+class Library:
+    """(c1) a running syncq node with the model warm, used through the library from here."""
+
+    def __init__(self, home: Path) -> None:
+        self.space = Space.open(home)
+        warm = self.space.add("Hi", model="gemma3-270m", params={"max_tokens": 1})
+        wait(self.space, warm.id)
+
+    def __call__(self, text: str) -> tuple[float, float]:
+        start = time.perf_counter()
+        prompt = self.space.add(text, model="gemma3-270m", params=PARAMS)
+        first, end = wait(self.space, prompt.id)
+        return first - start, end - start
+
+    def close(self) -> None:
+        self.space.close()
 
 
 def free_port() -> int:
@@ -132,18 +156,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def syncq_library(home: Path, prompts: list[str]) -> dict[str, Any]:
-    ttft, total = [], []
-    with Space.open(home) as space:
-        warm = space.add("Hi", model="gemma3-270m", params={"max_tokens": 1})
-        wait(space, warm.id)
-        for text in prompts:
-            start = time.perf_counter()
-            prompt = space.add(text, model="gemma3-270m", params=PARAMS)
-            first, end = wait(space, prompt.id)
-            ttft.append(first - start)
-            total.append(end - start)
-    return {"ttft_ms": med(ttft), "total_ms": med(total)}
+def interleaved(ways: dict[str, Any], prompts: list[str]) -> dict[str, dict[str, float]]:
+    """Each prompt through every way in turn: a busy spell of this shared machine then slows
+    all of them alike instead of whichever ran during it."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    for text in prompts:
+        for name, way in ways.items():
+            times[name].append(way(text))
+    return {
+        name: {"ttft_ms": med([t for t, _ in got]), "total_ms": med([t for _, t in got])}
+        for name, got in times.items()
+    } | {
+        "paired_overhead_ms": {
+            name: med([c[1] - a[1] for c, a in zip(got, times["a_direct"], strict=True)])
+            for name, got in times.items()
+            if name != "a_direct"
+        }
+    }
 
 
 def wait(space: Space, prompt_id: str) -> tuple[float, float]:
@@ -225,15 +254,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="syncq-exec-bench-") as tmp:
         root = Path(tmp)
         path = gguf(root)
-        a = direct(path, prompts)
-        b = server(path, prompts)
         Space.init(root / "node", name="gpu").close()
         node, _ = start_node(root / "node")
+        ways: dict[str, Any] = {}
         try:
-            c1 = syncq_library(root / "node", prompts)
+            ways = {
+                "a_direct": Direct(path),
+                "b_llama_cpp_server": Server(path),
+                "c1_syncq_library": Library(root / "node"),
+            }
+            llm = interleaved(ways, prompts)
             c2 = syncq_cli(root / "node", prompts)
         finally:
+            for way in ways.values():
+                way.close()
             stop_node(node)
+        a, b, c1 = llm["a_direct"], llm["b_llama_cpp_server"], llm["c1_syncq_library"]
         report = {
             "benchmark": "exec",
             "model": "gemma3-270m",
@@ -242,8 +278,11 @@ def main() -> None:
             "b_llama_cpp_server": b,
             "c1_syncq_library": c1,
             "c2_syncq_cli_wait": c2,
-            "overhead_over_direct_ms": round(c1["total_ms"] - a["total_ms"], 1),
-            "overhead_over_direct_share": round((c1["total_ms"] - a["total_ms"]) / a["total_ms"], 3),
+            "overhead_over_direct_ms": llm["paired_overhead_ms"]["c1_syncq_library"],
+            "overhead_over_direct_share": round(
+                llm["paired_overhead_ms"]["c1_syncq_library"] / a["total_ms"], 3
+            ),
+            "server_overhead_over_direct_ms": llm["paired_overhead_ms"]["b_llama_cpp_server"],
             "faster_than_server_ms": round(b["total_ms"] - c1["total_ms"], 1),
             "echo_mesh": echo_mesh(root, args.echo),
         }

@@ -227,6 +227,7 @@ def _scheduler_factory(home: Path) -> Any:
     """What runs prompts here: the models found in the home, under the [node] settings of
     config.toml (``executors = []`` makes a node that only syncs)."""
     from syncq.executors.manager import ModelManager, Settings
+    from syncq.executors.memory import parse_size
     from syncq.executors.models import discover, node_config
     from syncq.node.scheduler import Scheduler
 
@@ -237,16 +238,22 @@ def _scheduler_factory(home: Path) -> Any:
     if backends == []:
         return None
     specs = discover(home, backends)
-    settings = Settings(
-        max_loaded=int(config.get("max_loaded", 2)),
-        keep_alive_s=float(config.get("keep_alive", 300)),
-        memory_budget=int(config["memory_budget"]) if "memory_budget" in config else None,
-    )
-    policy = Policy(
-        lease_ms=int(float(config.get("lease", 30)) * 1000),
-        heartbeat_ms=int(float(config.get("heartbeat", 5)) * 1000),
-        backoff_first_ms=int(float(config.get("backoff", 1)) * 1000),
-    )
+    try:
+        settings = Settings(
+            max_loaded=int(config.get("max_loaded", 2)),
+            keep_alive_s=float(config.get("keep_alive", 300)),
+            memory_budget=parse_size(config["memory_budget"]) if "memory_budget" in config else None,
+            gpu_memory_budget=(
+                parse_size(config["gpu_memory_budget"]) if "gpu_memory_budget" in config else None
+            ),
+        )
+        policy = Policy(
+            lease_ms=int(float(config.get("lease", 30)) * 1000),
+            heartbeat_ms=int(float(config.get("heartbeat", 5)) * 1000),
+            backoff_first_ms=int(float(config.get("backoff", 1)) * 1000),
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{home / 'config.toml'}: bad value in [node]: {exc}") from exc
     return lambda node: Scheduler(node, ModelManager(specs, settings), policy)
 
 

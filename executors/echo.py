@@ -3,23 +3,34 @@
 The output is the input, sent word by word. Params: ``delay`` (seconds spent in total, spread
 over the words; cancellable), ``fail`` (raise with this message instead), ``crash`` (kill the
 worker process outright) and ``hang`` (sleep, deaf to cancel): the last two test isolation.
+
+Option (models.toml): ``gpu_memory`` (bytes, or a size such as ``"1G"``) makes the model hold
+that much GPU memory while loaded, allocated through the CUDA driver, so that the manager's GPU
+memory budget can be checked on a machine with a GPU without a GPU build of any backend.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
 from collections.abc import Callable
 
 from .base import ExecutorError, Job, ModelSpec, Output
+from .memory import parse_size
 
 
 class EchoExecutor:
     """Echoes the prompt."""
 
+    def __init__(self) -> None:
+        self._gpu: _CudaBlock | None = None
+
     def load(self, spec: ModelSpec) -> None:
-        """Nothing to load."""
+        """Nothing to load, unless the spec asks to hold GPU memory."""
+        if spec.options.get("gpu_memory"):
+            self._gpu = _CudaBlock(parse_size(spec.options["gpu_memory"]))
 
     def run(self, job: Job, emit: Callable[[str], None], cancelled: Callable[[], bool]) -> Output:
         """Emit the input word by word, taking ``delay`` seconds in total."""
@@ -40,7 +51,8 @@ class EchoExecutor:
         return Output(text=job.input, usage={"words": len(words)})
 
     def unload(self) -> None:
-        """Nothing to free."""
+        """Free the GPU memory, if any (ending the process frees it too)."""
+        self._gpu = None
 
 
 def _sleep(seconds: float, cancelled: Callable[[], bool]) -> None:
@@ -48,3 +60,25 @@ def _sleep(seconds: float, cancelled: Callable[[], bool]) -> None:
     end = time.monotonic() + seconds
     while not cancelled() and (left := end - time.monotonic()) > 0:
         time.sleep(min(left, 0.02))
+
+
+class _CudaBlock:
+    """GPU memory held through the CUDA driver API (libcuda, shipped with the NVIDIA driver)."""
+
+    def __init__(self, size: int) -> None:
+        try:
+            cuda = ctypes.CDLL("libcuda.so.1")
+        except OSError as exc:
+            raise ExecutorError(f"gpu_memory needs an NVIDIA driver: {exc}") from exc
+        context, pointer = ctypes.c_void_p(), ctypes.c_uint64()
+        for step, status in (
+            ("cuInit", lambda: cuda.cuInit(0)),
+            ("cuCtxCreate", lambda: cuda.cuCtxCreate_v2(ctypes.byref(context), 0, 0)),
+            ("cuMemAlloc", lambda: cuda.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(size))),
+        ):
+            code = status()
+            if code != 0:
+                raise ExecutorError(
+                    f"cannot hold {size} bytes of GPU memory: {step} returned CUDA error {code}"
+                )
+        self.size = size

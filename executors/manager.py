@@ -7,8 +7,9 @@ node; unloading a model frees its memory for certain. The manager
 - loads on demand (and runs the executor's warm-up once after loading);
 - runs one job at a time per model;
 - keeps a model warm for ``keep_alive`` seconds after its last job (a prompt may ask for longer);
-- evicts the least recently used idle model beyond ``max_loaded`` models, or while the workers'
-  resident memory exceeds ``memory_budget`` bytes (RAM: the sum of the workers' RSS);
+- evicts the least recently used idle model beyond ``max_loaded`` models, or while the workers
+  hold more than ``memory_budget`` bytes of RAM (the sum of their RSS) or, where NVML finds
+  NVIDIA GPUs, more than ``gpu_memory_budget`` bytes of GPU memory (``memory``);
 - stops a cancelled job within ``CANCEL_GRACE_S``, killing the worker if the backend does not
   stop by itself.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import worker
+from . import memory, worker
 from .base import ExecutorError, Job, ModelSpec, Output
 
 CANCEL_GRACE_S = 0.8
@@ -47,7 +48,8 @@ class Settings:
 
     max_loaded: int = 2
     keep_alive_s: float = 300.0
-    memory_budget: int | None = None
+    memory_budget: int | None = None  # bytes of RAM
+    gpu_memory_budget: int | None = None  # bytes of GPU memory (needs NVML)
 
 
 class Worker:
@@ -95,14 +97,7 @@ class Worker:
 
     def rss(self) -> int:
         """Resident memory of the worker in bytes (0 if unknown)."""
-        try:
-            with open(f"/proc/{self.process.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return 0
-        return 0
+        return memory.ram(self.process.pid) if self.process.pid is not None else 0
 
     async def run(self, job: Job, on_chunk: Callable[[str], None], cancel: asyncio.Event) -> Output:
         """Run a job; chunks go to ``on_chunk``. Raises ``Cancelled``, ``WorkerDied`` or
@@ -161,6 +156,7 @@ class ModelManager:
         self.settings = settings or Settings()
         self.workers: OrderedDict[str, Worker] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
+        self.gpus = memory.Gpus.find() if self.settings.gpu_memory_budget is not None else None
         self.loads = 0  # how many times a model was loaded (tests and logs read it)
 
     def loaded(self, name: str) -> bool:
@@ -213,12 +209,18 @@ class ModelManager:
     def _evict(self, room_for: int) -> None:
         for name in list(self.workers):  # least recently used first
             over_count = len(self.workers) + room_for > self.settings.max_loaded
-            budget = self.settings.memory_budget
-            over_memory = budget is not None and sum(w.rss() for w in self.workers.values()) > budget
-            if not (over_count or over_memory):
+            if not (over_count or self._over_memory()):
                 return
             if not self.busy(name):
                 self._drop(name)
+
+    def _over_memory(self) -> bool:
+        ram, gpu = self.settings.memory_budget, self.settings.gpu_memory_budget
+        if ram is not None and sum(w.rss() for w in self.workers.values()) > ram:
+            return True
+        if gpu is None or self.gpus is None:
+            return False
+        return self.gpus.used_by(w.process.pid for w in self.workers.values() if w.process.pid) > gpu
 
     def expire(self) -> list[str]:
         """Unload idle models whose keep-alive ran out; returns their names."""

@@ -35,11 +35,13 @@ class NodeLog:
         self.stream = stream or sys.stdout
 
     def event(self, kind: str, *, level: str = "info", **fields: object) -> None:
-        """Log one event; ``debug`` events only with ``verbose`` (or in JSON)."""
+        """Log one event; ``debug`` events (one per batch received) only with ``verbose``."""
+        if level == "debug" and not self.verbose:
+            return
         if self.json_lines:
             record = {"t": round(time.time(), 3), "event": kind, "level": level, **fields}
             self.stream.write(json.dumps(record, default=str) + "\n")
-        elif level != "debug" or self.verbose:
+        else:
             template = _HUMAN.get(kind)
             text = template.format(**fields) if template else f"{kind} {fields}"
             prefix = "error: " if level == "error" else ""

@@ -1,16 +1,23 @@
 """The scheduler: claims prompts for the models this node serves and runs them.
 
-It follows ``syncq.claims`` to the letter: pick candidates, write a claim, wait for the merged
+It follows ``syncq.claims`` to the letter: pick candidates, write claims, wait for the merged
 claims to settle (a few round trips to the connected peers), run only if this node won,
 heartbeat while running, stream output into ``streams[id]`` about every 100 ms, and write the
 result (or record an expired lease and take the prompt over). A cancel seen in the log stops the
 job through the model manager within a second.
+
+What each job costs the mesh is what bounds throughput (every envelope is signed, stored and
+applied on every node), so: claims go out in batches (``_choose``, ``_depth``), heartbeats of all
+claims share one envelope, the "running" mark rides with the first output, and a run shorter
+than ``QUIET_START_S`` writes nothing but its result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,7 +25,7 @@ from typing import TYPE_CHECKING
 from syncq.executors.base import ExecutorError, Job
 from syncq.executors.manager import Cancelled, ModelManager
 
-from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, order, won
+from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, first_choice, won
 from syncq.errors import MalformedRecord, StoreError
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status
@@ -28,30 +35,53 @@ from syncq.space import wall_clock_ms
 if TYPE_CHECKING:
     from syncq.node.daemon import Node
 
-    from syncq.log import Log
+    from syncq.log import Changes, Log
 
-FINAL = (Status.DONE, Status.CANCELLED)
+ENDED = (Status.DONE, Status.CANCELLED, Status.FAILED)  # failed comes back through a retry record
 TICK_S = 0.5
 MIN_TICK_S = 0.02
 STREAM_EVERY_S = 0.1
+QUIET_START_S = 0.05  # nothing is streamed this early in a run (see _stream)
 SETTLE_MIN_S = 0.5  # claims must cross the mesh (several hops) before anyone decides
-PIPELINE = 8  # prompts per model claimed ahead (settling or waiting) while one runs
-COLD_GRACE_S = 0.25  # a node without the model loaded lets a warm one claim first
+DEPTH_MAX = 48  # prompts per model claimed ahead at most
+COLD_GRACE_S = 0.25  # a node without the model loaded lets a node that has it claim first
 
 
 @dataclass(slots=True)
 class Running:
     """A prompt claimed or running here."""
 
-    prompt_id: PromptId
-    model: str
+    chosen: Candidate
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     beat: int = 0  # the claim's heartbeat; every write of the claim raises it
     running: bool = False
 
+    @property
+    def model(self) -> str:
+        return self.chosen.model
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """A prompt that may still need a run, as the log said when it last changed."""
+
+    prompt: Prompt
+    status: Status
+    facts: Facts
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Where it stands in the queue: highest priority first, then oldest."""
+        return (-self.prompt.priority, self.prompt.id)
+
 
 class Scheduler:
-    """Claims and runs prompts for one node."""
+    """Claims and runs prompts for one node.
+
+    It keeps the open prompts (not done, cancelled or failed) in queue order per model, updated
+    from the log's feed of changed prompts, so a tick costs what changed plus the head of the
+    queue, not a scan of the whole log.
+    """
 
     def __init__(self, node: Node, manager: ModelManager, policy: Policy | None = None) -> None:
         self.node = node
@@ -60,8 +90,14 @@ class Scheduler:
         self.policy = policy or Policy()
         self.watch = HeartbeatWatch()
         self.jobs: dict[PromptId, Running] = {}
-        self._done: set[PromptId] = set()  # done or cancelled: never looked at again
+        self._log: Log | None = None
+        self._feed: Changes | None = None
+        self._open: dict[PromptId, Open] = {}
+        self._queues: dict[str, list[tuple[int, str]]] = {}  # per model, sorted by Open.order
         self._first_seen: dict[PromptId, float] = {}
+        self._run_s: dict[str, float] = {}  # per model: a moving average of run times
+        self._rivals: dict[str, list[str]] = {}  # per model: the other nodes that serve it
+        self._warm_elsewhere: set[str] = set()  # models another node has loaded
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._model_locks: dict[str, asyncio.Lock] = {}
@@ -73,12 +109,13 @@ class Scheduler:
     async def run(self) -> None:
         """Tick until cancelled."""
         last = 0.0
+        beating = asyncio.ensure_future(self._heartbeats())
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), TICK_S)
                 self._wake.clear()
-                # At most one look every MIN_TICK_S: a burst of changes costs one scan, and a
+                # At most one look every MIN_TICK_S: a burst of changes costs one look, and a
                 # lone prompt on a quiet node is claimed at once.
                 await asyncio.sleep(max(0.0, last + MIN_TICK_S - time.monotonic()))
                 last = time.monotonic()
@@ -89,79 +126,177 @@ class Scheduler:
                 if self.manager.expire():
                     self.node.advertise()
         finally:
+            beating.cancel()
             for task in self._tasks:
                 task.cancel()
             self.manager.close()
 
     def tick(self) -> None:
-        """Cancel what was cancelled, then claim one prompt for each model with room."""
-        log = self.space.log
-        for prompt_id, job in self.jobs.items():
-            if log.status(prompt_id) is Status.CANCELLED:
-                job.cancel.set()
-        if all(self._busy(model) for model in self.manager.specs):
-            return
-        wall, mono = wall_clock_ms(), time.monotonic()
-        best: dict[str, Candidate] = {}
-        for prompt_id in log.prompt_ids():
-            found = self._consider(log, prompt_id, wall, mono)
-            if found is not None and (
-                found.model not in best or order([found, best[found.model]])[0] is found
-            ):
-                best[found.model] = found
-        for chosen in best.values():
-            self._start(chosen, log.prompt(chosen.prompt_id))
+        """Take in what changed, then claim what there is room for, in one envelope."""
+        mono = time.monotonic()
+        self._take_changes(self.space.log, mono)
+        me = self.space.device_id
+        nodes = self.space.log.nodes()
+        self._rivals = {
+            model: [n.id for n in nodes if n.id != me and any(m.name == model for m in n.models)]
+            for model in self.manager.specs
+        }
+        self._warm_elsewhere = {
+            m.name for n in nodes if n.id != me for m in n.models if m.loaded and m.name in self.manager.specs
+        }
+        wall = wall_clock_ms()
+        chosen = [found for model in self.manager.specs for found in self._choose(model, wall, mono)]
+        if chosen:
+            self._claim(chosen)
 
-    def _consider(self, log: Log, prompt_id: PromptId, wall: int, mono: float) -> Candidate | None:
-        # Cheap first: most prompts are finished (cached) or untouched (read the prompt only).
-        if prompt_id in self._done or prompt_id in self.jobs:
-            return None
+    # -- what is open --------------------------------------------------------------------------
+
+    def _take_changes(self, log: Log, mono: float) -> None:
+        if log is not self._log or self._feed is None:
+            # A new Doc (first tick, or rebuilt after a failed write): start from everything.
+            self._log, self._feed = log, log.follow()
+            self._open.clear()
+            self._queues.clear()
+        for prompt_id in self._feed.drain():
+            self._update(log, PromptId(prompt_id), mono)
+
+    def _update(self, log: Log, prompt_id: PromptId, mono: float) -> None:
+        self._close(prompt_id)
         try:
-            status = log.status(prompt_id)
-            prompt = log.prompt(prompt_id)
-        except MalformedRecord:
-            self._done.add(prompt_id)
-            return None
-        if status in FINAL:
-            self._done.add(prompt_id)
-            return None
-        if status is Status.FAILED or prompt.model not in self.manager.specs or self._busy(prompt.model):
-            return None  # failed is not final: `syncq retry` may queue it again
-        if log.untouched(prompt_id):
-            facts = Facts(max_attempts=prompt.max_attempts)
-        else:
-            facts = log.entry(prompt_id).facts
-            self.watch.observe(facts.claims, int(mono * 1000))
-        found = candidate(
-            prompt_id=prompt_id,
-            model=prompt.model,
-            priority=prompt.priority,
-            status=status,
-            facts=facts,
-            me=self.space.device_id,
-            wall_ms=wall,
-            monotonic_ms=int(mono * 1000),
-            watch=self.watch,
-            policy=self.policy,
-        )
-        return found if found is not None and self._warm_enough(found, mono) else None
+            if log.untouched(prompt_id):
+                prompt = log.prompt(prompt_id)
+                state = Open(prompt, Status.QUEUED, Facts(max_attempts=prompt.max_attempts))
+            else:
+                entry = log.entry(prompt_id, stream=False)
+                state = Open(entry.prompt, entry.status, entry.facts)
+        except (KeyError, MalformedRecord):
+            return
+        if state.status is Status.CANCELLED and prompt_id in self.jobs:
+            self.jobs[prompt_id].cancel.set()
+        if state.status in ENDED:
+            self.watch.forget(prompt_id)
+            self._first_seen.pop(prompt_id, None)
+            return
+        self.watch.observe(state.facts.claims, int(mono * 1000))
+        self._open[prompt_id] = state
+        bisect.insort(self._queues.setdefault(state.prompt.model, []), state.order)
 
-    def _busy(self, model: str) -> bool:
-        # Settling takes a few round trips; claiming a few prompts ahead keeps the model busy.
-        return sum(job.model == model for job in self.jobs.values()) >= PIPELINE
+    def _close(self, prompt_id: PromptId) -> None:
+        state = self._open.pop(prompt_id, None)
+        if state is not None:
+            queue = self._queues[state.prompt.model]
+            del queue[bisect.bisect_left(queue, state.order)]
+
+    # -- choosing and claiming -----------------------------------------------------------------
+
+    def _choose(self, model: str, wall: int, mono: float) -> list[Candidate]:
+        """Up to ``room`` prompts of the model to claim, first choices (``first_choice``) first
+        among the head of the queue."""
+        held = sum(job.model == model for job in self.jobs.values())
+        need, batch = self._depth(model)
+        room = need + batch - held
+        if room < batch and held:
+            return []  # claims go out in batches: one envelope for many prompts
+        rivals = self._rivals.get(model, [])
+        window = room * (1 + len(rivals))
+        found: list[Candidate] = []
+        for _, prompt_id in self._queues.get(model, ()):
+            if prompt_id in self.jobs:
+                continue
+            state = self._open[PromptId(prompt_id)]
+            option = candidate(
+                prompt_id=state.prompt.id,
+                model=model,
+                priority=state.prompt.priority,
+                status=state.status,
+                facts=state.facts,
+                me=self.space.device_id,
+                wall_ms=wall,
+                monotonic_ms=int(mono * 1000),
+                watch=self.watch,
+                policy=self.policy,
+            )
+            if option is not None and self._warm_enough(option, mono):
+                found.append(option)
+                if len(found) >= window:
+                    break
+        me = self.space.device_id
+        found.sort(key=lambda option: not first_choice(option.prompt_id, me, rivals))
+        return found[:room]
+
+    def _depth(self, model: str) -> tuple[int, int]:
+        """How many prompts of a model to hold claimed, and in batches of how many.
+
+        Enough that the model never waits for a claim to settle (the settle time over the
+        average run time, plus one), two at first: a long job must not hoard the queue. More
+        are claimed once a batch's worth is free (half as many again), so that claims share
+        envelopes.
+        """
+        run_s = self._run_s.get(model)
+        if run_s is None:
+            return 2, 1
+        need = max(2, math.ceil((self._settle_s(model) + MIN_TICK_S) / max(run_s, 1e-3)) + 1)
+        batch = max(1, need // 2)
+        return min(need, DEPTH_MAX - batch), batch
 
     def _warm_enough(self, found: Candidate, mono: float) -> bool:
-        if self.manager.loaded(found.model):
+        if self.manager.loaded(found.model) or found.model not in self._warm_elsewhere:
             return True
         first = self._first_seen.setdefault(found.prompt_id, mono)
         return mono - first >= COLD_GRACE_S
 
-    def _start(self, chosen: Candidate, prompt: Prompt) -> None:
-        running = Running(prompt_id=chosen.prompt_id, model=chosen.model)
-        self.jobs[chosen.prompt_id] = running
-        task = asyncio.ensure_future(self._job(chosen, running, prompt.input, dict(prompt.params)))
-        self._tasks.add(task)
-        task.add_done_callback(self._ended)
+    def _claim(self, chosen: list[Candidate]) -> None:
+        me = self.space.device_id
+        for option in chosen:
+            if option.expired is not None:
+                record = expiry_record(
+                    option.expired, observer=me, observer_name=self.space.name, now_ms=wall_clock_ms()
+                )
+                self.space.finish(record)
+                self.node.log.event("lease-expired", prompt=option.prompt_id, node=option.expired.node)
+        claimed = [Running(chosen=option) for option in chosen]
+        self._put_claims(claimed)
+        for running in claimed:
+            self.jobs[running.chosen.prompt_id] = running
+            prompt = self._open[running.chosen.prompt_id].prompt
+            task = asyncio.ensure_future(self._job(running, prompt.input, dict(prompt.params)))
+            self._tasks.add(task)
+            task.add_done_callback(self._ended)
+
+    def _put_claims(self, claimed: list[Running], text: str = "") -> None:
+        """Write this node's claims with new heartbeats (and output of the first one, if any) as
+        one envelope, and offer it to the peers."""
+        me = self.space.device_id
+
+        def changes(log: Log) -> None:
+            for running in claimed:
+                running.beat += 1
+                chosen = running.chosen
+                log.put_claim(
+                    Claim(
+                        prompt_id=chosen.prompt_id,
+                        node=me,
+                        attempt=chosen.attempt,
+                        heartbeat=running.beat,
+                        running=running.running,
+                    )
+                )
+            if text:
+                log.append_stream(claimed[0].chosen.prompt_id, text)
+
+        self.space.write(changes)
+        self.node.changed()
+
+    async def _heartbeats(self) -> None:
+        # Every claim held, waiting ones included (a claim held ahead must not look abandoned),
+        # in one envelope per period.
+        while True:
+            await asyncio.sleep(self.policy.heartbeat_ms / 1000)
+            if self.jobs:
+                try:
+                    self._put_claims(list(self.jobs.values()))
+                except StoreError as exc:
+                    self.node.log.event("store-failed", level="error", reason=str(exc))
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -169,55 +304,43 @@ class Scheduler:
             error = task.exception()
             self.node.log.event("job-crashed", level="error", reason=f"{type(error).__name__}: {error}")
 
-    async def _job(self, chosen: Candidate, running: Running, text: str, params: dict[str, object]) -> None:
-        me, pid = self.space.device_id, chosen.prompt_id
+    async def _job(self, running: Running, text: str, params: dict[str, object]) -> None:
+        chosen = running.chosen
         try:
-            if chosen.expired is not None:
-                record = expiry_record(
-                    chosen.expired, observer=me, observer_name=self.space.name, now_ms=wall_clock_ms()
-                )
-                self.space.finish(record)
-                self.node.log.event("lease-expired", prompt=pid, node=chosen.expired.node)
             settle = self._settle_s(chosen.model)
-            lock = self._model_locks.setdefault(chosen.model, asyncio.Lock())
-            # Nothing to settle and the model free: the claim says "running" from the start,
-            # which saves one fsync'd write on the way to the first token.
-            running.running = settle == 0 and not lock.locked()
-            self._put_claim(chosen, running)
-            beating = asyncio.ensure_future(self._heartbeat(chosen, running))
-            try:
+            if settle:
                 await asyncio.sleep(settle)
-                if settle and not self._still_mine(chosen):
+                if not self._still_mine(chosen):
                     return
-                async with lock:
-                    if self._still_mine(chosen):
-                        await self._execute(chosen, running, text, params)
-            finally:
-                beating.cancel()
+            async with self._model_locks.setdefault(chosen.model, asyncio.Lock()):
+                if not self._still_mine(chosen):
+                    return
+                result = await self._execute(running, text, params)
+            # The next job reaches the model before this result is written (an fsync).
+            await asyncio.sleep(0)
+            self._record(chosen.prompt_id, result)
         except StoreError as exc:
             self.node.log.event("store-failed", level="error", reason=str(exc))
         finally:
-            self.jobs.pop(pid, None)
+            self.jobs.pop(chosen.prompt_id, None)
             self._wake.set()
 
     def _still_mine(self, chosen: Candidate) -> bool:
-        entry = self.space.log.entry(chosen.prompt_id)
+        entry = self.space.log.entry(chosen.prompt_id, stream=False)
         return (
             won(entry.claims, self.space.device_id, chosen.attempt) and entry.status is not Status.CANCELLED
         )
 
-    async def _execute(
-        self, chosen: Candidate, running: Running, text: str, params: dict[str, object]
-    ) -> None:
+    async def _execute(self, running: Running, text: str, params: dict[str, object]) -> Result | None:
+        """Run the prompt; its result, or None if it was cancelled."""
+        chosen = running.chosen
         pid = chosen.prompt_id
-        if not running.running:
-            running.running = True
-            self._put_claim(chosen, running)
         self.node.log.event("running", prompt=pid, model=chosen.model, attempt=chosen.attempt)
         buffer: list[str] = []
         arrived = asyncio.Event()
-        streaming = asyncio.ensure_future(self._stream(pid, buffer, arrived))
+        streaming = asyncio.ensure_future(self._stream(running, buffer, arrived))
         started, first_token = wall_clock_ms(), 0
+        clock, warm = time.monotonic(), self.manager.loaded(chosen.model)
 
         def on_chunk(chunk: str) -> None:
             nonlocal first_token
@@ -236,6 +359,8 @@ class Scheduler:
                 running.cancel,
                 float(keep_alive) if keep_alive is not None else None,
             )
+            if warm:  # a load is not a run: it would make the model look slow for a while
+                self._note_run(chosen.model, time.monotonic() - clock)
             usage = {
                 **out.usage,
                 "ms_total": wall_clock_ms() - started,
@@ -248,14 +373,21 @@ class Scheduler:
             result = self._result(chosen, RunStatus.FAILED, started, error=str(exc))
         finally:
             streaming.cancel()
+        return result
+
+    def _record(self, prompt_id: PromptId, result: Result | None) -> None:
         if result is None:
-            self.space.drop_stream(pid)
-            self.node.log.event("cancelled", prompt=pid)
+            self.space.drop_stream(prompt_id)
+            self.node.log.event("cancelled", prompt=prompt_id)
         else:
             self.space.finish(result)
-            self.node.log.event("finished", prompt=pid, status=result.status.value, error=result.error)
+            self.node.log.event("finished", prompt=prompt_id, status=result.status.value, error=result.error)
         self.node.changed()
         self.node.advertise()
+
+    def _note_run(self, model: str, seconds: float) -> None:
+        previous = self._run_s.get(model)
+        self._run_s[model] = seconds if previous is None else 0.7 * previous + 0.3 * seconds
 
     def _result(
         self,
@@ -280,42 +412,32 @@ class Scheduler:
             usage=usage or {},  # type: ignore[arg-type]
         )
 
-    async def _heartbeat(self, chosen: Candidate, running: Running) -> None:
-        # From the claim on, waiting included: a claim held ahead must not look abandoned.
+    async def _stream(self, running: Running, buffer: list[str], arrived: asyncio.Event) -> None:
+        # The claim is marked running together with the first output (one envelope on the way
+        # to the first token, not two), or alone after STREAM_EVERY_S without output (a model
+        # still loading); later output goes out every STREAM_EVERY_S. Nothing goes out in the
+        # first QUIET_START_S of a run: a run that short is told by its result alone (half the
+        # envelopes of a short job), and an LLM's first token takes about that long anyway.
+        await asyncio.sleep(QUIET_START_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), STREAM_EVERY_S - QUIET_START_S)
         while True:
-            await asyncio.sleep(self.policy.heartbeat_ms / 1000)
-            self._put_claim(chosen, running)
-
-    def _put_claim(self, chosen: Candidate, running: Running) -> None:
-        """Write this node's claim with a new heartbeat, and offer it to the peers."""
-        running.beat += 1
-        claim = Claim(
-            prompt_id=chosen.prompt_id,
-            node=self.space.device_id,
-            attempt=chosen.attempt,
-            heartbeat=running.beat,
-            running=running.running,
-        )
-        self.space.put_claim(claim)
-        self.node.changed()
-
-    async def _stream(self, prompt_id: PromptId, buffer: list[str], arrived: asyncio.Event) -> None:
-        # The first chunk goes out at once (time to first token), later ones every 100 ms.
-        while True:
-            await arrived.wait()
             arrived.clear()
             text = "".join(buffer)
             buffer.clear()
-            self.space.append_stream(prompt_id, text)
-            self.node.changed()
+            if not running.running:
+                running.running = True
+                self._put_claims([running], text)
+            elif text:
+                self.space.append_stream(running.chosen.prompt_id, text)
+                self.node.changed()
             await asyncio.sleep(STREAM_EVERY_S)
+            await arrived.wait()
 
     def _settle_s(self, model: str) -> float:
         """How long claims need to meet: none if no other node advertises the model (nobody
         else would claim it), else a few round trips to the peers, at least SETTLE_MIN_S."""
-        me = self.space.device_id
-        rivals = [n for n in self.space.log.nodes() if n.id != me and any(m.name == model for m in n.models)]
-        if not rivals:
+        if not self._rivals.get(model):
             return 0.0
         latencies = [c.ws.latency for c in self.node.connections.values()]
         return max(SETTLE_MIN_S, 3 * max(latencies, default=0.0))

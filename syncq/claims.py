@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from syncq.ids import DeviceId, PromptId
-from syncq.lifecycle import Facts, Status, winner
+from syncq.lifecycle import Facts, Status, rank, winner
 from syncq.records import Claim, Result, RunStatus
 
 
@@ -69,22 +69,30 @@ def retry_at(facts: Facts, policy: Policy) -> int:
 
 @dataclass(slots=True)
 class HeartbeatWatch:
-    """When this observer last saw each claim's heartbeat change, on its own monotonic clock."""
+    """When this observer last saw each claim's heartbeat change, on its own monotonic clock.
 
-    seen: dict[tuple[str, str, int], tuple[int, int]] = field(default_factory=dict)
+    Observe the claims whenever they change (and once at start): a heartbeat seen again
+    unchanged keeps the time it was first seen."""
+
+    seen: dict[str, dict[tuple[str, int], tuple[int, int]]] = field(default_factory=dict)
 
     def observe(self, claims: Iterable[Claim], now_ms: int) -> None:
         """Record the heartbeats visible now."""
         for claim in claims:
-            key = (claim.prompt_id, claim.node, claim.attempt)
-            previous = self.seen.get(key)
+            beats = self.seen.setdefault(claim.prompt_id, {})
+            key = (claim.node, claim.attempt)
+            previous = beats.get(key)
             if previous is None or previous[0] != claim.heartbeat:
-                self.seen[key] = (claim.heartbeat, now_ms)
+                beats[key] = (claim.heartbeat, now_ms)
 
     def stale(self, claim: Claim, now_ms: int, policy: Policy) -> bool:
         """Whether the claim's heartbeat has not changed for a whole lease."""
-        seen = self.seen.get((claim.prompt_id, claim.node, claim.attempt))
+        seen = self.seen.get(claim.prompt_id, {}).get((claim.node, claim.attempt))
         return seen is not None and now_ms - seen[1] >= policy.lease_ms
+
+    def forget(self, prompt_id: str) -> None:
+        """Drop what was seen of a prompt that finished."""
+        self.seen.pop(prompt_id, None)
 
 
 def candidate(
@@ -118,6 +126,13 @@ def candidate(
 def order(candidates: Iterable[Candidate]) -> list[Candidate]:
     """Highest priority first, then oldest (ids sort by creation time)."""
     return sorted(candidates, key=lambda c: (-c.priority, c.prompt_id))
+
+
+def first_choice(prompt_id: str, me: DeviceId, rivals: Iterable[str]) -> bool:
+    """Whether this node would win a claim on the prompt against every rival node: nodes that
+    claim their first choices first split a long queue instead of all claiming its head."""
+    mine = rank(prompt_id, me)
+    return all(mine < rank(prompt_id, rival) for rival in rivals)
 
 
 def won(claims: Sequence[Claim], me: DeviceId, attempt: int) -> bool:

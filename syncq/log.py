@@ -12,9 +12,9 @@ reusing one after losing unsaved state makes peers ignore the new writes).
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pycrdt import Doc, Map, Text, TransactionEvent
@@ -48,12 +48,28 @@ class Entry:
         return canonical_result(self.results)
 
 
-@dataclass(slots=True)
-class _Index:
-    """Claim and result keys grouped by prompt id (the maps are keyed ``id/...``)."""
+class Changes:
+    """A feed of the prompt ids whose facts changed (prompt, cancel, retry, claims, results),
+    for a consumer that keeps derived state, such as the scheduler, instead of rescanning the
+    whole log on every change."""
 
-    claims: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    results: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    def __init__(self, initial: Iterable[str]) -> None:
+        self._ids: set[str] = set(initial)
+
+    def add(self, prompt_id: str) -> None:
+        """Note a change (called by the log)."""
+        self._ids.add(prompt_id)
+
+    def drain(self) -> set[str]:
+        """The ids changed since the last drain (every prompt, the first time)."""
+        ids, self._ids = self._ids, set()
+        return ids
+
+
+# Roots whose keys start with a prompt id and change its status; ``claims`` and ``results`` are
+# keyed ``id/...``, one entry per node or run.
+_FACTS = ("prompts", "cancels", "retries", "claims", "results")
+_GROUPED = ("claims", "results")
 
 
 class Log:
@@ -63,8 +79,14 @@ class Log:
         self._doc: Doc[Any] = Doc(client_id=client_id)
         self._maps = {name: self._doc.get(name, type=Map) for name in ROOTS}
         self._captured: list[bytes] = []
-        self._index: _Index | None = None
+        self._batching = False
+        # Claim and result keys grouped by prompt id, kept up to date by the observers.
+        self._grouped: dict[str, dict[str, set[str]]] = {name: {} for name in _GROUPED}
+        self._feeds: list[Changes] = []
+        self._statuses: dict[str, Status] = {}  # derived on demand, dropped when facts change
         self._doc.observe(self._capture)
+        # pycrdt drops an observer when its subscription is garbage collected: keep them.
+        self._subscriptions = [self._maps[name].observe(self._observer(name)) for name in _FACTS]
 
     # -- state in and out ------------------------------------------------------------------
 
@@ -77,13 +99,31 @@ class Log:
             raise MalformedEnvelope(f"payload is not a valid update: {exc}") from exc
         finally:
             self._captured.clear()
-            self._index = None
 
     def state(self) -> bytes:
         """The whole state as one update (what a checkpoint stores)."""
         return self._doc.get_update()
 
+    def follow(self) -> Changes:
+        """A feed of changed prompt ids from now on, starting with every prompt there is."""
+        feed = Changes(self._maps["prompts"].keys())
+        self._feeds.append(feed)
+        return feed
+
     # -- mutations: each is one transaction and returns its update ---------------------------
+
+    def batch(self, changes: Callable[[Log], object]) -> bytes:
+        """Run several mutations as one transaction and return its one update (each mutation
+        inside returns ``b""``): one envelope instead of several."""
+
+        def run() -> None:
+            self._batching = True
+            try:
+                changes(self)
+            finally:
+                self._batching = False
+
+        return self._mutate(run)
 
     def cancel(self, cancel: Cancel) -> bytes:
         """Record a cancel request."""
@@ -150,13 +190,14 @@ class Log:
         """Whether the log holds this prompt."""
         return prompt_id in self._maps["prompts"]
 
-    def entry(self, prompt_id: str) -> Entry:
-        """The prompt with its facts and status. Raises ``KeyError`` or ``MalformedRecord``."""
+    def entry(self, prompt_id: str, *, stream: bool = True) -> Entry:
+        """The prompt with its facts and status (and the output streamed so far, unless
+        ``stream`` is false). Raises ``KeyError`` or ``MalformedRecord``."""
         prompt = self.prompt(prompt_id)
         cancel = self._one(Cancel.from_wire, "cancels", prompt_id)
         retry = self._one(Retry.from_wire, "retries", prompt_id)
-        claims = tuple(self._read(Claim.from_wire, "claims", self._keys().claims.get(prompt_id)))
-        results = tuple(self._read(Result.from_wire, "results", self._keys().results.get(prompt_id)))
+        claims = tuple(self._read(Claim.from_wire, "claims", self._grouped["claims"].get(prompt_id)))
+        results = tuple(self._read(Result.from_wire, "results", self._grouped["results"].get(prompt_id)))
         facts = Facts(
             max_attempts=max(prompt.max_attempts, retry.max_attempts if retry else 0),
             cancelled=cancel is not None,
@@ -172,7 +213,7 @@ class Log:
             retry=retry,
             claims=claims,
             results=results,
-            stream=self.stream(prompt_id),
+            stream=self.stream(prompt_id) if stream else None,
         )
 
     def stream(self, prompt_id: str) -> str | None:
@@ -194,19 +235,22 @@ class Log:
 
     def untouched(self, prompt_id: str) -> bool:
         """Whether nothing has happened to the prompt yet (no claim, result, cancel or retry)."""
-        index = self._keys()
         return (
             prompt_id not in self._maps["cancels"]
-            and prompt_id not in index.claims
-            and prompt_id not in index.results
+            and prompt_id not in self._grouped["claims"]
+            and prompt_id not in self._grouped["results"]
             and prompt_id not in self._maps["retries"]
         )
 
     def status(self, prompt_id: str) -> Status:
-        """The derived status, without reading the prompt when nothing has happened to it."""
-        if self.untouched(prompt_id):
-            return Status.QUEUED
-        return self.entry(prompt_id).status
+        """The derived status (remembered until the prompt's facts change)."""
+        status = self._statuses.get(prompt_id)
+        if status is None:
+            status = (
+                Status.QUEUED if self.untouched(prompt_id) else self.entry(prompt_id, stream=False).status
+            )
+            self._statuses[prompt_id] = status
+        return status
 
     def counts(self) -> Counter[Status]:
         """How many prompts have each status (malformed records are not counted)."""
@@ -231,24 +275,37 @@ class Log:
     def _capture(self, event: TransactionEvent) -> None:
         self._captured.append(event.update)
 
+    def _observer(self, root: str) -> Callable[[Any], None]:
+        # A closure of one argument: pycrdt passes the transaction too to a callback that
+        # takes two (a default argument counts).
+        return lambda event: self._observe(root, event)
+
+    def _observe(self, root: str, event: Any) -> None:
+        grouped = self._grouped.get(root)
+        for key, change in event.keys.items():
+            prompt_id = key.split("/", 1)[0]
+            self._statuses.pop(prompt_id, None)
+            if grouped is not None:
+                keys = grouped.setdefault(prompt_id, set())
+                if change["action"] == "delete":
+                    keys.discard(key)
+                    if not keys:
+                        del grouped[prompt_id]
+                else:
+                    keys.add(key)
+            for feed in self._feeds:
+                feed.add(prompt_id)
+
     def _mutate(self, change: Callable[[], object]) -> bytes:
+        if self._batching:
+            change()
+            return b""
         self._captured.clear()
-        self._index = None
         with self._doc.transaction():
             change()
         if len(self._captured) != 1:
             raise LocalProtocolError("a mutation must produce exactly one update")
         return self._captured.pop()
-
-    def _keys(self) -> _Index:
-        if self._index is None:
-            index = _Index()
-            for key in self._maps["claims"]:
-                index.claims[key.split("/", 1)[0]].append(key)
-            for key in self._maps["results"]:
-                index.results[key.split("/", 1)[0]].append(key)
-            self._index = _Index(claims=dict(index.claims), results=dict(index.results))
-        return self._index
 
     def _all(self, convert: Callable[[str, object], T], root: str) -> Iterator[T]:
         return self._read(convert, root, list(self._maps[root]))

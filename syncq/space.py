@@ -273,7 +273,7 @@ class Space:
     @property
     def device_id(self) -> DeviceId:
         """This device's id."""
-        return self.device.device_id
+        return DeviceId(self._author.hex())
 
     @property
     def is_relay(self) -> bool:
@@ -383,6 +383,12 @@ class Space:
         with self._lock:
             if self.log.stream(prompt_id) is not None:
                 self._write(lambda log: log.drop_stream(prompt_id))
+
+    def write(self, changes: Callable[[Log], object]) -> None:
+        """Make several changes as one envelope (``Log.batch``): a scheduler's claims, or a
+        run's "running" mark with its first output."""
+        with self._lock:
+            self._write(lambda log: log.batch(changes))
 
     def put_claim(self, claim: Claim) -> None:
         """Write a claim (used by the scheduler, and by tests of the lifecycle)."""
@@ -504,7 +510,7 @@ class Space:
     def envelopes(self, after: Mapping[bytes, int] | None = None) -> Iterator[bytes]:
         """Stored envelopes the holder of ``after`` lacks, per author in seq order."""
         after = after or {}
-        for author in self.store.authors():
+        for author in self.store.tops():
             for row in self.store.rows(author, after.get(author, 0)):
                 yield row.data
 
@@ -515,8 +521,10 @@ class Space:
         order, never across a gap in this store, at most ``max_count`` and about ``max_bytes``."""
         batch: list[tuple[bytes, int, bytes]] = []
         size = 0
-        for author in self.store.authors():
+        for author, top in self.store.tops().items():
             after = peer_vv.get(author, 0)
+            if top <= after:
+                continue
             for row in self.store.rows(author, after):
                 if (
                     row.seq != after + 1
@@ -653,7 +661,10 @@ class Space:
                     self._apply(log, seq, fresh[(author, seq)])
                     self._applied[author] = seq
                     applied += 1
-        authors = sorted({a for a, _ in fresh}) if fresh is not None else self.store.authors()
+        if fresh is not None:
+            authors = sorted({a for a, _ in fresh})
+        else:
+            authors = [a for a, top in self.store.tops().items() if top > self._applied.get(a, 0)]
         for author in authors:
             done = self._applied.get(author, 0)
             for row in self.store.rows(author, done):

@@ -116,8 +116,8 @@ class Store(Protocol):
         """Store envelopes from elsewhere; exact duplicates are dropped, conflicts refused."""
         ...
 
-    def authors(self) -> list[bytes]:
-        """Every author with at least one envelope."""
+    def tops(self) -> dict[bytes, int]:
+        """Per author with at least one envelope, the highest seq stored."""
         ...
 
     def rows(self, author: bytes, after: int = 0) -> Iterator[Row]:
@@ -192,6 +192,9 @@ class SqliteStore:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn: sqlite3.Connection | None = conn
         self.path = path
+        # ``tops`` is asked on every read of the log and every batch sent to a peer: it is
+        # cached until a write here, or another process's commit (data_version), changes it.
+        self._tops: tuple[int, dict[bytes, int]] | None = None
 
     @classmethod
     def create(cls, path: Path) -> SqliteStore:
@@ -240,6 +243,7 @@ class SqliteStore:
 
     def append_own(self, author: bytes, seals: Sequence[Callable[[int], bytes]]) -> list[int]:
         """Allocate seqs and store each ``seal(seq)`` in one transaction."""
+        self._tops = None
         with self._write() as conn:
             last = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM envelopes WHERE author = ?", (author,)
@@ -252,9 +256,17 @@ class SqliteStore:
         return seqs
 
     def put(self, rows: Sequence[Row]) -> PutReport:
-        """Store envelopes from elsewhere in one transaction."""
+        """Store envelopes from elsewhere in one transaction.
+
+        Without an fsync of its own (synchronous=NORMAL): the commit is atomic and survives the
+        process being killed, and power loss can only drop the last few received envelopes,
+        which their authors (who stored them with an fsync) send again on the next sync, as
+        HAVE is computed from what is stored. Own envelopes are different: losing one would let
+        this device reuse a seq that peers already saw.
+        """
         report = PutReport()
-        with self._write() as conn:
+        self._tops = None
+        with self._write(durable=False) as conn:
             for row in rows:
                 found = conn.execute(
                     "SELECT data FROM envelopes WHERE author = ? AND seq = ?", (row.author, row.seq)
@@ -271,9 +283,13 @@ class SqliteStore:
                     report.conflicts.append(row)
         return report
 
-    def authors(self) -> list[bytes]:
-        """Every author with at least one envelope."""
-        return [r[0] for r in self._read("SELECT DISTINCT author FROM envelopes ORDER BY author")]
+    def tops(self) -> dict[bytes, int]:
+        """Per author with at least one envelope, the highest seq stored."""
+        version = self.data_version()
+        if self._tops is None or self._tops[0] != version:
+            found = self._read("SELECT author, MAX(seq) FROM envelopes GROUP BY author ORDER BY author")
+            self._tops = (version, {author: top for author, top in found})
+        return self._tops[1]
 
     def rows(self, author: bytes, after: int = 0) -> Iterator[Row]:
         """The author's envelopes after ``after``, in seq order (fetched in pages)."""
@@ -404,9 +420,10 @@ class SqliteStore:
             raise StoreBroken(f"cannot read {self.path}: {exc}") from exc
 
     def _write(self, *, durable: bool = True) -> _WriteTransaction:
-        # Envelopes are written with synchronous=FULL: an add that returned, or an ACK sent to a
-        # peer, survives power loss. Caches and bookkeeping (checkpoint, metadata, peers,
-        # rejection counts) use NORMAL: still atomic, but they skip the fsync of every commit.
+        # Own envelopes are written with synchronous=FULL: an add that returned survives power
+        # loss. Received envelopes (see ``put``), caches and bookkeeping (checkpoint, metadata,
+        # peers, rejection counts) use NORMAL: still atomic, but they skip the fsync of every
+        # commit.
         return _WriteTransaction(self._connection(), self.path, durable)
 
 
@@ -487,9 +504,9 @@ class MemoryStore:
                 report.conflicts.append(row)
         return report
 
-    def authors(self) -> list[bytes]:
-        """Every author with at least one envelope."""
-        return sorted(a for a, rows in self._all().items() if rows)
+    def tops(self) -> dict[bytes, int]:
+        """Per author with at least one envelope, the highest seq stored."""
+        return {a: max(rows) for a, rows in sorted(self._all().items()) if rows}
 
     def rows(self, author: bytes, after: int = 0) -> Iterator[Row]:
         """The author's envelopes after ``after``, in seq order."""

@@ -100,6 +100,16 @@ def test_node_refuses_a_bad_or_busy_listen_address(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "cannot listen" in result.output
 
 
+def test_node_refuses_a_bad_value_in_its_config(tmp_path: Path) -> None:
+    run(tmp_path, "init")
+    (tmp_path / "config.toml").write_text('[node]\nmemory_budget = "lots"\n')
+    result = run(tmp_path, "node", "--listen", "127.0.0.1:0", "--no-discovery")
+    assert (
+        result.exit_code == 1 and "config.toml" in result.output and "'lots' is not a size" in result.output
+    )
+    assert "Traceback" not in result.output
+
+
 def test_status_says_when_no_node_runs(tmp_path: Path) -> None:
     run(tmp_path, "init")
     status = json.loads(run(tmp_path, "status", "--json").output)

@@ -10,6 +10,7 @@ import time
 import pytest
 from syncq.executors.base import ExecutorError, Job, ModelSpec
 from syncq.executors.manager import Cancelled, ModelManager, Settings, WorkerDied
+from syncq.executors.memory import Gpus, parse_size
 
 SPECS = {name: ModelSpec(name=name, backend="echo") for name in ("echo", "echo-b")}
 
@@ -170,6 +171,59 @@ def test_an_idle_worker_killed_from_outside_is_replaced() -> None:
             manager.workers["echo"].process.join(5)
             assert (await job(manager, "y"))[0] == "y"  # an idle worker that died is replaced
             assert manager.loads == 2
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_a_ram_budget_evicts_the_least_recently_used_model() -> None:
+    async def scenario(budget: int) -> list[str]:
+        manager = ModelManager(SPECS, Settings(max_loaded=4, memory_budget=budget))
+        try:
+            await job(manager, "x", model="echo")
+            await job(manager, "y", model="echo-b")
+            return [name for name in SPECS if manager.loaded(name)]
+        finally:
+            manager.close()
+
+    assert run(scenario(1)) == ["echo-b"]  # each worker alone is over budget: only the newest stays
+    assert run(scenario(parse_size("64G"))) == ["echo", "echo-b"]
+
+
+def test_sizes_read_as_users_write_them() -> None:
+    assert [parse_size(v) for v in (1024, "2K", "512M", "1.5G", "1GiB", " 3 MB ")] == [
+        1024,
+        2048,
+        512 << 20,
+        3 << 29,
+        1 << 30,
+        3 << 20,
+    ]
+    for bad in ("lots", "-1G", "1X", True, -5):
+        with pytest.raises(ValueError, match="not a size"):
+            parse_size(bad)
+
+
+GPUS = Gpus.find()
+
+
+@pytest.mark.skipif(GPUS is None, reason="needs an NVIDIA GPU, its driver and nvidia-ml-py (NVML)")
+def test_a_gpu_memory_budget_evicts_the_least_recently_used_model() -> None:
+    """Two models holding 1 GiB of GPU memory each under a 1.5 GiB budget: loading the second
+    unloads the first, as NVML counts it. Run on the lent GPU machine (see the closing note)."""
+    specs = {n: ModelSpec(name=n, backend="echo", options={"gpu_memory": "1G"}) for n in ("gpu-a", "gpu-b")}
+
+    async def scenario() -> None:
+        manager = ModelManager(specs, Settings(max_loaded=4, gpu_memory_budget=parse_size("1.5G")))
+        assert manager.gpus is not None
+        try:
+            await job(manager, "x", model="gpu-a")
+            a = manager.workers["gpu-a"].process.pid
+            assert manager.gpus.used_by([a]) >= 1 << 30
+            await job(manager, "y", model="gpu-b")
+            assert not manager.loaded("gpu-a") and manager.loaded("gpu-b")
+            assert manager.gpus.used_by([a]) == 0
         finally:
             manager.close()
 

@@ -42,6 +42,11 @@ def entry(home: Path, prompt_id: str):
         return space.log.entry(prompt_id)
 
 
+def status_on(home: Path, prompt_id: str) -> Status | None:
+    with Space.open(home) as space:
+        return space.log.status(prompt_id) if space.log.has_prompt(prompt_id) else None
+
+
 def test_three_echo_nodes_run_300_prompts_each_exactly_once(tmp_path: Path, nodes) -> None:
     with Space.init(tmp_path / "laptop", name="laptop") as laptop:
         workers = [configure(member(tmp_path, laptop, f"gpu{i}")) for i in range(3)]
@@ -75,6 +80,7 @@ def test_a_killed_node_s_job_is_taken_over_after_the_lease(tmp_path: Path, nodes
     with Space.open(a_home) as space:
         prompt = space.add("slow job", model="echo", params={"delay": 3})
     a.wait_event("running", prompt=prompt.id)
+    wait_until(lambda: status_on(b_home, prompt.id) is Status.RUNNING, what="b to see a's claim")
     a.kill()
     configure(b_home)  # b now runs executors too: restart it so it serves echo
     b.stop()
@@ -203,7 +209,7 @@ def test_log_follow_prints_new_prompts_and_status_changes(tmp_path: Path, nodes)
     )
     try:
         with Space.open(home) as space:
-            prompt = space.add("followed", model="echo")
+            prompt = space.add("followed", model="echo", params={"delay": 1})  # outlasts the follower's start
         assert follower.stdout is not None
         seen = []
         for line in follower.stdout:

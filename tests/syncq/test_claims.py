@@ -12,6 +12,7 @@ from syncq.claims import (
     backoff_ms,
     candidate,
     expiry_record,
+    first_choice,
     order,
     retry_at,
     won,
@@ -170,3 +171,21 @@ def test_losing_claims_never_keep_a_prompt_claimed(names: list[DeviceId]) -> Non
     assert top is not None
     facts = Facts(max_attempts=3, claims=claims, results=[failed(top.node, 1, 0)])
     assert derive_status(facts) is Status.QUEUED  # the losers never ran it
+
+
+@given(nodes, st.integers(0, 10**6))
+def test_exactly_one_node_has_a_prompt_as_first_choice_and_it_wins(names: list[DeviceId], n: int) -> None:
+    """Nodes that claim their first choices first never collide: for any prompt, exactly one
+    node of the mesh has it as a first choice, and that node would win the claim."""
+    pid = PromptId(new_prompt_id(1_700_000_000_000 + n, bytes(10)))
+    firsts = [me for me in names if first_choice(pid, me, [r for r in names if r != me])]
+    assert len(firsts) == 1
+    claims = [Claim(prompt_id=pid, node=node, attempt=1, heartbeat=1, running=False) for node in names]
+    assert won(claims, firsts[0], 1)
+
+
+def test_a_watch_forgets_a_finished_prompt() -> None:
+    watch = HeartbeatWatch()
+    watch.observe([claim("aa")], 0)
+    watch.forget(PID)
+    assert not watch.stale(claim("aa"), POLICY.lease_ms * 10, POLICY)  # never seen: not stale

@@ -99,3 +99,40 @@ def test_status_fast_path_agrees_with_the_full_entry() -> None:
 def test_garbage_payload_is_a_malformed_envelope() -> None:
     with pytest.raises(MalformedEnvelope):
         Log(client_id=1).apply(b"\x01\x01\x05")
+
+
+def test_the_change_feed_names_each_prompt_whose_facts_changed() -> None:
+    log, other = Log(client_id=1), Log(client_id=2)
+    first, second = prompt(1), prompt(2)
+    added(log, first)
+    feed = log.follow()
+    assert feed.drain() == {first.id}  # everything there is, the first time
+    assert feed.drain() == set()
+    other.apply(added(other, second, client=7))
+    log.apply(other.state())  # from a peer
+    update = log.put_claim(Claim(prompt_id=first.id, node=DEV, attempt=1, heartbeat=1, running=False))
+    assert feed.drain() == {first.id, second.id}
+    log.append_stream(first.id, "streamed output is not a fact")
+    assert feed.drain() == set()
+    assert log.status(first.id) is Status.CLAIMED
+    other.apply(log.state())
+    other.apply(update)
+    assert other.status(first.id) is Status.CLAIMED
+
+
+def test_a_batch_of_mutations_is_one_update() -> None:
+    here, there = Log(client_id=1), Log(client_id=2)
+    a, b = prompt(1), prompt(2)
+    there.apply(added(here, a, b))
+    update = here.batch(
+        lambda log: (
+            [
+                log.put_claim(Claim(prompt_id=p.id, node=DEV, attempt=1, heartbeat=1, running=True))
+                for p in (a, b)
+            ]
+            + [log.append_stream(a.id, "first words")]
+        )
+    )
+    there.apply(update)
+    assert [there.status(p.id) for p in (a, b)] == [Status.RUNNING, Status.RUNNING]
+    assert there.stream(a.id) == "first words"

@@ -33,7 +33,7 @@ def test_append_own_allocates_gapless_seqs(store: Store) -> None:
     assert [r.data for r in store.rows(A, after=2)] == [b"z\x00\x03"]
     assert store.gapless_seqs() == {A: 3, B: 1}
     assert store.count() == 4
-    assert store.authors() == [A, B]
+    assert store.tops() == {A: 3, B: 1}
 
 
 def test_a_failing_seal_stores_nothing(store: Store) -> None:
@@ -167,5 +167,19 @@ def test_data_version_changes_when_another_connection_commits(tmp_path: Path) ->
     assert one.data_version() == before  # own commits do not count
     two.append_own(A, seals(b"theirs"))
     assert one.data_version() != before
+    one.close()
+    two.close()
+
+
+def test_tops_see_writes_from_this_and_other_connections(tmp_path: Path) -> None:
+    one = SqliteStore.create(tmp_path / "s.db")
+    two = SqliteStore.open(tmp_path / "s.db")
+    assert one.tops() == {}
+    one.append_own(A, seals(b"x"))
+    assert one.tops() == {A: 1}
+    two.put([Row(B, 4, b"y")])
+    assert one.tops() == {A: 1, B: 4}  # the cache notices another process's commit
+    one.put([Row(B, 5, b"z")])
+    assert one.tops() == two.tops() == {A: 1, B: 5}
     one.close()
     two.close()

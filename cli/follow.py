@@ -1,7 +1,8 @@
 """Waiting on the log: `add --wait/--follow` and `log --follow`.
 
-Both watch the local store (SQLite's data_version, every 5 ms) and re-read the Doc when it
-changes; the node running in this home is what brings results and streams from other devices.
+Both sleep until the local store's files change (``syncq.watch``), check SQLite's
+data_version and re-read the Doc when it moved; the node running in this home is what brings
+results and streams from other devices.
 """
 
 from __future__ import annotations
@@ -18,19 +19,26 @@ from syncq.errors import UserError
 from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Entry
 
-POLL_S = 0.005
+SAFETY_S = 1.0  # a look this often even without a change reported
 
 
 def _changes(space: Any, timeout: float | None) -> Any:
     """Yield each time the store changed (and once at first), until ``timeout``."""
+    from syncq.watch import StoreWatch
+
     deadline = None if timeout is None else time.monotonic() + timeout
     version = None
-    while deadline is None or time.monotonic() < deadline:
-        now = space.store.data_version()
-        if now != version:
-            version = now
-            yield
-        time.sleep(POLL_S)
+    watch = StoreWatch(space.paths.root)
+    try:
+        while (left := SAFETY_S if deadline is None else deadline - time.monotonic()) > 0:
+            now = space.store.data_version()
+            if now != version:
+                version = now
+                yield
+            if watch.wait(min(left, SAFETY_S)):
+                watch.recheck(lambda: space.store.data_version() != version)  # noqa: B023 (used at once)
+    finally:
+        watch.close()
     raise UserError(f"gave up waiting after {timeout:g} s; the prompt stays queued (see `syncq log`)")
 
 

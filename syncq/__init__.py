@@ -1,8 +1,63 @@
 """syncq: run AI prompts across all of one person's devices, end-to-end encrypted.
 
-The library lives here: a pure core (``ids``, ``yjs``, ``crypto``, ``records``, ``lifecycle``,
-``log``, ``errors``) beside its local storage (``store``, ``keys``, ``space``). Start with
-``syncq.space.Space``. This module imports nothing heavy, so that the CLI starts fast.
+The Python API (``syncq.client``), blocking and asyncio::
+
+    import syncq
+
+    space = syncq.open()
+    p = space.add("Why is the sky blue?", model="gemma3-270m")
+    print(space.result(p.id, timeout=60).text)
+
+    async with syncq.aopen() as space:
+        print((await space.run("Why is the sky blue?", model="gemma3-270m")).text)
+
+Beneath it, the library: a pure core (``ids``, ``yjs``, ``crypto``, ``records``, ``lifecycle``,
+``log``, ``claims``, ``protocol``, ``errors``) beside its local storage (``store``, ``keys``,
+``space``). The names below are imported on first use, so that ``import syncq`` (and the CLI)
+stays fast.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "open": "syncq.client",
+    "aopen": "syncq.client",
+    "Client": "syncq.client",
+    "AsyncClient": "syncq.client",
+    "Outcome": "syncq.client",
+    "MeshModel": "syncq.client",
+    "Status": "syncq.lifecycle",
+    "SyncqError": "syncq.errors",
+    "UserError": "syncq.errors",
+    "WaitTimeout": "syncq.errors",
+}
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "MeshModel",
+    "Outcome",
+    "Status",
+    "SyncqError",
+    "UserError",
+    "WaitTimeout",
+    "__version__",
+    "aopen",
+    "open",
+]
+
+if TYPE_CHECKING:
+    from syncq.client import AsyncClient, Client, MeshModel, Outcome, aopen, open
+    from syncq.errors import SyncqError, UserError, WaitTimeout
+    from syncq.lifecycle import Status
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'syncq' has no attribute {name!r}")

@@ -12,6 +12,7 @@ The whole tree, so a caller can see at a glance what to catch::
     │   ├── UnknownId               no prompt starts with that id prefix
     │   ├── AmbiguousId             several prompts start with it (carries the candidates)
     │   ├── InvalidState            e.g. cancelling a prompt that is already done
+    │   ├── WaitTimeout             gave up waiting for a result; the prompt stays queued
     │   └── RelayOnly               a relay's home holds only ciphertext: it cannot read or write
     ├── EnvelopeRejected            an envelope that must never be applied (counted, reported)
     │   ├── MalformedEnvelope       bytes that do not decode as an envelope
@@ -81,6 +82,11 @@ class AmbiguousId(UserError):
 
 class InvalidState(UserError):
     """The operation does not apply to the prompt in its current status."""
+
+
+class WaitTimeout(UserError):
+    """Waiting for a prompt's result took longer than the caller allowed; the prompt itself
+    is untouched (still queued or running)."""
 
 
 class RelayOnly(UserError):

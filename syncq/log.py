@@ -53,8 +53,9 @@ class Changes:
     for a consumer that keeps derived state, such as the scheduler, instead of rescanning the
     whole log on every change."""
 
-    def __init__(self, initial: Iterable[str]) -> None:
+    def __init__(self, initial: Iterable[str], *, streams: bool = False) -> None:
         self._ids: set[str] = set(initial)
+        self.streams = streams  # also name prompts whose streamed output grew
 
     def add(self, prompt_id: str) -> None:
         """Note a change (called by the log)."""
@@ -87,6 +88,7 @@ class Log:
         self._doc.observe(self._capture)
         # pycrdt drops an observer when its subscription is garbage collected: keep them.
         self._subscriptions = [self._maps[name].observe(self._observer(name)) for name in _FACTS]
+        self._subscriptions.append(self._maps["streams"].observe_deep(self._observe_streams))
 
     # -- state in and out ------------------------------------------------------------------
 
@@ -104,9 +106,10 @@ class Log:
         """The whole state as one update (what a checkpoint stores)."""
         return self._doc.get_update()
 
-    def follow(self) -> Changes:
-        """A feed of changed prompt ids from now on, starting with every prompt there is."""
-        feed = Changes(self._maps["prompts"].keys())
+    def follow(self, *, streams: bool = False) -> Changes:
+        """A feed of changed prompt ids from now on, starting with every prompt there is; with
+        ``streams``, output streamed into a prompt counts as a change too."""
+        feed = Changes(self._maps["prompts"].keys(), streams=streams)
         self._feeds.append(feed)
         return feed
 
@@ -295,6 +298,15 @@ class Log:
                     keys.add(key)
             for feed in self._feeds:
                 feed.add(prompt_id)
+
+    def _observe_streams(self, events: list[Any]) -> None:
+        for event in events:
+            path = getattr(event, "path", None)
+            ids = [str(path[0])] if path else list(getattr(event, "keys", {}))
+            for feed in self._feeds:
+                if feed.streams:
+                    for prompt_id in ids:
+                        feed.add(prompt_id)
 
     def _mutate(self, change: Callable[[], object]) -> bytes:
         if self._batching:

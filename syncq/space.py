@@ -215,7 +215,7 @@ class Space:
         entropy: Callable[[int], bytes],
         clock: Callable[[], int],
     ) -> Space:
-        paths = HomePaths(home)
+        paths = HomePaths(Path(home))  # a str works too
         if paths.space_key.exists():
             raise AlreadyInitialized(f"{home} holds a space already (see `syncq status`)")
         if paths.database.exists():
@@ -243,7 +243,7 @@ class Space:
     ) -> Space:
         """Open the space in ``home``. Raises ``NotInitialized``, ``HomeError``,
         ``InsecureKeyFile`` or ``StoreBroken``."""
-        paths = HomePaths(home)
+        paths = HomePaths(Path(home))  # a str works too
         paths.check_initialized()
         keys = load_space(paths)
         device, name = load_device(paths)

@@ -112,8 +112,11 @@ def test_the_change_feed_names_each_prompt_whose_facts_changed() -> None:
     log.apply(other.state())  # from a peer
     update = log.put_claim(Claim(prompt_id=first.id, node=DEV, attempt=1, heartbeat=1, running=False))
     assert feed.drain() == {first.id, second.id}
+    outputs = log.follow(streams=True)
+    outputs.drain()
     log.append_stream(first.id, "streamed output is not a fact")
     assert feed.drain() == set()
+    assert outputs.drain() == {first.id}  # but a feed that asks for streams hears of it
     assert log.status(first.id) is Status.CLAIMED
     other.apply(log.state())
     other.apply(update)

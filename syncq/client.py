@@ -1,0 +1,374 @@
+"""The Python API: a space seen from a program, blocking (``Client``) or asyncio (``AsyncClient``).
+
+Blocking::
+
+    import syncq
+
+    space = syncq.open()  # the home: $SYNCQ_HOME, else the user data dir
+    p = space.add("Why is the sky blue?", model="gemma3-270m")
+    for chunk in space.stream(p.id):  # output as it arrives, from whichever node runs it
+        print(chunk, end="", flush=True)
+    print(space.result(p.id, timeout=60).node_name)
+
+asyncio::
+
+    async with syncq.aopen() as space:
+        outcome = await space.run("Why is the sky blue?", model="gemma3-270m")
+        async for chunk in space.stream(other.id): ...
+
+Both write to the local store, as ``syncq add`` does, and wait on it: the node running in this
+home is what brings results from other devices, and with no node running a prompt simply stays
+queued. Waiting sleeps until the store's files change (``syncq.watch``: inotify, no polling),
+then reads the log once and wakes only the waiters whose prompt changed (``Log.follow``), so one
+asyncio process can hold thousands of prompts in flight without a thread each. A timeout raises
+``WaitTimeout`` and leaves the prompt queued; cancelling an awaiting task leaves the prompt as it
+is (``cancel`` is the way to stop it). Every error is a ``SyncqError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from syncq.errors import WaitTimeout
+from syncq.ids import PromptId
+from syncq.keys import resolve_home
+from syncq.lifecycle import TERMINAL, Status
+from syncq.log import Changes, Entry, Log
+from syncq.records import NodeInfo, ParamValue, Prompt
+from syncq.space import Space
+from syncq.watch import RECHECK_S, StoreWatch
+
+SAFETY_S = 1.0  # a look at the store this often even without a change reported (lost events)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """Where a prompt stands: for ``result``, how it ended (done, failed or cancelled)."""
+
+    prompt_id: PromptId
+    status: Status
+    text: str = ""  # the answer (the canonical run's output)
+    error: str | None = None
+    node: str = ""  # id of the node that ran it
+    node_name: str = ""
+    model: str = ""
+    usage: Mapping[str, ParamValue] = field(default_factory=dict)  # tokens, ms_total, ...
+    started_at: int | None = None  # wall clock, ms
+    finished_at: int | None = None
+    runs: int = 0  # runs recorded: more than one after retries or a partition
+
+    @property
+    def ok(self) -> bool:
+        """Whether it is done."""
+        return self.status is Status.DONE
+
+    @classmethod
+    def of(cls, entry: Entry) -> Outcome:
+        """The outcome an entry of the log tells."""
+        run = entry.result
+        return cls(
+            prompt_id=entry.prompt.id,
+            status=entry.status,
+            text=run.output if run is not None and entry.status is Status.DONE else "",
+            error=run.error if run is not None and entry.status is not Status.DONE else None,
+            node=run.node if run is not None else "",
+            node_name=run.node_name if run is not None else "",
+            model=entry.prompt.model,
+            usage=run.usage if run is not None else {},
+            started_at=run.started_at if run is not None else None,
+            finished_at=run.finished_at if run is not None else None,
+            runs=len(entry.results),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshModel:
+    """A model some node of the mesh serves."""
+
+    name: str
+    backend: str
+    nodes: tuple[str, ...]  # names of the nodes that serve it
+    warm: tuple[str, ...]  # those that have it loaded now
+
+
+def open(home: str | os.PathLike[str] | None = None) -> Client:
+    """The space in ``home`` (default: ``$SYNCQ_HOME``, else the user data dir), blocking.
+    Raises ``NotInitialized`` (run ``syncq init``), ``HomeError`` or ``InsecureKeyFile``."""
+    return Client(Space.open(resolve_home(home, os.environ)))
+
+
+def aopen(home: str | os.PathLike[str] | None = None) -> AsyncClient:
+    """The space in ``home`` for asyncio: ``async with syncq.aopen() as space``."""
+    return AsyncClient(Space.open(resolve_home(home, os.environ)))
+
+
+class _Verbs:
+    """What both faces do without waiting."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+        self._watch = StoreWatch(space.paths.root)
+
+    def add(
+        self,
+        prompt: str,
+        *,
+        model: str,
+        params: Mapping[str, ParamValue] | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+    ) -> Prompt:
+        """Queue a prompt (stored durably before it returns). Raises ``InvalidInput``."""
+        return self.space.add(
+            prompt, model=model, params=params, priority=priority, max_attempts=max_attempts
+        )
+
+    def get(self, prompt_id: str) -> Entry:
+        """Everything known about a prompt (an id or a unique prefix). Raises ``UnknownId``."""
+        return self.space.show(prompt_id)
+
+    def cancel(self, prompt_id: str) -> Entry:
+        """Stop the prompt wherever it runs. Raises ``InvalidState`` if it already ended."""
+        return self.space.cancel(prompt_id)
+
+    def retry(self, prompt_id: str) -> Entry:
+        """Queue a failed prompt again."""
+        return self.space.retry(prompt_id)
+
+    def log(
+        self, *, limit: int | None = 20, status: str | None = None, model: str | None = None
+    ) -> list[Entry]:
+        """The latest prompts, oldest first, optionally of one status or model."""
+        return self.space.entries(limit=limit, status=status, model=model)
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node of the mesh that announced itself."""
+        return self.space.log.nodes()
+
+    def models(self) -> list[MeshModel]:
+        """Every model of the mesh, with the nodes that serve it."""
+        found: dict[str, list[tuple[str, str, bool]]] = {}
+        for node in self.nodes():
+            for ad in node.models:
+                found.setdefault(ad.name, []).append((node.name, ad.backend, ad.loaded))
+        return [
+            MeshModel(
+                name=name,
+                backend=served[0][1],
+                nodes=tuple(n for n, _, _ in served),
+                warm=tuple(n for n, _, loaded in served if loaded),
+            )
+            for name, served in sorted(found.items())
+        ]
+
+    def close(self) -> None:
+        """Close the store and stop watching it (idempotent)."""
+        self._watch.close()
+        self.space.close()
+
+
+class Client(_Verbs):
+    """A space for a blocking program (``syncq.open``); one thread at a time."""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def result(self, prompt_id: str, *, timeout: float | None = None) -> Outcome:
+        """Wait until the prompt is done, failed or cancelled. Raises ``WaitTimeout``."""
+        for entry in self._changes(prompt_id, timeout):
+            if entry.status in TERMINAL:
+                return Outcome.of(entry)
+        raise AssertionError("unreachable: _changes ends by raising")
+
+    def stream(self, prompt_id: str, *, timeout: float | None = None) -> Iterator[str]:
+        """The output as it arrives, chunk by chunk, ending when the prompt ends (the rest of
+        the final answer comes last). Raises ``WaitTimeout``."""
+        sent = ""
+        for entry in self._changes(prompt_id, timeout):
+            chunk, sent, ended = _next_chunk(entry, sent)
+            if chunk:
+                yield chunk
+            if ended:
+                return
+
+    def run(
+        self,
+        prompt: str,
+        *,
+        model: str,
+        params: Mapping[str, ParamValue] | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> Outcome:
+        """``add`` then ``result``."""
+        added = self.add(prompt, model=model, params=params, priority=priority)
+        return self.result(added.id, timeout=timeout)
+
+    def _changes(self, prompt_id: str, timeout: float | None) -> Iterator[Entry]:
+        prompt_id = self.space.resolve(prompt_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        version = None
+        while True:
+            now = self.space.store.data_version()
+            if now != version:
+                version = now
+                yield self.space.log.entry(prompt_id)
+            left = SAFETY_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"gave up waiting for {prompt_id} after {timeout:g} s; it stays queued")
+            if self._watch.wait(min(left, SAFETY_S)):
+                self._watch.recheck(functools.partial(self._moved, version))
+
+    def _moved(self, version: int | None) -> bool:
+        return self.space.store.data_version() != version
+
+
+class AsyncClient(_Verbs):
+    """A space for an asyncio program (``syncq.aopen``): use it from one event loop."""
+
+    def __init__(self, space: Space) -> None:
+        super().__init__(space)
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._log: Log | None = None
+        self._feed: Changes | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._rechecks: list[asyncio.TimerHandle] = []
+
+    async def __aenter__(self) -> AsyncClient:
+        loop = asyncio.get_running_loop()
+        fd = self._watch.fileno()
+        if fd is not None:
+            loop.add_reader(fd, self._changed)
+        self._ticker = asyncio.ensure_future(self._tick(SAFETY_S if fd is not None else 0.05))
+        self._look()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop watching and close the store (idempotent)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        for handle in self._rechecks:
+            handle.cancel()
+        fd = self._watch.fileno()
+        if fd is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_reader(fd)
+        super().close()
+
+    async def result(self, prompt_id: str, *, timeout: float | None = None) -> Outcome:
+        """Wait until the prompt is done, failed or cancelled. Raises ``WaitTimeout``."""
+        async for entry in self._changes(prompt_id, timeout):
+            if entry.status in TERMINAL:
+                return Outcome.of(entry)
+        raise AssertionError("unreachable: _changes ends by raising")
+
+    async def stream(self, prompt_id: str, *, timeout: float | None = None) -> AsyncIterator[str]:
+        """The output as it arrives, chunk by chunk, ending when the prompt ends (the rest of
+        the final answer comes last). Raises ``WaitTimeout``."""
+        sent = ""
+        async for entry in self._changes(prompt_id, timeout):
+            chunk, sent, ended = _next_chunk(entry, sent)
+            if chunk:
+                yield chunk
+            if ended:
+                return
+
+    async def run(
+        self,
+        prompt: str,
+        *,
+        model: str,
+        params: Mapping[str, ParamValue] | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> Outcome:
+        """``add`` then ``result``."""
+        added = self.add(prompt, model=model, params=params, priority=priority)
+        return await self.result(added.id, timeout=timeout)
+
+    def cancel(self, prompt_id: str) -> Entry:
+        """Stop the prompt wherever it runs. Raises ``InvalidState`` if it already ended."""
+        entry = super().cancel(prompt_id)
+        self._look()  # our own write: data_version does not change for it
+        return entry
+
+    async def _changes(self, prompt_id: str, timeout: float | None) -> AsyncIterator[Entry]:
+        if self._ticker is None:
+            raise RuntimeError("use the AsyncClient inside `async with syncq.aopen() as space:`")
+        prompt_id = self.space.resolve(prompt_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            changed = asyncio.Event()  # registered before the read: no change slips between
+            self._waiters.setdefault(prompt_id, set()).add(changed)
+            try:
+                yield self.space.log.entry(prompt_id)
+                left = None if deadline is None else deadline - time.monotonic()
+                # A deadline per wait, not a timeout around the generator: the caller's own
+                # awaits between chunks must never receive our cancellation.
+                await asyncio.wait_for(changed.wait(), left)
+            except TimeoutError:
+                raise WaitTimeout(
+                    f"gave up waiting for {prompt_id} after {timeout:g} s; it stays queued"
+                ) from None
+            finally:
+                self._forget(prompt_id, changed)
+
+    def _forget(self, prompt_id: str, changed: asyncio.Event) -> None:
+        waiting = self._waiters.get(prompt_id)
+        if waiting is not None:
+            waiting.discard(changed)
+            if not waiting:
+                del self._waiters[prompt_id]
+
+    async def _tick(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self._look()
+
+    def _changed(self) -> None:
+        self._watch.drain()
+        self._look()
+        loop = asyncio.get_running_loop()
+        # The commit becomes visible a moment after its writes (syncq.watch).
+        self._rechecks = [h for h in self._rechecks if not h.cancelled() and h.when() > loop.time()]
+        self._rechecks += [loop.call_later(delay, self._look) for delay in RECHECK_S]
+
+    def _look(self) -> None:
+        """Read the log once and wake the waiters of every prompt that changed."""
+        log = self.space.log
+        if log is not self._log or self._feed is None:
+            self._log, self._feed = log, log.follow(streams=True)
+            woken: Sequence[str] = list(self._waiters)
+        else:
+            woken = [p for p in self._feed.drain() if p in self._waiters]
+        for prompt_id in woken:
+            for changed in self._waiters.get(prompt_id, ()):
+                changed.set()
+
+
+def _next_chunk(entry: Entry, sent: str) -> tuple[str, str, bool]:
+    """What is new in the entry's output since ``sent``: (chunk, output so far, ended)."""
+    ended = entry.status in TERMINAL
+    output = (entry.result.output if entry.result is not None else "") if ended else (entry.stream or "")
+    if len(output) > len(sent) and output.startswith(sent):
+        return output[len(sent) :], output, ended
+    return "", sent, ended
+
+
+__all__ = ["AsyncClient", "Client", "MeshModel", "Outcome", "aopen", "open"]

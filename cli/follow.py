@@ -24,11 +24,11 @@ SAFETY_S = 1.0  # a look this often even without a change reported
 
 def _changes(space: Any, timeout: float | None) -> Any:
     """Yield each time the store changed (and once at first), until ``timeout``."""
-    from syncq.watch import StoreWatch
+    from syncq.watch import FolderWatch
 
     deadline = None if timeout is None else time.monotonic() + timeout
     version = None
-    watch = StoreWatch(space.paths.root)
+    watch = FolderWatch(space.paths.root)
     try:
         while (left := SAFETY_S if deadline is None else deadline - time.monotonic()) > 0:
             now = space.store.data_version()

@@ -23,7 +23,7 @@ KINDS = ("llm", "asr", "image")
 
 
 # Commands whose module is imported only when they run: `syncq add` must start fast.
-LAZY = {name: "syncq.cli.mesh" for name in ("node", "invite", "join", "peers")}
+LAZY = {name: "syncq.cli.mesh" for name in ("node", "invite", "join", "peers", "portal")}
 
 
 class SyncqGroup(click.Group):

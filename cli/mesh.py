@@ -55,8 +55,10 @@ def node(
     import asyncio  # here, not at the top: `syncq add` must not pay for it
     import signal
 
+    from syncq.executors.models import node_config
     from syncq.node.daemon import Node
     from syncq.node.logs import NodeLog
+    from syncq.node.portal import portal_roots
 
     from syncq.invite import peer_url
 
@@ -64,6 +66,7 @@ def node(
     urls = [peer_url(p) for p in peers]
     space = _open(ctx)
     scheduler = None if no_executors or space.is_relay else _scheduler_factory(space.paths.root)
+    portals = portal_roots(space.paths.root, node_config(space.paths.root))
     the_node = Node(
         space,
         host=host,
@@ -72,6 +75,7 @@ def node(
         discovery=not no_discovery,
         discovery_interfaces=list(interfaces) or None,
         scheduler=scheduler,
+        portals=portals,
     )
 
     async def serve() -> None:
@@ -280,3 +284,30 @@ def _peer_json(peer: Any, running: bool) -> dict[str, Any]:
     import dataclasses
 
     return {**dataclasses.asdict(peer), "connected": bool(peer.connected and running)}
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def portal(ctx: click.Context, as_json: bool) -> None:
+    """Print the file portal's folders: drop request folders into inbox/ (rename them in).
+
+    \b
+    Example:
+      mkdir /tmp/q && printf 'model: echo\\nprompt: hi\\n' > /tmp/q/request.yaml
+      mv /tmp/q "$(syncq portal --json | jq -r '.portals[0].inbox')/"
+    """
+    from syncq.executors.models import node_config
+    from syncq.node.portal import FOLDERS, portal_roots
+
+    home = _open(ctx).paths.root
+    roots = portal_roots(home, node_config(home))
+    found = [{"root": str(root), **{name: str(root / name) for name in FOLDERS}} for root in roots]
+    if as_json:
+        click.echo(json.dumps({"portals": found}))
+        return
+    for entry in found:
+        click.echo(entry["root"])
+        for name in FOLDERS:
+            click.echo(f"  {name + '/':8} {entry[name]}")
+    click.echo("Write a request folder elsewhere, then rename it into inbox/ (the node must run).")

@@ -9,7 +9,8 @@ The node is a thin asyncio shell around the library: ``Space`` stores and verifi
   processes (`syncq add` while the node runs) are forwarded within ~5 ms, and peers added with
   `syncq peers add` are dialled;
 - presence (``nodes[id]``, at most once a minute) and a heartbeat in the store's metadata that
-  `syncq status` reads to say whether a node runs.
+  `syncq status` reads to say whether a node runs;
+- the file portals (``portal``): request folders in, result folders out.
 
 All library calls run on the event-loop thread: each is a short SQLite transaction.
 """
@@ -21,7 +22,8 @@ import dataclasses
 import json
 import os
 import random
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import connect
@@ -37,6 +39,7 @@ from syncq.store import Peer
 
 from .connection import Connection
 from .logs import NodeLog
+from .portal import Portal
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -62,6 +65,7 @@ class Node:
         discovery: bool,
         discovery_interfaces: list[str] | None = None,
         scheduler: Callable[[Node], Scheduler] | None = None,
+        portals: Sequence[Path] = (),
     ) -> None:
         self.space = space
         self.host = host
@@ -75,6 +79,7 @@ class Node:
         self._background: set[asyncio.Task[None]] = set()
         self.url = ""
         self.scheduler = scheduler(self) if scheduler is not None and not space.is_relay else None
+        self.portals = [] if space.is_relay else [Portal(self, root) for root in portals]
         self._advertised: tuple[object, ...] | None = None
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
@@ -108,6 +113,7 @@ class Node:
             tasks.append(asyncio.create_task(self._presence()))
         if self.scheduler is not None:
             tasks.append(asyncio.create_task(self.scheduler.run()))
+        tasks += [asyncio.create_task(portal.run()) for portal in self.portals]
         if self.discovery:
             from .discovery import Discovery
 
@@ -223,13 +229,21 @@ class Node:
     def stored(self, source: Connection, added: int) -> None:
         """New envelopes arrived from ``source``: offer them to every other peer (gossip)."""
         self._wake_all(c for c in self.connections.values() if c is not source)
-        if self.scheduler is not None:
-            self.scheduler.wake()
+        self._log_moved()
         self.log.event("received", peer=source.label, envelopes=added, level="debug")
 
     def changed(self) -> None:
         """This node wrote to the log: offer the new envelopes to every peer."""
         self._wake_all(self.connections.values())
+        for portal in self.portals:
+            portal.wake()
+
+    def _log_moved(self) -> None:
+        """Envelopes from elsewhere (a peer, another process) reached the log."""
+        if self.scheduler is not None:
+            self.scheduler.wake()
+        for portal in self.portals:
+            portal.wake()
 
     def progress(self, conn: Connection) -> None:
         """Record how far behind the peer is (shown by `syncq peers`)."""
@@ -257,8 +271,7 @@ class Node:
                 continue
             version = now
             self._wake_all(self.connections.values())
-            if self.scheduler is not None:
-                self.scheduler.wake()
+            self._log_moved()
             self._dial_known()  # `syncq peers add` from another process
 
     async def _heartbeat(self) -> None:

@@ -215,6 +215,7 @@ class Scheduler:
                 monotonic_ms=int(mono * 1000),
                 watch=self.watch,
                 policy=self.policy,
+                holding=False,  # jobs held here were skipped above
             )
             if option is not None and self._warm_enough(option, mono):
                 found.append(option)

@@ -107,15 +107,26 @@ def candidate(
     monotonic_ms: int,
     watch: HeartbeatWatch,
     policy: Policy,
+    holding: bool = True,
 ) -> Candidate | None:
-    """Whether this node may claim the prompt now, and at which attempt."""
+    """Whether this node may claim the prompt now, and at which attempt.
+
+    ``holding`` says whether this node still runs (or waits to run) its own claim on the prompt.
+    A claim of this node that it does not hold was left by an earlier life of the node (killed
+    before it could finish): nobody else would take it over before the lease runs out, so the
+    node takes it over at once."""
     if status is Status.QUEUED:
         if wall_ms < retry_at(facts, policy):
             return None
         return Candidate(prompt_id=prompt_id, model=model, priority=priority, attempt=facts.next_attempt())
     if status in (Status.CLAIMED, Status.RUNNING):
         current = winner(facts.claims)
-        if current is None or current.node == me or not watch.stale(current, monotonic_ms, policy):
+        if current is None:
+            return None
+        if current.node == me:
+            if holding:
+                return None
+        elif not watch.stale(current, monotonic_ms, policy):
             return None
         return Candidate(
             prompt_id=prompt_id, model=model, priority=priority, attempt=facts.next_attempt(), expired=current
@@ -142,14 +153,19 @@ def won(claims: Sequence[Claim], me: DeviceId, attempt: int) -> bool:
 
 
 def expiry_record(stale: Claim, *, observer: DeviceId, observer_name: str, now_ms: int) -> Result:
-    """The failed run an observer records for a claim whose lease expired."""
+    """The failed run an observer records for a claim whose lease expired (or, when the
+    observer is the claim's own node, that it left behind when it stopped)."""
+    if stale.node == observer:
+        error = f"node {observer_name} stopped (killed or crashed) while it held this prompt"
+    else:
+        error = f"lease expired: node {stale.node[:12]} stopped sending heartbeats (seen by {observer_name})"
     return Result(
         prompt_id=stale.prompt_id,
         node=stale.node,
         node_name="",
         attempt=stale.attempt,
         status=RunStatus.FAILED,
-        error=f"lease expired: node {stale.node[:12]} stopped sending heartbeats (seen by {observer_name})",
+        error=error,
         started_at=now_ms,
         finished_at=now_ms,
         observer=observer,

@@ -43,7 +43,7 @@ from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Changes, Entry, Log
 from syncq.records import NodeInfo, ParamValue, Prompt
 from syncq.space import Space
-from syncq.watch import RECHECK_S, StoreWatch
+from syncq.watch import RECHECK_S, FolderWatch
 
 SAFETY_S = 1.0  # a look at the store this often even without a change reported (lost events)
 
@@ -114,7 +114,7 @@ class _Verbs:
 
     def __init__(self, space: Space) -> None:
         self.space = space
-        self._watch = StoreWatch(space.paths.root)
+        self._watch = FolderWatch(space.paths.root)
 
     def add(
         self,

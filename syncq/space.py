@@ -30,12 +30,13 @@ from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.errors import (
     AlreadyInitialized,
     EnvelopeRejected,
+    InvalidInput,
     InvalidState,
     RelayOnly,
     SeqConflict,
     StoreBroken,
 )
-from syncq.ids import DeviceId, PromptId, SpaceId, next_prompt_id, resolve_prefix
+from syncq.ids import DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
 from syncq.keys import HomePaths, load_device, load_space, save_device, save_space
 from syncq.lifecycle import TERMINAL, Status
 from syncq.records import (
@@ -83,6 +84,7 @@ class NewPrompt:
     params: Mapping[str, ParamValue] = field(default_factory=dict)
     priority: int = 0
     max_attempts: int = 3
+    id: PromptId | None = None  # from ``Space.new_prompt_id``: adding it again adds nothing
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -298,8 +300,13 @@ class Space:
         params: Mapping[str, ParamValue] | None = None,
         priority: int = 0,
         max_attempts: int = 3,
+        prompt_id: PromptId | None = None,
     ) -> Prompt:
         """Queue one prompt; returns it once it is durably stored.
+
+        With ``prompt_id`` (from ``new_prompt_id``) the add is idempotent: if the log holds that
+        prompt already, it is returned and nothing is written (a caller that crashed between
+        recording the id and adding it can simply add it again).
 
         Raises ``InvalidInput`` for bad arguments and ``StoreBroken`` if it cannot be stored.
         """
@@ -310,8 +317,15 @@ class Space:
             params=params or {},
             priority=priority,
             max_attempts=max_attempts,
+            id=prompt_id,
         )
         return self.add_many([new])[0]
+
+    def new_prompt_id(self) -> PromptId:
+        """A fresh prompt id, for a caller that must record it before adding (``add``)."""
+        with self._lock:
+            self._last_id = next_prompt_id(self._clock(), self._entropy(10), self._last_id)
+            return self._last_id
 
     def add_many(self, new: Sequence[NewPrompt]) -> list[Prompt]:
         """Queue several prompts in one store transaction (envelopes of up to ~512 KiB each).
@@ -320,6 +334,12 @@ class Space:
         """
         self._require_member()
         prompts = [self._make_prompt(n) for n in new]
+        known = {n.id for n in new if n.id is not None and self.log.has_prompt(n.id)}
+        if known:
+            stored = {p.id: self.log.prompt(p.id) for p in prompts if p.id in known}
+            fresh = self.add_many([n for n in new if n.id not in known]) if len(known) < len(new) else []
+            added = iter(fresh)
+            return [stored[p.id] if p.id in known else next(added) for p in prompts]
         with self._lock:
             seals, clock = [], self._blind_clock
             for batch in _batches(prompts, MAX_UPDATE_BYTES):
@@ -592,9 +612,13 @@ class Space:
 
     def _make_prompt(self, new: NewPrompt) -> Prompt:
         now = self._clock()
-        self._last_id = next_prompt_id(now, self._entropy(10), self._last_id)
+        if new.id is not None and not is_prompt_id(new.id):
+            raise InvalidInput(f"{new.id!r} is not a prompt id")
+        prompt_id = new.id
+        if prompt_id is None:
+            prompt_id = self._last_id = next_prompt_id(now, self._entropy(10), self._last_id)
         return Prompt(
-            id=self._last_id,
+            id=prompt_id,
             model=check_model(new.model),
             kind=PromptKind(new.kind),
             input=check_prompt_input(new.text),

@@ -1,9 +1,10 @@
-"""Waking up when the local store changes, without polling it.
+"""Waking up when a folder changes (the local store's, a portal's inbox), without polling.
 
 A node (or another program) commits to the home's SQLite database; each commit writes to the
-database's files in the home folder. ``StoreWatch`` asks Linux's inotify to report writes to
-that folder, so a waiter sleeps until something happened there and then reads the log once. The
-event carries no meaning of its own: the caller re-reads and checks (``PRAGMA data_version``).
+database's files in the home folder. ``FolderWatch`` asks Linux's inotify to report writes,
+new files and renames into a folder, so a waiter sleeps until something happened there and
+then reads the log once. The event carries no meaning of its own: the caller re-reads and
+checks (``PRAGMA data_version``).
 
 A commit is reported as its frames reach the WAL file, a moment *before* it becomes visible
 (SQLite then publishes it in the memory-mapped ``-shm`` index, which inotify does not see), so
@@ -29,8 +30,8 @@ _IN_MODIFY, _IN_CREATE, _IN_MOVED_TO = 0x2, 0x100, 0x80
 _IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
 
 
-class StoreWatch:
-    """Reports writes to the files of one folder (the home with the store's database)."""
+class FolderWatch:
+    """Reports writes, new files and renames into one folder (not its subfolders)."""
 
     def __init__(self, folder: Path) -> None:
         self._fd = _inotify(folder)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import member
+from harness import member, wait_until
 
 import syncq
 from syncq.space import Space
@@ -39,8 +39,8 @@ def test_blocking_add_stream_and_result_through_a_running_node(tmp_path: Path, n
         assert "".join(chunks) == words and len(chunks) > 1  # it streamed, in pieces
         outcome = space.result(p.id, timeout=30)
         assert outcome.ok and outcome.text == words and outcome.node_name == "gpu" and outcome.runs == 1
-        models = {m.name: m for m in space.models()}
-        assert models["echo"].nodes == models["echo"].warm == ("gpu",)  # served, and loaded now
+        models = wait_until(lambda: {m.name: m for m in space.models() if m.warm})  # advertised warm
+        assert models["echo"].nodes == models["echo"].warm == ("gpu",)
         assert [e.prompt.id for e in space.log()] == [p.id]
 
 

@@ -189,3 +189,32 @@ def test_a_watch_forgets_a_finished_prompt() -> None:
     watch.observe([claim("aa")], 0)
     watch.forget(PID)
     assert not watch.stale(claim("aa"), POLICY.lease_ms * 10, POLICY)  # never seen: not stale
+
+
+@given(nodes, st.integers(1, 3), st.integers(0, 10**9))
+def test_a_node_takes_back_its_own_claim_only_when_it_no_longer_holds_it(
+    names: list[DeviceId], attempt: int, mono: int
+) -> None:
+    """After a kill -9 and a restart, a node's old claim would otherwise wait a whole lease
+    (or forever, alone in the mesh): the node takes it over at once, at the next attempt."""
+    me = names[0]
+    mine = claim(me, attempt=attempt, running=True)
+    facts = Facts(max_attempts=5, claims=[mine])
+    status = derive_status(facts)
+    common = dict(
+        prompt_id=PID,
+        model="m",
+        priority=0,
+        status=status,
+        facts=facts,
+        me=me,
+        wall_ms=0,
+        monotonic_ms=mono,
+        watch=HeartbeatWatch(),
+        policy=POLICY,
+    )
+    assert candidate(**common, holding=True) is None
+    taken = candidate(**common, holding=False)
+    assert taken is not None and taken.attempt == attempt + 1 and taken.expired == mine
+    record = expiry_record(mine, observer=me, observer_name="gpu", now_ms=5)
+    assert record.status is RunStatus.FAILED and "gpu stopped" in (record.error or "")

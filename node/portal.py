@@ -1,0 +1,325 @@
+"""The file portal: requests as folders, not sockets (DESIGN.md section 9).
+
+A portal is a folder with ``inbox/ queued/ outbox/ errors/`` (the home's ``portal/``, plus any
+listed under ``portals`` in config.toml's ``[node]``). A client writes a request folder elsewhere
+and renames it into ``inbox/`` (only a complete rename counts: nothing is read before it is
+there whole). The request is ``request.yaml`` or ``request.json``::
+
+    model: gemma3-270m          # required
+    prompt: Why is the sky blue?   # or messages: [{role: user, content: ...}, ...]
+    params: {max_tokens: 64}
+    priority: 0
+
+Defaults cascade from ``defaults.yaml`` in the portal folder (the request wins; params merge).
+
+The node takes each request in three steps, each safe to repeat after a crash (kill -9)::
+
+    1. pick an id, write it to inbox/NAME/.syncq-id        (a crash here: the id is reused)
+    2. rename inbox/NAME -> queued/ID                      (atomic)
+    3. add the prompt with that id                         (``Space.add(prompt_id=)``: idempotent)
+
+On start, folders in ``queued/`` whose prompt the log lacks are added (step 3 again), and those
+left in ``inbox/`` are taken (step 1 reuses a recorded id). So a request is never lost and never
+added twice. When the prompt ends, on whichever device it ran, the node writes ``result.json``
+(status, text, error, usage, timings, node) into the folder and renames it to ``outbox/ID``;
+while an LLM runs, ``partial.txt`` holds the output so far. A bad request goes to
+``errors/NAME`` with ``error.txt`` saying what is wrong. The node never deletes anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from syncq.errors import InvalidInput, SyncqError, UserError
+from syncq.ids import PromptId, is_prompt_id
+from syncq.lifecycle import TERMINAL
+from syncq.log import Changes, Entry, Log
+from syncq.records import PromptKind, check_params
+from syncq.space import Space, wall_clock_ms
+from syncq.watch import FolderWatch
+
+if TYPE_CHECKING:
+    from .daemon import Node
+
+FOLDERS = ("inbox", "queued", "outbox", "errors")
+ID_FILE = ".syncq-id"
+MAX_REQUEST_BYTES = 1 << 20  # request.yaml / request.json
+MAX_FOLDER_BYTES = 512 << 20  # everything in one request folder
+SAFETY_S = 5.0  # a look at the inbox this often even without a change reported
+
+
+class BadRequest(UserError):
+    """A request folder the portal cannot take; the message goes to error.txt."""
+
+
+def portal_roots(home: Path, config: Mapping[str, Any]) -> list[Path]:
+    """The home's portal and those listed in config.toml's ``[node] portals``."""
+    extra = config.get("portals", [])
+    if not isinstance(extra, list) or not all(isinstance(p, str) for p in extra):
+        raise UserError(f"{home / 'config.toml'}: [node] portals must be a list of folder paths")
+    return [home / "portal", *(Path(p).expanduser() for p in extra)]
+
+
+def read_request(folder: Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The request in ``folder`` with the portal's defaults under it. Raises ``BadRequest``."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise BadRequest("a request must be a folder, not a file or a symbolic link")
+    files = [folder / "request.yaml", folder / "request.json"]
+    found = [f for f in files if f.exists() or f.is_symlink()]
+    if not found:
+        raise BadRequest("no request.yaml or request.json in the folder")
+    if len(found) > 1:
+        raise BadRequest("both request.yaml and request.json: keep one")
+    total = 0
+    for path in folder.rglob("*"):
+        if path.is_symlink():
+            raise BadRequest(f"{path.relative_to(folder)} is a symbolic link: copy the file in instead")
+        total += path.stat().st_size if path.is_file() else 0
+        if total > MAX_FOLDER_BYTES:
+            raise BadRequest(f"the folder holds more than {MAX_FOLDER_BYTES >> 20} MiB")
+    request = _parse(found[0])
+    merged = {**defaults, **request, "params": {**defaults.get("params", {}), **request.get("params", {})}}
+    _check(merged)
+    return merged
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    if path.stat().st_size > MAX_REQUEST_BYTES:
+        raise BadRequest(f"{path.name} is larger than {MAX_REQUEST_BYTES >> 10} KiB")
+    text = path.read_text(encoding="utf-8", errors="strict")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise BadRequest(f"{path.name} is not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest(f"{path.name} must hold a mapping (model: ..., prompt: ...)")
+    return data
+
+
+def _check(request: Mapping[str, Any]) -> None:
+    known = {"model", "prompt", "messages", "params", "priority", "max_attempts"}
+    unknown = sorted(set(request) - known)
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; a request has {', '.join(sorted(known))}")
+    if not isinstance(request.get("model"), str) or not request["model"]:
+        raise BadRequest("model: is missing (the name of a model, e.g. gemma3-270m)")
+    if ("prompt" in request) == ("messages" in request):
+        raise BadRequest("give either prompt: (text) or messages: (a list of {role, content})")
+    if "prompt" in request and not isinstance(request["prompt"], str):
+        raise BadRequest("prompt: must be text")
+    if not isinstance(request.get("params"), dict):
+        raise BadRequest("params: must be a mapping (e.g. {max_tokens: 64})")
+
+
+def prompt_text(request: Mapping[str, Any]) -> str:
+    """The prompt's input: the text, or the messages as a transcript the LLM executor reads."""
+    if "prompt" in request:
+        return str(request["prompt"])
+    messages = request["messages"]
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+    ):
+        raise BadRequest("messages: must be a list of {role: ..., content: ...}")
+    return (
+        "\n".join(m["content"] for m in messages if m.get("role", "user") == "user")
+        or messages[-1]["content"]
+    )
+
+
+class Portal:
+    """One portal folder, served by the node."""
+
+    def __init__(self, node: Node, root: Path) -> None:
+        self.node = node
+        self.space: Space = node.space
+        self.root = root
+        self.folders = {name: root / name for name in FOLDERS}
+        self._wake = asyncio.Event()
+        self._log: Log | None = None
+        self._feed: Changes | None = None
+        self._waiting: dict[str, Path] = {}  # prompt id -> its folder in queued/
+
+    def wake(self) -> None:
+        """The log changed: look at the queued requests."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Take requests and deliver results until cancelled."""
+        for folder in self.folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        watch = FolderWatch(self.folders["inbox"])
+        loop = asyncio.get_running_loop()
+        fd = watch.fileno()
+        if fd is not None:
+            loop.add_reader(fd, lambda: (watch.drain(), self._wake.set()))
+        self.node.log.event("portal", path=str(self.root))
+        self._resume()
+        try:
+            while True:
+                self._take_inbox()
+                self._deliver()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), SAFETY_S if fd is not None else 0.2)
+                self._wake.clear()
+        finally:
+            if fd is not None:
+                loop.remove_reader(fd)
+            watch.close()
+
+    # -- requests in ----------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        """After a restart: re-add what was queued but not added, and wait for the rest."""
+        for folder in sorted(self.folders["queued"].iterdir()):
+            if folder.is_dir() and is_prompt_id(folder.name):
+                self._add(folder, PromptId(folder.name))
+
+    def _take_inbox(self) -> None:
+        for folder in sorted(self.folders["inbox"].iterdir()):
+            if folder.name.startswith("."):
+                continue  # hidden: a client's work in progress, by convention
+            try:
+                self._take(folder)
+            except OSError as exc:
+                self.node.log.event("portal-failed", level="error", request=folder.name, reason=str(exc))
+
+    def _take(self, folder: Path) -> None:
+        try:  # everything that can be checked before the move is, so errors/ keeps the name
+            request = read_request(folder, self._defaults())
+            self._check_served(request["model"])
+            check_params(request["params"], PromptKind.LLM)
+        except (BadRequest, InvalidInput) as exc:
+            self._reject(folder, str(exc))
+            return
+        recorded = folder / ID_FILE
+        prompt_id = recorded.read_text().split("\n")[0].strip() if recorded.exists() else ""
+        if not is_prompt_id(prompt_id):
+            prompt_id = self.space.new_prompt_id()
+            _write_durably(recorded, f"{prompt_id}\n{folder.name}\n")  # the id, and the name it came with
+        target = self.folders["queued"] / prompt_id
+        os.rename(folder, target)
+        self._add(target, PromptId(prompt_id))
+
+    def _add(self, folder: Path, prompt_id: PromptId) -> None:
+        try:
+            request = read_request(folder, self._defaults())
+            self._check_served(request["model"])
+            self.space.add(
+                prompt_text(request),
+                model=request["model"],
+                params={**request["params"], **({"mode": "chat"} if "messages" in request else {})},
+                priority=int(request.get("priority", 0)),
+                max_attempts=int(request.get("max_attempts", 3)),
+                prompt_id=prompt_id,
+            )
+        except (SyncqError, ValueError, TypeError) as exc:
+            self._reject(folder, str(exc))
+            return
+        self._waiting[prompt_id] = folder
+        self.node.log.event("portal-queued", prompt=prompt_id, request=folder.name)
+        self.node.changed()
+
+    def _check_served(self, model: str) -> None:
+        served = {m.name for n in self.space.log.nodes() for m in n.models}
+        if self.node.scheduler is not None:
+            served |= set(self.node.scheduler.manager.specs)  # before this node's presence is out
+        if model not in served:
+            known = ", ".join(sorted(served)) or "none yet"
+            raise BadRequest(
+                f"no node of this space serves model {model!r} (served: {known}); a node that "
+                "serves it and has not synced here yet makes it known"
+            )
+
+    def _reject(self, folder: Path, reason: str) -> None:
+        recorded = folder / ID_FILE
+        lines = recorded.read_text().split("\n") if folder.is_dir() and recorded.exists() else []
+        name = lines[1] if len(lines) > 1 and lines[1] else folder.name
+        target = _free(self.folders["errors"] / name.removeprefix("."))
+        if folder.is_symlink() or not folder.is_dir():
+            target.mkdir()  # never write through a link: move the link itself into a folder
+            os.rename(folder, target / folder.name)
+        else:
+            os.rename(folder, target)
+        (target / "error.txt").write_text(reason + "\n")
+        self.node.log.event("portal-rejected", request=folder.name, reason=reason)
+
+    def _defaults(self) -> dict[str, Any]:
+        path = self.root / "defaults.yaml"
+        if not path.exists():
+            return {}
+        try:
+            found = _parse(path)
+        except BadRequest as exc:
+            self.node.log.event("portal-defaults-ignored", level="error", reason=str(exc))
+            return {}
+        return found
+
+    # -- results out ----------------------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        log = self.space.log
+        if log is not self._log or self._feed is None:
+            self._log, self._feed = log, log.follow(streams=True)
+            changed = set(self._waiting)
+        else:
+            changed = self._feed.drain() & set(self._waiting)
+        for prompt_id in sorted(changed):
+            folder = self._waiting[prompt_id]
+            entry = log.entry(prompt_id)
+            if entry.status in TERMINAL:
+                self._finish(folder, entry)
+                del self._waiting[prompt_id]
+            elif entry.stream:
+                _replace(folder / "partial.txt", entry.stream)
+
+    def _finish(self, folder: Path, entry: Entry) -> None:
+        run = entry.result
+        result = {
+            "id": entry.prompt.id,
+            "status": entry.status.value,
+            "model": entry.prompt.model,
+            "text": run.output if run is not None else "",
+            "error": run.error if run is not None else None,
+            "node": run.node if run is not None else None,
+            "node_name": run.node_name if run is not None else None,
+            "usage": dict(run.usage) if run is not None else {},
+            "started_at": run.started_at if run is not None else None,
+            "finished_at": run.finished_at if run is not None else None,
+            "delivered_at": wall_clock_ms(),
+        }
+        if entry.stream is None and (folder / "partial.txt").exists() and run is not None:
+            _replace(folder / "partial.txt", run.output)
+        _replace(folder / "result.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        os.rename(folder, _free(self.folders["outbox"] / folder.name))
+        self.node.log.event("portal-delivered", prompt=entry.prompt.id, status=entry.status.value)
+
+
+def _free(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3`` ... if taken: nothing is ever overwritten."""
+    candidate, n = path, 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader sees the old file or the new one)."""
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())

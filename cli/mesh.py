@@ -14,6 +14,7 @@ from syncq.cli.main import _home, _open
 from syncq.errors import InvalidInput, RelayOnly, UserError
 
 DEFAULT_LISTEN = "0.0.0.0:7330"
+DEFAULT_API = "127.0.0.1:7331"
 
 
 @click.command()
@@ -32,6 +33,10 @@ DEFAULT_LISTEN = "0.0.0.0:7330"
     help="Use mDNS only on the interface with this address (repeatable; default: all).",
 )
 @click.option("--no-executors", is_flag=True, help="Only sync: never claim or run prompts (laptops, relays).")
+@click.option(
+    "--api", "api_address", metavar="HOST:PORT", help="The local HTTP API (default 127.0.0.1:7331)."
+)
+@click.option("--no-api", is_flag=True, help="Do not serve the HTTP API.")
 @click.option("--json-log", is_flag=True, help="Log one JSON object per line.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every batch received.")
 @click.pass_context
@@ -42,6 +47,8 @@ def node(
     no_discovery: bool,
     interfaces: tuple[str, ...],
     no_executors: bool,
+    api_address: str | None,
+    no_api: bool,
     json_log: bool,
     verbose: bool,
 ) -> None:
@@ -50,12 +57,13 @@ def node(
     \b
     Example:
       syncq node
-      syncq node --listen 127.0.0.1:7331 --peer ws://gpu.local:7330
+      syncq node --listen 127.0.0.1:7340 --peer ws://gpu.local:7330
     """
     import asyncio  # here, not at the top: `syncq add` must not pay for it
     import signal
 
     from syncq.executors.models import node_config
+    from syncq.node.api import is_loopback
     from syncq.node.daemon import Node
     from syncq.node.logs import NodeLog
     from syncq.node.portal import portal_roots
@@ -66,7 +74,15 @@ def node(
     urls = [peer_url(p) for p in peers]
     space = _open(ctx)
     scheduler = None if no_executors or space.is_relay else _scheduler_factory(space.paths.root)
-    portals = portal_roots(space.paths.root, node_config(space.paths.root))
+    config = node_config(space.paths.root)
+    portals = portal_roots(space.paths.root, config)
+    api = None if no_api else _parse_listen(api_address or DEFAULT_API)
+    token = os.environ.get("SYNCQ_API_TOKEN") or config.get("api_token")
+    if api is not None and not is_loopback(api[0]) and not token:
+        raise InvalidInput(
+            f"--api {api[0]}:{api[1]} accepts connections from other machines: set SYNCQ_API_TOKEN "
+            "(or api_token in config.toml's [node]) first"
+        )
     the_node = Node(
         space,
         host=host,
@@ -76,6 +92,8 @@ def node(
         discovery_interfaces=list(interfaces) or None,
         scheduler=scheduler,
         portals=portals,
+        api=api,
+        api_token=str(token) if token else None,
     )
 
     async def serve() -> None:

@@ -31,7 +31,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from syncq import __version__
-from syncq.errors import StoreError
+from syncq.errors import StoreError, UserError
 from syncq.protocol import MAX_FRAME_SIZE, CloseCode, Role
 from syncq.records import ModelAd, NodeInfo
 from syncq.space import Space, wall_clock_ms
@@ -66,6 +66,8 @@ class Node:
         discovery_interfaces: list[str] | None = None,
         scheduler: Callable[[Node], Scheduler] | None = None,
         portals: Sequence[Path] = (),
+        api: tuple[str, int] | None = None,
+        api_token: str | None = None,
     ) -> None:
         self.space = space
         self.host = host
@@ -80,6 +82,8 @@ class Node:
         self.url = ""
         self.scheduler = scheduler(self) if scheduler is not None and not space.is_relay else None
         self.portals = [] if space.is_relay else [Portal(self, root) for root in portals]
+        self.api = None if space.is_relay else api
+        self.api_token = api_token
         self._advertised: tuple[object, ...] | None = None
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
@@ -114,6 +118,8 @@ class Node:
         if self.scheduler is not None:
             tasks.append(asyncio.create_task(self.scheduler.run()))
         tasks += [asyncio.create_task(portal.run()) for portal in self.portals]
+        if self.api is not None:
+            tasks.append(asyncio.create_task(self._serve_api(*self.api)))
         if self.discovery:
             from .discovery import Discovery
 
@@ -132,6 +138,21 @@ class Node:
     def stop(self) -> None:
         """Ask ``run`` to finish (signal handlers call this)."""
         self._stop.set()
+
+    async def _serve_api(self, host: str, port: int) -> None:
+        import syncq
+
+        from .api import bind, serve_api
+
+        try:
+            sock = bind(host, port)
+        except UserError as exc:  # another node of this machine has it: sync and run anyway
+            self.log.event("api-unavailable", level="error", reason=str(exc))
+            return
+        bound = sock.getsockname()
+        self.log.event("api-listening", url=f"http://{host}:{bound[1]}")
+        async with syncq.aopen(self.space.paths.root) as client:
+            await serve_api(client, sock, self.api_token)
 
     # -- peers -----------------------------------------------------------------------------
 

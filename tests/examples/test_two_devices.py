@@ -1,4 +1,4 @@
-"""examples/two_devices.md, step by step with the real commands (free ports instead of 7330/1)."""
+"""examples/two_devices.md, step by step with the real commands (free ports instead of 7330 and 7340)."""
 
 from __future__ import annotations
 

@@ -52,6 +52,8 @@ class NodeProcess:
                 f"127.0.0.1:{self.port}",
                 "--json-log",
                 *self._discovery(),
+                # Tests run many nodes at once: none takes the API's fixed port unless asked.
+                *([] if any(a.startswith("--api") for a in self.args) else ["--no-api"]),
                 *self.args,
             ],
             env=env,

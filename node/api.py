@@ -1,0 +1,320 @@
+"""The local HTTP API: OpenAI-compatible endpoints that enqueue into the space and answer when
+the result arrives, from whichever node runs the prompt (DESIGN.md section 10).
+
+    GET  /v1/models                 every model of the mesh
+    POST /v1/chat/completions       {model, messages, stream?, max_tokens?, temperature?, ...}
+    POST /v1/completions            {model, prompt, stream?, ...}
+    GET  /api/prompts[?limit=N]     the log, newest last;  GET /api/prompts/{id}: one prompt
+    GET  /api/nodes                 the nodes of the mesh and their models
+
+Each request is a prompt like ``syncq add``: it goes through ``syncq.aopen`` on its own store
+connection, so waiting wakes on the store's writes (``syncq.watch``) and the node syncs the
+prompt as it syncs any other process's. A client that disconnects does not cancel its prompt
+unless it asked to (header ``X-Syncq-Cancel-On-Disconnect: true``). Errors have OpenAI's shape:
+``{"error": {"message", "type", "code"}}`` with a 4xx status.
+
+Served on 127.0.0.1:7331 by default (``syncq node --api HOST:PORT``, ``--no-api``). Beyond
+loopback it needs a token (``SYNCQ_API_TOKEN`` or ``api_token`` in config.toml's ``[node]``),
+checked in constant time on every request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import syncq
+from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError
+from syncq.lifecycle import Status
+from syncq.log import Entry
+
+MAX_BODY_BYTES = 4 << 20
+PARAMS = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "repeat_penalty"}
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", code: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.code = status, kind, code
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": str(self), "type": self.kind, "code": self.code or None, "param": None}}
+        return JSONResponse(body, status_code=self.status)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket. Raises ``UserError`` if the address is busy or not ours."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"the HTTP API cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the node owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_api(space: syncq.AsyncClient, sock: socket.socket, token: str | None) -> None:
+    """Serve the API on ``sock`` until cancelled."""
+    app = build_app(space, token)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    server = _QuietServer(config)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        server.should_exit = True
+
+
+def build_app(space: syncq.AsyncClient, token: str | None) -> Starlette:
+    """The ASGI app over one space."""
+    api = _Api(space)
+
+    def guarded(
+        handler: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            if token is not None:
+                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                if not hmac.compare_digest(given.encode(), token.encode()):
+                    return ApiError(401, "a valid API token is required (Bearer)", "auth_error").response()
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return exc.response()
+            except UnknownId as exc:
+                return ApiError(404, str(exc), code="not_found").response()
+            except UserError as exc:
+                return ApiError(400, str(exc)).response()
+
+        return endpoint
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", guarded(api.models), methods=["GET"]),
+            Route("/v1/chat/completions", guarded(api.chat), methods=["POST"]),
+            Route("/v1/completions", guarded(api.complete), methods=["POST"]),
+            Route("/api/prompts", guarded(api.prompts), methods=["GET"]),
+            Route("/api/prompts/{prompt_id}", guarded(api.prompt), methods=["GET"]),
+            Route("/api/nodes", guarded(api.nodes), methods=["GET"]),
+        ]
+    )
+
+
+class _Api:
+    def __init__(self, space: syncq.AsyncClient) -> None:
+        self.space = space
+
+    async def models(self, request: Request) -> Response:
+        data = [
+            {"id": m.name, "object": "model", "created": 0, "owned_by": "syncq", "nodes": list(m.nodes)}
+            for m in self.space.models()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat(self, request: Request) -> Response:
+        body = await _body(request)
+        messages = body.get("messages")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
+        ):
+            raise ApiError(
+                400, "messages must be a non-empty list of {role, content}", code="invalid_messages"
+            )
+        text = (
+            "\n".join(m["content"] for m in messages if m.get("role", "user") == "user")
+            or messages[-1]["content"]
+        )
+        return await self._run(request, body, text, "chat", "chat.completion")
+
+    async def complete(self, request: Request) -> Response:
+        body = await _body(request)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ApiError(400, "prompt must be a string", code="invalid_prompt")
+        return await self._run(request, body, prompt, "complete", "text_completion")
+
+    async def _run(
+        self, request: Request, body: Mapping[str, Any], text: str, mode: str, kind: str
+    ) -> Response:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "model is required", code="missing_model")
+        if model not in {m.name for m in self.space.models()}:
+            raise ApiError(
+                404,
+                f"The model '{model}' does not exist: no node of this space serves it",
+                code="model_not_found",
+            )
+        params: dict[str, Any] = {k: v for k, v in body.items() if k in PARAMS and v is not None}
+        if isinstance(params.get("stop"), list):
+            params["stop"] = params["stop"][0] if params["stop"] else None
+        try:
+            added = self.space.add(text, model=model, params={**params, "mode": mode})
+        except InvalidInput as exc:
+            raise ApiError(400, str(exc), code="invalid_parameter") from exc
+        cancel_on_disconnect = request.headers.get("x-syncq-cancel-on-disconnect", "").lower() == "true"
+        if body.get("stream"):
+            return StreamingResponse(
+                self._stream(request, added.id, model, kind, cancel_on_disconnect),
+                media_type="text/event-stream",
+            )
+        outcome = await self.space.result(added.id)
+        if not outcome.ok:
+            raise ApiError(
+                502,
+                f"the prompt {outcome.status}: {outcome.error or ''}".strip(),
+                "server_error",
+                "prompt_failed",
+            )
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+        if kind == "chat.completion":
+            choice["message"] = {"role": "assistant", "content": outcome.text}
+        else:
+            choice["text"] = outcome.text
+        return JSONResponse(
+            {
+                "id": f"syncq-{added.id}",
+                "object": kind,
+                "created": int(time.time()),
+                "model": model,
+                "choices": [choice],
+                "usage": _usage(outcome.usage),
+                "syncq": {"id": added.id, "node": outcome.node_name},
+            }
+        )
+
+    async def _stream(
+        self, request: Request, prompt_id: str, model: str, kind: str, cancel_on_disconnect: bool
+    ) -> AsyncIterator[bytes]:
+        chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else kind
+        created = int(time.time())
+
+        def event(delta: str | None, finish: str | None) -> bytes:
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+            if chunk_kind == "chat.completion.chunk":
+                choice["delta"] = {"content": delta} if delta is not None else {}
+            else:
+                choice["text"] = delta or ""
+            data = {
+                "id": f"syncq-{prompt_id}",
+                "object": chunk_kind,
+                "created": created,
+                "model": model,
+                "choices": [choice],
+            }
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        finished = False
+        try:
+            async for piece in self.space.stream(prompt_id):
+                yield event(piece, None)
+            outcome = await self.space.result(prompt_id)
+            finished = True
+            if not outcome.ok:
+                error = {
+                    "error": {
+                        "message": f"the prompt {outcome.status}: {outcome.error or ''}",
+                        "type": "server_error",
+                    }
+                }
+                yield f"data: {json.dumps(error)}\n\n".encode()
+            yield event(None, "stop")
+            yield b"data: [DONE]\n\n"
+        finally:
+            if not finished and cancel_on_disconnect:
+                with contextlib.suppress(SyncqError):
+                    self.space.cancel(prompt_id)
+
+    async def prompts(self, request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("limit", "100"))
+        except ValueError as exc:
+            raise ApiError(400, "limit must be a whole number") from exc
+        status = request.query_params.get("status")
+        return JSONResponse({"data": [_entry(e) for e in self.space.log(limit=limit, status=status)]})
+
+    async def prompt(self, request: Request) -> Response:
+        return JSONResponse(_entry(self.space.get(request.path_params["prompt_id"])))
+
+    async def nodes(self, request: Request) -> Response:
+        return JSONResponse({"data": [n.to_wire() | {"id": n.id} for n in self.space.nodes()]})
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="too_large")
+    raw = b""
+    async for part in request.stream():
+        raw += part
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(
+                413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="too_large"
+            )
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _usage(usage: Mapping[str, Any]) -> dict[str, int]:
+    prompt = int(usage.get("prompt_tokens", 0) or 0)
+    completion = int(usage.get("completion_tokens", usage.get("tokens", 0)) or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _entry(entry: Entry) -> dict[str, Any]:
+    run = entry.result
+    return {
+        "id": entry.prompt.id,
+        "model": entry.prompt.model,
+        "input": entry.prompt.input,
+        "status": entry.status.value,
+        "created_at": entry.prompt.created_at,
+        "output": run.output if run is not None and entry.status is Status.DONE else entry.stream,
+        "error": run.error if run is not None else None,
+        "node": run.node_name if run is not None else None,
+    }

@@ -1,0 +1,119 @@
+"""The OpenAI-compatible HTTP API, driven by the official ``openai`` client (unchanged but for
+``base_url``), answered by a node in another home."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import openai
+import pytest
+from harness import SYNCQ, member, wait_until
+
+from syncq.space import Space
+from syncq.store import Peer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def api(tmp_path: Path, nodes) -> str:
+    """A laptop node serving the API (no executors) and a gpu node running echo."""
+    with Space.init(tmp_path / "laptop", name="laptop") as laptop:
+        gpu = member(tmp_path, laptop, "gpu")
+    hub = nodes(tmp_path / "laptop", "--no-executors", "--api", "127.0.0.1:0")
+    with Space.open(gpu) as space:
+        space.store.save_peer(Peer(url=hub.url, source="config"))
+    nodes(gpu)
+
+    def gpu_known() -> bool:
+        with Space.open(tmp_path / "laptop") as space:
+            return any(n.name == "gpu" and n.models for n in space.log.nodes())
+
+    wait_until(gpu_known, what="the gpu's models to reach the laptop")
+    return hub.wait_event("api-listening")["url"]
+
+
+def test_models_chat_completion_streaming_and_errors(api: str) -> None:
+    client = openai.OpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0)
+    assert "echo" in [m.id for m in client.models.list().data]
+
+    chat = client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "hello over http"}]
+    )
+    assert chat.choices[0].message.content == "hello over http"
+    assert chat.choices[0].finish_reason == "stop"
+
+    stream = client.chat.completions.create(
+        model="echo",
+        messages=[{"role": "user", "content": "one two three four five six"}],
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == "one two three four five six"
+
+    completion = client.completions.create(model="echo", prompt="a raw completion")
+    assert completion.choices[0].text == "a raw completion"
+
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(
+            model="nobody-serves-this", messages=[{"role": "user", "content": "x"}]
+        )
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "x"}], max_tokens=-3
+        )
+
+
+def test_bad_bodies_get_openai_style_errors_and_the_log_is_readable(api: str) -> None:
+    host, port = api.removeprefix("http://").rsplit(":", 1)
+
+    def call(method: str, path: str, data: bytes | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        found = response.status, json.loads(response.read())
+        conn.close()
+        return found
+
+    def post(path: str, data: bytes) -> tuple[int, dict]:
+        return call("POST", path, data)
+
+    status, body = post("/v1/chat/completions", b'{"model": "echo", ')
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+    status, body = post("/v1/chat/completions", json.dumps({"model": "echo", "messages": "hi"}).encode())
+    assert status == 400 and "messages" in body["error"]["message"]
+    # A 10 GB body is refused from its Content-Length, before a byte of it is read.
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/v1/completions")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(10 << 30))
+    conn.endheaders()
+    refused = conn.getresponse()
+    assert refused.status == 413 and json.loads(refused.read())["error"]["code"] == "too_large"
+    conn.close()
+    status, body = post("/v1/completions", json.dumps({"model": "echo", "prompt": "logged"}).encode())
+    assert status == 200
+    listed = call("GET", "/api/prompts")[1]["data"]
+    assert [(p["input"], p["status"], p["node"]) for p in listed] == [("logged", "done", "gpu")]
+    assert call("GET", f"/api/prompts/{listed[0]['id']}")[1]["output"] == "logged"
+    assert call("GET", "/api/prompts/0000")[0] == 404
+    assert {n["name"] for n in call("GET", "/api/nodes")[1]["data"]} >= {"gpu", "laptop"}
+
+
+def test_beyond_loopback_the_api_needs_a_token(tmp_path: Path) -> None:
+    Space.init(tmp_path / "a", name="a").close()
+    env = {k: v for k, v in os.environ.items() if k != "SYNCQ_API_TOKEN"} | {
+        "SYNCQ_HOME": str(tmp_path / "a")
+    }
+    refused = subprocess.run(
+        [SYNCQ, "node", "--listen", "127.0.0.1:0", "--no-discovery", "--api", "0.0.0.0:0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "SYNCQ_API_TOKEN" in refused.stderr + refused.stdout

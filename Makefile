@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint types imports pytest bench clean
+.PHONY: run test lint types imports pytest bench clean system-deps
 
 # Serves the bundled gemma3-270m (and echo); from a second terminal:
 #   .venv/bin/syncq add "Why is the sky blue?" -m gemma3-270m --follow
@@ -12,7 +12,12 @@ run: $(VENV)/.installed-run
 	$(BIN)/syncq status
 	$(BIN)/syncq node
 
-test: $(VENV)/.installed-dev lint types imports pytest
+test: system-deps $(VENV)/.installed-dev lint types imports pytest
+
+# Debian packages the tests use: chromium (the web page's browser test, driven by Playwright).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -6,6 +6,9 @@ the result arrives, from whichever node runs the prompt (DESIGN.md section 10).
     POST /v1/completions            {model, prompt, stream?, ...}
     GET  /api/prompts[?limit=N]     the log, newest last;  GET /api/prompts/{id}: one prompt
     GET  /api/nodes                 the nodes of the mesh and their models
+    POST /api/prompts               {text, model, params?}: add;  POST /api/prompts/{id}/cancel|retry
+    GET  /api/events                server-sent events: the ids of prompts that changed
+    GET  /                          the web page (node/web/index.html): the queue, live
 
 Each request is a prompt like ``syncq add``: it goes through ``syncq.aopen`` on its own store
 connection, so waiting wakes on the store's writes (``syncq.watch``) and the node syncs the
@@ -27,12 +30,13 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from importlib import resources
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import syncq
@@ -104,6 +108,11 @@ async def serve_api(space: syncq.AsyncClient, sock: socket.socket, token: str | 
 def build_app(space: syncq.AsyncClient, token: str | None) -> Starlette:
     """The ASGI app over one space."""
     api = _Api(space)
+    html = resources.files("syncq.node").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    async def page(request: Request) -> Response:
+        # The page holds no data, so it needs no token; what it fetches does.
+        return HTMLResponse(html)
 
     def guarded(
         handler: Callable[[Request], Awaitable[Response]],
@@ -132,6 +141,11 @@ def build_app(space: syncq.AsyncClient, token: str | None) -> Starlette:
             Route("/api/prompts", guarded(api.prompts), methods=["GET"]),
             Route("/api/prompts/{prompt_id}", guarded(api.prompt), methods=["GET"]),
             Route("/api/nodes", guarded(api.nodes), methods=["GET"]),
+            Route("/api/prompts", guarded(api.add), methods=["POST"]),
+            Route("/api/prompts/{prompt_id}/cancel", guarded(api.cancel), methods=["POST"]),
+            Route("/api/prompts/{prompt_id}/retry", guarded(api.retry), methods=["POST"]),
+            Route("/api/events", guarded(api.events), methods=["GET"]),
+            Route("/", page, methods=["GET"]),
         ]
     )
 
@@ -278,6 +292,28 @@ class _Api:
 
     async def nodes(self, request: Request) -> Response:
         return JSONResponse({"data": [n.to_wire() | {"id": n.id} for n in self.space.nodes()]})
+
+    async def add(self, request: Request) -> Response:
+        body = await _body(request)
+        text, model, params = body.get("text"), body.get("model"), body.get("params", {})
+        if not isinstance(text, str) or not isinstance(model, str) or not isinstance(params, dict):
+            raise ApiError(400, "give text (a string), model (a string) and optionally params (an object)")
+        prompt = self.space.add(text, model=model, params=params)
+        return JSONResponse(_entry(self.space.get(prompt.id)), status_code=201)
+
+    async def cancel(self, request: Request) -> Response:
+        return JSONResponse(_entry(self.space.cancel(request.path_params["prompt_id"])))
+
+    async def retry(self, request: Request) -> Response:
+        return JSONResponse(_entry(self.space.retry(request.path_params["prompt_id"])))
+
+    async def events(self, request: Request) -> Response:
+        async def stream() -> AsyncIterator[bytes]:
+            yield b": connected\n\n"
+            async for changed in self.space.changes():
+                yield f"data: {json.dumps(sorted(changed))}\n\n".encode()
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
 
 
 async def _body(request: Request) -> dict[str, Any]:

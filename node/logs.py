@@ -22,7 +22,15 @@ _HUMAN = {
     "finished": "finished {prompt}: {status}",
     "cancelled": "cancelled {prompt}",
     "job-crashed": "a job failed inside the scheduler (a bug): {reason}",
-    "lease-expired": "took over {prompt}: node {node:.12} stopped sending heartbeats",
+    "lease-expired": "took over {prompt} from node {node:.12}, which stopped",
+    "api-listening": "web page and OpenAI-compatible API: {url}/  (API under {url}/v1)",
+    "api-unavailable": "no HTTP API: {reason}",
+    "portal": "file portal: {path}/inbox",
+    "portal-queued": "portal request {request} queued as {prompt}",
+    "portal-delivered": "portal result of {prompt} in outbox ({status})",
+    "portal-rejected": "portal request {request} refused: {reason}",
+    "portal-failed": "portal request {request}: {reason}",
+    "portal-defaults-ignored": "portal defaults.yaml ignored: {reason}",
 }
 
 

@@ -21,9 +21,10 @@ The node takes each request in three steps, each safe to repeat after a crash (k
 On start, folders in ``queued/`` whose prompt the log lacks are added (step 3 again), and those
 left in ``inbox/`` are taken (step 1 reuses a recorded id). So a request is never lost and never
 added twice. When the prompt ends, on whichever device it ran, the node writes ``result.json``
-(status, text, error, usage, timings, node) into the folder and renames it to ``outbox/ID``;
-while an LLM runs, ``partial.txt`` holds the output so far. A bad request goes to
-``errors/NAME`` with ``error.txt`` saying what is wrong. The node never deletes anything.
+(status, text, error, usage, timings, node) and ``answer.txt`` (the text alone) into the
+folder and renames it to ``outbox/ID``; while an LLM runs, ``partial.txt`` holds the output so
+far. A bad request goes to ``errors/NAME`` with ``error.txt`` saying what is wrong. The node
+never deletes anything.
 """
 
 from __future__ import annotations
@@ -297,6 +298,7 @@ class Portal:
         }
         if entry.stream is None and (folder / "partial.txt").exists() and run is not None:
             _replace(folder / "partial.txt", run.output)
+        _replace(folder / "answer.txt", result["text"])  # for shell clients: no JSON to parse
         _replace(folder / "result.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         os.rename(folder, _free(self.folders["outbox"] / folder.name))
         self.node.log.event("portal-delivered", prompt=entry.prompt.id, status=entry.status.value)

@@ -243,6 +243,7 @@ class AsyncClient(_Verbs):
         self._feed: Changes | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._rechecks: list[asyncio.TimerHandle] = []
+        self._listeners: set[asyncio.Queue[set[str]]] = set()
 
     async def __aenter__(self) -> AsyncClient:
         loop = asyncio.get_running_loop()
@@ -308,6 +309,19 @@ class AsyncClient(_Verbs):
         self._look()  # our own write: data_version does not change for it
         return entry
 
+    async def changes(self) -> AsyncIterator[set[str]]:
+        """The ids of the prompts that changed (added, claimed, streamed, finished ...), one set
+        per look at the store, for as long as the caller iterates."""
+        if self._ticker is None:
+            raise RuntimeError("use the AsyncClient inside `async with syncq.aopen() as space:`")
+        queue: asyncio.Queue[set[str]] = asyncio.Queue()
+        self._listeners.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._listeners.discard(queue)
+
     async def _changes(self, prompt_id: str, timeout: float | None) -> AsyncIterator[Entry]:
         if self._ticker is None:
             raise RuntimeError("use the AsyncClient inside `async with syncq.aopen() as space:`")
@@ -354,12 +368,16 @@ class AsyncClient(_Verbs):
         log = self.space.log
         if log is not self._log or self._feed is None:
             self._log, self._feed = log, log.follow(streams=True)
+            changed = self._feed.drain()
             woken: Sequence[str] = list(self._waiters)
         else:
-            woken = [p for p in self._feed.drain() if p in self._waiters]
+            changed = self._feed.drain()
+            woken = [p for p in changed if p in self._waiters]
+        for listener in self._listeners if changed else ():
+            listener.put_nowait(changed)
         for prompt_id in woken:
-            for changed in self._waiters.get(prompt_id, ()):
-                changed.set()
+            for waiter in self._waiters.get(prompt_id, ()):
+                waiter.set()
 
 
 def _next_chunk(entry: Entry, sent: str) -> tuple[str, str, bool]:

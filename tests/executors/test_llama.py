@@ -67,3 +67,20 @@ def test_a_missing_or_corrupt_model_file_fails_the_job_and_the_node_stays_up(tmp
     assert ok.stdout.strip() == "still here"
     with Space.open(home) as space:
         assert wait_until(lambda: [e.status for e in space.entries(limit=None)][:2] == [Status.FAILED] * 2)
+
+
+def test_the_openai_client_streams_gemma_through_the_local_api(tmp_path: Path, nodes) -> None:
+    import openai
+
+    Space.init(tmp_path / "gpu", name="gpu").close()
+    node = nodes(tmp_path / "gpu", "--api", "127.0.0.1:0")
+    client = openai.OpenAI(base_url=f"{node.wait_event('api-listening')['url']}/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="gemma3-270m",
+        messages=[{"role": "user", "content": "Why is the sky blue?"}],
+        max_tokens=48,
+        seed=7,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 2 and "".join(pieces).strip()  # it streamed, in pieces, a real answer

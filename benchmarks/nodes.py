@@ -24,7 +24,7 @@ def start_node(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
             "127.0.0.1:0",
             "--no-discovery",
             "--json-log",
-            "--no-api",
+            *([] if "--api" in args else ["--no-api"]),  # benchmarks run several nodes at once
             *args,
         ],
         stdout=subprocess.PIPE,

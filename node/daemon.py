@@ -250,7 +250,7 @@ class Node:
     def stored(self, source: Connection, added: int) -> None:
         """New envelopes arrived from ``source``: offer them to every other peer (gossip)."""
         self._wake_all(c for c in self.connections.values() if c is not source)
-        self._log_moved()
+        self.log_changed()
         self.log.event("received", peer=source.label, envelopes=added, level="debug")
 
     def changed(self) -> None:
@@ -259,8 +259,9 @@ class Node:
         for portal in self.portals:
             portal.wake()
 
-    def _log_moved(self) -> None:
-        """Envelopes from elsewhere (a peer, another process) reached the log."""
+    def log_changed(self) -> None:
+        """Envelopes from elsewhere (a peer, another process, this node's portal or API) reached
+        the log: look for work."""
         if self.scheduler is not None:
             self.scheduler.wake()
         for portal in self.portals:
@@ -292,7 +293,7 @@ class Node:
                 continue
             version = now
             self._wake_all(self.connections.values())
-            self._log_moved()
+            self.log_changed()
             self._dial_known()  # `syncq peers add` from another process
 
     async def _heartbeat(self) -> None:

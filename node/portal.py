@@ -226,7 +226,8 @@ class Portal:
             return
         self._waiting[prompt_id] = folder
         self.node.log.event("portal-queued", prompt=prompt_id, request=folder.name)
-        self.node.changed()
+        self.node.changed()  # offer it to the peers
+        self.node.log_changed()  # and to this node's scheduler
 
     def _check_served(self, model: str) -> None:
         served = {m.name for n in self.space.log.nodes() for m in n.models}

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 ENDED = (Status.DONE, Status.CANCELLED, Status.FAILED)  # failed comes back through a retry record
 TICK_S = 0.5
-MIN_TICK_S = 0.02
+MIN_TICK_S = 0.005  # a burst of changes costs one look per 5 ms (a look costs what changed)
 STREAM_EVERY_S = 0.1
 QUIET_START_S = 0.05  # nothing is streamed this early in a run (see _stream)
 SETTLE_MIN_S = 0.5  # claims must cross the mesh (several hops) before anyone decides

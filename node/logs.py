@@ -25,6 +25,7 @@ _HUMAN = {
     "lease-expired": "took over {prompt} from node {node:.12}, which stopped",
     "api-listening": "web page and OpenAI-compatible API: {url}/  (API under {url}/v1)",
     "api-unavailable": "no HTTP API: {reason}",
+    "server-unreachable": "not serving the models of server {server}: {reason}",
     "portal": "file portal: {path}/inbox",
     "portal-queued": "portal request {request} queued as {prompt}",
     "portal-delivered": "portal result of {prompt} in outbox ({status})",

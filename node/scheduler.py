@@ -109,6 +109,10 @@ class Scheduler:
     async def run(self) -> None:
         """Tick until cancelled."""
         last = 0.0
+        from syncq.executors.models import UNREACHABLE
+
+        for server, reason in UNREACHABLE.items():
+            self.node.log.event("server-unreachable", level="error", server=server, reason=reason)
         beating = asyncio.ensure_future(self._heartbeats())
         try:
             while True:

@@ -37,6 +37,7 @@ from nodes import start_node, stop_node
 from syncq.executors.base import ModelSpec
 from syncq.executors.llama import model_path
 
+import syncq
 from syncq.lifecycle import Status
 from syncq.space import NewPrompt, Space
 from syncq.store import Peer
@@ -133,18 +134,24 @@ class Server:
 
 
 class Library:
-    """(c1) a running syncq node with the model warm, used through the library from here."""
+    """(c1) a running syncq node with the model warm, used through the Python API from here
+    (``syncq.open``: it sleeps until the store changes, so it takes no CPU from llama)."""
 
     def __init__(self, home: Path) -> None:
-        self.space = Space.open(home)
-        warm = self.space.add("Hi", model="gemma3-270m", params={"max_tokens": 1})
-        wait(self.space, warm.id)
+        self.space = syncq.open(home)
+        self.space.run("Hi", model="gemma3-270m", params={"max_tokens": 1}, timeout=120)
 
     def __call__(self, text: str) -> tuple[float, float]:
         start = time.perf_counter()
         prompt = self.space.add(text, model="gemma3-270m", params=PARAMS)
-        first, end = wait(self.space, prompt.id)
-        return first - start, end - start
+        first = None
+        for _ in self.space.stream(prompt.id, timeout=120):
+            first = first or time.perf_counter()
+        outcome = self.space.result(prompt.id)
+        end = time.perf_counter()
+        if not outcome.ok:
+            raise RuntimeError(outcome.error or str(outcome.status))
+        return (first or end) - start, end - start
 
     def close(self) -> None:
         self.space.close()
@@ -173,23 +180,6 @@ def interleaved(ways: dict[str, Any], prompts: list[str]) -> dict[str, dict[str,
             if name != "a_direct"
         }
     }
-
-
-def wait(space: Space, prompt_id: str) -> tuple[float, float]:
-    first = None
-    version = None
-    while True:
-        now = space.store.data_version()
-        if now != version:
-            version = now
-            entry = space.log.entry(prompt_id)
-            if first is None and (entry.stream or entry.status is Status.DONE):
-                first = time.perf_counter()
-            if entry.status is Status.DONE:
-                return first, time.perf_counter()
-            if entry.status is Status.FAILED:
-                raise RuntimeError(entry.result.error if entry.result else "failed")
-        time.sleep(0.002)  # like a client would poll; faster polling steals the cores llama runs on
 
 
 def syncq_cli(home: Path, prompts: list[str]) -> dict[str, Any]:

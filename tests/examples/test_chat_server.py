@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import member, wait_until
+from harness import laptop_and_gpu, wait_until
 
 from syncq.space import Space
-from syncq.store import Peer
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).parents[2] / "examples" / "chat_server.py"
@@ -40,12 +39,7 @@ async def chat(port: int, lines: list[str], *, hang_up_after: int | None = None)
 
 
 def test_concurrent_conversations_are_answered_by_another_node(tmp_path: Path, nodes) -> None:
-    with Space.init(tmp_path / "laptop", name="laptop") as laptop:
-        gpu = member(tmp_path, laptop, "gpu")
-    hub = nodes(tmp_path / "laptop", "--no-executors")
-    with Space.open(gpu) as space:
-        space.store.save_peer(Peer(url=hub.url, source="config"))
-    nodes(gpu)
+    laptop_and_gpu(tmp_path, nodes)
     port = free_port()
     home = str(tmp_path / "laptop")
     server = subprocess.Popen(

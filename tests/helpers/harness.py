@@ -135,6 +135,29 @@ def member(tmp_path: Path, first: Any, name: str) -> Path:
     return tmp_path / name
 
 
+def laptop_and_gpu(
+    tmp_path: Path, nodes: Callable[..., NodeProcess], *laptop_args: str
+) -> tuple[NodeProcess, NodeProcess]:
+    """Two homes of one space: ``laptop`` runs a node that only syncs (and ``laptop_args``),
+    ``gpu`` runs echo and dials it. Returns both nodes once the laptop knows the gpu's models."""
+    from syncq.space import Space
+    from syncq.store import Peer
+
+    with Space.init(tmp_path / "laptop", name="laptop") as laptop:
+        gpu = member(tmp_path, laptop, "gpu")
+    hub = nodes(tmp_path / "laptop", "--no-executors", *laptop_args)
+    with Space.open(gpu) as space:
+        space.store.save_peer(Peer(url=hub.url, source="config"))
+    worker = nodes(gpu)
+
+    def gpu_known() -> bool:
+        with Space.open(tmp_path / "laptop") as space:
+            return any(n.name == "gpu" and n.models for n in space.log.nodes())
+
+    wait_until(gpu_known, what="the gpu's models to reach the laptop")
+    return hub, worker
+
+
 def inputs(home: Path) -> list[str]:
     """The prompts of a home, by id (creation time)."""
     from syncq.space import Space

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import member, wait_until
+from harness import laptop_and_gpu, wait_until
 
 import syncq
 from syncq.space import Space
-from syncq.store import Peer
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +55,7 @@ def test_a_timeout_raises_and_leaves_the_prompt_queued(tmp_path: Path) -> None:
 def test_asyncio_1000_prompts_in_flight_answered_by_another_node(tmp_path: Path, nodes) -> None:
     """One asyncio process, 1,000 prompts in flight at once, run by a node in another home:
     every answer arrives, the streamed ones stream, and memory stays bounded."""
-    with Space.init(tmp_path / "laptop", name="laptop") as laptop:
-        gpu = member(tmp_path, laptop, "gpu")
-    hub = nodes(tmp_path / "laptop", "--no-executors")
-    with Space.open(gpu) as space:
-        space.store.save_peer(Peer(url=hub.url, source="config"))
-    nodes(gpu)
+    laptop_and_gpu(tmp_path, nodes)
 
     async def scenario() -> tuple[list[syncq.Outcome], list[str], int]:
         async with syncq.aopen(tmp_path / "laptop") as space:

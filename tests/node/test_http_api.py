@@ -11,10 +11,9 @@ from pathlib import Path
 
 import openai
 import pytest
-from harness import SYNCQ, member, wait_until
+from harness import SYNCQ, laptop_and_gpu, wait_until
 
 from syncq.space import Space
-from syncq.store import Peer
 
 pytestmark = pytest.mark.slow
 
@@ -22,18 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def api(tmp_path: Path, nodes) -> str:
     """A laptop node serving the API (no executors) and a gpu node running echo."""
-    with Space.init(tmp_path / "laptop", name="laptop") as laptop:
-        gpu = member(tmp_path, laptop, "gpu")
-    hub = nodes(tmp_path / "laptop", "--no-executors", "--api", "127.0.0.1:0")
-    with Space.open(gpu) as space:
-        space.store.save_peer(Peer(url=hub.url, source="config"))
-    nodes(gpu)
-
-    def gpu_known() -> bool:
-        with Space.open(tmp_path / "laptop") as space:
-            return any(n.name == "gpu" and n.models for n in space.log.nodes())
-
-    wait_until(gpu_known, what="the gpu's models to reach the laptop")
+    hub, _ = laptop_and_gpu(tmp_path, nodes, "--api", "127.0.0.1:0")
     return hub.wait_event("api-listening")["url"]
 
 

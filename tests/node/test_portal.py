@@ -8,10 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import member, wait_until
+from harness import laptop_and_gpu, wait_until
 
 from syncq.space import Space
-from syncq.store import Peer
 
 pytestmark = pytest.mark.slow
 
@@ -48,19 +47,8 @@ def prompts(home: Path) -> list[str]:
 
 
 def test_a_shell_client_gets_its_answer_from_another_node(tmp_path: Path, nodes) -> None:
-    with Space.init(tmp_path / "laptop", name="laptop") as laptop:
-        gpu = member(tmp_path, laptop, "gpu")
-    hub = nodes(tmp_path / "laptop", "--no-executors")
-    with Space.open(gpu) as space:
-        space.store.save_peer(Peer(url=hub.url, source="config"))
-    nodes(gpu)
+    hub, _ = laptop_and_gpu(tmp_path, nodes)
     hub.wait_event("portal")
-
-    def gpu_known() -> bool:
-        with Space.open(tmp_path / "laptop") as space:
-            return any(n.name == "gpu" and n.models for n in space.log.nodes())
-
-    wait_until(gpu_known, what="the gpu's models to reach the laptop")
     drop(tmp_path / "laptop", "ask", "model: echo\nprompt: hello portal\n", tmp=tmp_path)
     drop(
         tmp_path / "laptop",

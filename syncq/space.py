@@ -29,11 +29,9 @@ from syncq import crypto, yjs
 from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.errors import (
     AlreadyInitialized,
-    EnvelopeRejected,
     InvalidInput,
     InvalidState,
     RelayOnly,
-    SeqConflict,
     StoreBroken,
 )
 from syncq.ids import DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
@@ -56,7 +54,8 @@ from syncq.records import (
     check_prompt_input,
     encode,
 )
-from syncq.store import Checkpoint, Row, SqliteStore, Store
+from syncq.replica import ReceiveReport, Replica, new_client_id
+from syncq.store import SqliteStore, Store
 
 if TYPE_CHECKING:
     # syncq.log imports pycrdt (~100 ms): only code that reads the Doc loads it, so that a
@@ -64,9 +63,7 @@ if TYPE_CHECKING:
     from syncq.log import Entry, Log
 
 NODE_FRESH_MS = 15_000  # a node heartbeat older than this means no node runs in the home
-CHECKPOINT_AFTER = 256  # envelopes replayed on open before a fresh checkpoint is written
 MAX_UPDATE_BYTES = 512 * 1024  # a batch of adds is split into envelopes of about this size
-_CLIENT_ID_BITS = 53  # Yjs client ids stay below 2**53; random, fresh for every process
 
 
 def wall_clock_ms() -> int:
@@ -108,16 +105,6 @@ class SpaceStatus:
     peers_behind: int = 0  # envelopes held here that connected peers still lack
 
 
-@dataclass(slots=True)
-class ReceiveReport:
-    """What ``Space.receive`` did with a batch of envelopes from elsewhere."""
-
-    added: int = 0
-    duplicates: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    accepted: list[tuple[bytes, int]] = field(default_factory=list)  # stored now or before
-
-
 class Space:
     """One space as seen from this device. Not safe to share between threads without its lock
     (every public method takes it)."""
@@ -137,14 +124,12 @@ class Space:
         self.device = device
         self.name = name
         self.keys = keys
-        self.store = store
         self._clock = clock
         self._entropy = entropy
         self._author = device.public_key
         self._lock = threading.RLock()
-        self._log: Log | None = None
-        self._applied: dict[bytes, int] = {}  # per author: highest seq applied, gapless
-        self._blind_client = self._new_client_id()
+        self.replica = Replica(store, keys, entropy, self._lock)
+        self._blind_client = new_client_id(entropy)
         self._blind_clock = 0
         self._last_id: PromptId | None = None
 
@@ -263,7 +248,7 @@ class Space:
     def close(self) -> None:
         """Close the store. Idempotent."""
         with self._lock:
-            self._log = None
+            self.replica.drop()
             self.store.close()
 
     def __enter__(self) -> Space:
@@ -271,6 +256,15 @@ class Space:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def store(self) -> Store:
+        """Where the envelopes live (the replica's store)."""
+        return self.replica.store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        self.replica.store = store
 
     @property
     def device_id(self) -> DeviceId:
@@ -352,8 +346,7 @@ class Space:
             # Only now: a clock used by an update that never reached the store would leave a gap
             # that makes every peer hold this client's later updates forever.
             self._blind_clock = clock
-            if self._log is not None:
-                self._catch_up(self._log)
+            self.replica.catch_up()
         return prompts
 
     def cancel(self, prefix: str) -> Entry:
@@ -437,12 +430,7 @@ class Space:
         """The Doc, loaded on first use and brought up to date with the store on every access
         (other processes may have written)."""
         self._require_member()
-        with self._lock:
-            if self._log is None:
-                self._log = self._load()
-            else:
-                self._catch_up(self._log)
-            return self._log
+        return self.replica.log
 
     def resolve(self, prefix: str) -> PromptId:
         """The one prompt id starting with ``prefix``. Raises ``UnknownId`` or ``AmbiguousId``."""
@@ -521,92 +509,30 @@ class Space:
             "peers_behind": sum(p.behind or 0 for p in connected),
         }
 
-    # -- exchanging envelopes (the sync layer and the tests use these) -------------------------
+    # -- exchanging envelopes: the replica's (the sync layer and the tests use these) ----------
 
     def version_vector(self) -> dict[bytes, int]:
         """Per author, the highest seq up to which this device holds every envelope."""
-        return self.store.gapless_seqs()
+        return self.replica.version_vector()
 
     def envelopes(self, after: Mapping[bytes, int] | None = None) -> Iterator[bytes]:
         """Stored envelopes the holder of ``after`` lacks, per author in seq order."""
-        after = after or {}
-        for author in self.store.tops():
-            for row in self.store.rows(author, after.get(author, 0)):
-                yield row.data
+        return self.replica.envelopes(after)
 
     def envelopes_for(
         self, peer_vv: Mapping[bytes, int], max_count: int, max_bytes: int
     ) -> list[tuple[bytes, int, bytes]]:
-        """A batch of (author, seq, data) the holder of ``peer_vv`` lacks: per author in seq
-        order, never across a gap in this store, at most ``max_count`` and about ``max_bytes``."""
-        batch: list[tuple[bytes, int, bytes]] = []
-        size = 0
-        for author, top in self.store.tops().items():
-            after = peer_vv.get(author, 0)
-            if top <= after:
-                continue
-            for row in self.store.rows(author, after):
-                if (
-                    row.seq != after + 1
-                    or len(batch) >= max_count
-                    or (batch and size + len(row.data) > max_bytes)
-                ):
-                    break
-                batch.append((author, row.seq, row.data))
-                size += len(row.data)
-                after = row.seq
-            if len(batch) >= max_count or size >= max_bytes:
-                break
-        return batch
+        """A batch of envelopes the holder of ``peer_vv`` lacks (``Replica.envelopes_for``)."""
+        return self.replica.envelopes_for(peer_vv, max_count, max_bytes)
 
     def receive(self, datas: Iterable[bytes], *, atomic: bool = False) -> ReceiveReport:
-        """Verify, store and apply envelopes from elsewhere.
-
-        Rejected envelopes are counted by reason and never stored or applied; with ``atomic``,
-        one rejection stores none of the batch (what the sync protocol wants: a peer that sends
-        one forged envelope is not trusted with the rest). A relay checks space and signature
-        only: it cannot decrypt. Raises ``StoreBroken`` only.
-        """
-        report = ReceiveReport()
-        rows = []
-        payloads: dict[tuple[bytes, int], bytes] = {}
-        for data in datas:
-            try:
-                envelope, payload = self._verify(data)
-            except EnvelopeRejected as exc:
-                self._reject(report, exc)
-                continue
-            rows.append(Row(envelope.author, envelope.seq, data))
-            if payload is not None:
-                payloads[(envelope.author, envelope.seq)] = payload
-        if atomic and report.rejected:
-            return report
-        with self._lock:
-            put = self.store.put(rows)
-            for row in put.conflicts:
-                self._reject(report, SeqConflict(f"seq {row.seq} of {row.author.hex()[:12]} reused"))
-            report.added += len(put.added)
-            report.duplicates += put.duplicates
-            report.accepted = [(r.author, r.seq) for r in rows if r not in put.conflicts]
-            if self._log is not None and put.added:
-                added = {(r.author, r.seq) for r in put.added}
-                self._catch_up(self._log, {k: v for k, v in payloads.items() if k in added})
-        return report
-
-    def _verify(self, data: bytes) -> tuple[crypto.Envelope, bytes | None]:
-        if self.keys.is_relay:
-            return crypto.verify_envelope(data, self.keys.space_id), None
-        return crypto.open_envelope(data, self.keys)
+        """Verify, store and apply envelopes from elsewhere (``Replica.receive``)."""
+        return self.replica.receive(datas, atomic=atomic)
 
     def checkpoint(self) -> None:
         """Seal the Doc's state into the store, so the next open need not replay envelopes."""
-        with self._lock:
-            log = self.log
-            vv = dict(self._applied)
-            data = crypto.seal_local(
-                self.keys.local_key("checkpoint"), log.state(), self._entropy(12), _vv_aad(vv)
-            )
-            self.store.save_checkpoint(Checkpoint(vv=vv, data=data))
+        self._require_member()
+        self.replica.checkpoint()
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -643,89 +569,9 @@ class Space:
         try:
             self.store.append_own(self._author, [self._sealer(update)])
         except BaseException:
-            # The Doc holds a change the store does not: drop it, rebuild on next use.
-            self._log = None
+            self.replica.drop()  # the Doc holds a change the store does not
             raise
-        self._catch_up(log)
-
-    def _load(self) -> Log:
-        from syncq.log import Log
-
-        log = Log(client_id=self._new_client_id())
-        self._applied = {}
-        found = self.store.load_checkpoint()
-        if found is not None:
-            vv, sealed = dict(found.vv), found.data
-            del found
-            try:
-                state = crypto.open_local(self.keys.local_key("checkpoint"), sealed, _vv_aad(vv))
-                del sealed  # free the ciphertext before the Doc decodes the state: peak memory
-                log.apply(state)
-                self._applied = vv
-            except EnvelopeRejected as exc:
-                # The checkpoint is only a cache of the envelopes: replay them all instead.
-                self.store.record_rejection(exc.reason, f"checkpoint ignored: {exc}")
-                log = Log(client_id=self._new_client_id())
-        if self._catch_up(log) >= CHECKPOINT_AFTER:
-            self._log = log
-            self.checkpoint()
-        return log
-
-    def _catch_up(self, log: Log, fresh: Mapping[tuple[bytes, int], bytes] | None = None) -> int:
-        """Apply stored envelopes the Doc lacks, per author in seq order, stopping at gaps.
-
-        ``fresh`` holds payloads just verified and stored by ``receive``: they are applied from
-        memory, and only their authors are looked up in the store (for envelopes held behind a
-        gap they filled), which spares reading back and decrypting again what just arrived.
-        """
-        applied = 0
-        if fresh is not None:
-            for author, seq in sorted(fresh):
-                if seq == self._applied.get(author, 0) + 1:
-                    self._apply(log, seq, fresh[(author, seq)])
-                    self._applied[author] = seq
-                    applied += 1
-        if fresh is not None:
-            authors = sorted({a for a, _ in fresh})
-        else:
-            authors = [a for a, top in self.store.tops().items() if top > self._applied.get(a, 0)]
-        for author in authors:
-            done = self._applied.get(author, 0)
-            for row in self.store.rows(author, done):
-                if row.seq != done + 1:
-                    break  # a gap: hold the rest until the missing envelope arrives
-                self._apply_row(log, row)
-                done = row.seq
-                applied += 1
-            self._applied[author] = done
-        return applied
-
-    def _apply_row(self, log: Log, row: Row) -> None:
-        # Stored envelopes were verified on the way in (or written here); the AEAD tag still
-        # guards against a damaged file, so only the signature check is skipped.
-        try:
-            payload = crypto.open_payload(crypto.decode(row.data), self.keys)
-        except EnvelopeRejected as exc:
-            self.store.record_rejection(exc.reason, f"stored envelope {row.seq}: {exc}")
-            return
-        self._apply(log, row.seq, payload)
-
-    def _apply(self, log: Log, seq: int, payload: bytes) -> None:
-        try:
-            log.apply(payload)
-        except EnvelopeRejected as exc:
-            self.store.record_rejection(exc.reason, f"envelope {seq}: {exc}")
-
-    def _reject(self, report: ReceiveReport, exc: EnvelopeRejected) -> None:
-        report.rejected[exc.reason] = report.rejected.get(exc.reason, 0) + 1
-        self.store.record_rejection(exc.reason, str(exc))
-
-    def _new_client_id(self) -> int:
-        return int.from_bytes(self._entropy(8), "big") % ((1 << _CLIENT_ID_BITS) - 1) + 1
-
-
-def _vv_aad(vv: Mapping[bytes, int]) -> bytes:
-    return b"checkpoint" + b"".join(a + s.to_bytes(8, "big") for a, s in sorted(vv.items()))
+        self.replica.catch_up()
 
 
 def _batches(prompts: Sequence[Prompt], budget: int) -> Iterator[list[Prompt]]:

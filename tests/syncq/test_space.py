@@ -19,7 +19,8 @@ from syncq.errors import (
 from syncq.ids import new_prompt_id
 from syncq.lifecycle import Status
 from syncq.records import Claim, Result, RunStatus
-from syncq.space import CHECKPOINT_AFTER, NewPrompt, Space
+from syncq.replica import CHECKPOINT_AFTER
+from syncq.space import NewPrompt, Space
 from syncq.store import SqliteStore
 
 

@@ -43,6 +43,8 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/local.py
 	$(BIN)/python benchmarks/sync.py
 	$(BIN)/python benchmarks/exec.py
+	$(BIN)/python benchmarks/api.py
+	$(BIN)/python benchmarks/portal.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

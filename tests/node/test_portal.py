@@ -153,3 +153,27 @@ def test_a_crash_at_any_step_neither_loses_nor_duplicates_a_request(tmp_path: Pa
     burst = sorted(p for p in prompts(home) if p.startswith("burst"))
     assert burst == sorted(f"burst {i}" for i in range(20))  # each exactly once
     assert not errors(home)
+
+
+def test_defaults_cascade_a_second_portal_and_partial_output_while_streaming(tmp_path: Path, nodes) -> None:
+    home = tmp_path / "a"
+    Space.init(home, name="a").close()
+    extra = tmp_path / "app-portal"
+    (home / "config.toml").write_text(f'[node]\nportals = ["{extra}"]\n')
+    extra.mkdir()
+    (extra / "defaults.yaml").write_text("model: echo\nparams: {delay: 1.5}\n")
+    node = nodes(home)
+    wait_until(lambda: len(node.find("portal")) == 2, what="both portals")
+    staging = tmp_path / "staging" / "slow"
+    staging.mkdir(parents=True)
+    (staging / "request.yaml").write_text(
+        "prompt: several words streamed one by one\n"
+    )  # no model: the default
+    os.rename(staging, extra / "inbox" / "slow")
+    queued = wait_until(lambda: list((extra / "queued").iterdir()), what="the request queued")[0]
+    partial = wait_until(lambda: (queued / "partial.txt").exists() and (queued / "partial.txt").read_text())
+    assert "several words streamed one by one".startswith(partial) and partial != ""
+    delivered = wait_until(lambda: list((extra / "outbox").iterdir()), what="the answer")[0]
+    result = json.loads((delivered / "result.json").read_text())
+    assert result["text"] == "several words streamed one by one" and result["model"] == "echo"
+    assert (delivered / "answer.txt").read_text() == result["text"]

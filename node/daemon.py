@@ -5,9 +5,9 @@ The node is a thin asyncio shell around the library: ``Space`` stores and verifi
 
 - a server (default 0.0.0.0:7330) and a dialler per known peer that reconnects with
   exponential backoff and jitter (0.5 s doubling to 60 s);
-- a watcher that polls SQLite's ``data_version`` every 5 ms, so envelopes written by other
-  processes (`syncq add` while the node runs) are forwarded within ~5 ms, and peers added with
-  `syncq peers add` are dialled;
+- a watcher that wakes on writes to the home (inotify) and checks SQLite's ``data_version``, so
+  envelopes written by other processes (`syncq add` while the node runs) are forwarded within
+  a few ms, and peers added with `syncq peers add` are dialled;
 - presence (``nodes[id]``, at most once a minute) and a heartbeat in the store's metadata that
   `syncq status` reads to say whether a node runs;
 - the file portals (``portal``): request folders in, result folders out.
@@ -18,6 +18,7 @@ All library calls run on the event-loop thread: each is a short SQLite transacti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,6 +37,7 @@ from syncq.protocol import MAX_FRAME_SIZE, CloseCode, Role
 from syncq.records import ModelAd, NodeInfo
 from syncq.space import Space, wall_clock_ms
 from syncq.store import Peer
+from syncq.watch import RECHECK_S, FolderWatch
 
 from .connection import Connection
 from .logs import NodeLog
@@ -44,7 +46,8 @@ from .portal import Portal
 if TYPE_CHECKING:
     from .scheduler import Scheduler
 
-WATCH_INTERVAL_S = 0.005
+WATCH_INTERVAL_S = 0.005  # without inotify: how often to look for other processes' writes
+WATCH_SAFETY_S = 1.0  # with inotify: a look this often even without a reported write
 HEARTBEAT_S = 5.0
 PRESENCE_S = 60.0
 BACKOFF_FIRST_S = 0.5
@@ -284,17 +287,42 @@ class Node:
     # -- timers ----------------------------------------------------------------------------
 
     async def _watch(self) -> None:
+        """Notice other processes' commits (`syncq add`, the Python API, `syncq peers add`).
+
+        It sleeps until inotify reports a write in the home (``syncq.watch``), then reads
+        ``data_version``, again at ``RECHECK_S`` (a commit is visible a moment after its writes)
+        until it moves; a look every ``WATCH_SAFETY_S`` covers lost events. An idle node (a
+        laptop's) thus does nothing at all; without inotify it polls every ``WATCH_INTERVAL_S``.
+        """
         store = self.space.store
         version = store.data_version()
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            now = store.data_version()
-            if now == version:
-                continue
-            version = now
-            self._wake_all(self.connections.values())
-            self.log_changed()
-            self._dial_known()  # `syncq peers add` from another process
+        watch = FolderWatch(self.space.paths.root)
+        written = asyncio.Event()
+        fd = watch.fileno()
+        loop = asyncio.get_running_loop()
+        if fd is not None:
+            loop.add_reader(fd, lambda: (watch.drain(), written.set()))
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        written.wait(), WATCH_SAFETY_S if fd is not None else WATCH_INTERVAL_S
+                    )
+                written.clear()
+                start = loop.time()
+                for delay in (0.0, *RECHECK_S):
+                    await asyncio.sleep(max(0.0, start + delay - loop.time()))
+                    now = store.data_version()
+                    if now != version:
+                        version = now
+                        self._wake_all(self.connections.values())
+                        self.log_changed()
+                        self._dial_known()  # `syncq peers add` from another process
+                        break
+        finally:
+            if fd is not None:
+                loop.remove_reader(fd)
+            watch.close()
 
     async def _heartbeat(self) -> None:
         self.space.store.set_meta("node.pid", str(os.getpid()))

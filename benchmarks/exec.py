@@ -38,7 +38,6 @@ from syncq.executors.base import ModelSpec
 from syncq.executors.llama import model_path
 
 import syncq
-from syncq.lifecycle import Status
 from syncq.space import NewPrompt, Space
 from syncq.store import Peer
 
@@ -214,9 +213,12 @@ def echo_mesh(root: Path, n: int) -> dict[str, Any]:
             while len(space.log.nodes()) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
             start = time.perf_counter()
-            space.add_many([NewPrompt(text=f"p{i}", model="echo", params={"delay": 0.02}) for i in range(n)])
-            while space.log.counts().get(Status.DONE, 0) < n:
-                time.sleep(0.05)
+            added = space.add_many(
+                [NewPrompt(text=f"p{i}", model="echo", params={"delay": 0.02}) for i in range(n)]
+            )
+            with syncq.open(root / "laptop") as client:  # waits on the store's writes: no polling
+                for prompt in reversed(added):  # the last one is done last, the rest by then
+                    client.result(prompt.id, timeout=600)
             seconds = time.perf_counter() - start
             entries = space.entries(limit=None)
             duplicates = sum(len(e.results) - 1 for e in entries)

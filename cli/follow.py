@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,27 +18,20 @@ from syncq.errors import UserError
 from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Entry
 
-SAFETY_S = 1.0  # a look this often even without a change reported
-
 
 def _changes(space: Any, timeout: float | None) -> Any:
     """Yield each time the store changed (and once at first), until ``timeout``."""
     from syncq.watch import FolderWatch
 
-    deadline = None if timeout is None else time.monotonic() + timeout
-    version = None
     watch = FolderWatch(space.paths.root)
     try:
-        while (left := SAFETY_S if deadline is None else deadline - time.monotonic()) > 0:
-            now = space.store.data_version()
-            if now != version:
-                version = now
-                yield
-            if watch.wait(min(left, SAFETY_S)):
-                watch.recheck(lambda: space.store.data_version() != version)  # noqa: B023 (used at once)
+        yield from watch.moves(space.store.data_version, timeout)
+    except TimeoutError:
+        raise UserError(
+            f"gave up waiting after {timeout:g} s; the prompt stays queued (see `syncq log`)"
+        ) from None
     finally:
         watch.close()
-    raise UserError(f"gave up waiting after {timeout:g} s; the prompt stays queued (see `syncq log`)")
 
 
 def result(space: Any, prompt_id: str, *, stream: bool, timeout: float | None, as_json: bool) -> None:

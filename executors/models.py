@@ -47,11 +47,12 @@ BUNDLED = {
 def discover(home: Path, backends: list[str] | None = None) -> dict[str, ModelSpec]:
     """Every model this node can serve, by name. Raises ``InvalidInput`` for a bad models.toml."""
     found: dict[str, ModelSpec] = {}
+    config = _models_toml(home)
     for spec in [
-        *_configured(home),
+        *_configured(home / "models.toml", config),
         *_gguf_files(home),
         *_packages(home),
-        *(_served(home) if backends is None or "openai" in backends else []),
+        *(_served(home / "models.toml", config) if backends is None or "openai" in backends else []),
         ModelSpec(name="echo", backend="echo"),
     ]:
         if spec.name not in found and (backends is None or spec.backend in backends):
@@ -59,14 +60,17 @@ def discover(home: Path, backends: list[str] | None = None) -> dict[str, ModelSp
     return found
 
 
-def _configured(home: Path) -> list[ModelSpec]:
+def _models_toml(home: Path) -> dict[str, Any]:
     path = home / "models.toml"
     if not path.exists():
-        return []
+        return {}
     try:
-        doc = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{path} is not valid TOML: {exc}") from exc
+
+
+def _configured(path: Path, doc: Mapping[str, Any]) -> list[ModelSpec]:
     specs = []
     for name, table in doc.get("models", {}).items():
         if not isinstance(table, dict) or not isinstance(table.get("backend"), str):
@@ -81,16 +85,12 @@ def _configured(home: Path) -> list[ModelSpec]:
     return specs
 
 
-def _served(home: Path) -> list[ModelSpec]:
+def _served(path: Path, doc: Mapping[str, Any]) -> list[ModelSpec]:
     from .base import ExecutorError
     from .openai_api import Server, api_key_from
 
-    path = home / "models.toml"
-    if not path.exists():
-        return []
-    servers = tomllib.loads(path.read_text()).get("servers", {})
     specs = []
-    for name, table in servers.items():
+    for name, table in doc.get("servers", {}).items():
         if not isinstance(table, dict) or not isinstance(table.get("base_url"), str):
             raise InvalidInput(f'{path}: server {name!r} needs a base_url, e.g. "http://host:8000/v1"')
         try:

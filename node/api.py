@@ -43,7 +43,7 @@ import syncq
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError
 from syncq.lifecycle import Status
 from syncq.log import Entry
-from syncq.records import LLM_PARAMS
+from syncq.records import LLM_PARAMS, messages_input
 
 MAX_BODY_BYTES = 4 << 20
 PARAMS = set(LLM_PARAMS) - {"mode"}  # OpenAI's names where they exist; keep_alive etc. as extra_body
@@ -167,19 +167,10 @@ class _Api:
 
     async def chat(self, request: Request) -> Response:
         body = await _body(request)
-        messages = body.get("messages")
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
-        ):
-            raise ApiError(
-                400, "messages must be a non-empty list of {role, content}", code="invalid_messages"
-            )
-        text = (
-            "\n".join(m["content"] for m in messages if m.get("role", "user") == "user")
-            or messages[-1]["content"]
-        )
+        try:
+            text = messages_input(body.get("messages"))
+        except InvalidInput as exc:
+            raise ApiError(400, str(exc), code="invalid_messages") from exc
         return await self._run(request, body, text, "chat", "chat.completion")
 
     async def complete(self, request: Request) -> Response:

@@ -301,7 +301,7 @@ class Node:
         fd = watch.fileno()
         loop = asyncio.get_running_loop()
         if fd is not None:
-            loop.add_reader(fd, lambda: (watch.drain(), written.set()))
+            loop.add_reader(fd, watch.reader(written.set))
         try:
             while True:
                 with contextlib.suppress(TimeoutError):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -39,11 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from syncq.client import Outcome
 from syncq.errors import InvalidInput, SyncqError, UserError
 from syncq.ids import PromptId, is_prompt_id
 from syncq.lifecycle import TERMINAL
 from syncq.log import Changes, Entry, Log
-from syncq.records import PromptKind, check_params
+from syncq.records import PromptKind, check_params, messages_input
 from syncq.space import Space, wall_clock_ms
 from syncq.watch import FolderWatch
 
@@ -122,17 +124,7 @@ def _check(request: Mapping[str, Any]) -> None:
 
 def prompt_text(request: Mapping[str, Any]) -> str:
     """The prompt's input: the text, or the messages as a transcript the LLM executor reads."""
-    if "prompt" in request:
-        return str(request["prompt"])
-    messages = request["messages"]
-    if not isinstance(messages, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
-    ):
-        raise BadRequest("messages: must be a list of {role: ..., content: ...}")
-    return (
-        "\n".join(m["content"] for m in messages if m.get("role", "user") == "user")
-        or messages[-1]["content"]
-    )
+    return str(request["prompt"]) if "prompt" in request else messages_input(request["messages"])
 
 
 class Portal:
@@ -160,7 +152,7 @@ class Portal:
         loop = asyncio.get_running_loop()
         fd = watch.fileno()
         if fd is not None:
-            loop.add_reader(fd, lambda: (watch.drain(), self._wake.set()))
+            loop.add_reader(fd, watch.reader(self._wake.set))
         self.node.log.event("portal", path=str(self.root))
         self._resume()
         try:
@@ -194,9 +186,7 @@ class Portal:
 
     def _take(self, folder: Path) -> None:
         try:  # everything that can be checked before the move is, so errors/ keeps the name
-            request = read_request(folder, self._defaults())
-            self._check_served(request["model"])
-            check_params(request["params"], PromptKind.LLM)
+            request = self._checked(folder)
         except (BadRequest, InvalidInput) as exc:
             self._reject(folder, str(exc))
             return
@@ -207,12 +197,22 @@ class Portal:
             _write_durably(recorded, f"{prompt_id}\n{folder.name}\n")  # the id, and the name it came with
         target = self.folders["queued"] / prompt_id
         os.rename(folder, target)
-        self._add(target, PromptId(prompt_id))
+        self._add(target, PromptId(prompt_id), request)
 
-    def _add(self, folder: Path, prompt_id: PromptId) -> None:
+    def _checked(self, folder: Path) -> dict[str, Any]:
+        """The request, checked as far as it can be without adding it."""
+        request = read_request(folder, self._defaults())
+        self._check_served(request["model"])
+        check_params(request["params"], PromptKind.LLM)
+        prompt_text(request)
+        return request
+
+    def _add(self, folder: Path, prompt_id: PromptId, request: dict[str, Any] | None = None) -> None:
+        if request is None and self.space.log.has_prompt(prompt_id):
+            self._queued(folder, prompt_id)  # after a restart: added before the crash
+            return
         try:
-            request = read_request(folder, self._defaults())
-            self._check_served(request["model"])
+            request = request if request is not None else self._checked(folder)
             self.space.add(
                 prompt_text(request),
                 model=request["model"],
@@ -224,10 +224,13 @@ class Portal:
         except (SyncqError, ValueError, TypeError) as exc:
             self._reject(folder, str(exc))
             return
-        self._waiting[prompt_id] = folder
-        self.node.log.event("portal-queued", prompt=prompt_id, request=folder.name)
+        self._queued(folder, prompt_id)
         self.node.changed()  # offer it to the peers
         self.node.log_changed()  # and to this node's scheduler
+
+    def _queued(self, folder: Path, prompt_id: PromptId) -> None:
+        self._waiting[prompt_id] = folder
+        self.node.log.event("portal-queued", prompt=prompt_id, request=folder.name)
 
     def _check_served(self, model: str) -> None:
         served = {m.name for n in self.space.log.nodes() for m in n.models}
@@ -283,23 +286,12 @@ class Portal:
                 _replace(folder / "partial.txt", entry.stream)
 
     def _finish(self, folder: Path, entry: Entry) -> None:
-        run = entry.result
-        result = {
-            "id": entry.prompt.id,
-            "status": entry.status.value,
-            "model": entry.prompt.model,
-            "text": run.output if run is not None else "",
-            "error": run.error if run is not None else None,
-            "node": run.node if run is not None else None,
-            "node_name": run.node_name if run is not None else None,
-            "usage": dict(run.usage) if run is not None else {},
-            "started_at": run.started_at if run is not None else None,
-            "finished_at": run.finished_at if run is not None else None,
-            "delivered_at": wall_clock_ms(),
-        }
-        if entry.stream is None and (folder / "partial.txt").exists() and run is not None:
-            _replace(folder / "partial.txt", run.output)
-        _replace(folder / "answer.txt", result["text"])  # for shell clients: no JSON to parse
+        outcome = Outcome.of(entry)
+        fields = dataclasses.asdict(outcome)
+        result = {"id": fields.pop("prompt_id"), **fields, "delivered_at": wall_clock_ms()}
+        if entry.stream is None and (folder / "partial.txt").exists():
+            _replace(folder / "partial.txt", outcome.text)
+        _replace(folder / "answer.txt", outcome.text)  # for shell clients: no JSON to parse
         _replace(folder / "result.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         os.rename(folder, _free(self.folders["outbox"] / folder.name))
         self.node.log.event("portal-delivered", prompt=entry.prompt.id, status=entry.status.value)

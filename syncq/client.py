@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -216,21 +215,13 @@ class Client(_Verbs):
 
     def _changes(self, prompt_id: str, timeout: float | None) -> Iterator[Entry]:
         prompt_id = self.space.resolve(prompt_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        version = None
-        while True:
-            now = self.space.store.data_version()
-            if now != version:
-                version = now
+        try:
+            for _ in self._watch.moves(self.space.store.data_version, timeout, safety_s=SAFETY_S):
                 yield self.space.log.entry(prompt_id)
-            left = SAFETY_S if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                raise WaitTimeout(f"gave up waiting for {prompt_id} after {timeout:g} s; it stays queued")
-            if self._watch.wait(min(left, SAFETY_S)):
-                self._watch.recheck(functools.partial(self._moved, version))
-
-    def _moved(self, version: int | None) -> bool:
-        return self.space.store.data_version() != version
+        except TimeoutError:
+            raise WaitTimeout(
+                f"gave up waiting for {prompt_id} after {timeout:g} s; it stays queued"
+            ) from None
 
 
 class AsyncClient(_Verbs):

@@ -359,6 +359,19 @@ class ModelAd:
 # -- validation of user input (raises InvalidInput, with a message fit to print) ---------------
 
 
+def messages_input(messages: object) -> str:
+    """A chat's messages (``[{role, content}, ...]``) as one prompt input: the user's turns, one
+    per line (the LLM executor applies the chat template). Raises ``InvalidInput``."""
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
+    ):
+        raise InvalidInput("messages must be a non-empty list of {role, content}")
+    user = [m["content"] for m in messages if m.get("role", "user") == "user"]
+    return "\n".join(user) or str(messages[-1]["content"])
+
+
 def check_prompt_input(text: str) -> str:
     """Refuse an empty or oversized prompt. Raises ``InvalidInput``."""
     if not text.strip():

@@ -21,7 +21,7 @@ import ctypes
 import os
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 FALLBACK_S = 0.05
@@ -59,6 +59,33 @@ class FolderWatch:
             if changed():
                 return
             time.sleep(max(0.0, start + delay - time.monotonic()))
+
+    def moves(
+        self, version: Callable[[], int], timeout: float | None, *, safety_s: float = 1.0
+    ) -> Iterator[None]:
+        """Yield once at first, then each time ``version()`` (SQLite's ``data_version``) moves,
+        looking at least every ``safety_s``. Raises ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = None
+        while True:
+            now = version()
+            if now != seen:
+                seen = now
+                yield
+            left = safety_s if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            if self.wait(min(left, safety_s)):
+                self.recheck(lambda: version() != seen)  # noqa: B023 (called before seen changes)
+
+    def reader(self, then: Callable[[], None]) -> Callable[[], None]:
+        """A callback for ``loop.add_reader(fileno(), ...)``: forget the changes, then ``then()``."""
+
+        def readable() -> None:
+            self.drain()
+            then()
+
+        return readable
 
     def drain(self) -> None:
         """Forget the changes reported so far (the caller is about to look)."""

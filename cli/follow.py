@@ -65,6 +65,12 @@ def _finish(entry: Entry, streamed: str, as_json: bool) -> None:
         click.echo(
             f"[{entry.prompt.model} on {run.node_name}, {run.usage.get('ms_total', '?')} ms]", err=True
         )
+        if run.files:
+            from syncq.cli.render import file_line
+
+            for ref in run.files:
+                click.echo(f"file {file_line(ref)}", err=True)
+            click.echo(f"save them with: syncq get {entry.prompt.id[:10]} -o DIR", err=True)
     if entry.status is not Status.DONE:
         error = run.error if run is not None and run.error else entry.status.value
         raise UserError(f"prompt {entry.prompt.id} {entry.status.value}: {error}")

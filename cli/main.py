@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from syncq.errors import SyncqError
+from syncq.errors import UserError as SyncqUserError
 
 STATUSES = ("queued", "claimed", "running", "done", "failed", "cancelled")
 KINDS = ("llm", "asr", "image")
@@ -115,7 +116,15 @@ def init(ctx: click.Context, name: str | None, if_missing: bool, as_json: bool) 
 @cli.command()
 @click.argument("text")
 @click.option("-m", "--model", required=True, help="The model to run it on, e.g. gemma3-270m.")
-@click.option("--kind", type=click.Choice(KINDS), default="llm", show_default=True, help="Kind of model.")
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Attach a file (repeatable).",
+)
+@click.option("--kind", type=click.Choice(KINDS), help="Kind of model (default: from the model's backend).")
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first (-1000..1000).")
 @click.option("--max-attempts", type=int, default=3, show_default=True, help="Runs before it fails.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A model parameter (repeatable).")
@@ -131,7 +140,8 @@ def add(
     ctx: click.Context,
     text: str,
     model: str,
-    kind: str,
+    files: tuple[Path, ...],
+    kind: str | None,
     priority: int,
     max_attempts: int,
     params: tuple[str, ...],
@@ -150,6 +160,7 @@ def add(
     Example:
       syncq add "Why is the sky blue?" -m gemma3-270m --param max_tokens=64
       echo "Summarise this" | syncq add - -m gemma3-270m
+      syncq add "" --file talk.wav -m whisper-tiny.en --wait
     """
     from syncq.records import parse_param
 
@@ -159,8 +170,21 @@ def add(
     if keep_alive is not None:
         parsed["keep_alive"] = keep_alive
     space = _open(ctx)
+    from syncq.cli import progress
+
+    if files:
+        from syncq.cli.mesh import apply_blob_limit
+
+        apply_blob_limit(space)
+    attached = [progress.attach(space, path, quiet=as_json) for path in files]
     prompt = space.add(
-        text, model=model, kind=kind, params=parsed, priority=priority, max_attempts=max_attempts
+        text,
+        model=model,
+        kind=kind,
+        params=parsed,
+        priority=priority,
+        max_attempts=max_attempts,
+        files=attached,
     )
     _warn_if_unserved(space, model)
     if wait or follow:
@@ -176,16 +200,12 @@ def add(
 
 
 def _served(space: Any) -> set[str] | None:
-    """The models the mesh advertises, as the local node last noted them (reading the Doc for
-    this would cost a cold add its speed); None if no node has run in this home yet."""
-    import json
-
-    known = space.store.get_meta("mesh.models")
-    return set(json.loads(known)) if known is not None else None
+    found = space.mesh_models()
+    return set(found) if found is not None else None
 
 
 def _warn_if_unserved(space: Any, model: str) -> None:
-    served = _served(space)
+    served = space.mesh_models()
     if served is not None and model not in served:
         click.echo(f"warning: no node of this space has advertised model {model!r}; queued anyway", err=True)
 
@@ -234,21 +254,83 @@ def log_(
 
 @cli.command()
 @click.argument("prompt_id", metavar="ID")
+@click.option(
+    "--save",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also save every attachment (the prompt's and the result's) into this folder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_context
-def show(ctx: click.Context, prompt_id: str, as_json: bool) -> None:
-    """Show one prompt: its input, status, claims and every run.
+def show(ctx: click.Context, prompt_id: str, save: Path | None, as_json: bool) -> None:
+    """Show one prompt: its input, status, claims, every run and their files.
 
     ID may be any unique prefix of the id.
 
     \b
     Example:
       syncq show 01JDX4
+      syncq show 01JDX4 --save ./talk
     """
     from syncq.cli import render
 
     space = _open(ctx)
-    render.show(space.show(prompt_id), as_json, _served(space))
+    entry = space.show(prompt_id)
+    render.show(entry, as_json, _served(space))
+    if save is not None:
+        from syncq.cli import progress
+
+        refs = [*entry.prompt.files, *(entry.result.files if entry.result else ())]
+        progress.save(space, refs, save, timeout=None, quiet=as_json, force=False)
+
+
+@cli.command()
+@click.argument("prompt_id", metavar="ID")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="The folder to save the files into.",
+)
+@click.option(
+    "--input", "inputs", is_flag=True, help="Save the prompt's attachments instead of the result's."
+)
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up fetching after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per saved file.")
+@click.pass_context
+def get(
+    ctx: click.Context,
+    prompt_id: str,
+    output: Path,
+    inputs: bool,
+    force: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Save a prompt's result files (images, transcripts) into a folder.
+
+    Files not on this device yet are fetched from the peers by the node running in this home,
+    with progress shown. Prints each saved file's path.
+
+    \b
+    Example:
+      syncq get 01JDX4 -o ./out
+    """
+    from syncq.cli import progress, render
+
+    space = _open(ctx)
+    entry = space.show(prompt_id)
+    if inputs:
+        refs = list(entry.prompt.files)
+    elif entry.result is None or entry.status.value != "done":
+        raise SyncqUserError(f"prompt {entry.prompt.id} is {entry.status.value}: it has no result files yet")
+    else:
+        refs = list(entry.result.files)
+    if not refs:
+        raise SyncqUserError(f"prompt {entry.prompt.id} has no {'input' if inputs else 'result'} files")
+    render.saved(progress.save(space, refs, output, timeout=timeout, quiet=as_json, force=force), as_json)
 
 
 @cli.command()

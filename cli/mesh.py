@@ -73,6 +73,7 @@ def node(
     host, port = _parse_listen(listen or os.environ.get("SYNCQ_LISTEN") or DEFAULT_LISTEN)
     urls = [peer_url(p) for p in peers]
     space = _open(ctx)
+    apply_blob_limit(space)
     scheduler = None if no_executors or space.is_relay else _scheduler_factory(space.paths.root)
     config = node_config(space.paths.root)
     portals = portal_roots(space.paths.root, config)
@@ -243,6 +244,12 @@ def peers_add(ctx: click.Context, url: str) -> None:
         raise UserError(f"{normalised} is a known peer already")
     space.store.save_peer(Peer(url=normalised, source="config"))
     click.echo(f"added {normalised}")
+
+
+def apply_blob_limit(space: Any) -> None:
+    from syncq.executors.models import blob_limit
+
+    space.blob_limit = blob_limit(space.paths.root) or space.blob_limit
 
 
 def _scheduler_factory(home: Path) -> Any:

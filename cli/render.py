@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 
+from syncq.blobs import BlobRef
 from syncq.log import Entry
 from syncq.records import ModelAd, NodeInfo, Result
 from syncq.space import Space, SpaceStatus
@@ -36,6 +38,7 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "params": dict(p.params),
         "priority": p.priority,
         "max_attempts": p.max_attempts,
+        "files": [f.to_wire() for f in p.files],
         "created_at": _iso(p.created_at),
         "author": p.author,
         "result": _run_json(result) if result else None,
@@ -123,6 +126,8 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
     facts.add_row("priority", f"{p.priority}   max attempts {p.max_attempts}")
     if p.params:
         facts.add_row("params", " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(p.params.items())))
+    for ref in p.files:
+        facts.add_row("file", file_line(ref))
     if entry.cancel:
         facts.add_row("cancelled", f"{_iso(entry.cancel.at)} by {entry.cancel.by[:16]}")
     for claim in entry.claims:
@@ -142,6 +147,30 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
             f"{_status(run.status.value)}{mark}"
         )
         console.print(_result_text(run), markup=False, highlight=False)
+        for ref in run.files:
+            console.print(f"file {file_line(ref)}", markup=False, highlight=False)
+    if any(run.files for run in entry.results):
+        console.print(f"\n[dim]save the files with: syncq get {p.id[:10]} -o DIR[/dim]")
+
+
+def file_line(ref: BlobRef) -> str:
+    """An attachment in one line: name, size, id prefix."""
+    return f"{ref.name} ({_size(ref.size)}, {ref.id[:12]})"
+
+
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    return f"{size / 1024:.1f} KiB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.1f} MiB"
+
+
+def saved(paths: Sequence[Path], as_json: bool) -> None:
+    """`syncq get` and `show --save`: where the files went."""
+    for path in paths:
+        if as_json:
+            _json_line({"path": str(path), "size": path.stat().st_size})
+        else:
+            click.echo(str(path))
 
 
 def changed(entry: Entry, as_json: bool) -> None:
@@ -278,6 +307,7 @@ def _run_json(run: Result) -> dict[str, Any]:
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
         "usage": dict(run.usage),
+        "files": [f.to_wire() for f in run.files],
     }
 
 

@@ -35,6 +35,10 @@ class Job:
     prompt_id: str
     input: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    # The prompt's attachments, decrypted into the job's folder before the run (in order).
+    files: tuple[str, ...] = ()
+    # An empty folder for output files; the executor returns the paths it wrote in ``Output``.
+    out_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +47,8 @@ class Output:
 
     text: str
     usage: Mapping[str, Any] = field(default_factory=dict)
+    # Files the run produced, inside ``Job.out_dir``: they become the result's attachments.
+    files: tuple[str, ...] = ()
 
 
 class Executor(Protocol):

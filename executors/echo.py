@@ -1,8 +1,9 @@
 """``echo``: a deterministic executor for tests and for checking a mesh end to end.
 
-The output is the input, sent word by word. Params: ``delay`` (seconds spent in total, spread
-over the words; cancellable), ``fail`` (raise with this message instead), ``crash`` (kill the
-worker process outright) and ``hang`` (sleep, deaf to cancel): the last two test isolation.
+The output is the input, sent word by word, and a copy of each attachment. Params: ``delay``
+(seconds spent in total, spread over the words; cancellable), ``fail`` (raise with this message
+instead), ``crash`` (kill the worker process outright) and ``hang`` (sleep, deaf to cancel): the
+last two test isolation.
 
 Option (models.toml): ``gpu_memory`` (bytes, or a size such as ``"1G"``) makes the model hold
 that much GPU memory while loaded, allocated through the CUDA driver, so that the manager's GPU
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from .base import ExecutorError, Job, ModelSpec, Output
 from .memory import parse_size
@@ -48,7 +51,8 @@ class EchoExecutor:
                 break
             emit(word if i == 0 else " " + word)
             _sleep(step, cancelled)
-        return Output(text=job.input, usage={"words": len(words)})
+        copies = tuple(shutil.copy(f, Path(job.out_dir) / Path(f).name) for f in job.files if job.out_dir)
+        return Output(text=job.input, usage={"words": len(words)}, files=copies)
 
     def unload(self) -> None:
         """Free the GPU memory, if any (ending the process frees it too)."""

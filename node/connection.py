@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.connection import Connection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
-from syncq.peering import Peering
-from syncq.protocol import CloseCode, PeerClosed, Role, SessionFailed
+from syncq.peering import BlobEvent, Peering
+from syncq.protocol import CloseCode, PeerClosed, Role, SessionFailed, State
 
 if TYPE_CHECKING:
     from syncq.node.daemon import Node
@@ -58,9 +58,13 @@ class Connection:
         timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
         try:
             await self._flush()
+            syncing = False
             async for message in self.ws:
                 self.bytes_in += len(message)
                 self.peering.receive(message if isinstance(message, bytes) else b"")
+                if not syncing and self.session.state is State.SYNCING:
+                    syncing = True
+                    self.node.transfers.connected(self)  # blob frames are allowed from now on
                 if self.peering.wants_to_send:
                     self.wake.set()
                 await self._flush()
@@ -92,6 +96,10 @@ class Connection:
         """Gossip: offer what arrived to every other peer."""
         self.node.stored(self, added)
 
+    def blob(self, peering: Peering, event: BlobEvent) -> None:
+        """Attachments: the node's transfers answer wants and take chunks."""
+        self.node.transfers.on_event(self, event)
+
     def ended(self, peering: Peering, event: SessionFailed | PeerClosed) -> None:
         """Log why the session ended."""
         kind = "peer-failed" if isinstance(event, SessionFailed) else "peer-closed"
@@ -106,6 +114,7 @@ class Connection:
             self.wake.clear()
             while self.peering.send_batch():
                 await self._flush()
+            await self._flush()  # blob frames queued by another connection's events
             now = time.monotonic()
             if self.session.peer_id is not None and now - self._last_progress >= PROGRESS_EVERY_S:
                 self._last_progress = now

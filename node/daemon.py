@@ -42,6 +42,7 @@ from syncq.watch import RECHECK_S, FolderWatch
 from .connection import Connection
 from .logs import NodeLog
 from .portal import Portal
+from .transfers import Transfers
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -88,6 +89,7 @@ class Node:
         self.api = None if space.is_relay else api
         self.api_token = api_token
         self._advertised: tuple[object, ...] | None = None
+        self.transfers = Transfers(self)
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
         """Run ``work`` in the background, keeping a reference until it ends."""
@@ -234,6 +236,7 @@ class Node:
         if peer is not None and self.connections.get(peer) is conn:
             del self.connections[peer]
             self._remember(conn.key, node_id=peer, name=conn.peering.peer_name, connected=False)
+            self.transfers.disconnected(conn)
             self.log.event("peer-disconnected", peer=conn.label, reason=conn.session.close_reason or "closed")
 
     def _remember(self, key: str, **fields: Any) -> None:
@@ -294,8 +297,9 @@ class Node:
         until it moves; a look every ``WATCH_SAFETY_S`` covers lost events. An idle node (a
         laptop's) thus does nothing at all; without inotify it polls every ``WATCH_INTERVAL_S``.
         """
-        store = self.space.store
-        version = store.data_version()
+        store, blobs = self.space.store, self.space.blobs
+        version, blob_version = store.data_version(), blobs.data_version()
+        self.transfers.fetch_wanted()
         watch = FolderWatch(self.space.paths.root)
         written = asyncio.Event()
         fd = watch.fileno()
@@ -312,6 +316,9 @@ class Node:
                 start = loop.time()
                 for delay in (0.0, *RECHECK_S):
                     await asyncio.sleep(max(0.0, start + delay - loop.time()))
+                    if blobs.data_version() != blob_version:  # `syncq get` asks for a blob
+                        blob_version = blobs.data_version()
+                        self.transfers.fetch_wanted()
                     now = store.data_version()
                     if now != version:
                         version = now
@@ -335,8 +342,8 @@ class Node:
         # `syncq add` warns about a model nobody serves without loading the Doc: it reads this.
         if self.space.is_relay:
             return
-        names = sorted({m.name for n in self.space.log.nodes() for m in n.models})
-        text = json.dumps(names)
+        backends = {m.name: m.backend for n in self.space.log.nodes() for m in n.models}
+        text = json.dumps(backends, sort_keys=True)
         if self.space.store.get_meta("mesh.models") != text:
             self.space.store.set_meta("mesh.models", text)
 

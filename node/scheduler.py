@@ -18,18 +18,21 @@ import asyncio
 import bisect
 import contextlib
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from syncq.executors.base import ExecutorError, Job
 from syncq.executors.manager import Cancelled, ModelManager
 
+from syncq.blobs import BlobRef
 from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, first_choice, won
-from syncq.errors import MalformedRecord, StoreError
+from syncq.errors import BlobError, InvalidInput, MalformedRecord, StoreError
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status
-from syncq.records import Claim, Prompt, Result, RunStatus
+from syncq.records import Claim, Prompt, PromptKind, Result, RunStatus
 from syncq.space import wall_clock_ms
 
 if TYPE_CHECKING:
@@ -264,7 +267,7 @@ class Scheduler:
         for running in claimed:
             self.jobs[running.chosen.prompt_id] = running
             prompt = self._open[running.chosen.prompt_id].prompt
-            task = asyncio.ensure_future(self._job(running, prompt.input, dict(prompt.params)))
+            task = asyncio.ensure_future(self._job(running, prompt))
             self._tasks.add(task)
             task.add_done_callback(self._ended)
 
@@ -309,18 +312,30 @@ class Scheduler:
             error = task.exception()
             self.node.log.event("job-crashed", level="error", reason=f"{type(error).__name__}: {error}")
 
-    async def _job(self, running: Running, text: str, params: dict[str, object]) -> None:
+    async def _job(self, running: Running, prompt: Prompt) -> None:
         chosen = running.chosen
+        folder = None
         try:
             settle = self._settle_s(chosen.model)
             if settle:
                 await asyncio.sleep(settle)
                 if not self._still_mine(chosen):
                     return
+            if prompt.files or prompt.kind is not PromptKind.LLM:
+                # Fetched before the model is taken, so that another job can use it meanwhile.
+                folder = self.space.paths.root / "work" / f"{prompt.id}.{chosen.attempt}"
+                started = wall_clock_ms()
+                try:
+                    inputs = await self._inputs(prompt, folder)
+                except (BlobError, InvalidInput) as exc:
+                    self._record(
+                        chosen.prompt_id, self._result(chosen, RunStatus.FAILED, started, error=str(exc))
+                    )
+                    return
             async with self._model_locks.setdefault(chosen.model, asyncio.Lock()):
                 if not self._still_mine(chosen):
                     return
-                result = await self._execute(running, text, params)
+                result = await self._execute(running, prompt, inputs if folder else (), folder)
             # The next job reaches the model before this result is written (an fsync).
             await asyncio.sleep(0)
             self._record(chosen.prompt_id, result)
@@ -328,7 +343,19 @@ class Scheduler:
             self.node.log.event("store-failed", level="error", reason=str(exc))
         finally:
             self.jobs.pop(chosen.prompt_id, None)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)  # plaintext of attachments: not kept
             self._wake.set()
+
+    async def _inputs(self, prompt: Prompt, folder: Path) -> tuple[str, ...]:
+        """Fetch the prompt's attachments and decrypt them into ``folder/in``."""
+        (folder / "out").mkdir(parents=True, exist_ok=True)
+        (folder / "in").mkdir(exist_ok=True)
+        paths = []
+        for ref in prompt.files:
+            await self.node.transfers.fetch(ref)
+            paths.append(str(self.space.save_file(ref, folder / "in")))
+        return tuple(paths)
 
     def _still_mine(self, chosen: Candidate) -> bool:
         entry = self.space.log.entry(chosen.prompt_id, stream=False)
@@ -336,7 +363,9 @@ class Scheduler:
             won(entry.claims, self.space.device_id, chosen.attempt) and entry.status is not Status.CANCELLED
         )
 
-    async def _execute(self, running: Running, text: str, params: dict[str, object]) -> Result | None:
+    async def _execute(
+        self, running: Running, prompt: Prompt, inputs: tuple[str, ...], folder: Path | None
+    ) -> Result | None:
         """Run the prompt; its result, or None if it was cancelled."""
         chosen = running.chosen
         pid = chosen.prompt_id
@@ -353,8 +382,10 @@ class Scheduler:
             buffer.append(chunk)
             arrived.set()
 
+        params: dict[str, object] = dict(prompt.params)
         keep_alive = params.pop("keep_alive", None)
-        job = Job(prompt_id=pid, input=text, params=params)
+        out_dir = str(folder / "out") if folder is not None else ""
+        job = Job(prompt_id=pid, input=prompt.input, params=params, files=inputs, out_dir=out_dir)
         result: Result | None
         try:
             out = await self.manager.run(
@@ -371,14 +402,22 @@ class Scheduler:
                 "ms_total": wall_clock_ms() - started,
                 "ms_first_token": (first_token or started) - started,
             }
-            result = self._result(chosen, RunStatus.DONE, started, output=out.text, usage=usage)
+            files = tuple(self._attach(path, folder) for path in out.files)
+            result = self._result(chosen, RunStatus.DONE, started, output=out.text, usage=usage, files=files)
         except Cancelled:
             result = None
-        except ExecutorError as exc:
+        except (ExecutorError, InvalidInput) as exc:
             result = self._result(chosen, RunStatus.FAILED, started, error=str(exc))
         finally:
             streaming.cancel()
         return result
+
+    def _attach(self, path: str, folder: Path | None) -> BlobRef:
+        """Seal an output file; only files inside the job's folder count (a backend's bug must
+        not publish the node's other files)."""
+        if folder is None or not Path(path).resolve().is_relative_to(folder.resolve()):
+            raise InvalidInput(f"the executor returned a file outside its output folder: {path}")
+        return self.space.attach(path)
 
     def _record(self, prompt_id: PromptId, result: Result | None) -> None:
         if result is None:
@@ -403,6 +442,7 @@ class Scheduler:
         output: str = "",
         error: str | None = None,
         usage: dict[str, object] | None = None,
+        files: tuple[BlobRef, ...] = (),
     ) -> Result:
         return Result(
             prompt_id=chosen.prompt_id,
@@ -415,6 +455,7 @@ class Scheduler:
             started_at=started,
             finished_at=wall_clock_ms(),
             usage=usage or {},  # type: ignore[arg-type]
+            files=files,
         )
 
     async def _stream(self, running: Running, buffer: list[str], arrived: asyncio.Event) -> None:

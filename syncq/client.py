@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
-from syncq.errors import WaitTimeout
+from syncq.blobs import BlobRef
+from syncq.errors import BlobUnavailable, WaitTimeout
 from syncq.ids import PromptId
 from syncq.keys import resolve_home
 from syncq.lifecycle import TERMINAL, Status
@@ -62,6 +65,8 @@ class Outcome:
     started_at: int | None = None  # wall clock, ms
     finished_at: int | None = None
     runs: int = 0  # runs recorded: more than one after retries or a partition
+    attachments: tuple[BlobRef, ...] = ()  # the run's output files, as the log names them
+    files: tuple[Path, ...] = ()  # those files saved on this device (``result`` fetches them)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +89,7 @@ class Outcome:
             started_at=run.started_at if run is not None else None,
             finished_at=run.finished_at if run is not None else None,
             runs=len(entry.results),
+            attachments=run.files if run is not None and entry.status is Status.DONE else (),
         )
 
 
@@ -95,6 +101,73 @@ class MeshModel:
     backend: str
     nodes: tuple[str, ...]  # names of the nodes that serve it
     warm: tuple[str, ...]  # those that have it loaded now
+
+
+def fetch_files(
+    space: Space,
+    refs: Sequence[BlobRef],
+    folder: str | os.PathLike[str],
+    *,
+    timeout: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Save attachments into ``folder``, asking this home's node to fetch the ones not here yet
+    and waiting for them (``progress(bytes here, bytes in all)`` as chunks arrive).
+
+    Raises ``BlobUnavailable`` when chunks are missing and no node runs in this home,
+    ``WaitTimeout`` after ``timeout`` seconds (the node goes on fetching), ``BlobError``."""
+    check_fetchable(space, refs)
+    return _fetch(space, refs, folder, timeout=timeout, progress=progress)
+
+
+def check_fetchable(space: Space, refs: Sequence[BlobRef]) -> None:
+    """Raise ``BlobUnavailable`` if some of ``refs`` are not here and no node runs to fetch them.
+
+    Apart from ``_fetch``: this reads the store, whose connection belongs to the caller's thread."""
+    pending = [ref for ref in refs if not space.blobs.complete(ref)]
+    if pending and space.node_running() is None:
+        names = ", ".join(ref.name for ref in pending)
+        raise BlobUnavailable(
+            f"{names}: not on this device yet, and no node runs in {space.paths.root} to fetch "
+            "it: start `syncq node`"
+        )
+
+
+def _fetch(
+    space: Space,
+    refs: Sequence[BlobRef],
+    folder: str | os.PathLike[str],
+    *,
+    timeout: float | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[Path]:
+    """``fetch_files`` once ``check_fetchable`` passed; touches only the attachment store (whose
+    connection any thread may use) and the keys, so ``AsyncClient`` runs it in a thread."""
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    total = sum(ref.size for ref in refs)
+    pending = [ref for ref in refs if not space.blobs.complete(ref)]
+    if pending:
+        for ref in pending:
+            space.blobs.want(ref)
+        watch = FolderWatch(space.paths.root)
+        try:
+            for _ in watch.moves(space.blobs.data_version, timeout, safety_s=SAFETY_S):
+                here = sum(space.blobs.stored_bytes(ref.raw_id) for ref in refs)
+                if progress is not None:
+                    progress(min(here, total), total)
+                if all(space.blobs.complete(ref) for ref in pending):
+                    break
+        except TimeoutError:
+            raise WaitTimeout(
+                f"gave up waiting for {', '.join(r.name for r in pending)} after {timeout:g} s; "
+                "the node goes on fetching"
+            ) from None
+        finally:
+            watch.close()
+    if progress is not None:
+        progress(total, total)
+    return [space.save_file(ref, target) for ref in refs]
 
 
 def open(home: str | os.PathLike[str] | None = None) -> Client:
@@ -123,11 +196,31 @@ class _Verbs:
         params: Mapping[str, ParamValue] | None = None,
         priority: int = 0,
         max_attempts: int = 3,
+        files: Sequence[str | os.PathLike[str]] = (),
+        kind: str | None = None,
+        prompt_id: str | None = None,
     ) -> Prompt:
-        """Queue a prompt (stored durably before it returns). Raises ``InvalidInput``."""
+        """Queue a prompt (stored durably before it returns), with ``files`` attached. ``kind``
+        (llm, asr, image) defaults to what the mesh serves the model as; with ``prompt_id``
+        (from ``new_prompt_id``) adding it again adds nothing. Raises ``InvalidInput``."""
         return self.space.add(
-            prompt, model=model, params=params, priority=priority, max_attempts=max_attempts
+            prompt,
+            model=model,
+            kind=kind,
+            params=params,
+            priority=priority,
+            max_attempts=max_attempts,
+            files=files,
+            prompt_id=PromptId(prompt_id) if prompt_id is not None else None,
         )
+
+    def new_prompt_id(self) -> PromptId:
+        """A fresh prompt id, to record before ``add(..., prompt_id=)`` (a resumable program)."""
+        return self.space.new_prompt_id()
+
+    def files_folder(self, prompt_id: str) -> Path:
+        """Where ``result`` saves a prompt's output files by default: ``files/<id>`` in the home."""
+        return self.space.paths.root / "files" / prompt_id
 
     def get(self, prompt_id: str) -> Entry:
         """Everything known about a prompt (an id or a unique prefix). Raises ``UnknownId``."""
@@ -182,11 +275,25 @@ class Client(_Verbs):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def result(self, prompt_id: str, *, timeout: float | None = None) -> Outcome:
-        """Wait until the prompt is done, failed or cancelled. Raises ``WaitTimeout``."""
+    def result(
+        self,
+        prompt_id: str,
+        *,
+        timeout: float | None = None,
+        files_dir: str | os.PathLike[str] | None = None,
+    ) -> Outcome:
+        """Wait until the prompt is done, failed or cancelled; output files are fetched and
+        saved into ``files_dir`` (default ``files_folder(id)``). Raises ``WaitTimeout``."""
+        start = time.monotonic()
         for entry in self._changes(prompt_id, timeout):
             if entry.status in TERMINAL:
-                return Outcome.of(entry)
+                outcome = Outcome.of(entry)
+                if not outcome.attachments:
+                    return outcome
+                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+                folder = files_dir if files_dir is not None else self.files_folder(outcome.prompt_id)
+                saved = fetch_files(self.space, outcome.attachments, folder, timeout=left)
+                return dataclasses.replace(outcome, files=tuple(saved))
         raise AssertionError("unreachable: _changes ends by raising")
 
     def stream(self, prompt_id: str, *, timeout: float | None = None) -> Iterator[str]:
@@ -208,9 +315,10 @@ class Client(_Verbs):
         params: Mapping[str, ParamValue] | None = None,
         priority: int = 0,
         timeout: float | None = None,
+        files: Sequence[str | os.PathLike[str]] = (),
     ) -> Outcome:
         """``add`` then ``result``."""
-        added = self.add(prompt, model=model, params=params, priority=priority)
+        added = self.add(prompt, model=model, params=params, priority=priority, files=files)
         return self.result(added.id, timeout=timeout)
 
     def _changes(self, prompt_id: str, timeout: float | None) -> Iterator[Entry]:
@@ -263,11 +371,29 @@ class AsyncClient(_Verbs):
                 asyncio.get_running_loop().remove_reader(fd)
         super().close()
 
-    async def result(self, prompt_id: str, *, timeout: float | None = None) -> Outcome:
-        """Wait until the prompt is done, failed or cancelled. Raises ``WaitTimeout``."""
+    async def result(
+        self,
+        prompt_id: str,
+        *,
+        timeout: float | None = None,
+        files_dir: str | os.PathLike[str] | None = None,
+    ) -> Outcome:
+        """Wait until the prompt is done, failed or cancelled; output files are fetched and
+        saved into ``files_dir`` (default ``files_folder(id)``). Raises ``WaitTimeout``."""
+        start = time.monotonic()
         async for entry in self._changes(prompt_id, timeout):
             if entry.status in TERMINAL:
-                return Outcome.of(entry)
+                outcome = Outcome.of(entry)
+                if not outcome.attachments:
+                    return outcome
+                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+                folder = files_dir if files_dir is not None else self.files_folder(outcome.prompt_id)
+                check_fetchable(self.space, outcome.attachments)  # reads the store: on the loop
+                # Rare and mostly disk-bound: a thread keeps the loop free meanwhile.
+                saved = await asyncio.to_thread(
+                    _fetch, self.space, outcome.attachments, folder, timeout=left, progress=None
+                )
+                return dataclasses.replace(outcome, files=tuple(saved))
         raise AssertionError("unreachable: _changes ends by raising")
 
     async def stream(self, prompt_id: str, *, timeout: float | None = None) -> AsyncIterator[str]:
@@ -289,9 +415,10 @@ class AsyncClient(_Verbs):
         params: Mapping[str, ParamValue] | None = None,
         priority: int = 0,
         timeout: float | None = None,
+        files: Sequence[str | os.PathLike[str]] = (),
     ) -> Outcome:
         """``add`` then ``result``."""
-        added = self.add(prompt, model=model, params=params, priority=priority)
+        added = self.add(prompt, model=model, params=params, priority=priority, files=files)
         return await self.result(added.id, timeout=timeout)
 
     def cancel(self, prompt_id: str) -> Entry:

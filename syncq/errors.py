@@ -156,3 +156,11 @@ class StoreBroken(StoreError):
 
 class LocalProtocolError(SyncqError):
     """This program used an API wrongly (a bug in the caller, not a user mistake)."""
+
+
+class BlobError(SyncqError):
+    """An attachment could not be stored, fetched or saved; the message says why."""
+
+
+class BlobUnavailable(BlobError, UserError):
+    """An attachment is not on this device and could not be fetched (no peer has it, no node)."""

@@ -63,6 +63,11 @@ class HomePaths:
         """The SQLite store."""
         return self.root / "syncq.db"
 
+    @property
+    def blobs(self) -> Path:
+        """The attachments' database (``syncq.blobstore``)."""
+        return self.root / "blobs.db"
+
     def check_initialized(self) -> None:
         """Raise ``HomeError`` or ``NotInitialized`` unless the home holds a space."""
         if self.root.exists() and not self.root.is_dir():

@@ -18,6 +18,9 @@ from syncq.protocol import (
     MAX_BATCH_BYTES,
     MAX_BATCH_ENVELOPES,
     Authenticated,
+    BlobMissing,
+    BlobReceived,
+    BlobWanted,
     CloseCode,
     EnvelopesReceived,
     Event,
@@ -29,6 +32,8 @@ from syncq.protocol import (
     SyncSession,
     WindowOpen,
 )
+
+BlobEvent = BlobWanted | BlobReceived | BlobMissing
 
 if TYPE_CHECKING:
     from syncq.space import Space
@@ -49,6 +54,10 @@ class Hooks(Protocol):
         """The session ended (this side failed it, or the peer closed it)."""
         ...
 
+    def blob(self, peering: Peering, event: BlobEvent) -> None:
+        """A blob frame arrived: a want to answer, a chunk, or a peer that lacks chunks."""
+        ...
+
 
 class NoHooks:
     """Hooks that admit every peer and ignore the rest."""
@@ -62,6 +71,9 @@ class NoHooks:
 
     def ended(self, peering: Peering, event: SessionFailed | PeerClosed) -> None:
         """Ignore."""
+
+    def blob(self, peering: Peering, event: BlobEvent) -> None:
+        """Ignore (nobody here serves blobs)."""
 
 
 class Peering:
@@ -133,6 +145,8 @@ class Peering:
             self.wants_to_send = True
         elif isinstance(event, EnvelopesReceived):
             self._store(event)
+        elif isinstance(event, BlobWanted | BlobReceived | BlobMissing):
+            self.hooks.blob(self, event)
         else:
             self.hooks.ended(self, event)
 

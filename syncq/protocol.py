@@ -14,6 +14,9 @@ Every state transition lives in ``TRANSITIONS`` (h11's habit)::
     AWAIT_HAVE      HAVE                    SYNCING         emit HaveReceived
     SYNCING         ENVELOPES               SYNCING         emit EnvelopesReceived; driver ACKs
     SYNCING         ACK                     SYNCING         emit WindowOpen
+    SYNCING         WANT_BLOB               SYNCING         emit BlobWanted; driver sends BLOB/NO_BLOB
+    SYNCING         BLOB                    SYNCING         emit BlobReceived; driver checks the tag
+    SYNCING         NO_BLOB                 SYNCING         emit BlobMissing
     any open        ERROR                   CLOSED          emit PeerClosed
     any             anything else           CLOSED          emit SessionFailed (4409)
 
@@ -38,7 +41,8 @@ from typing import Any
 
 import msgpack
 
-from syncq.crypto import MAX_ENVELOPE_SIZE, DeviceKeys, verify_signature
+from syncq.blobs import ID_SIZE, RELAY_TAG_SIZE, chunk_count, chunk_length
+from syncq.crypto import MAX_ENVELOPE_SIZE, TAG_SIZE, DeviceKeys, verify_signature
 from syncq.ids import DeviceId
 
 PROTOCOL_VERSION = 1
@@ -49,6 +53,9 @@ MAX_AUTHORS = 100_000
 MAX_NAME = 64
 WINDOW = 4
 CHALLENGE_SIZE = 32
+MAX_WANT = 16  # chunk indices per WANT_BLOB / NO_BLOB
+MAX_HOPS = 3  # how far a WANT_BLOB may travel through nodes that lack the blob
+MAX_BLOB_BYTES = 1 << 40  # what the wire admits; each node refuses more than its own blob_limit
 
 
 class Frame(enum.IntEnum):
@@ -60,6 +67,9 @@ class Frame(enum.IntEnum):
     ENVELOPES = 4
     ACK = 5
     ERROR = 6
+    WANT_BLOB = 7
+    BLOB = 8
+    NO_BLOB = 9
 
 
 class CloseCode(enum.IntEnum):
@@ -99,6 +109,9 @@ TRANSITIONS: Mapping[tuple[State, Frame], State] = {
     (State.AWAIT_HAVE, Frame.HAVE): State.SYNCING,
     (State.SYNCING, Frame.ENVELOPES): State.SYNCING,
     (State.SYNCING, Frame.ACK): State.SYNCING,
+    (State.SYNCING, Frame.WANT_BLOB): State.SYNCING,
+    (State.SYNCING, Frame.BLOB): State.SYNCING,
+    (State.SYNCING, Frame.NO_BLOB): State.SYNCING,
     (State.AWAIT_HELLO, Frame.ERROR): State.CLOSED,
     (State.AWAIT_AUTH, Frame.ERROR): State.CLOSED,
     (State.AWAIT_HAVE, Frame.ERROR): State.CLOSED,
@@ -154,7 +167,48 @@ class PeerClosed:
     reason: str
 
 
-Event = Authenticated | HaveReceived | EnvelopesReceived | WindowOpen | SessionFailed | PeerClosed
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobWanted:
+    """The peer asks for chunks of a blob; ``hops`` is how many more nodes it may be asked of."""
+
+    blob_id: bytes
+    size: int
+    epoch: int
+    indices: Sequence[int]
+    hops: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobReceived:
+    """A chunk arrived; its length fits the blob's size (its tag is the driver's to check)."""
+
+    blob_id: bytes
+    size: int
+    epoch: int
+    index: int
+    sealed: bytes
+    tag: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobMissing:
+    """The peer has not got these chunks (and could not get them)."""
+
+    blob_id: bytes
+    indices: Sequence[int]
+
+
+Event = (
+    Authenticated
+    | HaveReceived
+    | EnvelopesReceived
+    | WindowOpen
+    | SessionFailed
+    | PeerClosed
+    | BlobWanted
+    | BlobReceived
+    | BlobMissing
+)
 
 
 class _Violation(Exception):
@@ -257,6 +311,23 @@ class SyncSession:
         if seq == self.peer_vv.get(author, 0) + 1:
             self.peer_vv[author] = seq
 
+    def want_blob(self, blob_id: bytes, size: int, epoch: int, indices: Sequence[int], hops: int) -> None:
+        """Ask the peer for chunks of a blob (at most ``MAX_WANT`` indices)."""
+        self._require(State.SYNCING)
+        self._outgoing.append(_pack([Frame.WANT_BLOB, blob_id, size, epoch, list(indices[:MAX_WANT]), hops]))
+
+    def send_chunk(
+        self, blob_id: bytes, size: int, epoch: int, index: int, sealed: bytes, tag: bytes
+    ) -> None:
+        """Send one sealed chunk."""
+        self._require(State.SYNCING)
+        self._outgoing.append(_pack([Frame.BLOB, blob_id, size, epoch, index, sealed, tag]))
+
+    def no_blob(self, blob_id: bytes, indices: Sequence[int]) -> None:
+        """Tell the peer these chunks are not to be had here."""
+        self._require(State.SYNCING)
+        self._outgoing.append(_pack([Frame.NO_BLOB, blob_id, list(indices[:MAX_WANT])]))
+
     def fail(self, code: CloseCode, reason: str) -> SessionFailed:
         """End the session from this side: queue an ERROR frame and close."""
         if self.state is not State.CLOSED:
@@ -345,6 +416,32 @@ class SyncSession:
         self._unacked -= 1
         return [WindowOpen()]
 
+    def _on_want_blob(self, body: list[Any], frame: bytes) -> list[Event]:
+        _shape(body, 5)
+        blob_id, size, epoch, indices, hops = body
+        _blob_header(blob_id, size, epoch)
+        _indices(indices, size)
+        if not _whole(hops) or hops > MAX_HOPS:
+            raise _Violation(CloseCode.MALFORMED, "bad hop count")
+        return [BlobWanted(blob_id=blob_id, size=size, epoch=epoch, indices=indices, hops=hops)]
+
+    def _on_blob(self, body: list[Any], frame: bytes) -> list[Event]:
+        _shape(body, 6)
+        blob_id, size, epoch, index, sealed, tag = body
+        _blob_header(blob_id, size, epoch)
+        _indices([index], size)
+        if not isinstance(sealed, bytes) or len(sealed) != chunk_length(size, index) + TAG_SIZE:
+            raise _Violation(CloseCode.TOO_LARGE, "a chunk's length does not fit its blob")
+        _bytes(tag, RELAY_TAG_SIZE, "chunk tag")
+        return [BlobReceived(blob_id=blob_id, size=size, epoch=epoch, index=index, sealed=sealed, tag=tag)]
+
+    def _on_no_blob(self, body: list[Any], frame: bytes) -> list[Event]:
+        _shape(body, 2)
+        blob_id, indices = body
+        _bytes(blob_id, ID_SIZE, "blob id")
+        _indices(indices, MAX_BLOB_BYTES)
+        return [BlobMissing(blob_id=blob_id, indices=indices)]
+
     def _on_error(self, body: list[Any], frame: bytes) -> list[Event]:
         _shape(body, 2)
         code, reason = body
@@ -400,6 +497,24 @@ def _unpack(frame: bytes) -> tuple[Frame, list[Any]]:
     if isinstance(message[0], bool):
         raise _Violation(CloseCode.MALFORMED, "unknown frame type")
     return Frame(message[0]), message[1:]
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _blob_header(blob_id: object, size: object, epoch: object) -> None:
+    _bytes(blob_id, ID_SIZE, "blob id")
+    if not _whole(size) or size > MAX_BLOB_BYTES or not _whole(epoch) or epoch >= 1 << 32:  # type: ignore[operator]
+        raise _Violation(CloseCode.TOO_LARGE, "bad blob size or epoch")
+
+
+def _indices(indices: object, size: int) -> None:
+    if not isinstance(indices, list) or not 0 < len(indices) <= MAX_WANT:
+        raise _Violation(CloseCode.MALFORMED, f"1 to {MAX_WANT} chunk indices")
+    count = chunk_count(size)
+    if not all(_whole(i) and i < count for i in indices):
+        raise _Violation(CloseCode.MALFORMED, "a chunk index out of range")
 
 
 def _shape(body: list[Any], n: int) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from syncq.blobs import MAX_FILES, BlobRef
 from syncq.errors import InvalidInput, MalformedRecord
 from syncq.ids import DeviceId, PromptId, is_prompt_id
 
@@ -60,10 +61,11 @@ class Prompt:
     author: DeviceId
     priority: int = 0
     max_attempts: int = 3
+    files: tuple[BlobRef, ...] = ()  # attachments (input audio, images...)
 
     def to_wire(self) -> Wire:
         """The dict stored under ``prompts[id]``."""
-        return {
+        wire: Wire = {
             "model": self.model,
             "kind": self.kind.value,
             "input": self.input,
@@ -73,6 +75,9 @@ class Prompt:
             "priority": self.priority,
             "max_attempts": self.max_attempts,
         }
+        if self.files:  # absent rather than empty: prompts without files stay as they were
+            wire["files"] = [f.to_wire() for f in self.files]
+        return wire
 
     @classmethod
     def from_wire(cls, key: str, wire: object) -> Prompt:
@@ -94,6 +99,7 @@ class Prompt:
             author=DeviceId(_str(w, "author")),
             priority=_int(w, "priority"),
             max_attempts=_int(w, "max_attempts"),
+            files=_files(w),
         )
 
 
@@ -194,6 +200,7 @@ class Result:
     finished_at: int
     usage: Mapping[str, ParamValue] = field(default_factory=dict)
     observer: DeviceId | None = None  # set when another node recorded this run's lease expiry
+    files: tuple[BlobRef, ...] = ()  # output attachments (images, transcripts)
 
     @property
     def key(self) -> str:
@@ -204,7 +211,7 @@ class Result:
 
     def to_wire(self) -> Wire:
         """The dict stored under ``results[key]``."""
-        return {
+        wire: Wire = {
             "node": self.node,
             "node_name": self.node_name,
             "attempt": self.attempt,
@@ -216,6 +223,9 @@ class Result:
             "usage": dict(self.usage),
             "observer": self.observer,
         }
+        if self.files:
+            wire["files"] = [f.to_wire() for f in self.files]
+        return wire
 
     @classmethod
     def from_wire(cls, key: str, wire: object) -> Result:
@@ -243,6 +253,7 @@ class Result:
             finished_at=_int(w, "finished_at"),
             usage=_object(w, "usage"),
             observer=DeviceId(observer) if observer else None,
+            files=_files(w),
         )
 
 
@@ -372,9 +383,9 @@ def messages_input(messages: object) -> str:
     return "\n".join(user) or str(messages[-1]["content"])
 
 
-def check_prompt_input(text: str) -> str:
-    """Refuse an empty or oversized prompt. Raises ``InvalidInput``."""
-    if not text.strip():
+def check_prompt_input(text: str, *, files: int = 0) -> str:
+    """Refuse an empty (unless files carry the input) or oversized prompt. Raises ``InvalidInput``."""
+    if not text.strip() and not files:
         raise InvalidInput("the prompt is empty: give some text (or - to read it from stdin)")
     size = len(text.encode("utf-8"))
     if size > MAX_INPUT_BYTES:
@@ -441,6 +452,11 @@ def _whole(low: int, high: int) -> Callable[[ParamValue], bool]:
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
 
+def _eighths(high: int) -> Callable[[ParamValue], bool]:
+    # image sizes: the VAE halves the picture three times
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= high and v % 8 == 0
+
+
 COMMON_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
     "keep_alive": (_number(0, 7 * 24 * 3600), "seconds, 0 to 604800"),
     "delay": (_number(0, 3600), "seconds, 0 to 3600"),
@@ -459,25 +475,36 @@ LLM_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
     "mode": (lambda v: v in ("chat", "complete"), "chat or complete"),
     "repeat_penalty": (_number(0, 5), "a number from 0 to 5"),
 }
+ASR_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
+    **COMMON_PARAMS,
+    "language": (lambda v: isinstance(v, str) and 2 <= len(v) <= 8, "a language code such as en"),
+    "task": (lambda v: v in ("transcribe", "translate"), "transcribe or translate"),
+    "vad_filter": (lambda v: isinstance(v, bool), "true or false"),
+}
+IMAGE_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
+    **COMMON_PARAMS,
+    "width": (_eighths(8192), "a multiple of 8 from 8 to 8192"),
+    "height": (_eighths(8192), "a multiple of 8 from 8 to 8192"),
+    "steps": (_whole(1, 500), "a whole number from 1 to 500"),
+    "guidance": (_number(0, 50), "a number from 0 to 50"),
+    "seed": (_whole(0, 2**32 - 1), "a whole number from 0 to 4294967295"),
+    "negative_prompt": (lambda v: isinstance(v, str) and len(v) <= 2000, "text of at most 2000 characters"),
+}
+SCHEMAS = {PromptKind.LLM: LLM_PARAMS, PromptKind.ASR: ASR_PARAMS, PromptKind.IMAGE: IMAGE_PARAMS}
 
 
 def check_params(
     params: Mapping[str, ParamValue], kind: PromptKind = PromptKind.LLM
 ) -> dict[str, ParamValue]:
-    """Refuse unknown parameters, bad names and bad values for the kind. Raises ``InvalidInput``.
-
-    Kinds whose executors are not built yet (asr, image) accept any well-formed parameter.
-    """
+    """Refuse unknown parameters, bad names and bad values for the kind. Raises ``InvalidInput``."""
     if len(params) > MAX_PARAMS:
         raise InvalidInput(f"too many parameters ({len(params)}; the limit is {MAX_PARAMS})")
-    schema = LLM_PARAMS if kind is PromptKind.LLM else None
+    schema = SCHEMAS[kind]
     for key, value in params.items():
         if not _PARAM_RE.fullmatch(key):
             raise InvalidInput(f"parameter name {key!r} must be lower-case letters, digits and _")
         if not (isinstance(value, str | int | float | bool) or value is None):
             raise InvalidInput(f"parameter {key} must be a string, number, boolean or null")
-        if schema is None:
-            continue
         if key not in schema:
             raise InvalidInput(
                 f"unknown parameter {key!r} for {kind} prompts (known: {', '.join(sorted(schema))})"
@@ -523,6 +550,13 @@ def _list(w: Mapping[str, Any], name: str) -> list[Any]:
     if not isinstance(value, list):
         raise MalformedRecord(f"field {name!r} is not a list")
     return value
+
+
+def _files(w: Mapping[str, Any]) -> tuple[BlobRef, ...]:
+    files = _list(w, "files")
+    if len(files) > MAX_FILES:
+        raise MalformedRecord(f"more than {MAX_FILES} files")
+    return tuple(BlobRef.from_wire(f) for f in files)
 
 
 def _object(w: Mapping[str, Any], name: str) -> dict[str, ParamValue]:

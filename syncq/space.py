@@ -17,6 +17,7 @@ that arrives after a gap is stored and held until the gap fills.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from syncq import crypto, yjs
+from syncq.blobs import MAX_BLOB_SIZE, MAX_FILES, BlobRef, Sealer
+from syncq.blobstore import BlobStore
 from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.errors import (
     AlreadyInitialized,
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
     # cold `syncq add` (a blind insert) never pays for it.
     from syncq.log import Entry, Log
 
+BACKEND_KINDS = {"whisper": PromptKind.ASR, "diffusers": PromptKind.IMAGE}
 NODE_FRESH_MS = 15_000  # a node heartbeat older than this means no node runs in the home
 MAX_UPDATE_BYTES = 512 * 1024  # a batch of adds is split into envelopes of about this size
 
@@ -77,11 +81,12 @@ class NewPrompt:
 
     text: str
     model: str
-    kind: PromptKind = PromptKind.LLM
+    kind: PromptKind | None = None  # None: from the backend that serves the model, else llm
     params: Mapping[str, ParamValue] = field(default_factory=dict)
     priority: int = 0
     max_attempts: int = 3
     id: PromptId | None = None  # from ``Space.new_prompt_id``: adding it again adds nothing
+    files: Sequence[BlobRef] = ()  # from ``Space.attach``
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +137,8 @@ class Space:
         self._blind_client = new_client_id(entropy)
         self._blind_clock = 0
         self._last_id: PromptId | None = None
+        self._blobs: BlobStore | None = None
+        self.blob_limit = MAX_BLOB_SIZE  # a node sets its own from config.toml
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -250,6 +257,9 @@ class Space:
         with self._lock:
             self.replica.drop()
             self.store.close()
+            if self._blobs is not None:
+                self._blobs.close()
+                self._blobs = None
 
     def __enter__(self) -> Space:
         return self
@@ -290,13 +300,18 @@ class Space:
         text: str,
         *,
         model: str,
-        kind: PromptKind | str = PromptKind.LLM,
+        kind: PromptKind | str | None = None,
         params: Mapping[str, ParamValue] | None = None,
         priority: int = 0,
         max_attempts: int = 3,
         prompt_id: PromptId | None = None,
+        files: Sequence[str | os.PathLike[str] | BlobRef] = (),
     ) -> Prompt:
         """Queue one prompt; returns it once it is durably stored.
+
+        ``files`` are attachments: paths (sealed into this home's attachment store first) or
+        references from ``attach``. Without ``kind``, the kind follows from the backend the
+        mesh serves the model with (whisper: asr, diffusers: image), else llm.
 
         With ``prompt_id`` (from ``new_prompt_id``) the add is idempotent: if the log holds that
         prompt already, it is returned and nothing is written (a caller that crashed between
@@ -304,16 +319,65 @@ class Space:
 
         Raises ``InvalidInput`` for bad arguments and ``StoreBroken`` if it cannot be stored.
         """
+        if prompt_id is not None and is_prompt_id(prompt_id) and self.log.has_prompt(prompt_id):
+            return self.log.prompt(prompt_id)  # added before: its files need not be read again
         new = NewPrompt(
             text=text,
             model=model,
-            kind=PromptKind(kind),
+            kind=_kind(kind),
             params=params or {},
             priority=priority,
             max_attempts=max_attempts,
             id=prompt_id,
+            files=[f if isinstance(f, BlobRef) else self.attach(f) for f in files],
         )
         return self.add_many([new])[0]
+
+    # -- attachments ----------------------------------------------------------------------------
+
+    @property
+    def blobs(self) -> BlobStore:
+        """This home's attachment store (opened on first use)."""
+        with self._lock:
+            if self._blobs is None:
+                self._blobs = BlobStore(self.paths.blobs)
+            return self._blobs
+
+    def sealer(self, epoch: int | None = None) -> Sealer:
+        """Blob ids and chunk sealing under ``epoch``'s keys (the newest by default)."""
+        return Sealer(self.keys, epoch)
+
+    def attach(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> BlobRef:
+        """Seal a file into the attachment store, for ``add(files=...)`` or a result. Raises
+        ``InvalidInput`` (missing, unreadable, over ``blob_limit``)."""
+        self._require_member()
+        return self.blobs.add_file(
+            Path(path), self.sealer(), name=name, limit=self.blob_limit, progress=progress
+        )
+
+    def save_file(self, ref: BlobRef, folder: str | os.PathLike[str], *, name: str | None = None) -> Path:
+        """Decrypt an attachment held here into ``folder``. Raises ``BlobUnavailable`` while
+        chunks are missing (``want`` asks the node for them) or ``BlobError``."""
+        self._require_member()
+        return self.blobs.save(ref, self.sealer(ref.epoch), Path(folder) / (name or ref.name))
+
+    def mesh_models(self) -> dict[str, str] | None:
+        """Models the mesh advertises, with their backends, as this home's node last noted them
+        (reading the Doc for this would cost a cold add its speed); None if no node ran here."""
+        known = self.store.get_meta("mesh.models")
+        if known is None:
+            return None
+        try:
+            found = json.loads(known)
+        except ValueError:
+            return None
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None
 
     def new_prompt_id(self) -> PromptId:
         """A fresh prompt id, for a caller that must record it before adding (``add``)."""
@@ -543,17 +607,27 @@ class Space:
         prompt_id = new.id
         if prompt_id is None:
             prompt_id = self._last_id = next_prompt_id(now, self._entropy(10), self._last_id)
+        kind = new.kind if new.kind is not None else self._kind_of(new.model)
+        if len(new.files) > MAX_FILES:
+            raise InvalidInput(f"at most {MAX_FILES} files per prompt ({len(new.files)} given)")
+        if kind is PromptKind.ASR and len(new.files) != 1:
+            raise InvalidInput("a speech prompt needs exactly one audio file (--file)")
         return Prompt(
             id=prompt_id,
             model=check_model(new.model),
-            kind=PromptKind(new.kind),
-            input=check_prompt_input(new.text),
-            params=check_params(new.params, PromptKind(new.kind)),
+            kind=kind,
+            input=check_prompt_input(new.text, files=len(new.files)),
+            params=check_params(new.params, kind),
+            files=tuple(new.files),
             created_at=now,
             author=self.device_id,
             priority=check_priority(new.priority),
             max_attempts=check_max_attempts(new.max_attempts),
         )
+
+    def _kind_of(self, model: str) -> PromptKind:
+        backend = (self.mesh_models() or {}).get(model, "")
+        return BACKEND_KINDS.get(backend, PromptKind.LLM)
 
     def _sealer(self, payload: bytes) -> Callable[[int], bytes]:
         def seal(seq: int) -> bytes:
@@ -572,6 +646,16 @@ class Space:
             self.replica.drop()  # the Doc holds a change the store does not
             raise
         self.replica.catch_up()
+
+
+def _kind(kind: PromptKind | str | None) -> PromptKind | None:
+    if kind is None:
+        return None
+    try:
+        return PromptKind(kind)
+    except ValueError:
+        known = ", ".join(k.value for k in PromptKind)
+        raise InvalidInput(f"unknown kind {kind!r} (known: {known})") from None
 
 
 def _batches(prompts: Sequence[Prompt], budget: int) -> Iterator[list[Prompt]]:

@@ -111,3 +111,24 @@ def test_the_async_face_must_be_entered(tmp_path: Path) -> None:
 
     asyncio.run(outside())
     space.close()
+
+
+def test_files_go_in_and_results_come_back_as_paths(tmp_path: Path, nodes) -> None:
+    laptop_and_gpu(tmp_path, nodes)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(bytes(range(256)) * 5000)  # 1.2 MiB: two chunks
+    with syncq.open(tmp_path / "laptop") as space:
+        outcome = space.run("look", model="echo", files=[photo], timeout=60)
+        assert outcome.ok and [a.name for a in outcome.attachments] == ["photo.jpg"]
+        (saved,) = outcome.files  # echo hands the file back; result() fetched and saved it
+        assert saved == space.files_folder(outcome.prompt_id) / "photo.jpg"
+        assert saved.read_bytes() == photo.read_bytes()
+
+    async def scenario() -> None:
+        async with syncq.aopen(tmp_path / "laptop") as space:
+            p = space.add("again", model="echo", files=[photo])
+            outcome = await space.result(p.id, timeout=60, files_dir=tmp_path / "here")
+            assert outcome.files == (tmp_path / "here" / "photo.jpg",)
+            assert outcome.files[0].read_bytes() == photo.read_bytes()
+
+    asyncio.run(scenario())

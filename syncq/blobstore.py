@@ -1,0 +1,279 @@
+"""Local storage of attachments: sealed chunks in ``blobs.db`` beside the home's ``syncq.db``.
+
+Why SQLite rather than one file per chunk: a chunk and the fact that it is stored commit together,
+so a kill -9 in the middle of a transfer leaves whole chunks and nothing to clean up, and a
+transfer resumes by asking which chunks are missing (one indexed query). 1 MiB rows are well
+within what SQLite reads and writes at disk speed. Why a second database: a 100 MiB transfer
+would otherwise grow the envelope database's WAL and wake every process that follows the log
+for each chunk it writes.
+
+Like the envelope store, this holds no plaintext: chunks are sealed (``syncq.blobs``) before they
+are stored, and ``save`` decrypts into the caller's folder only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from syncq.blobs import CHUNK_SIZE, MAX_BLOB_SIZE, BlobRef, Sealer, check_name, chunk_count
+from syncq.errors import BadTag, BlobError, BlobUnavailable, InvalidInput, StoreBroken
+
+BUSY_TIMEOUT_MS = 30_000
+_COMMIT_EVERY = 16  # chunks per transaction while adding a file; the last commit is durable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    id    BLOB    NOT NULL,              -- 32-byte content id (syncq.blobs)
+    idx   INTEGER NOT NULL,
+    size  INTEGER NOT NULL,              -- the whole blob's plaintext size
+    epoch INTEGER NOT NULL,
+    data  BLOB    NOT NULL,              -- the sealed chunk
+    tag   BLOB    NOT NULL,              -- its relay tag
+    PRIMARY KEY (id, idx)
+);
+CREATE TABLE IF NOT EXISTS wants (
+    id    BLOB    PRIMARY KEY,           -- blobs a local process asked the node to fetch
+    size  INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+"""
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One sealed chunk as stored and sent."""
+
+    blob_id: bytes
+    index: int
+    size: int  # of the whole blob
+    epoch: int
+    sealed: bytes
+    tag: bytes
+
+
+class BlobStore:
+    """The chunks of every attachment this device holds. Safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            if not path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreBroken(f"cannot open the attachment store {path}: {exc}") from exc
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the database."""
+        with self._lock:
+            self._conn.close()
+
+    # -- adding files ------------------------------------------------------------------------
+
+    def add_file(
+        self,
+        path: Path,
+        sealer: Sealer,
+        *,
+        name: str | None = None,
+        limit: int = MAX_BLOB_SIZE,
+        progress: Progress | None = None,
+    ) -> BlobRef:
+        """Seal and store a file; returns its reference once it is durably stored.
+
+        The file is read twice (its id is the HMAC of the whole content, and the chunk keys
+        follow from the id). Raises ``InvalidInput`` for a missing, unreadable or too large file.
+        """
+        name = check_name(name if name is not None else path.name)
+        try:
+            size = path.stat().st_size
+            if not path.is_file():
+                raise InvalidInput(f"{path} is not a regular file")
+        except OSError as exc:
+            raise InvalidInput(f"cannot attach {path}: {exc.strerror}") from exc
+        if size > limit:
+            raise InvalidInput(
+                f"{path} is {_mib(size)}; attachments are limited to {_mib(limit)} "
+                "(blob_limit in the [node] table of config.toml)"
+            )
+        hasher = sealer.hasher()
+        for piece in _read_chunks(path):
+            hasher.update(piece)
+        blob_id = hasher.digest()
+        have = set(self._indices(blob_id))
+        done = 0
+        with self._lock:
+            # FULL: every commit here (one per 16 chunks) is fsync'd, so the file is durable
+            # once this returns; received chunks (``put_chunk``) are committed with NORMAL.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._begin()
+            try:
+                for index, piece in enumerate(_read_chunks(path)):
+                    if index not in have:
+                        sealed, tag = sealer.seal(blob_id, size, index, piece)
+                        self._conn.execute(
+                            "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+                            (blob_id, index, size, sealer.epoch, sealed, tag),
+                        )
+                    done += len(piece)
+                    if index % _COMMIT_EVERY == _COMMIT_EVERY - 1:
+                        self._conn.execute("COMMIT")
+                        self._begin()
+                    if progress is not None:
+                        progress(done, size)
+                if done != size:
+                    raise InvalidInput(f"{path} changed while it was being attached; try again")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+        return BlobRef(id=blob_id.hex(), name=name, size=size, epoch=sealer.epoch)
+
+    # -- chunks --------------------------------------------------------------------------------
+
+    def missing(self, blob_id: bytes, size: int) -> list[int]:
+        """The indices of the chunks not stored here, in order."""
+        have = set(self._indices(blob_id))
+        return [i for i in range(chunk_count(size)) if i not in have]
+
+    def complete(self, ref: BlobRef) -> bool:
+        """Whether every chunk of the blob is here."""
+        return not self.missing(ref.raw_id, ref.size)
+
+    def stored_bytes(self, blob_id: bytes) -> int:
+        """Plaintext bytes of the blob held here (for progress)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*), MAX(size) FROM chunks WHERE id = ?", (blob_id,)
+            ).fetchone()
+        count, size = row
+        return 0 if not count else min(size, count * CHUNK_SIZE)
+
+    def chunk(self, blob_id: bytes, index: int) -> Chunk | None:
+        """One stored chunk, if it is here."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT size, epoch, data, tag FROM chunks WHERE id = ? AND idx = ?", (blob_id, index)
+            ).fetchone()
+        return None if row is None else Chunk(blob_id, index, row[0], row[1], row[2], row[3])
+
+    def put_chunk(self, chunk: Chunk) -> bool:
+        """Store a chunk the caller has checked; False if it was here already."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+                (chunk.blob_id, chunk.index, chunk.size, chunk.epoch, chunk.sealed, chunk.tag),
+            )
+        return cursor.rowcount > 0
+
+    def drop_chunk(self, blob_id: bytes, index: int) -> None:
+        """Forget a chunk that turned out to be bad, so that it is fetched again."""
+        with self._lock:
+            self._conn.execute("DELETE FROM chunks WHERE id = ? AND idx = ?", (blob_id, index))
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    def save(self, ref: BlobRef, sealer: Sealer, dest: Path) -> Path:
+        """Decrypt the blob into the file ``dest`` (written whole, then renamed into place).
+
+        Raises ``BlobUnavailable`` if chunks are missing, ``BlobError`` if one fails
+        authentication (it is dropped, so a fetch gets it again) or the whole does not match
+        its id.
+        """
+        blob_id = ref.raw_id
+        missing = self.missing(blob_id, ref.size)
+        if missing:
+            raise BlobUnavailable(f"{ref.name}: {len(missing)} of {ref.chunks} chunks are not here yet")
+        hasher = sealer.hasher()
+        partial = dest.with_name(f".{dest.name}.partial")
+        try:
+            with open(partial, "wb") as out:
+                for index in range(ref.chunks):
+                    found = self.chunk(blob_id, index)
+                    assert found is not None
+                    try:
+                        plain = sealer.open(blob_id, ref.size, index, found.sealed)
+                    except BadTag as exc:
+                        self.drop_chunk(blob_id, index)
+                        raise BlobError(f"{ref.name}: {exc}; it will be fetched again") from exc
+                    hasher.update(plain)
+                    out.write(plain)
+            if not hmac.compare_digest(hasher.digest(), blob_id):
+                raise BlobError(f"{ref.name}: the decrypted file does not match its id")
+            partial.replace(dest)
+        except OSError as exc:
+            raise BlobError(f"cannot write {dest}: {exc.strerror}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        return dest
+
+    # -- wants: local processes asking the node to fetch --------------------------------------
+
+    def want(self, ref: BlobRef) -> None:
+        """Ask this home's node to fetch the blob."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO wants VALUES (?, ?, ?)", (ref.raw_id, ref.size, ref.epoch)
+            )
+
+    def wants(self) -> list[BlobRef]:
+        """Blobs asked for and not yet complete (named by id)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT id, size, epoch FROM wants").fetchall()
+        refs = [BlobRef(id=r[0].hex(), name=r[0].hex()[:12], size=r[1], epoch=r[2]) for r in rows]
+        done = [r for r in refs if self.complete(r)]
+        with self._lock:
+            self._conn.executemany("DELETE FROM wants WHERE id = ?", [(r.raw_id,) for r in done])
+        return [r for r in refs if r not in done]
+
+    def data_version(self) -> int:
+        """Changes when another process commits to this database."""
+        with self._lock:
+            value: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        return value
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _indices(self, blob_id: bytes) -> Iterator[int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT idx FROM chunks WHERE id = ?", (blob_id,)).fetchall()
+        return (r[0] for r in rows)
+
+    def _begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+
+def _read_chunks(path: Path) -> Iterator[bytes]:
+    try:
+        with open(path, "rb") as f:
+            first = True
+            while (piece := f.read(CHUNK_SIZE)) or first:
+                first = False
+                yield piece
+                if len(piece) < CHUNK_SIZE:
+                    return
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MiB"

@@ -1,0 +1,205 @@
+"""Attachments between real nodes: lazy fetches, resuming after a cut, relays, tampering."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import NodeProcess, member, wait_until
+from proxy import Proxy
+
+from syncq.space import Space
+from syncq.store import Peer
+
+pytestmark = pytest.mark.slow
+
+MiB = 1024 * 1024
+SYNCQ = [sys.executable, "-m", "syncq.cli"]
+
+
+def syncq(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SYNCQ_HOME": str(home)}
+    return subprocess.run(
+        [*SYNCQ, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def content(path: Path, size: int, marker: bytes = b"") -> Path:
+    """``size`` incompressible bytes (a marker at the start of each MiB, if given)."""
+    data = bytearray(os.urandom(size))
+    for at in range(0, size - len(marker), MiB):
+        data[at : at + len(marker)] = marker
+    path.write_bytes(bytes(data))
+    return path
+
+
+def dial(home: Path, url: str) -> None:
+    with Space.open(home) as space:
+        space.store.save_peer(Peer(url=url, source="config"))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def proxies():
+    made: list[Proxy] = []
+
+    def make(port: int) -> Proxy:
+        made.append(Proxy(port))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def laptop_and_gpu(tmp_path: Path, nodes, proxies) -> tuple[Path, Path, Proxy, NodeProcess]:
+    """A laptop node with no executors and a gpu node with echo that dials it through a proxy."""
+    with Space.init(tmp_path / "laptop", name="laptop") as first:
+        laptop, gpu = first.paths.root, member(tmp_path, first, "gpu")
+    hub = nodes(laptop, "--no-executors")
+    proxy = proxies(hub.port)
+    dial(gpu, proxy.url)
+    gpu_node = nodes(gpu)
+
+    def served() -> bool:
+        with Space.open(laptop) as space:
+            return "echo" in (space.mesh_models() or {})
+
+    wait_until(served, what="the laptop's node to learn the gpu's models")
+    return laptop, gpu, proxy, gpu_node
+
+
+def test_a_file_crosses_only_when_a_job_needs_it(tmp_path: Path, nodes, proxies) -> None:
+    laptop, gpu, proxy, _ = laptop_and_gpu(tmp_path, nodes, proxies)
+    talk = content(tmp_path / "talk.bin", 5 * MiB)
+
+    # Queued for a model nobody serves: the prompt syncs, the 5 MiB stay on the laptop.
+    before = len(proxy.captured)
+    added = syncq(laptop, "add", "keep it", "--file", str(talk), "-m", "nobody-serves-this", "--json")
+    assert added.returncode == 0, added.stderr
+    prompt_id = json.loads(added.stdout)["id"]
+
+    def gpu_knows() -> bool:
+        with Space.open(gpu) as space:
+            return space.log.has_prompt(prompt_id)
+
+    wait_until(gpu_knows, what="the prompt to reach the gpu")
+    assert len(proxy.captured) - before < 256 * 1024  # the prompt, not the file
+
+    # Run on the gpu (echo sends the file back): fetched once, then the result comes home.
+    before = len(proxy.captured)
+    done = syncq(laptop, "add", "echo this", "--file", str(talk), "-m", "echo", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "done" and result["result"]["node_name"] == "gpu"
+    (out,) = result["result"]["files"]
+    assert out["name"] == "talk.bin" and out["size"] == 5 * MiB
+    moved = len(proxy.captured) - before
+    assert 5 * MiB < moved < 6 * MiB  # once, with framing and tags; the copy back is the same blob
+
+    saved = syncq(laptop, "get", result["id"][:12], "-o", str(tmp_path / "out"), "--json")
+    assert saved.returncode == 0, saved.stderr
+    assert digest(Path(json.loads(saved.stdout)["path"])) == digest(talk)
+    again = syncq(laptop, "get", result["id"][:12], "-o", str(tmp_path / "out"))
+    assert again.returncode == 1 and "exists already (--force overwrites)" in again.stderr
+
+
+def test_a_user_fetch_resumes_after_the_connection_is_cut(tmp_path: Path, nodes, proxies) -> None:
+    laptop, gpu, proxy, _ = laptop_and_gpu(tmp_path, nodes, proxies)
+    big = content(tmp_path / "big.bin", 24 * MiB)
+    with Space.open(laptop) as space:
+        prompt = space.add("keep it", model="nobody-serves-this", files=[big])
+
+    def gpu_knows() -> bool:
+        with Space.open(gpu) as space:
+            return space.log.has_prompt(prompt.id)
+
+    wait_until(gpu_knows, what="the prompt to reach the gpu")
+    before = len(proxy.captured)
+    proxy.delay = 0.002  # slow enough that the cut lands mid-transfer
+    proxy.cut_next_big_chunk = True
+    got = syncq(gpu, "get", prompt.id, "--input", "-o", str(tmp_path / "got"), "--json", timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert proxy.cuts == 1
+    assert digest(tmp_path / "got" / "big.bin") == digest(big)
+    moved = len(proxy.captured) - before
+    assert moved < 27 * MiB  # resumed: the chunks stored before the cut were not sent again
+
+
+def test_a_relay_carries_a_file_it_cannot_read(tmp_path: Path, nodes, proxies) -> None:
+    marker = b"MARKER-relay-must-not-see-51ab"
+    with Space.init(tmp_path / "a", name="a") as first:
+        a_home, c_home = first.paths.root, member(tmp_path, first, "c")
+        Space.init_relay(tmp_path / "r", name="relay", keys=first.keys.for_relay()).close()
+    relay = nodes(tmp_path / "r")
+    proxy = proxies(relay.port)
+    dial(a_home, proxy.url)  # a and c know only the relay, never each other
+    dial(c_home, relay.url)
+    nodes(a_home, "--no-executors")
+    nodes(c_home, "--no-executors")
+    secret = content(tmp_path / "secret.bin", 3 * MiB + 100, marker)
+    with Space.open(a_home) as space:
+        prompt = space.add("for c", model="nobody-serves-this", files=[secret])
+
+    def c_knows() -> bool:
+        with Space.open(c_home) as space:
+            return space.log.has_prompt(prompt.id)
+
+    wait_until(c_knows, what="the prompt to reach c through the relay")
+    got = syncq(c_home, "get", prompt.id, "--input", "-o", str(tmp_path / "got"))
+    assert got.returncode == 0, got.stderr
+    assert digest(tmp_path / "got" / "secret.bin") == digest(secret)
+    relay.stop()
+    with Space.open(tmp_path / "r") as r:
+        assert r.blobs.stored_bytes(bytes.fromhex(prompt.files[0].id)) == secret.stat().st_size
+    for path in (tmp_path / "r").rglob("*"):
+        if path.is_file():
+            assert marker not in path.read_bytes(), path
+    assert marker not in bytes(proxy.captured)
+
+
+def test_a_tampered_chunk_is_refused_and_fetched_again(tmp_path: Path, nodes, proxies) -> None:
+    laptop, gpu, proxy, gpu_node = laptop_and_gpu(tmp_path, nodes, proxies)
+    data = content(tmp_path / "data.bin", 3 * MiB)
+    with Space.open(laptop) as space:
+        prompt = space.add("keep it", model="nobody-serves-this", files=[data])
+
+    def gpu_knows() -> bool:
+        with Space.open(gpu) as space:
+            return space.log.has_prompt(prompt.id)
+
+    wait_until(gpu_knows, what="the prompt to reach the gpu")
+    proxy.tamper_next_big_chunk = "down"  # the laptop answers the gpu's node through the proxy
+    got = syncq(gpu, "get", prompt.id, "--input", "-o", str(tmp_path / "got"), timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert proxy.tampered == 1
+    assert digest(tmp_path / "got" / "data.bin") == digest(data)
+    (rejected,) = gpu_node.find("blob-rejected")
+    assert "bad tag" in rejected["reason"] or "fails authentication" in rejected["reason"]
+
+
+def test_get_says_why_when_nothing_can_fetch(tmp_path: Path) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:
+        other = member(tmp_path, first, "b")
+        blob = content(tmp_path / "x.bin", 1000)
+        prompt = first.add("x", model="echo", files=[blob])
+    with Space.open(other) as space:  # b learns of the prompt, not of the file
+        space.receive([data for _, _, data in first_envelopes(tmp_path / "a")])
+    got = syncq(other, "get", prompt.id, "--input")
+    assert got.returncode == 1
+    assert "x.bin: not on this device yet, and no node runs" in got.stderr
+    none = syncq(tmp_path / "a", "get", prompt.id)
+    assert none.returncode == 1 and "is queued: it has no result files yet" in none.stderr
+
+
+def first_envelopes(home: Path) -> list[tuple[bytes, int, bytes]]:
+    with Space.open(home) as space:
+        return space.envelopes_for({}, 1000, 64 * MiB)

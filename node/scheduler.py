@@ -116,6 +116,8 @@ class Scheduler:
 
         for server, reason in UNREACHABLE.items():
             self.node.log.event("server-unreachable", level="error", server=server, reason=reason)
+        # Decrypted attachments of jobs a crash interrupted: plaintext is never left behind.
+        shutil.rmtree(self.space.paths.root / "work", ignore_errors=True)
         beating = asyncio.ensure_future(self._heartbeats())
         try:
             while True:
@@ -351,10 +353,12 @@ class Scheduler:
         """Fetch the prompt's attachments and decrypt them into ``folder/in``."""
         (folder / "out").mkdir(parents=True, exist_ok=True)
         (folder / "in").mkdir(exist_ok=True)
-        paths = []
-        for ref in prompt.files:
+        paths: list[str] = []
+        for i, ref in enumerate(prompt.files):
             await self.node.transfers.fetch(ref)
-            paths.append(str(self.space.save_file(ref, folder / "in")))
+            taken = any(Path(p).name == ref.name for p in paths)
+            name = f"{i}-{ref.name}" if taken else ref.name  # two attachments of one name
+            paths.append(str(self.space.save_file(ref, folder / "in", name=name)))
         return tuple(paths)
 
     def _still_mine(self, chosen: Candidate) -> bool:

@@ -210,16 +210,16 @@ class Transfers:
 
     def _received(self, conn: Connection, event: BlobReceived) -> None:
         fetch = self.fetches.get(event.blob_id)
+        if fetch is None or event.index not in fetch.missing:
+            return  # not asked for (or here already): a peer cannot fill this disk unasked
         peer = self._peer(conn)
-        if fetch is not None:
-            fetch.asked.pop(event.index, None)
+        fetch.asked.pop(event.index, None)
         problem = self._check(event)
         if problem:
             self.rejected += 1
             self.node.log.event("blob-rejected", level="warning", peer=conn.label, reason=problem)
-            if fetch is not None:
-                fetch.lacking.setdefault(peer, set()).add(event.index)  # ask someone else first
-                self._pump(fetch)
+            fetch.lacking.setdefault(peer, set()).add(event.index)  # ask someone else first
+            self._pump(fetch)
             return
         chunk = Chunk(event.blob_id, event.index, event.size, event.epoch, event.sealed, event.tag)
         try:
@@ -227,8 +227,6 @@ class Transfers:
         except (StoreError, OSError) as exc:
             self.node.log.event("store-failed", level="error", reason=str(exc))
             return
-        if fetch is None:
-            return  # unasked for (or asked twice): kept, since it checked out
         fetch.missing.discard(event.index)
         fetch.last_progress = time.monotonic()
         for wanting in fetch.forward.pop(event.index, set()):

@@ -134,6 +134,40 @@ def test_a_user_fetch_resumes_after_the_connection_is_cut(tmp_path: Path, nodes,
     assert moved < 27 * MiB  # resumed: the chunks stored before the cut were not sent again
 
 
+def test_a_fetch_killed_with_the_node_resumes_after_restart(tmp_path: Path, nodes, proxies) -> None:
+    laptop, gpu, proxy, gpu_node = laptop_and_gpu(tmp_path, nodes, proxies)
+    big = content(tmp_path / "big.bin", 16 * MiB)
+    with Space.open(laptop) as space:
+        prompt = space.add("keep it", model="nobody-serves-this", files=[big])
+    ref = prompt.files[0]
+
+    def gpu_knows() -> bool:
+        with Space.open(gpu) as space:
+            return space.log.has_prompt(prompt.id)
+
+    wait_until(gpu_knows, what="the prompt to reach the gpu")
+    proxy.delay = 0.003
+    with Space.open(gpu) as space:
+        space.blobs.want(ref)  # what `syncq get` asks; the node fetches it
+
+    def some_stored() -> bool:
+        with Space.open(gpu) as space:
+            return 2 * MiB <= space.blobs.stored_bytes(ref.raw_id) < ref.size
+
+    wait_until(some_stored, what="part of the file to arrive")
+    gpu_node.kill()  # kill -9 in the middle of the transfer
+    with Space.open(gpu) as space:
+        kept = space.blobs.stored_bytes(ref.raw_id)
+        assert 0 < kept < ref.size  # whole chunks survived, nothing half-written counts
+    proxy.delay = 0
+    before = len(proxy.captured)
+    nodes(gpu)
+    got = syncq(gpu, "get", prompt.id, "--input", "-o", str(tmp_path / "got"), timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert digest(tmp_path / "got" / "big.bin") == digest(big)
+    assert len(proxy.captured) - before < ref.size - kept + 2 * MiB  # only what was missing
+
+
 def test_a_relay_carries_a_file_it_cannot_read(tmp_path: Path, nodes, proxies) -> None:
     marker = b"MARKER-relay-must-not-see-51ab"
     with Space.init(tmp_path / "a", name="a") as first:

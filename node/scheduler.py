@@ -117,7 +117,7 @@ class Scheduler:
         for server, reason in UNREACHABLE.items():
             self.node.log.event("server-unreachable", level="error", server=server, reason=reason)
         # Decrypted attachments of jobs a crash interrupted: plaintext is never left behind.
-        shutil.rmtree(self.space.paths.root / "work", ignore_errors=True)
+        shutil.rmtree(self.space.paths.root / "work" / "jobs", ignore_errors=True)
         beating = asyncio.ensure_future(self._heartbeats())
         try:
             while True:
@@ -316,7 +316,8 @@ class Scheduler:
 
     async def _job(self, running: Running, prompt: Prompt) -> None:
         chosen = running.chosen
-        folder = None
+        folder: Path | None = None
+        inputs: tuple[str, ...] = ()
         try:
             settle = self._settle_s(chosen.model)
             if settle:
@@ -325,7 +326,7 @@ class Scheduler:
                     return
             if prompt.files or prompt.kind is not PromptKind.LLM:
                 # Fetched before the model is taken, so that another job can use it meanwhile.
-                folder = self.space.paths.root / "work" / f"{prompt.id}.{chosen.attempt}"
+                folder = self.space.paths.root / "work" / "jobs" / f"{prompt.id}.{chosen.attempt}"
                 started = wall_clock_ms()
                 try:
                     inputs = await self._inputs(prompt, folder)
@@ -337,7 +338,7 @@ class Scheduler:
             async with self._model_locks.setdefault(chosen.model, asyncio.Lock()):
                 if not self._still_mine(chosen):
                     return
-                result = await self._execute(running, prompt, inputs if folder else (), folder)
+                result = await self._execute(running, prompt, inputs, folder)
             # The next job reaches the model before this result is written (an fsync).
             await asyncio.sleep(0)
             self._record(chosen.prompt_id, result)

@@ -388,11 +388,7 @@ class AsyncClient(_Verbs):
                     return outcome
                 left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
                 folder = files_dir if files_dir is not None else self.files_folder(outcome.prompt_id)
-                check_fetchable(self.space, outcome.attachments)  # reads the store: on the loop
-                # Rare and mostly disk-bound: a thread keeps the loop free meanwhile.
-                saved = await asyncio.to_thread(
-                    _fetch, self.space, outcome.attachments, folder, timeout=left, progress=None
-                )
+                saved = await self.save_files(outcome.attachments, folder, timeout=left)
                 return dataclasses.replace(outcome, files=tuple(saved))
         raise AssertionError("unreachable: _changes ends by raising")
 
@@ -420,6 +416,15 @@ class AsyncClient(_Verbs):
         """``add`` then ``result``."""
         added = self.add(prompt, model=model, params=params, priority=priority, files=files)
         return await self.result(added.id, timeout=timeout)
+
+    async def save_files(
+        self, refs: Sequence[BlobRef], folder: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> list[Path]:
+        """``fetch_files`` for asyncio: the attachments saved into ``folder``, fetched by this
+        home's node where they are not here yet."""
+        check_fetchable(self.space, refs)  # reads the store, whose connection is this thread's
+        # Rare and mostly disk-bound: a thread keeps the loop free meanwhile.
+        return await asyncio.to_thread(_fetch, self.space, refs, folder, timeout=timeout, progress=None)
 
     def cancel(self, prompt_id: str) -> Entry:
         """Stop the prompt wherever it runs. Raises ``InvalidState`` if it already ended."""

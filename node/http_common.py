@@ -1,0 +1,116 @@
+"""What the HTTP API's endpoints share: the error they answer in OpenAI's shape, the JSON body
+read within its size limit, and the two steps of any request that runs a prompt (its model
+checked against the mesh, its outcome awaited).
+
+``api.py`` wires the app and serves the chat and log endpoints; ``media.py`` serves audio, images
+and attachments. Both import from here and nothing here imports them, so neither imports the
+other's half to share these.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+import syncq
+from syncq.client import Outcome
+from syncq.records import PromptKind
+from syncq.space import BACKEND_KINDS
+
+MAX_BODY_BYTES = 4 << 20
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        code: str = "",
+        *,
+        param: str | None = None,
+        retry: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.code, self.param, self.retry = status, kind, code, param, retry
+
+    def response(self) -> JSONResponse:
+        body = {
+            "error": {"message": str(self), "type": self.kind, "code": self.code or None, "param": self.param}
+        }
+        # The official clients obey this header before their own rule (retry any 5xx).
+        headers = {} if self.retry is None else {"x-should-retry": str(self.retry).lower()}
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, of at most ``MAX_BODY_BYTES``. Raises ``ApiError``."""
+    refuse_declared(request, MAX_BODY_BYTES)
+    raw = b""
+    async for part in request.stream():
+        raw += part
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_large(MAX_BODY_BYTES)
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    return body
+
+
+def too_large(limit: int) -> ApiError:
+    """The 413 for a body over ``limit`` bytes."""
+    return ApiError(413, f"the request body is larger than {limit >> 20} MiB", code="too_large")
+
+
+def refuse_declared(request: Request, limit: int) -> None:
+    """Refuse a body whose Content-Length is over ``limit``, before a byte of it is read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+
+
+def served_model(space: syncq.AsyncClient, model: object, kind: PromptKind) -> str:
+    """The model, if some node serves it for prompts of ``kind``. Raises ``ApiError``."""
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "model is required", code="missing_model", param="model")
+    backend = {m.name: m.backend for m in space.models()}.get(model)
+    if backend is None:
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist: no node of this space serves it",
+            code="model_not_found",
+        )
+    serves = BACKEND_KINDS.get(backend, PromptKind.LLM)
+    if serves is not kind:
+        raise ApiError(
+            400,
+            f"the model '{model}' ({backend}) takes {serves} prompts, not {kind} prompts",
+            code="wrong_model_kind",
+            param="model",
+        )
+    return model
+
+
+async def await_outcome(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
+    """The prompt's outcome once it is done. Raises ``ApiError`` (502) with the executor's
+    message if it failed or was cancelled."""
+    async for _ in space.stream(prompt_id):  # ends when the prompt does
+        pass
+    outcome = Outcome.of(space.get(prompt_id))
+    if not outcome.ok:
+        raise ApiError(
+            502,
+            f"the prompt {outcome.status}: {outcome.error or ''}".strip(),
+            "server_error",
+            "prompt_failed",
+            retry=False,
+        )
+    return outcome

@@ -1,4 +1,4 @@
-"""Execution benchmarks; prints one JSON object.
+"""Execution benchmarks; each section prints one JSON object.
 
 1. gemma3-270m, 20 prompts of 32 tokens each, the same prompts and seed, three ways:
    (a) direct llama-cpp-python calls in one process (the anchor);
@@ -13,8 +13,18 @@
    Target: overhead over (a) below 3% of total or 30 ms; faster than (b).
 2. Three echo nodes, 1,000 prompts of 20 ms added on a fourth node without executors:
    throughput as a share of ideal (3 nodes x 50 prompts/s), and duplicate runs (target 0).
+3. whisper: ~30 s of speech through whisper-tiny.en, syncq end to end (on the node's own home,
+   and from a laptop home to a gpu home) against direct faster-whisper calls, interleaved.
+   Target: overhead below 5%.
+4. blobs: a 100 MiB attachment fetched by one node from another on loopback, against a plain
+   websockets transfer of as many bytes. Target: at least 0.7x the anchor's MiB/s.
+   Sections 3 and 4 live in attachments.py, whose docstring says what is measured and how.
 
-Usage: python benchmarks/exec.py [--prompts 20] [--echo 1000]
+Each section prints one JSON object when it ends ("benchmark": "exec" for 1, "exec.echo_mesh",
+"exec.whisper", "exec.blobs"). Without section names, all four run, in this order.
+
+Usage: python benchmarks/exec.py [llm] [echo] [whisper] [blobs] [--prompts 20] [--echo 1000]
+           [--whisper-rounds 5] [--blob-mib 100] [--blob-runs 3] [--blob-profile DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import attachments
 from nodes import start_node, stop_node
 from syncq.executors.llama import model_path
 from syncq.executors.models import discover
@@ -232,48 +243,73 @@ def echo_mesh(root: Path, n: int) -> dict[str, Any]:
     }
 
 
+def llm(root: Path, prompts: list[str]) -> dict[str, Any]:
+    """Section 1: gemma3-270m direct, through llama_cpp.server and through syncq."""
+    path = gguf(root)
+    Space.init(root / "node", name="gpu").close()
+    node, _ = start_node(root / "node")
+    ways: dict[str, Any] = {}
+    try:
+        ways = {
+            "a_direct": Direct(path),
+            "b_llama_cpp_server": Server(path),
+            "c1_syncq_library": Library(root / "node"),
+        }
+        got = interleaved(ways, prompts)
+        c2 = syncq_cli(root / "node", prompts)
+    finally:
+        for way in ways.values():
+            way.close()
+        stop_node(node)
+    a, b, c1 = got["a_direct"], got["b_llama_cpp_server"], got["c1_syncq_library"]
+    return {
+        "benchmark": "exec",
+        "model": "gemma3-270m",
+        "prompts": len(prompts),
+        "a_direct": a,
+        "b_llama_cpp_server": b,
+        "c1_syncq_library": c1,
+        "c2_syncq_cli_wait": c2,
+        "overhead_over_direct_ms": got["paired_overhead_ms"]["c1_syncq_library"],
+        "overhead_over_direct_share": round(got["paired_overhead_ms"]["c1_syncq_library"] / a["total_ms"], 3),
+        "server_overhead_over_direct_ms": got["paired_overhead_ms"]["b_llama_cpp_server"],
+        "faster_than_server_ms": round(b["total_ms"] - c1["total_ms"], 1),
+    }
+
+
+SECTIONS = ("llm", "echo", "whisper", "blobs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "sections", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)} (default: all)"
+    )
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--echo", type=int, default=1000)
+    parser.add_argument("--whisper-rounds", type=int, default=5)
+    parser.add_argument("--blob-mib", type=int, default=100)
+    parser.add_argument("--blob-runs", type=int, default=3)
+    parser.add_argument(
+        "--blob-profile", type=Path, help="run the blob section's nodes under cProfile, files here"
+    )
     args = parser.parse_args()
-    prompts = PROMPTS[: args.prompts]
-    with tempfile.TemporaryDirectory(prefix="syncq-exec-bench-") as tmp:
-        root = Path(tmp)
-        path = gguf(root)
-        Space.init(root / "node", name="gpu").close()
-        node, _ = start_node(root / "node")
-        ways: dict[str, Any] = {}
-        try:
-            ways = {
-                "a_direct": Direct(path),
-                "b_llama_cpp_server": Server(path),
-                "c1_syncq_library": Library(root / "node"),
-            }
-            llm = interleaved(ways, prompts)
-            c2 = syncq_cli(root / "node", prompts)
-        finally:
-            for way in ways.values():
-                way.close()
-            stop_node(node)
-        a, b, c1 = llm["a_direct"], llm["b_llama_cpp_server"], llm["c1_syncq_library"]
-        report = {
-            "benchmark": "exec",
-            "model": "gemma3-270m",
-            "prompts": len(prompts),
-            "a_direct": a,
-            "b_llama_cpp_server": b,
-            "c1_syncq_library": c1,
-            "c2_syncq_cli_wait": c2,
-            "overhead_over_direct_ms": llm["paired_overhead_ms"]["c1_syncq_library"],
-            "overhead_over_direct_share": round(
-                llm["paired_overhead_ms"]["c1_syncq_library"] / a["total_ms"], 3
-            ),
-            "server_overhead_over_direct_ms": llm["paired_overhead_ms"]["b_llama_cpp_server"],
-            "faster_than_server_ms": round(b["total_ms"] - c1["total_ms"], 1),
-            "echo_mesh": echo_mesh(root, args.echo),
-        }
-    print(json.dumps(report, indent=2))
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section {', '.join(sorted(unknown))} (choose from {', '.join(SECTIONS)})")
+    for section in args.sections or SECTIONS:
+        # One folder per section: each makes its own homes and nodes, and removes them.
+        with tempfile.TemporaryDirectory(prefix=f"syncq-exec-bench-{section}-") as tmp:
+            root = Path(tmp)
+            if section == "llm":
+                report = llm(root, PROMPTS[: args.prompts])
+            elif section == "echo":
+                report = {"benchmark": "exec.echo_mesh"} | echo_mesh(root, args.echo)
+            elif section == "whisper":
+                report = attachments.whisper(root, args.whisper_rounds)
+            else:
+                report = attachments.blobs(root, args.blob_mib, args.blob_runs, args.blob_profile)
+        print(json.dumps(report, indent=2), flush=True)
 
 
 if __name__ == "__main__":

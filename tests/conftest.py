@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from harness import NodeProcess
+from proxy import Proxy
 
 from syncq.space import Space
 
@@ -68,3 +69,17 @@ def nodes() -> Iterator[Callable[..., NodeProcess]]:
     for node in started:
         if node.alive:
             node.stop()
+
+
+@pytest.fixture
+def proxies() -> Iterator[Callable[[int], Proxy]]:
+    """Fault-injecting TCP proxies in front of a port; every one is closed at the end."""
+    made: list[Proxy] = []
+
+    def make(port: int) -> Proxy:
+        made.append(Proxy(port))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()

@@ -6,11 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import harness
 import pytest
-from harness import member, wait_until
 
 from syncq.space import Space
-from syncq.store import Peer
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 pytest.importorskip("diffusers", reason="the image extra is not installed")
@@ -23,22 +22,9 @@ NAMES = ["001-a-red-fox-in-the-snow.png", "002-a-lighthouse-at-dusk.png", "003-c
 
 
 def laptop_and_gpu(tmp_path: Path, nodes) -> Path:
-    """A laptop node with no executors, and a gpu node serving the tiny pipeline as tiny-sd
-    (its folder in place before the node starts, which is when a node looks for models)."""
-    with Space.init(tmp_path / "laptop", name="laptop") as first:
-        laptop, gpu = first.paths.root, member(tmp_path, first, "gpu")
-    tiny_pipeline.build(gpu / "models" / "tiny-sd")
-    hub = nodes(laptop, "--no-executors")
-    with Space.open(gpu) as space:
-        space.store.save_peer(Peer(url=hub.url, source="config"))
-    nodes(gpu)
-
-    def served() -> bool:
-        with Space.open(laptop) as space:
-            return (space.mesh_models() or {}).get("tiny-sd") == "diffusers"
-
-    wait_until(served, timeout=60, what="the laptop's node to learn that the gpu serves tiny-sd")
-    return laptop
+    """A laptop node with no executors, and a gpu node serving the tiny pipeline as tiny-sd."""
+    harness.laptop_and_gpu(tmp_path, nodes, models=lambda folder: tiny_pipeline.build(folder / "tiny-sd"))
+    return tmp_path / "laptop"
 
 
 def example(prompts: Path, outdir: Path, home: Path) -> subprocess.CompletedProcess[str]:

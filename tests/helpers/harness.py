@@ -136,15 +136,22 @@ def member(tmp_path: Path, first: Any, name: str) -> Path:
 
 
 def laptop_and_gpu(
-    tmp_path: Path, nodes: Callable[..., NodeProcess], *laptop_args: str
+    tmp_path: Path,
+    nodes: Callable[..., NodeProcess],
+    *laptop_args: str,
+    models: Callable[[Path], Any] | None = None,
 ) -> tuple[NodeProcess, NodeProcess]:
     """Two homes of one space: ``laptop`` runs a node that only syncs (and ``laptop_args``),
-    ``gpu`` runs echo and dials it. Returns both nodes once the laptop knows the gpu's models."""
+    ``gpu`` runs echo and dials it. ``models(gpu_models_folder)`` puts models in place before the
+    gpu's node starts (when a node looks for them). Returns both nodes once the laptop knows the
+    gpu's models."""
     from syncq.space import Space
     from syncq.store import Peer
 
     with Space.init(tmp_path / "laptop", name="laptop") as laptop:
         gpu = member(tmp_path, laptop, "gpu")
+    if models is not None:
+        models(gpu / "models")
     hub = nodes(tmp_path / "laptop", "--no-executors", *laptop_args)
     with Space.open(gpu) as space:
         space.store.save_peer(Peer(url=hub.url, source="config"))

@@ -47,19 +47,6 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def proxies():
-    made: list[Proxy] = []
-
-    def make(port: int) -> Proxy:
-        made.append(Proxy(port))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
-
-
 def laptop_and_gpu(tmp_path: Path, nodes, proxies) -> tuple[Path, Path, Proxy, NodeProcess]:
     """A laptop node with no executors and a gpu node with echo that dials it through a proxy."""
     with Space.init(tmp_path / "laptop", name="laptop") as first:

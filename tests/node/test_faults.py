@@ -12,7 +12,6 @@ import msgpack
 import pytest
 from harness import inputs as ordered_inputs
 from harness import member, wait_until
-from proxy import Proxy
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -37,19 +36,6 @@ def add(home: Path, *texts: str) -> None:
 def dial(home: Path, url: str) -> None:
     with Space.open(home) as space:
         space.store.save_peer(Peer(url=url, source="config"))
-
-
-@pytest.fixture
-def proxies():
-    made: list[Proxy] = []
-
-    def make(port: int) -> Proxy:
-        made.append(Proxy(port))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def test_partitions_heal_and_converge(tmp_path: Path, nodes, proxies) -> None:

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import speech
-from harness import member, wait_until
+from harness import laptop_and_gpu, wait_until
 
 from syncq.space import Space
-from syncq.store import Peer
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 pytest.importorskip("faster_whisper", reason="the asr extra is not installed")
@@ -39,15 +38,10 @@ def syncq(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedP
 def mesh(tmp_path: Path, nodes) -> tuple[Path, Path]:
     import tiny_pipeline
 
-    with Space.init(tmp_path / "laptop", name="laptop") as first:
-        laptop, gpu = first.paths.root, member(tmp_path, first, "gpu")
-    tiny_pipeline.build(gpu / "models" / "tiny-sd")
-    hub = nodes(laptop, "--no-executors")
-    with Space.open(gpu) as space:
-        space.store.save_peer(Peer(url=hub.url, source="config"))
-    nodes(gpu)
+    laptop_and_gpu(tmp_path, nodes, models=lambda folder: tiny_pipeline.build(folder / "tiny-sd"))
+    laptop, gpu = tmp_path / "laptop", tmp_path / "gpu"
 
-    def laptop_knows_the_models() -> bool:
+    def laptop_knows_the_models() -> bool:  # as its node notes them for `syncq add` (every 5 s)
         with Space.open(laptop) as space:
             served = space.mesh_models() or {}
         return served.get("whisper-tiny.en") == "whisper" and served.get("tiny-sd") == "diffusers"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from syncq.blobs import BlobRef, Sealer
 from syncq.blobstore import Chunk
-from syncq.errors import BadTag, BlobUnavailable, StoreError
+from syncq.errors import BlobUnavailable, StoreError
 from syncq.protocol import BlobMissing, BlobReceived, BlobWanted, State
 
 if TYPE_CHECKING:
@@ -268,13 +268,12 @@ class Transfers:
             sealer = self._sealer(event.epoch)
         except Exception:  # an epoch this node has no key for
             return f"chunk {event.index} of {event.blob_id.hex()[:12]} is of unknown epoch {event.epoch}"
+        # The tag is all a relay can check, and it is enough to refuse what changed on the way.
+        # A member opens every chunk (AEAD) when it saves the file and drops one that fails, so
+        # a chunk forged by a holder of auth_key costs a refetch, never a wrong file; checking the
+        # AEAD here as well cost 40% of the transfer's time.
         if not sealer.check_tag(event.blob_id, event.size, event.index, event.sealed, event.tag):
             return f"chunk {event.index} of {event.blob_id.hex()[:12]} has a bad tag"
-        if not self.space.is_relay:
-            try:
-                sealer.open(event.blob_id, event.size, event.index, event.sealed)
-            except BadTag as exc:
-                return str(exc)
         return ""
 
     def _sealer(self, epoch: int) -> Sealer:

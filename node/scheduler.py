@@ -415,8 +415,6 @@ class Scheduler:
             result = self._result(chosen, RunStatus.FAILED, started, error=str(exc))
         finally:
             streaming.cancel()
-            # Awaited, so that a job cancelled at shutdown leaves no task pending on a closed loop.
-            await asyncio.gather(streaming, return_exceptions=True)
         return result
 
     def _attach(self, path: str, folder: Path | None) -> BlobRef:

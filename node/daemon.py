@@ -18,7 +18,6 @@ All library calls run on the event-loop thread: each is a short SQLite transacti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
@@ -37,7 +36,7 @@ from syncq.protocol import MAX_FRAME_SIZE, CloseCode, Role
 from syncq.records import ModelAd, NodeInfo
 from syncq.space import Space, wall_clock_ms
 from syncq.store import Peer
-from syncq.watch import RECHECK_S, FolderWatch
+from syncq.watch import RECHECK_S, FolderWatch, wait_event
 
 from .connection import Connection
 from .logs import NodeLog
@@ -308,10 +307,7 @@ class Node:
             loop.add_reader(fd, watch.reader(written.set))
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        written.wait(), WATCH_SAFETY_S if fd is not None else WATCH_INTERVAL_S
-                    )
+                await wait_event(written, WATCH_SAFETY_S if fd is not None else WATCH_INTERVAL_S)
                 written.clear()
                 start = loop.time()
                 for delay in (0.0, *RECHECK_S):

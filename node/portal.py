@@ -41,7 +41,6 @@ and the node tries again a little later. A bad request goes to ``errors/NAME`` w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import filecmp
 import json
@@ -62,7 +61,7 @@ from syncq.lifecycle import TERMINAL
 from syncq.log import Changes, Entry, Log
 from syncq.records import PromptKind, check_params, messages_input
 from syncq.space import BACKEND_KINDS, Space, wall_clock_ms
-from syncq.watch import FolderWatch
+from syncq.watch import FolderWatch, wait_event
 
 if TYPE_CHECKING:
     from .daemon import Node
@@ -217,8 +216,7 @@ class Portal:
             while True:
                 await self._take_inbox()
                 self._deliver()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), SAFETY_S if fd is not None else 0.2)
+                await wait_event(self._wake, SAFETY_S if fd is not None else 0.2)
                 self._wake.clear()
         finally:
             if fd is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import math
 import shutil
 import time
@@ -34,6 +33,7 @@ from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status
 from syncq.records import Claim, Prompt, PromptKind, Result, RunStatus
 from syncq.space import wall_clock_ms
+from syncq.watch import wait_event
 
 if TYPE_CHECKING:
     from syncq.node.daemon import Node
@@ -121,8 +121,7 @@ class Scheduler:
         beating = asyncio.ensure_future(self._heartbeats())
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await wait_event(self._wake, TICK_S)
                 self._wake.clear()
                 # At most one look every MIN_TICK_S: a burst of changes costs one look, and a
                 # lone prompt on a quiet node is claimed at once.
@@ -415,6 +414,9 @@ class Scheduler:
             result = self._result(chosen, RunStatus.FAILED, started, error=str(exc))
         finally:
             streaming.cancel()
+            # Awaited, so that a job cancelled at shutdown leaves no task pending on a closed
+            # loop (this hung when the stream task's wait could swallow the cancel: wait_event).
+            await asyncio.gather(streaming, return_exceptions=True)
         return result
 
     def _attach(self, path: str, folder: Path | None) -> BlobRef:
@@ -470,8 +472,7 @@ class Scheduler:
         # first QUIET_START_S of a run: a run that short is told by its result alone (half the
         # envelopes of a short job), and an LLM's first token takes about that long anyway.
         await asyncio.sleep(QUIET_START_S)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(arrived.wait(), STREAM_EVERY_S - QUIET_START_S)
+        await wait_event(arrived, STREAM_EVERY_S - QUIET_START_S)
         while True:
             arrived.clear()
             text = "".join(buffer)

@@ -26,6 +26,7 @@ from syncq.blobs import BlobRef, Sealer
 from syncq.blobstore import Chunk
 from syncq.errors import BlobUnavailable, StoreError
 from syncq.protocol import BlobMissing, BlobReceived, BlobWanted, State
+from syncq.watch import wait_event
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -79,9 +80,7 @@ class Transfers:
             )
         fetch = self._start(ref, hops=2)
         while not fetch.done.is_set():
-            try:
-                await asyncio.wait_for(fetch.done.wait(), 1.0)
-            except TimeoutError:
+            if not await wait_event(fetch.done, 1.0):
                 self._retry(fetch)
                 idle = time.monotonic() - fetch.last_progress
                 if idle > stall_s and not fetch.asked:

@@ -45,7 +45,7 @@ from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Changes, Entry, Log
 from syncq.records import NodeInfo, ParamValue, Prompt
 from syncq.space import Space
-from syncq.watch import RECHECK_S, FolderWatch
+from syncq.watch import RECHECK_S, FolderWatch, wait_event
 
 SAFETY_S = 1.0  # a look at the store this often even without a change reported (lost events)
 
@@ -455,14 +455,11 @@ class AsyncClient(_Verbs):
             self._waiters.setdefault(prompt_id, set()).add(changed)
             try:
                 yield self.space.log.entry(prompt_id)
-                left = None if deadline is None else deadline - time.monotonic()
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 # A deadline per wait, not a timeout around the generator: the caller's own
                 # awaits between chunks must never receive our cancellation.
-                await asyncio.wait_for(changed.wait(), left)
-            except TimeoutError:
-                raise WaitTimeout(
-                    f"gave up waiting for {prompt_id} after {timeout:g} s; it stays queued"
-                ) from None
+                if not await wait_event(changed, left):
+                    raise WaitTimeout(f"gave up waiting for {prompt_id} after {timeout:g} s; it stays queued")
             finally:
                 self._forget(prompt_id, changed)
 

@@ -16,6 +16,7 @@ slower to wake, still correct.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -100,6 +101,21 @@ class FolderWatch:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set (True) or ``timeout`` seconds pass (False).
+
+    Not ``asyncio.wait_for``: in Python 3.11 it can swallow a cancellation that arrives just as
+    the event is set, and the cancelled task runs on (seen here: a job's stream task outlived its
+    job, and a node's job never ended). ``asyncio.timeout`` tells its own expiry from a cancel.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _inotify(folder: Path) -> int | None:

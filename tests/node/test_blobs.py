@@ -43,6 +43,16 @@ def dial(home: Path, url: str) -> None:
         space.store.save_peer(Peer(url=url, source="config"))
 
 
+def arrived(home: Path, prompt_id: str, what: str) -> None:
+    """Wait until the home's log holds the prompt."""
+
+    def known() -> bool:
+        with Space.open(home) as space:
+            return space.log.has_prompt(prompt_id)
+
+    wait_until(known, what=what)
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -74,11 +84,7 @@ def test_a_file_crosses_only_when_a_job_needs_it(tmp_path: Path, nodes, proxies)
     assert added.returncode == 0, added.stderr
     prompt_id = json.loads(added.stdout)["id"]
 
-    def gpu_knows() -> bool:
-        with Space.open(gpu) as space:
-            return space.log.has_prompt(prompt_id)
-
-    wait_until(gpu_knows, what="the prompt to reach the gpu")
+    arrived(gpu, prompt_id, "the prompt to reach the gpu")
     assert len(proxy.captured) - before < 256 * 1024  # the prompt, not the file
 
     # Run on the gpu (echo sends the file back): fetched once, then the result comes home.
@@ -105,11 +111,7 @@ def test_a_user_fetch_resumes_after_the_connection_is_cut(tmp_path: Path, nodes,
     with Space.open(laptop) as space:
         prompt = space.add("keep it", model="nobody-serves-this", files=[big])
 
-    def gpu_knows() -> bool:
-        with Space.open(gpu) as space:
-            return space.log.has_prompt(prompt.id)
-
-    wait_until(gpu_knows, what="the prompt to reach the gpu")
+    arrived(gpu, prompt.id, "the prompt to reach the gpu")
     before = len(proxy.captured)
     proxy.delay = 0.002  # slow enough that the cut lands mid-transfer
     proxy.cut_next_big_chunk = True
@@ -128,11 +130,7 @@ def test_a_fetch_killed_with_the_node_resumes_after_restart(tmp_path: Path, node
         prompt = space.add("keep it", model="nobody-serves-this", files=[big])
     ref = prompt.files[0]
 
-    def gpu_knows() -> bool:
-        with Space.open(gpu) as space:
-            return space.log.has_prompt(prompt.id)
-
-    wait_until(gpu_knows, what="the prompt to reach the gpu")
+    arrived(gpu, prompt.id, "the prompt to reach the gpu")
     proxy.delay = 0.003
     with Space.open(gpu) as space:
         space.blobs.want(ref)  # what `syncq get` asks; the node fetches it
@@ -170,11 +168,7 @@ def test_a_relay_carries_a_file_it_cannot_read(tmp_path: Path, nodes, proxies) -
     with Space.open(a_home) as space:
         prompt = space.add("for c", model="nobody-serves-this", files=[secret])
 
-    def c_knows() -> bool:
-        with Space.open(c_home) as space:
-            return space.log.has_prompt(prompt.id)
-
-    wait_until(c_knows, what="the prompt to reach c through the relay")
+    arrived(c_home, prompt.id, "the prompt to reach c through the relay")
     got = syncq(c_home, "get", prompt.id, "--input", "-o", str(tmp_path / "got"))
     assert got.returncode == 0, got.stderr
     assert digest(tmp_path / "got" / "secret.bin") == digest(secret)
@@ -193,11 +187,7 @@ def test_a_tampered_chunk_is_refused_and_fetched_again(tmp_path: Path, nodes, pr
     with Space.open(laptop) as space:
         prompt = space.add("keep it", model="nobody-serves-this", files=[data])
 
-    def gpu_knows() -> bool:
-        with Space.open(gpu) as space:
-            return space.log.has_prompt(prompt.id)
-
-    wait_until(gpu_knows, what="the prompt to reach the gpu")
+    arrived(gpu, prompt.id, "the prompt to reach the gpu")
     proxy.tamper_next_big_chunk = "down"  # the laptop answers the gpu's node through the proxy
     got = syncq(gpu, "get", prompt.id, "--input", "-o", str(tmp_path / "got"), timeout=120)
     assert got.returncode == 0, got.stderr

@@ -158,12 +158,6 @@ def file_line(ref: BlobRef) -> str:
     return f"{ref.name} ({_size(ref.size)}, {ref.id[:12]})"
 
 
-def _size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    return f"{size / 1024:.1f} KiB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.1f} MiB"
-
-
 def saved(paths: Sequence[Path], as_json: bool) -> None:
     """`syncq get` and `show --save`: where the files went."""
     for path in paths:

@@ -358,7 +358,9 @@ class Scheduler:
             await self.node.transfers.fetch(ref)
             taken = any(Path(p).name == ref.name for p in paths)
             name = f"{i}-{ref.name}" if taken else ref.name  # two attachments of one name
-            paths.append(str(self.space.save_file(ref, folder / "in", name=name)))
+            # Decrypting (and sealing outputs, below) reads whole files: off the event loop.
+            saved = await asyncio.to_thread(self.space.save_file, ref, folder / "in", name=name)
+            paths.append(str(saved))
         return tuple(paths)
 
     def _still_mine(self, chosen: Candidate) -> bool:
@@ -406,7 +408,7 @@ class Scheduler:
                 "ms_total": wall_clock_ms() - started,
                 "ms_first_token": (first_token or started) - started,
             }
-            files = tuple(self._attach(path, folder) for path in out.files)
+            files = tuple([await asyncio.to_thread(self._attach, path, folder) for path in out.files])
             result = self._result(chosen, RunStatus.DONE, started, output=out.text, usage=usage, files=files)
         except Cancelled:
             result = None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from syncq.blobs import BlobRef, Sealer
 from syncq.blobstore import Chunk
-from syncq.errors import BlobUnavailable, StoreError
+from syncq.errors import BlobUnavailable, StoreError, UnknownEpoch
 from syncq.protocol import BlobMissing, BlobReceived, BlobWanted, State
 from syncq.watch import wait_event
 
@@ -265,7 +265,7 @@ class Transfers:
         """Why a chunk must be refused, or "" if it is sound."""
         try:
             sealer = self._sealer(event.epoch)
-        except Exception:  # an epoch this node has no key for
+        except UnknownEpoch:
             return f"chunk {event.index} of {event.blob_id.hex()[:12]} is of unknown epoch {event.epoch}"
         # The tag is all a relay can check, and it is enough to refuse what changed on the way.
         # A member opens every chunk (AEAD) when it saves the file and drops one that fails, so

@@ -222,6 +222,13 @@ class _Verbs:
         """Where ``result`` saves a prompt's output files by default: ``files/<id>`` in the home."""
         return self.space.paths.root / "files" / prompt_id
 
+    def _files_plan(
+        self, outcome: Outcome, files_dir: str | os.PathLike[str] | None, start: float, timeout: float | None
+    ) -> tuple[str | os.PathLike[str], float | None]:
+        """Where ``result`` saves the outcome's files, and what is left of its timeout."""
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        return (files_dir if files_dir is not None else self.files_folder(outcome.prompt_id)), left
+
     def get(self, prompt_id: str) -> Entry:
         """Everything known about a prompt (an id or a unique prefix). Raises ``UnknownId``."""
         return self.space.show(prompt_id)
@@ -290,8 +297,7 @@ class Client(_Verbs):
                 outcome = Outcome.of(entry)
                 if not outcome.attachments:
                     return outcome
-                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-                folder = files_dir if files_dir is not None else self.files_folder(outcome.prompt_id)
+                folder, left = self._files_plan(outcome, files_dir, start, timeout)
                 saved = fetch_files(self.space, outcome.attachments, folder, timeout=left)
                 return dataclasses.replace(outcome, files=tuple(saved))
         raise AssertionError("unreachable: _changes ends by raising")
@@ -386,8 +392,7 @@ class AsyncClient(_Verbs):
                 outcome = Outcome.of(entry)
                 if not outcome.attachments:
                     return outcome
-                left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-                folder = files_dir if files_dir is not None else self.files_folder(outcome.prompt_id)
+                folder, left = self._files_plan(outcome, files_dir, start, timeout)
                 saved = await self.save_files(outcome.attachments, folder, timeout=left)
                 return dataclasses.replace(outcome, files=tuple(saved))
         raise AssertionError("unreachable: _changes ends by raising")

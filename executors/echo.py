@@ -1,9 +1,10 @@
 """``echo``: a deterministic executor for tests and for checking a mesh end to end.
 
 The output is the input, sent word by word, and a copy of each attachment. Params: ``delay``
-(seconds spent in total, spread over the words; cancellable), ``fail`` (raise with this message
-instead), ``crash`` (kill the worker process outright) and ``hang`` (sleep, deaf to cancel): the
-last two test isolation.
+(seconds spent in total, spread over the words; cancellable), ``busy`` (seconds of work deaf to
+cancel before each word, like a diffusion step), ``fail`` (raise with this message instead),
+``crash`` (kill the worker process outright) and ``hang`` (sleep, deaf to cancel): the last two
+test isolation.
 
 Option (models.toml): ``gpu_memory`` (bytes, or a size such as ``"1G"``) makes the model hold
 that much GPU memory while loaded, allocated through the CUDA driver, so that the manager's GPU
@@ -46,7 +47,9 @@ class EchoExecutor:
         words = job.input.split(" ")
         delay = float(job.params.get("delay", 0) or 0)
         step = delay / max(len(words), 1)
+        busy = float(job.params.get("busy", 0) or 0)
         for i, word in enumerate(words):
+            time.sleep(busy)
             if cancelled():
                 break
             emit(word if i == 0 else " " + word)

@@ -10,8 +10,11 @@ node; unloading a model frees its memory for certain. The manager
 - evicts the least recently used idle model beyond ``max_loaded`` models, or while the workers
   hold more than ``memory_budget`` bytes of RAM (the sum of their RSS) or, where NVML finds
   NVIDIA GPUs, more than ``gpu_memory_budget`` bytes of GPU memory (``memory``);
-- stops a cancelled job within ``CANCEL_GRACE_S``, killing the worker if the backend does not
-  stop by itself.
+- stops a cancelled job within a grace, killing the worker if the backend does not stop by
+  itself. Backends look at ``cancelled()`` between chunks, so the grace is ``CANCEL_GRACE_S``
+  plus twice the longest gap between the job's chunks so far (at most ``MAX_CANCEL_GRACE_S``):
+  a diffusion step or a whisper window on a CPU can take seconds, and killing the worker for
+  it would throw away a loaded model that was about to stop by itself.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from . import memory, worker
 from .base import ExecutorError, Job, ModelSpec, Output
 
 CANCEL_GRACE_S = 0.8
+MAX_CANCEL_GRACE_S = 30.0
 LOAD_TIMEOUT_S = 600.0
 _SPAWN = multiprocessing.get_context("spawn")  # no fork of an asyncio process with threads
 
@@ -104,15 +108,18 @@ class Worker:
         ``ExecutorError``."""
         self.conn.send(("run", job))
         cancel_wait = asyncio.ensure_future(cancel.wait())
+        last, longest_gap = time.monotonic(), 0.0
         try:
             while True:
                 receive = asyncio.ensure_future(self._next())
                 done, _ = await asyncio.wait({receive, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if receive not in done:
                     receive.cancel()
-                    return await self._cancel(job, on_chunk)
+                    return await self._cancel(job, on_chunk, grace=_grace(longest_gap))
                 message = receive.result()
                 if message[0] == "chunk":
+                    now = time.monotonic()
+                    last, longest_gap = now, max(longest_gap, now - last)
                     on_chunk(message[1])
                 elif message[0] == "done":
                     return Output(text=message[1], usage=message[2], files=message[4])
@@ -122,9 +129,9 @@ class Worker:
             cancel_wait.cancel()
             self.last_used = time.monotonic()
 
-    async def _cancel(self, job: Job, on_chunk: Callable[[str], None]) -> Output:
+    async def _cancel(self, job: Job, on_chunk: Callable[[str], None], *, grace: float) -> Output:
         self.conn.send(("cancel", job.prompt_id))
-        deadline = time.monotonic() + CANCEL_GRACE_S
+        deadline = time.monotonic() + grace
         with contextlib.suppress(TimeoutError, WorkerDied):
             while (left := deadline - time.monotonic()) > 0:
                 message = await asyncio.wait_for(self._next(), left)
@@ -243,3 +250,8 @@ class ModelManager:
         """Stop every worker."""
         for name in list(self.workers):
             self._drop(name)
+
+
+def _grace(longest_gap: float) -> float:
+    """How long a cancelled job may take to stop: one more chunk's work, twice over for noise."""
+    return min(CANCEL_GRACE_S + 2 * longest_gap, MAX_CANCEL_GRACE_S)

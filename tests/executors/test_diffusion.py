@@ -128,10 +128,11 @@ def test_cancel_stops_the_denoising_and_keeps_the_worker(loop, manager, tmp_path
         with pytest.raises(Cancelled, match=r"^cancelled$"):  # not "(worker stopped)"
             await manager.run("tiny-sd", job, lambda chunk: cancel.set(), cancel)
 
+    draw(loop, manager, tmp_path / "warm", width=16, height=16, steps=1)  # loaded, when run alone too
     loads = manager.loads
     loop.run_until_complete(scenario())
     assert manager.loaded("tiny-sd") and manager.loads == loads
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["warm"]  # the cancelled run wrote nothing
 
 
 @pytest.mark.parametrize(

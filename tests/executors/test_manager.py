@@ -9,7 +9,7 @@ import time
 
 import pytest
 from syncq.executors.base import ExecutorError, Job, ModelSpec
-from syncq.executors.manager import Cancelled, ModelManager, Settings, WorkerDied
+from syncq.executors.manager import CANCEL_GRACE_S, Cancelled, ModelManager, Settings, WorkerDied
 from syncq.executors.memory import Gpus, parse_size
 
 SPECS = {name: ModelSpec(name=name, backend="echo") for name in ("echo", "echo-b")}
@@ -102,7 +102,7 @@ def test_a_failing_job_reports_its_error_and_keeps_the_worker() -> None:
     run(scenario())
 
 
-def test_cancel_stops_a_running_job_within_a_second() -> None:
+def test_cancel_stops_a_running_job_at_once() -> None:
     async def scenario() -> None:
         manager = ModelManager(SPECS)
         try:
@@ -121,14 +121,32 @@ def test_cancel_stops_a_running_job_within_a_second() -> None:
             cancel.set()
             with pytest.raises(Cancelled):
                 await running
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 5.0  # not the job's 30 s (the bound is loose for a busy CI)
         finally:
             manager.close()
 
     run(scenario())
 
 
-def test_a_worker_that_ignores_cancel_is_killed_within_a_second() -> None:
+def test_a_job_whose_chunks_come_slowly_gets_time_to_stop_after_a_cancel() -> None:
+    """Like a diffusion step on a CPU: each word takes longer than the base grace, deaf to
+    cancel; the job still stops by itself and the model stays loaded."""
+
+    async def scenario() -> None:
+        manager = ModelManager(SPECS)
+        try:
+            cancel = asyncio.Event()
+            slow = Job(prompt_id="p", input="a b c d", params={"busy": CANCEL_GRACE_S + 0.4})
+            with pytest.raises(Cancelled, match=r"^cancelled$"):  # not "(worker stopped)"
+                await manager.run("echo", slow, lambda chunk: cancel.set(), cancel)
+            assert manager.loaded("echo")
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_a_worker_that_ignores_cancel_is_killed_after_the_grace() -> None:
     async def scenario() -> None:
         manager = ModelManager(SPECS)
         try:
@@ -140,7 +158,7 @@ def test_a_worker_that_ignores_cancel_is_killed_within_a_second() -> None:
             cancel.set()
             with pytest.raises(Cancelled, match="worker stopped"):
                 await running
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 5.0  # not the job's 30 s (the bound is loose for a busy CI)
             assert not manager.loaded("echo")
         finally:
             manager.close()

@@ -194,7 +194,8 @@ def add(
     elif as_json:
         import json
 
-        click.echo(json.dumps({"id": prompt.id, "model": prompt.model, "status": "queued"}))
+        queued = {"id": prompt.id, "model": prompt.model, "kind": prompt.kind, "status": "queued"}
+        click.echo(json.dumps(queued | {"files": [f.to_wire() for f in prompt.files]}))
     else:
         click.echo(prompt.id)
 

@@ -88,6 +88,7 @@ class Node:
         self.api = None if space.is_relay else api
         self.api_token = api_token
         self._advertised: tuple[object, ...] | None = None
+        self._served: list[str] | None = None  # the model names last logged
         self.transfers = Transfers(self)
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
@@ -352,6 +353,7 @@ class Node:
         """Write this node's presence (name, models warm or cold); without ``force`` only when
         the models changed, so ``last_seen`` costs one envelope a minute."""
         models = self._models()
+        self._log_served(models)
         if not force and models == self._advertised:
             return
         self._advertised = models
@@ -369,6 +371,13 @@ class Node:
             self._note_mesh_models()
         except StoreError as exc:
             self.log.event("store-failed", level="error", reason=str(exc))
+
+    def _log_served(self, models: tuple[ModelAd, ...]) -> None:
+        """Say which models this node serves: at start, and when discovery changes the list."""
+        names = sorted(m.name for m in models)
+        if names != self._served:
+            self._served = names
+            self.log.event("serving", models=names)
 
     def _models(self) -> tuple[ModelAd, ...]:
         if self.scheduler is None:

@@ -9,6 +9,7 @@ from typing import TextIO
 
 _HUMAN = {
     "listening": "listening on {url} as {name} ({node:.12})",
+    "serving": "serving models: {models}",
     "peer-connected": "connected to {peer}",
     "peer-disconnected": "disconnected from {peer}: {reason}",
     "peer-failed": "closed the session with {peer}: {reason} ({code})",
@@ -52,7 +53,12 @@ class NodeLog:
             self.stream.write(json.dumps(record, default=str) + "\n")
         else:
             template = _HUMAN.get(kind)
-            text = template.format(**fields) if template else f"{kind} {fields}"
+            text = template.format(**_readable(fields)) if template else f"{kind} {fields}"
             prefix = "error: " if level == "error" else ""
             self.stream.write(f"{time.strftime('%H:%M:%S')} {prefix}{text}\n")
         self.stream.flush()
+
+
+def _readable(fields: dict[str, object]) -> dict[str, object]:
+    """Lists as ``a, b, c`` for people (JSON lines keep them as lists)."""
+    return {k: (", ".join(map(str, v)) or "none") if isinstance(v, list) else v for k, v in fields.items()}

@@ -180,7 +180,7 @@ def test_an_unserved_model_stays_queued_and_says_so(tmp_path: Path, nodes) -> No
     with Space.init(tmp_path / "a", name="a") as first:
         home = configure(first.paths.root)
     node = nodes(home)
-    node.wait_event("listening")
+    assert "echo" in node.wait_event("serving")["models"]  # the node says what it serves at start
     env = {**os.environ, "SYNCQ_HOME": str(home)}
     wait_until(
         lambda: Space.open(home).store.get_meta("mesh.models"), what="the node to note the mesh's models"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,7 +62,18 @@ def nodes() -> Iterator[Callable[..., NodeProcess]]:
     started: list[NodeProcess] = []
 
     def start(home: Path, *args: str, port: int = 0, discovery: bool = False) -> NodeProcess:
-        node = NodeProcess(home, *args, port=port, discovery=discovery).start()
+        for _ in range(40):
+            try:
+                node = NodeProcess(home, *args, port=port, discovery=discovery).start()
+                break
+            except AssertionError as exc:
+                # A node restarted on its old port: that port is an ephemeral one, which another
+                # process (or a peer's dial, connected to itself) may hold for a moment.
+                if not port or "address already in use" not in str(exc):
+                    raise
+                time.sleep(0.25)
+        else:
+            pytest.fail(f"port {port} stayed taken for 10 s")
         started.append(node)
         return node
 

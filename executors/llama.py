@@ -61,6 +61,9 @@ class LlamaExecutor:
             k: v for k, v in spec.options.items() if k in ("n_ctx", "n_threads", "n_gpu_layers", "n_batch")
         }
         options.setdefault("n_ctx", 2048)
+        # Every layer on the GPU when llama-cpp-python was built with one (CUDA, Metal); a CPU
+        # build ignores it. A model too big for the card sets a smaller n_gpu_layers.
+        options.setdefault("n_gpu_layers", -1)
         options.setdefault("n_threads", max(1, (os.cpu_count() or 2)))
         try:
             self.llm = Llama(model_path=str(path), verbose=False, **options)

@@ -313,9 +313,10 @@ class Node:
                 start = loop.time()
                 for delay in (0.0, *RECHECK_S):
                     await asyncio.sleep(max(0.0, start + delay - loop.time()))
-                    if blobs.data_version() != blob_version:  # `syncq get` asks for a blob
+                    if blobs.data_version() != blob_version:  # `syncq get` or `add --file`
                         blob_version = blobs.data_version()
                         self.transfers.fetch_wanted()
+                        self.transfers.offer_to_relays()
                     now = store.data_version()
                     if now != version:
                         version = now

@@ -409,6 +409,8 @@ class Scheduler:
                 "ms_first_token": (first_token or started) - started,
             }
             files = tuple([await asyncio.to_thread(self._attach, path, folder) for path in out.files])
+            if files:
+                self.node.transfers.offer_to_relays()
             result = self._result(chosen, RunStatus.DONE, started, output=out.text, usage=usage, files=files)
         except Cancelled:
             result = None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from syncq.blobs import BlobRef, Sealer
 from syncq.blobstore import Chunk
 from syncq.errors import BlobUnavailable, StoreError, UnknownEpoch
-from syncq.protocol import BlobMissing, BlobReceived, BlobWanted, State
+from syncq.protocol import BlobMissing, BlobOffered, BlobReceived, BlobWanted, State
 from syncq.watch import wait_event
 
 if TYPE_CHECKING:
@@ -74,10 +74,8 @@ class Transfers:
         chunk arrives for ``stall_s`` seconds and no connected peer is left to ask."""
         if self.store.complete(ref):
             return
-        if ref.size > self.space.blob_limit:
-            raise BlobUnavailable(
-                f"{ref.name} is {ref.size} bytes, over this node's blob_limit of {self.space.blob_limit}"
-            )
+        if too_big := self._too_big(ref):
+            raise BlobUnavailable(too_big)
         fetch = self._start(ref, hops=2)
         while not fetch.done.is_set():
             if not await wait_event(fetch.done, 1.0):
@@ -151,20 +149,62 @@ class Transfers:
 
     # -- events from connections ------------------------------------------------------------
 
-    def on_event(self, conn: Connection, event: BlobWanted | BlobReceived | BlobMissing) -> None:
+    def on_event(
+        self, conn: Connection, event: BlobWanted | BlobReceived | BlobMissing | BlobOffered
+    ) -> None:
         """A blob frame from ``conn``'s peer."""
         if isinstance(event, BlobWanted):
             self._wanted(conn, event)
         elif isinstance(event, BlobReceived):
             self._received(conn, event)
-        else:
+        elif isinstance(event, BlobMissing):
             self._missing(conn, event)
+        else:
+            self._keep(conn, event)
 
     def connected(self, conn: Connection) -> None:
-        """A peer is back: ask it for what is still missing."""
+        """A peer is back: ask it for what is still missing (a fetch that gave up included),
+        and a relay to keep this device's own files."""
         for fetch in list(self.fetches.values()):
             fetch.lacking.pop(self._peer(conn), None)
             self._pump(fetch)
+        self.fetch_wanted()
+        self._offer(conn)
+
+    # -- relays keep copies ------------------------------------------------------------------
+
+    def offer_to_relays(self) -> None:
+        """Ask every connected relay to keep the files added on this device since it was last
+        asked: a relay that holds a copy serves it while this device is away."""
+        for conn in list(self.node.connections.values()):
+            self._offer(conn)
+
+    def _offer(self, conn: Connection) -> None:
+        session = conn.session
+        if self.space.is_relay or not session.peer_relay or session.state is not State.SYNCING:
+            return
+        peer = bytes.fromhex(self._peer(conn))
+        refs = self.store.unoffered(peer)
+        for ref in refs:
+            session.keep_blob(ref.raw_id, ref.size, ref.epoch)
+        # Recorded as sent: the relay records each as a want when the frame arrives, so only a
+        # frame lost with the connection goes unkept (the file is still fetched from here).
+        self.store.offered_to(peer, refs)
+        if refs:
+            conn.wake.set()
+
+    def _keep(self, conn: Connection, event: BlobOffered) -> None:
+        """A member asks this relay to keep a blob: it becomes a want, fetched (from that
+        member, or any peer) now and after a restart until it is complete."""
+        if not self.space.is_relay:
+            return  # members fetch what their jobs and users need, when they need it
+        ref = BlobRef.by_id(event.blob_id, event.size, event.epoch)
+        if too_big := self._too_big(ref):
+            self.node.log.event("blob-refused", level="warning", peer=conn.label, reason=too_big)
+            return
+        if not self.store.complete(ref):
+            self.store.want(ref)
+            self.fetch_wanted()
 
     def disconnected(self, conn: Connection) -> None:
         """A peer is gone: what was asked of it is asked of others."""
@@ -191,9 +231,7 @@ class Transfers:
             if p != self._peer(conn) and c.session.state is State.SYNCING
         ]
         if lacking and event.hops > 0 and others and event.size <= self.space.blob_limit:
-            ref = BlobRef(
-                id=event.blob_id.hex(), name=event.blob_id.hex()[:12], size=event.size, epoch=event.epoch
-            )
+            ref = BlobRef.by_id(event.blob_id, event.size, event.epoch)
             fetch = self.fetches.get(event.blob_id) or Fetch(
                 ref=ref, hops=event.hops - 1, missing=set(self.store.missing(event.blob_id, event.size))
             )
@@ -274,6 +312,14 @@ class Transfers:
         if not sealer.check_tag(event.blob_id, event.size, event.index, event.sealed, event.tag):
             return f"chunk {event.index} of {event.blob_id.hex()[:12]} has a bad tag"
         return ""
+
+    def _too_big(self, ref: BlobRef) -> str:
+        limit = self.space.blob_limit
+        return (
+            f"{ref.name} is {ref.size} bytes, over this node's blob_limit of {limit}"
+            if ref.size > limit
+            else ""
+        )
 
     def _sealer(self, epoch: int) -> Sealer:
         if epoch not in self._sealers:

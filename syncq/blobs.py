@@ -58,6 +58,11 @@ class BlobRef:
     size: int
     epoch: int = 0
 
+    @classmethod
+    def by_id(cls, raw_id: bytes, size: int, epoch: int) -> BlobRef:
+        """A reference known only by its id (a want, a relay's copy): named by its id's start."""
+        return cls(id=raw_id.hex(), name=raw_id.hex()[:12], size=size, epoch=epoch)
+
     @property
     def raw_id(self) -> bytes:
         """The id as bytes, as the wire carries it."""

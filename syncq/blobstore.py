@@ -44,10 +44,20 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (id, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS wants (
-    id    BLOB    PRIMARY KEY,           -- blobs a local process asked the node to fetch
-    size  INTEGER NOT NULL,
+    id    BLOB    PRIMARY KEY,           -- blobs to fetch: asked by a local process, or (at a
+    size  INTEGER NOT NULL,              -- relay) by a member that asked it to keep them
     epoch INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS own (
+    id    BLOB    PRIMARY KEY,           -- blobs added on this device (add_file): relays are
+    size  INTEGER NOT NULL,              -- asked to keep them
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offered (
+    peer  BLOB    NOT NULL,              -- a relay's node id, and an own blob it was asked to keep
+    id    BLOB    NOT NULL,
+    PRIMARY KEY (peer, id)
+) WITHOUT ROWID;
 """
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
@@ -143,6 +153,9 @@ class BlobStore:
             try:
                 self._begin()
                 self._conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)", rows)
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO own VALUES (?, ?, ?)", (blob_id, size, sealer.epoch)
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -254,11 +267,30 @@ class BlobStore:
         """Blobs asked for and not yet complete (named by id)."""
         with self._lock:
             rows = self._conn.execute("SELECT id, size, epoch FROM wants").fetchall()
-        refs = [BlobRef(id=r[0].hex(), name=r[0].hex()[:12], size=r[1], epoch=r[2]) for r in rows]
+        refs = [BlobRef.by_id(*r) for r in rows]
         done = [r for r in refs if self.complete(r)]
         with self._lock:
             self._conn.executemany("DELETE FROM wants WHERE id = ?", [(r.raw_id,) for r in done])
         return [r for r in refs if r not in done]
+
+    # -- offers: own blobs that relays are asked to keep ---------------------------------------
+
+    def unoffered(self, peer: bytes) -> list[BlobRef]:
+        """Own blobs the relay ``peer`` has not been asked to keep yet (named by id)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, size, epoch FROM own WHERE NOT EXISTS "
+                "(SELECT 1 FROM offered WHERE offered.peer = ? AND offered.id = own.id)",
+                (peer,),
+            ).fetchall()
+        return [BlobRef.by_id(*r) for r in rows]
+
+    def offered_to(self, peer: bytes, refs: list[BlobRef]) -> None:
+        """Record that the relay ``peer`` was asked to keep ``refs`` (it records the want)."""
+        with self._lock:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO offered VALUES (?, ?)", [(peer, r.raw_id) for r in refs]
+            )
 
     def data_version(self) -> int:
         """Changes when another process commits to this database."""

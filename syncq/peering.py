@@ -19,6 +19,7 @@ from syncq.protocol import (
     MAX_BATCH_ENVELOPES,
     Authenticated,
     BlobMissing,
+    BlobOffered,
     BlobReceived,
     BlobWanted,
     CloseCode,
@@ -33,7 +34,7 @@ from syncq.protocol import (
     WindowOpen,
 )
 
-BlobEvent = BlobWanted | BlobReceived | BlobMissing
+BlobEvent = BlobWanted | BlobReceived | BlobMissing | BlobOffered
 
 if TYPE_CHECKING:
     from syncq.space import Space
@@ -55,7 +56,8 @@ class Hooks(Protocol):
         ...
 
     def blob(self, peering: Peering, event: BlobEvent) -> None:
-        """A blob frame arrived: a want to answer, a chunk, or a peer that lacks chunks."""
+        """A blob frame arrived: a want to answer, a chunk, a peer that lacks chunks, or (at a
+        relay) a blob to keep."""
         ...
 
 
@@ -145,7 +147,7 @@ class Peering:
             self.wants_to_send = True
         elif isinstance(event, EnvelopesReceived):
             self._store(event)
-        elif isinstance(event, BlobWanted | BlobReceived | BlobMissing):
+        elif isinstance(event, BlobWanted | BlobReceived | BlobMissing | BlobOffered):
             self.hooks.blob(self, event)
         else:
             self.hooks.ended(self, event)

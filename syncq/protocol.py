@@ -17,6 +17,7 @@ Every state transition lives in ``TRANSITIONS`` (h11's habit)::
     SYNCING         WANT_BLOB               SYNCING         emit BlobWanted; driver sends BLOB/NO_BLOB
     SYNCING         BLOB                    SYNCING         emit BlobReceived; driver checks the tag
     SYNCING         NO_BLOB                 SYNCING         emit BlobMissing
+    SYNCING         KEEP_BLOB               SYNCING         emit BlobOffered; a relay fetches it
     any open        ERROR                   CLOSED          emit PeerClosed
     any             anything else           CLOSED          emit SessionFailed (4409)
 
@@ -70,6 +71,7 @@ class Frame(enum.IntEnum):
     WANT_BLOB = 7
     BLOB = 8
     NO_BLOB = 9
+    KEEP_BLOB = 10
 
 
 class CloseCode(enum.IntEnum):
@@ -112,6 +114,7 @@ TRANSITIONS: Mapping[tuple[State, Frame], State] = {
     (State.SYNCING, Frame.WANT_BLOB): State.SYNCING,
     (State.SYNCING, Frame.BLOB): State.SYNCING,
     (State.SYNCING, Frame.NO_BLOB): State.SYNCING,
+    (State.SYNCING, Frame.KEEP_BLOB): State.SYNCING,
     (State.AWAIT_HELLO, Frame.ERROR): State.CLOSED,
     (State.AWAIT_AUTH, Frame.ERROR): State.CLOSED,
     (State.AWAIT_HAVE, Frame.ERROR): State.CLOSED,
@@ -198,6 +201,15 @@ class BlobMissing:
     indices: Sequence[int]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobOffered:
+    """The peer holds this blob and asks this node (a relay) to keep a copy."""
+
+    blob_id: bytes
+    size: int
+    epoch: int
+
+
 Event = (
     Authenticated
     | HaveReceived
@@ -208,6 +220,7 @@ Event = (
     | BlobWanted
     | BlobReceived
     | BlobMissing
+    | BlobOffered
 )
 
 
@@ -276,6 +289,11 @@ class SyncSession:
             return [self.fail(v.code, str(v))]
 
     @property
+    def peer_relay(self) -> bool:
+        """Whether the peer said it is a relay (it holds only ciphertext, and keeps blobs)."""
+        return self._peer_relay
+
+    @property
     def can_send(self) -> bool:
         """Whether the flow-control window allows another ENVELOPES batch."""
         return self.state is State.SYNCING and self._unacked < WINDOW
@@ -322,6 +340,11 @@ class SyncSession:
         """Send one sealed chunk."""
         self._require(State.SYNCING)
         self._outgoing.append(_pack([Frame.BLOB, blob_id, size, epoch, index, sealed, tag]))
+
+    def keep_blob(self, blob_id: bytes, size: int, epoch: int) -> None:
+        """Ask the peer (a relay) to fetch this blob from us and keep it."""
+        self._require(State.SYNCING)
+        self._outgoing.append(_pack([Frame.KEEP_BLOB, blob_id, size, epoch]))
 
     def no_blob(self, blob_id: bytes, indices: Sequence[int]) -> None:
         """Tell the peer these chunks are not to be had here."""
@@ -441,6 +464,12 @@ class SyncSession:
         _bytes(blob_id, ID_SIZE, "blob id")
         _indices(indices, MAX_BLOB_BYTES)
         return [BlobMissing(blob_id=blob_id, indices=indices)]
+
+    def _on_keep_blob(self, body: list[Any], frame: bytes) -> list[Event]:
+        _shape(body, 3)
+        blob_id, size, epoch = body
+        _blob_header(blob_id, size, epoch)
+        return [BlobOffered(blob_id=blob_id, size=size, epoch=epoch)]
 
     def _on_error(self, body: list[Any], frame: bytes) -> list[Event]:
         _shape(body, 2)

@@ -181,6 +181,45 @@ def test_a_relay_carries_a_file_it_cannot_read(tmp_path: Path, nodes, proxies) -
     assert marker not in bytes(proxy.captured)
 
 
+def test_a_relay_keeps_files_for_devices_that_are_never_online_together(tmp_path: Path, nodes) -> None:
+    """The laptop adds a file and goes away; the gpu, online only later, runs the job with it;
+    the laptop, back once the gpu is gone, gets the result's file: all through the relay."""
+    with Space.init(tmp_path / "laptop", name="laptop") as first:
+        laptop, gpu = first.paths.root, member(tmp_path, first, "gpu")
+        Space.init_relay(tmp_path / "r", name="relay", keys=first.keys.for_relay()).close()
+    relay = nodes(tmp_path / "r")
+    dial(laptop, relay.url)
+    dial(gpu, relay.url)
+
+    def kept(ref) -> bool:
+        with Space.open(tmp_path / "r") as r:
+            return r.blobs.complete(ref)
+
+    laptop_node = nodes(laptop, "--no-executors")
+    talk = content(tmp_path / "talk.bin", 5 * MiB + 7)
+    with Space.open(laptop) as space:
+        prompt = space.add("echo it", model="echo", files=[talk])
+    wait_until(lambda: kept(prompt.files[0]), what="the relay to keep the laptop's file")
+    laptop_node.stop()
+
+    gpu_node = nodes(gpu)
+    arrived(gpu, prompt.id, "the prompt to reach the gpu through the relay")
+
+    def output():
+        with Space.open(gpu) as space:
+            entry = space.log.entry(prompt.id)
+            return entry.result.files[0] if entry.result is not None and entry.result.files else None
+
+    out = wait_until(output, what="the gpu to run the job with the relay's copy")
+    wait_until(lambda: kept(out), what="the relay to keep the gpu's output")
+    gpu_node.stop()
+
+    nodes(laptop, "--no-executors")
+    got = syncq(laptop, "get", prompt.id, "-o", str(tmp_path / "got"), "--timeout", "60", timeout=90)
+    assert got.returncode == 0, got.stderr
+    assert digest(tmp_path / "got" / "talk.bin") == digest(talk)
+
+
 def test_a_tampered_chunk_is_refused_and_fetched_again(tmp_path: Path, nodes, proxies) -> None:
     laptop, gpu, proxy, gpu_node = laptop_and_gpu(tmp_path, nodes, proxies)
     data = content(tmp_path / "data.bin", 3 * MiB)

@@ -14,7 +14,16 @@ from syncq.blobs import CHUNK_SIZE, BlobRef, Sealer, chunk_count, chunk_length
 from syncq.blobstore import BlobStore
 from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.errors import BadTag, BlobError, BlobUnavailable, InvalidInput, MalformedRecord
-from syncq.protocol import BlobReceived, BlobWanted, CloseCode, Frame, Role, SessionFailed, SyncSession
+from syncq.protocol import (
+    BlobOffered,
+    BlobReceived,
+    BlobWanted,
+    CloseCode,
+    Frame,
+    Role,
+    SessionFailed,
+    SyncSession,
+)
 from syncq.space import Space
 
 KEYS = SpaceKeys.create(bytes(range(32)))
@@ -80,6 +89,21 @@ def test_a_file_goes_in_and_comes_out_whole(tmp_path: Path, size: int) -> None:
     saved = store.save(ref, Sealer(KEYS), out / ref.name)
     assert saved.read_bytes() == source.read_bytes()
     assert not list(out.glob(".*partial"))
+
+
+def test_own_files_are_offered_to_each_relay_once(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs.db")
+    (tmp_path / "a").write_bytes(b"first")
+    (tmp_path / "b").write_bytes(b"second")
+    first = store.add_file(tmp_path / "a", Sealer(KEYS))
+    relay, other = b"r" * 32, b"o" * 32
+    assert [r.id for r in store.unoffered(relay)] == [first.id]
+    store.offered_to(relay, store.unoffered(relay))
+    second = store.add_file(tmp_path / "b", Sealer(KEYS))
+    assert [r.id for r in store.unoffered(relay)] == [second.id]
+    assert {r.id for r in store.unoffered(other)} == {first.id, second.id}
+    store.close()
+    assert [r.id for r in BlobStore(tmp_path / "blobs.db").unoffered(relay)] == [second.id]  # durable
 
 
 def test_equal_files_are_stored_once_and_nothing_is_plaintext(tmp_path: Path) -> None:
@@ -165,7 +189,7 @@ def test_a_prompt_carries_its_files_through_the_log(tmp_path: Path) -> None:
 # -- the blob frames ----------------------------------------------------------------------------
 
 
-def syncing_pair() -> tuple[SyncSession, SyncSession]:
+def syncing_pair(*, b_relay: bool = False) -> tuple[SyncSession, SyncSession]:
     a = SyncSession(
         role=Role.INITIATOR,
         space_id=bytes.fromhex(KEYS.space_id),
@@ -181,6 +205,7 @@ def syncing_pair() -> tuple[SyncSession, SyncSession]:
         node=DeviceKeys.from_seed(b"b" * 64),
         name="b",
         challenge=b"2" * 32,
+        relay=b_relay,
     )
     for _ in range(3):
         for frame in a.data_to_send():
@@ -205,6 +230,30 @@ def test_blob_frames_travel_between_sessions() -> None:
     b.send_chunk(blob_id, 10, 0, 0, b"x" * 26, b"t" * 32)
     (event,) = a.receive(b.data_to_send()[0])
     assert isinstance(event, BlobReceived) and event.sealed == b"x" * 26
+
+
+def test_a_member_asks_a_relay_to_keep_a_blob() -> None:
+    a, relay = syncing_pair(b_relay=True)
+    assert a.peer_relay and not relay.peer_relay  # from the HELLOs
+    a.keep_blob(bytes(32), 5 * CHUNK_SIZE, 1)
+    (event,) = relay.receive(a.data_to_send()[0])
+    assert event == BlobOffered(blob_id=bytes(32), size=5 * CHUNK_SIZE, epoch=1)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ([bytes(31), 10, 0], CloseCode.MALFORMED),  # short id
+        ([bytes(32), 1 << 41, 0], CloseCode.TOO_LARGE),  # absurd size
+        ([bytes(32), -1, 0], CloseCode.TOO_LARGE),
+        ([bytes(32), 10, True], CloseCode.TOO_LARGE),  # an epoch is a number
+        ([bytes(32), 10], CloseCode.MALFORMED),  # a field short
+    ],
+)
+def test_bad_keep_frames_close_the_session(body: list[object], code: CloseCode) -> None:
+    _, relay = syncing_pair(b_relay=True)
+    (event,) = relay.receive(msgpack.packb([Frame.KEEP_BLOB, *body], use_bin_type=True))
+    assert isinstance(event, SessionFailed) and event.code == code
 
 
 @pytest.mark.parametrize(

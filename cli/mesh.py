@@ -62,9 +62,9 @@ def node(
     import asyncio  # here, not at the top: `syncq add` must not pay for it
     import signal
 
-    from syncq.executors.models import node_config
+    from syncq.executors.models import node_config, relay_blob_days
     from syncq.node.api import is_loopback
-    from syncq.node.daemon import Node
+    from syncq.node.daemon import RELAY_BLOB_DAYS, Node
     from syncq.node.logs import NodeLog
     from syncq.node.portal import portal_roots
 
@@ -95,6 +95,7 @@ def node(
         portals=portals,
         api=api,
         api_token=str(token) if token else None,
+        relay_blob_days=relay_blob_days(space.paths.root, RELAY_BLOB_DAYS),
     )
 
     async def serve() -> None:

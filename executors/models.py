@@ -176,6 +176,15 @@ def blob_limit(home: Path) -> int | None:
         raise InvalidInput(f"{home / 'config.toml'}: bad blob_limit in [node]: {exc}") from exc
 
 
+def relay_blob_days(home: Path, default: float) -> float:
+    """``relay_blob_days`` of config.toml's ``[node]``: how long a relay keeps a file nobody
+    uses (0: forever). Raises ``InvalidInput``."""
+    value = node_config(home).get("relay_blob_days", default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidInput(f"{home / 'config.toml'}: relay_blob_days in [node] must be a number of days >= 0")
+    return float(value)
+
+
 def _size(path: str) -> int:
     try:
         return Path(path).stat().st_size if path else 0

@@ -53,6 +53,8 @@ PRESENCE_S = 60.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 PING_S = 20.0
+RELAY_BLOB_DAYS = 30.0  # a relay forgets a kept file nobody stored or read for this long
+FORGET_EVERY_S = 6 * 3600.0
 
 
 class Node:
@@ -71,8 +73,10 @@ class Node:
         portals: Sequence[Path] = (),
         api: tuple[str, int] | None = None,
         api_token: str | None = None,
+        relay_blob_days: float = RELAY_BLOB_DAYS,
     ) -> None:
         self.space = space
+        self.relay_blob_days = relay_blob_days  # 0: keep every file forever
         self.host = host
         self.port = port
         self.log = log
@@ -120,6 +124,8 @@ class Node:
         ]
         if not self.space.is_relay:
             tasks.append(asyncio.create_task(self._presence()))
+        elif self.relay_blob_days > 0:
+            tasks.append(asyncio.create_task(self._forget_old_blobs()))
         if self.scheduler is not None:
             tasks.append(asyncio.create_task(self.scheduler.run()))
         tasks += [asyncio.create_task(portal.run()) for portal in self.portals]
@@ -344,6 +350,15 @@ class Node:
         text = json.dumps(backends, sort_keys=True)
         if self.space.store.get_meta("mesh.models") != text:
             self.space.store.set_meta("mesh.models", text)
+
+    async def _forget_old_blobs(self) -> None:
+        # On the loop, not in a thread: a chunk stored meanwhile could lose its file to it.
+        while True:
+            before = wall_clock_ms() / 1000 - self.relay_blob_days * 86400
+            forgotten = self.space.blobs.forget_unused(before)
+            if forgotten:
+                self.log.event("blobs-forgotten", count=forgotten, days=self.relay_blob_days)
+            await asyncio.sleep(FORGET_EVERY_S)
 
     async def _presence(self) -> None:
         while True:

@@ -28,6 +28,8 @@ _HUMAN = {
     "api-unavailable": "no HTTP API: {reason}",
     "server-unreachable": "not serving the models of server {server}: {reason}",
     "portal": "file portal: {path}/inbox",
+    "blobs-forgotten": "forgot {count} kept files nobody used for {days:g} days",
+    "blob-refused": "refused to keep a file for {peer}: {reason}",
     "portal-queued": "portal request {request} queued as {prompt}",
     "portal-delivered": "portal result of {prompt} in outbox ({status})",
     "portal-rejected": "portal request {request} refused: {reason}",

@@ -28,7 +28,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncq.blobs import CHUNK_SIZE, MAX_BLOB_SIZE, BlobRef, Sealer, check_name, chunk_count, chunk_length
+from syncq.blobs import (
+    CHUNK_SIZE,
+    ID_SIZE,
+    MAX_BLOB_SIZE,
+    BlobRef,
+    Sealer,
+    check_name,
+    chunk_count,
+    chunk_length,
+)
 from syncq.crypto import TAG_SIZE
 from syncq.errors import BadTag, BlobError, BlobUnavailable, InvalidInput, StoreBroken
 
@@ -197,6 +206,7 @@ class BlobStore:
         try:
             with self._open_blob(blob_id, create=False) as fd:
                 sealed = os.pread(fd, chunk_length(size, index) + TAG_SIZE, _offset(index))
+                os.utime(fd)  # last used now: a relay forgets the blobs nobody used for long
         except OSError:
             return None  # the file went away (lost in a power cut, or removed by hand)
         return Chunk(blob_id, index, size, epoch, sealed, tag)
@@ -211,6 +221,24 @@ class BlobStore:
                 (chunk.blob_id, chunk.index, chunk.size, chunk.epoch, chunk.tag),
             )
         return cursor.rowcount > 0
+
+    def forget_unused(self, before: float) -> int:
+        """Delete the blobs neither stored nor read since ``before`` (a time.time() value);
+        returns how many. A relay does this: it keeps copies for members, not their files."""
+        forgotten = 0
+        for path in self.folder.iterdir():
+            try:
+                blob_id = bytes.fromhex(path.name)
+                if len(blob_id) != ID_SIZE or path.stat().st_mtime >= before:
+                    continue
+            except (ValueError, OSError):
+                continue  # not a blob file (a stray file, or gone meanwhile)
+            with self._lock:  # the records first: a record must never outlive its bytes
+                self._conn.execute("DELETE FROM chunks WHERE id = ?", (blob_id,))
+                self._conn.execute("DELETE FROM wants WHERE id = ?", (blob_id,))
+            path.unlink(missing_ok=True)
+            forgotten += 1
+        return forgotten
 
     def drop_chunk(self, blob_id: bytes, index: int) -> None:
         """Forget a chunk that turned out to be bad, so that it is fetched again."""

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,29 @@ def test_a_relay_keeps_files_for_devices_that_are_never_online_together(tmp_path
     got = syncq(laptop, "get", prompt.id, "-o", str(tmp_path / "got"), "--timeout", "60", timeout=90)
     assert got.returncode == 0, got.stderr
     assert digest(tmp_path / "got" / "talk.bin") == digest(talk)
+
+
+def test_a_relay_forgets_files_nobody_used_for_relay_blob_days(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:
+        r_home = tmp_path / "r"
+        Space.init_relay(r_home, name="relay", keys=first.keys.for_relay()).close()
+        old = first.attach(content(tmp_path / "old.bin", 1000))
+        new = first.attach(content(tmp_path / "new.bin", 1000))
+    (r_home / "config.toml").write_text("[node]\nrelay_blob_days = 2\n")
+    with Space.open(tmp_path / "a") as a, Space.open(r_home) as r:  # as if kept earlier
+        for ref in (old, new):
+            chunk = a.blobs.chunk(ref.raw_id, 0)
+            assert chunk is not None and r.blobs.put_chunk(chunk)
+        three_days_ago = time.time() - 3 * 86400
+        os.utime(r.blobs.folder / old.id, (three_days_ago, three_days_ago))
+    relay = nodes(r_home)
+    assert relay.wait_event("blobs-forgotten")["count"] == 1
+    with Space.open(r_home) as r:
+        assert not r.blobs.complete(old) and r.blobs.complete(new)
+    (r_home / "config.toml").write_text("[node]\nrelay_blob_days = -1\n")
+    relay.stop()
+    refused = syncq(r_home, "node", "--listen", "127.0.0.1:0", "--no-discovery", timeout=30)
+    assert refused.returncode == 1 and "relay_blob_days in [node] must be a number" in refused.stderr
 
 
 def test_a_tampered_chunk_is_refused_and_fetched_again(tmp_path: Path, nodes, proxies) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import msgpack
@@ -104,6 +105,22 @@ def test_own_files_are_offered_to_each_relay_once(tmp_path: Path) -> None:
     assert {r.id for r in store.unoffered(other)} == {first.id, second.id}
     store.close()
     assert [r.id for r in BlobStore(tmp_path / "blobs.db").unoffered(relay)] == [second.id]  # durable
+
+
+def test_blobs_unused_for_long_are_forgotten_and_reading_counts_as_use(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs.db")
+    (tmp_path / "old").write_bytes(b"old")
+    (tmp_path / "read").write_bytes(b"old but read")
+    (tmp_path / "new").write_bytes(b"new")
+    old, read, new = (store.add_file(tmp_path / n, Sealer(KEYS)) for n in ("old", "read", "new"))
+    month_ago = time.time() - 31 * 86400
+    for ref in (old, read):
+        os.utime(store.folder / ref.id, (month_ago, month_ago))
+    (store.folder / "not-a-blob").write_text("left alone")
+    assert store.chunk(read.raw_id, 0) is not None  # served to a peer: used now
+    assert store.forget_unused(time.time() - 30 * 86400) == 1
+    assert not store.complete(old) and not (store.folder / old.id).exists()
+    assert store.complete(read) and store.complete(new) and (store.folder / "not-a-blob").exists()
 
 
 def test_equal_files_are_stored_once_and_nothing_is_plaintext(tmp_path: Path) -> None:

@@ -230,6 +230,8 @@ def status(st: SpaceStatus, as_json: bool) -> None:
                 "envelopes": st.envelopes,
                 "store_bytes": st.store_bytes,
                 "rejected": dict(st.rejected),
+                "files": st.files,
+                "files_bytes": st.files_bytes,
                 "node": st.node,
                 "peers": st.peers,
                 "peers_connected": st.peers_connected,
@@ -251,6 +253,7 @@ def status(st: SpaceStatus, as_json: bool) -> None:
         grid.add_row("prompts", f"{st.prompts}: " + ", ".join(f"{_status(s)} {n}" for s, n in counts.items()))
         grid.add_row("devices", str(st.devices))
     grid.add_row("store", f"{st.envelopes} envelopes, {_size(st.store_bytes)}")
+    grid.add_row("files", f"{st.files} attachment{'' if st.files == 1 else 's'}, {_size(st.files_bytes)}")
     grid.add_row("node", f"[green]running[/] at {st.node}" if st.node else "[dim]not running (syncq node)[/]")
     sync = "in sync" if st.peers_behind == 0 else f"{st.peers_behind} envelopes to send"
     grid.add_row(

@@ -222,6 +222,14 @@ class BlobStore:
             )
         return cursor.rowcount > 0
 
+    def usage(self) -> tuple[int, int]:
+        """How many blobs are held here, and their bytes on disk (sealed)."""
+        sizes = []
+        for path in self.folder.iterdir():
+            with contextlib.suppress(OSError):
+                sizes.append(path.stat().st_size)
+        return len(sizes), sum(sizes)
+
     def forget_unused(self, before: float) -> int:
         """Delete the blobs neither stored nor read since ``before`` (a time.time() value);
         returns how many. A relay does this: it keeps copies for members, not their files."""

@@ -104,6 +104,8 @@ class SpaceStatus:
     envelopes: int
     store_bytes: int
     rejected: Mapping[str, int]
+    files: int = 0  # attachments held here (a relay's kept copies included)
+    files_bytes: int = 0
     node: str | None = None  # the running node's listen URL, if one runs in this home
     peers: int = 0
     peers_connected: int = 0
@@ -540,6 +542,7 @@ class Space:
     def status(self) -> SpaceStatus:
         """Counts and sizes for ``syncq status`` (a relay has no prompts it can count)."""
         log = None if self.is_relay else self.log
+        files, files_bytes = self.blobs.usage()
         return SpaceStatus(
             home=self.paths.root,
             device_id=self.device_id,
@@ -552,6 +555,8 @@ class Space:
             envelopes=self.store.count(),
             store_bytes=self.store.size_bytes(),
             rejected=self.store.rejections(),
+            files=files,
+            files_bytes=files_bytes,
             **self._mesh_status(),
         )
 

@@ -82,7 +82,7 @@ def test_log_filters_and_human_output(run) -> None:
     assert "cancelled" in human and "queued" in human and first in human
 
 
-def test_show_cancel_and_status(run) -> None:
+def test_show_cancel_and_status(run, home: Path) -> None:
     run("init", "--name", "laptop")
     prompt_id = run("add", "x", "-m", "echo").output.strip()
     assert "queued" in run("show", prompt_id).output
@@ -93,7 +93,14 @@ def test_show_cancel_and_status(run) -> None:
     assert status["device_name"] == "laptop"
     assert status["counts"]["cancelled"] == 1 and status["prompts"] == 1
     assert status["envelopes"] == 3 and status["store_bytes"] > 0
+    assert status["files"] == 0 and status["files_bytes"] == 0
     assert "laptop" in run("status").output
+    note = home.parent / "note.txt"
+    note.write_text("attached")
+    run("add", "y", "-m", "echo", "--file", str(note))
+    status = json.loads(run("status", "--json").output)
+    assert status["files"] == 1 and status["files_bytes"] == len("attached") + 16  # sealed
+    assert "1 attachment," in run("status").output
 
 
 @pytest.mark.parametrize(

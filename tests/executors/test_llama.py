@@ -58,7 +58,7 @@ def test_a_missing_or_corrupt_model_file_fails_the_job_and_the_node_stays_up(tmp
     (home / "models.toml").write_text('[models.gone]\nbackend = "llama"\npath = "/nonexistent/model.gguf"\n')
     (home / "config.toml").write_text("[node]\nbackoff = 0.1\n")
     node = nodes(home)
-    for model, message in (("gone", "is missing"), ("broken", "cannot load")):
+    for model, message in (("gone", "is missing"), ("broken", "is not a GGUF model llama.cpp can read")):
         out = syncq(home, "add", "hi", "-m", model, "--max-attempts", "1", "--wait", check=False)
         assert out.returncode == 1
         assert message in out.stderr, out.stderr

@@ -68,6 +68,7 @@ class Connection:
                 if self.peering.wants_to_send:
                     self.wake.set()
                 await self._flush()
+                await self.node.transfers.throttle(self)
                 if not self.peering.open:
                     break
         except ConnectionClosed:

@@ -68,7 +68,7 @@ class Connection:
                 if self.peering.wants_to_send:
                     self.wake.set()
                 await self._flush()
-                await self.node.transfers.throttle(self)
+                await self.node.transfers.throttle(self)  # backpressure: blob chunks in hand
                 if not self.peering.open:
                     break
         except ConnectionClosed:

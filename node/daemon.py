@@ -143,6 +143,7 @@ class Node:
                 task.cancel()
             server.close()
             await server.wait_closed()
+            self.transfers.close()
             self.space.store.set_meta("node.heartbeat", "0")
             self.log.event("stopped")
 

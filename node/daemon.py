@@ -353,10 +353,9 @@ class Node:
             self.space.store.set_meta("mesh.models", text)
 
     async def _forget_old_blobs(self) -> None:
-        # On the loop, not in a thread: a chunk stored meanwhile could lose its file to it.
         while True:
             before = wall_clock_ms() / 1000 - self.relay_blob_days * 86400
-            forgotten = self.space.blobs.forget_unused(before)
+            forgotten = await self.transfers.forget_unused(before)
             if forgotten:
                 self.log.event("blobs-forgotten", count=forgotten, days=self.relay_blob_days)
             await asyncio.sleep(FORGET_EVERY_S)

@@ -86,6 +86,12 @@ class Transfers:
         """Wait for the chunks in hand to be stored (a few ms), before the store closes."""
         self._writer.shutdown(wait=True)
 
+    async def forget_unused(self, before: float) -> int:
+        """``BlobStore.forget_unused`` on the store thread, so that no chunk is being written
+        while its blob is deleted (a record must never outlive its bytes)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self.store.forget_unused, before)
+
     # -- fetching ----------------------------------------------------------------------------
 
     async def fetch(self, ref: BlobRef, stall_s: float = STALL_S) -> None:

@@ -1,14 +1,16 @@
 """Attachments over the sync connections: fetching what a job or a user needs, serving peers.
 
-A node fetches a blob only when something here needs it: a job it runs (the scheduler), or a
+A member fetches a blob only when something here needs it: a job it runs (the scheduler), or a
 user (``syncq get``, which writes a want into ``blobs.db``; the node notices through its watch).
-It asks connected peers for missing chunks, at most ``WINDOW`` in flight per peer, and stores
-each chunk as it arrives, so a broken connection costs only the chunks in flight: the fetch goes
-on with the next peer, or the same one when it reconnects.
+A relay fetches what members ask it to keep (KEEP_BLOB: every file added on a member), so that
+devices never online together can still exchange files. A node asks connected peers for missing
+chunks, at most ``WINDOW`` in flight per peer, and stores each chunk as it arrives, so a broken
+connection costs only the chunks in flight: the fetch goes on with the next peer, or the same
+one when it reconnects.
 
-Every chunk is checked before it is stored: its relay tag (``auth_key``) by every node, and its
-AEAD by a member. A bad chunk is dropped, counted and asked for again elsewhere; it never
-reaches the store.
+Every chunk's relay tag (``auth_key``) is checked before it is stored; a bad chunk is dropped,
+counted and asked for again elsewhere. A member also opens every chunk (AEAD) when it saves the
+file, and drops and fetches again one that fails.
 
 Checking and writing a chunk (an HMAC over 1 MiB, a 1 MiB write, a SQLite row) happen in one
 worker thread, not on the event loop: hashlib, os.pwrite and sqlite3 release the GIL, so the loop

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from syncq.blobs import BlobRef, Sealer
 from syncq.blobstore import Chunk
 from syncq.errors import BlobUnavailable, StoreError, UnknownEpoch
-from syncq.protocol import BlobMissing, BlobOffered, BlobReceived, BlobWanted, State
+from syncq.protocol import BlobKept, BlobMissing, BlobOffered, BlobReceived, BlobWanted, State
 from syncq.watch import wait_event
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class Transfers:
         self.rejected = 0  # chunks refused (bad tag, failed AEAD)
         self._sealers: dict[int, Sealer] = {}
         self._storing: dict[Connection, set[asyncio.Task[None]]] = {}
+        self._offering: dict[Connection, set[bytes]] = {}  # KEEP_BLOBs sent, not yet answered
         # One thread, not asyncio's pool: with several, the HMACs of 4 chunks competed with the
         # event loop for two cores and the receiving node spent a quarter more CPU per MiB.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-store")
@@ -177,7 +178,7 @@ class Transfers:
     # -- events from connections ------------------------------------------------------------
 
     def on_event(
-        self, conn: Connection, event: BlobWanted | BlobReceived | BlobMissing | BlobOffered
+        self, conn: Connection, event: BlobWanted | BlobReceived | BlobMissing | BlobOffered | BlobKept
     ) -> None:
         """A blob frame from ``conn``'s peer."""
         if isinstance(event, BlobWanted):
@@ -186,8 +187,10 @@ class Transfers:
             self._received(conn, event)
         elif isinstance(event, BlobMissing):
             self._missing(conn, event)
-        else:
+        elif isinstance(event, BlobOffered):
             self._keep(conn, event)
+        else:
+            self._kept(conn, event)
 
     def connected(self, conn: Connection) -> None:
         """A peer is back: ask it for what is still missing (a fetch that gave up included),
@@ -201,8 +204,8 @@ class Transfers:
     # -- relays keep copies ------------------------------------------------------------------
 
     def offer_to_relays(self) -> None:
-        """Ask every connected relay to keep the files added on this device since it was last
-        asked: a relay that holds a copy serves it while this device is away."""
+        """Ask every connected relay to keep the files added on this device that it has not
+        said it keeps: a relay that holds a copy serves it while this device is away."""
         for conn in list(self.node.connections.values()):
             self._offer(conn)
 
@@ -210,15 +213,19 @@ class Transfers:
         session = conn.session
         if self.space.is_relay or not session.peer_relay or session.state is not State.SYNCING:
             return
-        peer = bytes.fromhex(self._peer(conn))
-        refs = self.store.unoffered(peer)
+        # Recorded only when the relay answers KEPT_BLOB: an offer lost with its connection is
+        # made again on the next one. Within a connection, each is sent once.
+        sent = self._offering.setdefault(conn, set())
+        refs = [r for r in self.store.unoffered(bytes.fromhex(self._peer(conn))) if r.raw_id not in sent]
         for ref in refs:
             session.keep_blob(ref.raw_id, ref.size, ref.epoch)
-        # Recorded as sent: the relay records each as a want when the frame arrives, so only a
-        # frame lost with the connection goes unkept (the file is still fetched from here).
-        self.store.offered_to(peer, refs)
+            sent.add(ref.raw_id)
         if refs:
             conn.wake.set()
+
+    def _kept(self, conn: Connection, event: BlobKept) -> None:
+        if event.blob_id in self._offering.get(conn, set()):  # only what was offered: no junk rows
+            self.store.offered_to(bytes.fromhex(self._peer(conn)), [event.blob_id])
 
     def _keep(self, conn: Connection, event: BlobOffered) -> None:
         """A member asks this relay to keep a blob: it becomes a want, fetched (from that
@@ -228,13 +235,15 @@ class Transfers:
         ref = BlobRef.by_id(event.blob_id, event.size, event.epoch)
         if too_big := self._too_big(ref):
             self.node.log.event("blob-refused", level="warning", peer=conn.label, reason=too_big)
-            return
-        if not self.store.complete(ref):
-            self.store.want(ref)
+        elif not self.store.complete(ref):
+            self.store.want(ref)  # durable before the answer: the member will not ask again
             self.fetch_wanted()
+        conn.session.kept_blob(ref.raw_id)  # a refusal too: asking again would not change it
+        conn.wake.set()
 
     def disconnected(self, conn: Connection) -> None:
         """A peer is gone: what was asked of it is asked of others."""
+        self._offering.pop(conn, None)  # unanswered offers are made again on reconnection
         peer = self._peer(conn)
         for fetch in list(self.fetches.values()):
             for index, (asked_of, _) in list(fetch.asked.items()):

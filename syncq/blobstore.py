@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS own (
     epoch INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS offered (
-    peer  BLOB    NOT NULL,              -- a relay's node id, and an own blob it was asked to keep
+    peer  BLOB    NOT NULL,              -- a relay's node id, and an own blob it said it keeps
     id    BLOB    NOT NULL,
     PRIMARY KEY (peer, id)
 ) WITHOUT ROWID;
@@ -321,11 +321,11 @@ class BlobStore:
             ).fetchall()
         return [BlobRef.by_id(*r) for r in rows]
 
-    def offered_to(self, peer: bytes, refs: list[BlobRef]) -> None:
-        """Record that the relay ``peer`` was asked to keep ``refs`` (it records the want)."""
+    def offered_to(self, peer: bytes, blob_ids: list[bytes]) -> None:
+        """Record that the relay ``peer`` keeps these blobs (it answered their KEEP_BLOB)."""
         with self._lock:
             self._conn.executemany(
-                "INSERT OR IGNORE INTO offered VALUES (?, ?)", [(peer, r.raw_id) for r in refs]
+                "INSERT OR IGNORE INTO offered VALUES (?, ?)", [(peer, i) for i in blob_ids]
             )
 
     def data_version(self) -> int:

@@ -18,6 +18,7 @@ from syncq.protocol import (
     MAX_BATCH_BYTES,
     MAX_BATCH_ENVELOPES,
     Authenticated,
+    BlobKept,
     BlobMissing,
     BlobOffered,
     BlobReceived,
@@ -34,7 +35,7 @@ from syncq.protocol import (
     WindowOpen,
 )
 
-BlobEvent = BlobWanted | BlobReceived | BlobMissing | BlobOffered
+BlobEvent = BlobWanted | BlobReceived | BlobMissing | BlobOffered | BlobKept
 
 if TYPE_CHECKING:
     from syncq.space import Space
@@ -56,8 +57,8 @@ class Hooks(Protocol):
         ...
 
     def blob(self, peering: Peering, event: BlobEvent) -> None:
-        """A blob frame arrived: a want to answer, a chunk, a peer that lacks chunks, or (at a
-        relay) a blob to keep."""
+        """A blob frame arrived: a want to answer, a chunk, a peer that lacks chunks, a blob to
+        keep (at a relay) or a relay's word that it keeps one."""
         ...
 
 
@@ -147,7 +148,7 @@ class Peering:
             self.wants_to_send = True
         elif isinstance(event, EnvelopesReceived):
             self._store(event)
-        elif isinstance(event, BlobWanted | BlobReceived | BlobMissing | BlobOffered):
+        elif isinstance(event, BlobWanted | BlobReceived | BlobMissing | BlobOffered | BlobKept):
             self.hooks.blob(self, event)
         else:
             self.hooks.ended(self, event)

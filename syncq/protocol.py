@@ -18,6 +18,7 @@ Every state transition lives in ``TRANSITIONS`` (h11's habit)::
     SYNCING         BLOB                    SYNCING         emit BlobReceived; driver checks the tag
     SYNCING         NO_BLOB                 SYNCING         emit BlobMissing
     SYNCING         KEEP_BLOB               SYNCING         emit BlobOffered; a relay fetches it
+    SYNCING         KEPT_BLOB               SYNCING         emit BlobKept; the member stops asking
     any open        ERROR                   CLOSED          emit PeerClosed
     any             anything else           CLOSED          emit SessionFailed (4409)
 
@@ -72,6 +73,7 @@ class Frame(enum.IntEnum):
     BLOB = 8
     NO_BLOB = 9
     KEEP_BLOB = 10
+    KEPT_BLOB = 11
 
 
 class CloseCode(enum.IntEnum):
@@ -115,6 +117,7 @@ TRANSITIONS: Mapping[tuple[State, Frame], State] = {
     (State.SYNCING, Frame.BLOB): State.SYNCING,
     (State.SYNCING, Frame.NO_BLOB): State.SYNCING,
     (State.SYNCING, Frame.KEEP_BLOB): State.SYNCING,
+    (State.SYNCING, Frame.KEPT_BLOB): State.SYNCING,
     (State.AWAIT_HELLO, Frame.ERROR): State.CLOSED,
     (State.AWAIT_AUTH, Frame.ERROR): State.CLOSED,
     (State.AWAIT_HAVE, Frame.ERROR): State.CLOSED,
@@ -210,6 +213,13 @@ class BlobOffered:
     epoch: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobKept:
+    """The relay recorded a KEEP_BLOB (it fetches the blob, or has it, or refused it for good)."""
+
+    blob_id: bytes
+
+
 Event = (
     Authenticated
     | HaveReceived
@@ -221,6 +231,7 @@ Event = (
     | BlobReceived
     | BlobMissing
     | BlobOffered
+    | BlobKept
 )
 
 
@@ -346,6 +357,11 @@ class SyncSession:
         self._require(State.SYNCING)
         self._outgoing.append(_pack([Frame.KEEP_BLOB, blob_id, size, epoch]))
 
+    def kept_blob(self, blob_id: bytes) -> None:
+        """Tell the member that its KEEP_BLOB is recorded here, so it need not send it again."""
+        self._require(State.SYNCING)
+        self._outgoing.append(_pack([Frame.KEPT_BLOB, blob_id]))
+
     def no_blob(self, blob_id: bytes, indices: Sequence[int]) -> None:
         """Tell the peer these chunks are not to be had here."""
         self._require(State.SYNCING)
@@ -470,6 +486,12 @@ class SyncSession:
         blob_id, size, epoch = body
         _blob_header(blob_id, size, epoch)
         return [BlobOffered(blob_id=blob_id, size=size, epoch=epoch)]
+
+    def _on_kept_blob(self, body: list[Any], frame: bytes) -> list[Event]:
+        _shape(body, 1)
+        (blob_id,) = body
+        _bytes(blob_id, ID_SIZE, "blob id")
+        return [BlobKept(blob_id=blob_id)]
 
     def _on_error(self, body: list[Any], frame: bytes) -> list[Event]:
         _shape(body, 2)

@@ -1,4 +1,5 @@
-"""A fault-injecting TCP proxy for tests: pass, delay, partition, cut mid-frame, tamper, capture.
+"""A fault-injecting TCP proxy for tests: pass, delay, partition, cut mid-frame, tamper, drop,
+capture.
 
 It runs its own event loop in a thread, so tests drive it with plain method calls.
 """
@@ -19,6 +20,8 @@ class Proxy:
         self.blocked = False
         self.cut_next_big_chunk = False
         self.tamper_next_big_chunk: str | None = None  # "up" or "down"
+        self.drop: str | None = None  # "up" or "down": bytes that way are swallowed (lost)
+        self.dropped = 0
         self.captured = bytearray()
         self.tampered = 0
         self.cuts = 0
@@ -82,6 +85,9 @@ class Proxy:
             while data := await reader.read(65536):
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                if self.drop == direction:
+                    self.dropped += len(data)
+                    continue
                 big = len(data) > 400
                 if big and self.tamper_next_big_chunk == direction:
                     self.tamper_next_big_chunk = None

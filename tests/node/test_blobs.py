@@ -221,6 +221,38 @@ def test_a_relay_keeps_files_for_devices_that_are_never_online_together(tmp_path
     assert digest(tmp_path / "got" / "talk.bin") == digest(talk)
 
 
+def test_an_offer_lost_with_its_connection_is_made_again(tmp_path: Path, nodes, proxies) -> None:
+    with Space.init(tmp_path / "laptop", name="laptop") as first:
+        laptop = first.paths.root
+        relay_id = Space.init_relay(tmp_path / "r", name="relay", keys=first.keys.for_relay()).device_id
+    relay = nodes(tmp_path / "r")
+    proxy = proxies(relay.port)
+    dial(laptop, proxy.url)
+    laptop_node = nodes(laptop, "--no-executors")
+    laptop_node.wait_event("peer-connected")
+
+    proxy.drop = "up"  # what the laptop sends now is lost, its KEEP_BLOB included
+    with Space.open(laptop) as space:
+        ref = space.add("keep it", model="nobody-serves-this", files=[content(tmp_path / "f", MiB)]).files[0]
+    wait_until(lambda: proxy.dropped > 0, what="the laptop to send its offer into the void")
+
+    def unanswered() -> list[str]:
+        with Space.open(laptop) as space:
+            return [r.id for r in space.blobs.unoffered(bytes.fromhex(relay_id))]
+
+    assert unanswered() == [ref.id]  # no KEPT_BLOB came back: not recorded as kept
+    proxy.partition()  # the connection dies with the offer
+    proxy.drop = None
+    proxy.heal()
+
+    def kept() -> bool:
+        with Space.open(tmp_path / "r") as r:
+            return r.blobs.complete(ref)
+
+    wait_until(kept, timeout=60, what="the offer, made again on the next connection, to be kept")
+    wait_until(lambda: unanswered() == [], what="the relay's KEPT_BLOB to be recorded")
+
+
 def test_a_relay_forgets_files_nobody_used_for_relay_blob_days(tmp_path: Path, nodes) -> None:
     with Space.init(tmp_path / "a", name="a") as first:
         r_home = tmp_path / "r"

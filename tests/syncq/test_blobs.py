@@ -16,6 +16,7 @@ from syncq.blobstore import BlobStore
 from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.errors import BadTag, BlobError, BlobUnavailable, InvalidInput, MalformedRecord
 from syncq.protocol import (
+    BlobKept,
     BlobOffered,
     BlobReceived,
     BlobWanted,
@@ -99,7 +100,7 @@ def test_own_files_are_offered_to_each_relay_once(tmp_path: Path) -> None:
     first = store.add_file(tmp_path / "a", Sealer(KEYS))
     relay, other = b"r" * 32, b"o" * 32
     assert [r.id for r in store.unoffered(relay)] == [first.id]
-    store.offered_to(relay, store.unoffered(relay))
+    store.offered_to(relay, [r.raw_id for r in store.unoffered(relay)])
     second = store.add_file(tmp_path / "b", Sealer(KEYS))
     assert [r.id for r in store.unoffered(relay)] == [second.id]
     assert {r.id for r in store.unoffered(other)} == {first.id, second.id}
@@ -249,12 +250,17 @@ def test_blob_frames_travel_between_sessions() -> None:
     assert isinstance(event, BlobReceived) and event.sealed == b"x" * 26
 
 
-def test_a_member_asks_a_relay_to_keep_a_blob() -> None:
+def test_a_member_asks_a_relay_to_keep_a_blob_and_it_answers() -> None:
     a, relay = syncing_pair(b_relay=True)
     assert a.peer_relay and not relay.peer_relay  # from the HELLOs
     a.keep_blob(bytes(32), 5 * CHUNK_SIZE, 1)
     (event,) = relay.receive(a.data_to_send()[0])
     assert event == BlobOffered(blob_id=bytes(32), size=5 * CHUNK_SIZE, epoch=1)
+    relay.kept_blob(bytes(32))
+    (event,) = a.receive(relay.data_to_send()[0])
+    assert event == BlobKept(blob_id=bytes(32))
+    (event,) = a.receive(msgpack.packb([Frame.KEPT_BLOB, bytes(31)], use_bin_type=True))
+    assert isinstance(event, SessionFailed) and event.code == CloseCode.MALFORMED
 
 
 @pytest.mark.parametrize(

@@ -236,7 +236,7 @@ class Transfers:
         if too_big := self._too_big(ref):
             self.node.log.event("blob-refused", level="warning", peer=conn.label, reason=too_big)
         elif not self.store.complete(ref):
-            self.store.want(ref)  # durable before the answer: the member will not ask again
+            self.store.want(ref)  # stored before the answer: the member will not ask again
             self.fetch_wanted()
         conn.session.kept_blob(ref.raw_id)  # a refusal too: asking again would not change it
         conn.wake.set()

@@ -43,6 +43,8 @@ import wave
 from pathlib import Path
 from typing import Any
 
+from nodes import node_command
+
 import syncq
 from syncq.space import Space
 from syncq.store import Peer
@@ -64,26 +66,13 @@ class Node:
     file when the node exits on SIGTERM."""
 
     def __init__(self, home: Path, *args: str, profile: Path | None = None) -> None:
-        command = (
-            [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "syncq.cli"]
+        syncq = (
+            (sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "syncq.cli")
             if profile is not None
-            else [str(BIN / "syncq")]
+            else (str(BIN / "syncq"),)
         )
         self.proc = subprocess.Popen(
-            [
-                *command,
-                "--home",
-                str(home),
-                "node",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-discovery",
-                "--json-log",
-                "--no-api",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
+            node_command(home, *args, syncq=syncq), stdout=subprocess.PIPE, text=True
         )
         self.events: list[tuple[float, dict[str, Any]]] = []
         self._changed = threading.Condition()

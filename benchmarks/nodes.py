@@ -12,24 +12,16 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+def node_command(home: Path, *args: str, syncq: tuple[str, ...] = (str(BIN / "syncq"),)) -> list[str]:
+    """`syncq node` on loopback, with a JSON log and no discovery (and no API unless asked)."""
+    quiet = [] if "--api" in args else ["--no-api"]  # benchmarks run several nodes at once
+    listen = ["--listen", "127.0.0.1:0", "--no-discovery", "--json-log"]
+    return [*syncq, "--home", str(home), "node", *listen, *quiet, *args]
+
+
 def start_node(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     """Start `syncq node`; its log is drained by a thread (a full pipe would stall the node)."""
-    proc = subprocess.Popen(
-        [
-            str(BIN / "syncq"),
-            "--home",
-            str(home),
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-discovery",
-            "--json-log",
-            *([] if "--api" in args else ["--no-api"]),  # benchmarks run several nodes at once
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen(node_command(home, *args), stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         event = json.loads(line)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from syncq.blobs import BlobRef, Sealer
 from syncq.blobstore import Chunk
 from syncq.errors import BlobUnavailable, StoreError, UnknownEpoch
+from syncq.peering import BlobEvent
 from syncq.protocol import BlobKept, BlobMissing, BlobOffered, BlobReceived, BlobWanted, State
 from syncq.watch import wait_event
 
@@ -177,9 +178,7 @@ class Transfers:
 
     # -- events from connections ------------------------------------------------------------
 
-    def on_event(
-        self, conn: Connection, event: BlobWanted | BlobReceived | BlobMissing | BlobOffered | BlobKept
-    ) -> None:
+    def on_event(self, conn: Connection, event: BlobEvent) -> None:
         """A blob frame from ``conn``'s peer."""
         if isinstance(event, BlobWanted):
             self._wanted(conn, event)

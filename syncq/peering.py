@@ -148,7 +148,7 @@ class Peering:
             self.wants_to_send = True
         elif isinstance(event, EnvelopesReceived):
             self._store(event)
-        elif isinstance(event, BlobWanted | BlobReceived | BlobMissing | BlobOffered | BlobKept):
+        elif isinstance(event, BlobEvent):
             self.hooks.blob(self, event)
         else:
             self.hooks.ended(self, event)

@@ -19,7 +19,7 @@ test: system-deps $(VENV)/.installed-dev lint types imports pytest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@command -v chromium >/dev/null && command -v espeak-ng >/dev/null || \
-	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium espeak-ng; }
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium espeak-ng; }
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

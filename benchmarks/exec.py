@@ -19,12 +19,17 @@
 4. blobs: a 100 MiB attachment fetched by one node from another on loopback, against a plain
    websockets transfer of as many bytes. Target: at least 0.7x the anchor's MiB/s.
    Sections 3 and 4 live in attachments.py, whose docstring says what is measured and how.
+5. cpu: the direct calls of (a) under each CPU option: the native build with and without
+   llama.cpp's extra buffer types, a portable build if ``--portable-site`` names one, at 1 and
+   2 threads, idle and with one core busy (llama_cpu.py says how).
 
 Each section prints one JSON object when it ends ("benchmark": "exec" for 1, "exec.echo_mesh",
-"exec.whisper", "exec.blobs"). Without section names, all four run, in this order.
+"exec.whisper", "exec.blobs", "exec.cpu"). Without section names, the first four run, in this
+order.
 
-Usage: python benchmarks/exec.py [llm] [echo] [whisper] [blobs] [--prompts 20] [--echo 1000]
+Usage: python benchmarks/exec.py [llm] [echo] [whisper] [blobs] [cpu] [--prompts 20] [--echo 1000]
            [--whisper-rounds 5] [--blob-mib 100] [--blob-runs 3] [--blob-profile DIR]
+           [--threads 1,2] [--portable-site DIR]
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import attachments
+import llama_cpu
 from nodes import start_node, stop_node
+from syncq.executors.cpu import default_threads, physical_cores
 from syncq.executors.llama import model_path
 from syncq.executors.models import discover
 
@@ -55,6 +62,7 @@ from syncq.store import Peer
 BIN = Path(sys.executable).parent
 PROMPTS = [f"Write a short note about topic number {i}: the sea, the sky and the stars." for i in range(100)]
 PARAMS = {"max_tokens": 32, "seed": 42, "temperature": 0.0, "mode": "complete"}
+THREADS = default_threads(physical_cores())  # what the node gives llama: the anchors get as many
 
 
 def med(values: list[float]) -> float:
@@ -72,7 +80,7 @@ class Direct:
     def __init__(self, path: str) -> None:
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=path, n_ctx=2048, n_threads=os.cpu_count() or 2, verbose=False)
+        self.llm = Llama(model_path=path, n_ctx=2048, n_threads=THREADS, verbose=False)
         self.llm.create_completion("Hi", max_tokens=1)
 
     def __call__(self, text: str) -> tuple[float, float]:
@@ -107,7 +115,7 @@ class Server:
                 "--n_ctx",
                 "2048",
                 "--n_threads",
-                str(os.cpu_count() or 2),
+                str(THREADS),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -277,7 +285,8 @@ def llm(root: Path, prompts: list[str]) -> dict[str, Any]:
     }
 
 
-SECTIONS = ("llm", "echo", "whisper", "blobs")
+SECTIONS = ("llm", "echo", "whisper", "blobs", "cpu")
+DEFAULT_SECTIONS = ("llm", "echo", "whisper", "blobs")
 
 
 def main() -> None:
@@ -293,11 +302,15 @@ def main() -> None:
     parser.add_argument(
         "--blob-profile", type=Path, help="run the blob section's nodes under cProfile, files here"
     )
+    parser.add_argument("--threads", default="1,2", help="the cpu section's thread counts")
+    parser.add_argument(
+        "--portable-site", type=Path, help="the cpu section: a GGML_NATIVE=OFF llama-cpp-python, unpacked"
+    )
     args = parser.parse_args()
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section {', '.join(sorted(unknown))} (choose from {', '.join(SECTIONS)})")
-    for section in args.sections or SECTIONS:
+    for section in args.sections or DEFAULT_SECTIONS:
         # One folder per section: each makes its own homes and nodes, and removes them.
         with tempfile.TemporaryDirectory(prefix=f"syncq-exec-bench-{section}-") as tmp:
             root = Path(tmp)
@@ -307,6 +320,9 @@ def main() -> None:
                 report = {"benchmark": "exec.echo_mesh"} | echo_mesh(root, args.echo)
             elif section == "whisper":
                 report = attachments.whisper(root, args.whisper_rounds)
+            elif section == "cpu":
+                threads = [int(n) for n in args.threads.split(",")]
+                report = llama_cpu.run(gguf(root), PROMPTS[: args.prompts], threads, args.portable_site)
             else:
                 report = attachments.blobs(root, args.blob_mib, args.blob_runs, args.blob_profile)
         print(json.dumps(report, indent=2), flush=True)

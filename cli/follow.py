@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from syncq.client import Outcome, stranded
 from syncq.errors import UserError
 from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Entry
@@ -51,6 +52,8 @@ def result(space: Any, prompt_id: str, *, stream: bool, timeout: float | None, a
         if entry.status in TERMINAL:
             _finish(entry, streamed, as_json)
             return
+        if entry.facts.refusal() and stranded(entry, space.log.nodes()):  # it can run nowhere now
+            raise UserError(Outcome.of(entry).problem())
 
 
 def _finish(entry: Entry, streamed: str, as_json: bool) -> None:

@@ -114,7 +114,7 @@ def init(ctx: click.Context, name: str | None, if_missing: bool, as_json: bool) 
 
 
 @cli.command()
-@click.argument("text")
+@click.argument("text", required=False)
 @click.option("-m", "--model", required=True, help="The model to run it on, e.g. gemma3-270m.")
 @click.option(
     "-f",
@@ -138,7 +138,7 @@ def init(ctx: click.Context, name: str | None, if_missing: bool, as_json: bool) 
 @click.pass_context
 def add(
     ctx: click.Context,
-    text: str,
+    text: str | None,
     model: str,
     files: tuple[Path, ...],
     kind: str | None,
@@ -154,16 +154,18 @@ def add(
     """Queue a prompt (TEXT, or - to read it from stdin) and print its id.
 
     Works with no node running: the prompt waits in the local store until a device that serves
-    the model picks it up.
+    the model picks it up. A prompt whose input is its files (speech, an image) needs no TEXT.
 
     \b
     Example:
       syncq add "Why is the sky blue?" -m gemma3-270m --param max_tokens=64
       echo "Summarise this" | syncq add - -m gemma3-270m
-      syncq add "" --file talk.wav -m whisper-tiny.en --wait
+      syncq add --file talk.wav -m whisper-tiny.en --wait
     """
     from syncq.records import parse_param
 
+    if text is None and not files:
+        raise SyncqUserError("give the prompt's TEXT (or - to read it from stdin), or a --file")
     if text == "-":
         text = sys.stdin.read()
     parsed = dict(parse_param(p) for p in params)
@@ -178,7 +180,7 @@ def add(
         apply_blob_limit(space)
     attached = [progress.attach(space, path, quiet=as_json) for path in files]
     prompt = space.add(
-        text,
+        text or "",
         model=model,
         kind=kind,
         params=parsed,
@@ -186,10 +188,30 @@ def add(
         max_attempts=max_attempts,
         files=attached,
     )
-    _warn_if_unserved(space, model)
+    try:
+        _after_add(space, prompt, model, wait=wait, follow=follow, timeout=timeout, as_json=as_json)
+    except KeyboardInterrupt:
+        # Stored already: it runs whether or not anyone waits for it.
+        click.echo(
+            f"\nthe prompt {prompt.id} goes on without this wait: `syncq show {prompt.id[:10]}` "
+            f"tells how it went, `syncq cancel {prompt.id[:10]}` stops it",
+            err=True,
+        )
+        raise click.Abort() from None
+
+
+def _after_add(
+    space: Any, prompt: Any, model: str, *, wait: bool, follow: bool, timeout: float | None, as_json: bool
+) -> None:
+    """What `syncq add` prints once the prompt is stored: its id, or (waiting) its result."""
+    unserved = _unserved(space, model)
+    if unserved and not (wait or follow):
+        click.echo(f"warning: {unserved}; queued anyway", err=True)
     if wait or follow:
         from syncq.cli import follow as following
 
+        if unserved:
+            click.echo(f"waiting: {unserved}; Ctrl-C stops waiting and leaves the prompt queued", err=True)
         following.result(space, prompt.id, stream=follow, timeout=timeout, as_json=as_json)
     elif as_json:
         import json
@@ -205,10 +227,20 @@ def _served(space: Any) -> set[str] | None:
     return set(found) if found is not None else None
 
 
-def _warn_if_unserved(space: Any, model: str) -> None:
+def _unserved(space: Any, model: str) -> str:
+    """What to say of a model no node of the space has advertised ("" if one has, or if no node
+    ran here to know): queueing for it is right for offline use, but the user may have mistyped."""
     served = space.mesh_models()
-    if served is not None and model not in served:
-        click.echo(f"warning: no node of this space has advertised model {model!r}; queued anyway", err=True)
+    if served is None or model in served:
+        return ""
+    import difflib
+
+    said = f"no node of this space has advertised model {model!r} yet"
+    near = difflib.get_close_matches(model, served, n=3, cutoff=0.5)
+    near += [name for name in sorted(served) if name.startswith(model) and name not in near]
+    if near:
+        return f"{said} (did you mean {' or '.join(near[:3])}?)"
+    return f"{said} (served: {', '.join(sorted(served)) or 'none'})"
 
 
 @cli.command(name="log")

@@ -65,6 +65,7 @@ def node(
     from syncq.executors.models import node_config, relay_blob_days
     from syncq.node.api import is_loopback
     from syncq.node.daemon import RELAY_BLOB_DAYS, Node
+    from syncq.node.lock import NodeLock
     from syncq.node.logs import NodeLog
     from syncq.node.portal import portal_roots
 
@@ -73,6 +74,9 @@ def node(
     host, port = _parse_listen(listen or os.environ.get("SYNCQ_LISTEN") or DEFAULT_LISTEN)
     urls = [peer_url(p) for p in peers]
     space = _open(ctx)
+    lock = NodeLock(space.paths.node_lock)
+    lock.acquire(space.store.get_meta("node.listen"))
+    ctx.call_on_close(lock.release)
     apply_blob_limit(space)
     scheduler = None if no_executors or space.is_relay else _scheduler_factory(space.paths.root)
     config = node_config(space.paths.root)
@@ -216,7 +220,7 @@ def peers(ctx: click.Context, as_json: bool) -> None:
         return
     space = _open(ctx)
     running = space.node_running() is not None
-    rows = [_peer_json(p, running) for p in space.store.peers()]
+    rows = by_device([_peer_json(p, running) for p in space.store.peers()])
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -303,6 +307,34 @@ def _own_addresses(space: Any) -> list[str]:
     from syncq.node.addresses import local_addresses
 
     return [f"ws://{h}:{port}" for h in local_addresses()]
+
+
+def by_device(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per device: a device that dialled this node (``inbound:<id>``) and that this node
+    dials (``ws://...``) has a row of the peers table for each, merged here; ``addresses``
+    keeps every one. Rows of peers never reached (no device id yet) stay as they are."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["node_id"] or row["url"], []).append(row)
+    merged = []
+    for group in groups.values():
+        dialled = [r for r in group if not r["url"].startswith("inbound:")]
+        first = (dialled or group)[0]
+        connected = [r for r in group if r["connected"]]
+        seen = [r["last_seen"] for r in group if r["last_seen"]]
+        merged.append(
+            {
+                **first,
+                "name": next((r["name"] for r in group if r["name"]), None),
+                "connected": bool(connected),
+                "last_seen": max(seen) if seen else None,
+                "behind": (connected or [first])[0]["behind"],
+                "error": None if connected else first["error"],
+                "source": ", ".join(dict.fromkeys(r["source"] for r in group)),
+                "addresses": [r["url"] for r in group],
+            }
+        )
+    return merged
 
 
 def _peer_json(peer: Any, running: bool) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,22 +85,47 @@ def log(entries: Sequence[Entry], as_json: bool, served: set[str] | None = None)
         return
     from rich.table import Table
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("id", "created", "model", "status", "prompt", "result"):
-        table.add_column(
-            column, overflow="ellipsis", no_wrap=True, min_width=8 if column in ("prompt", "result") else None
-        )
-    for entry in entries:
+    ids = short_ids([e.prompt.id for e in entries])
+    statuses = [e.status.value + ("*" if _note(e, served) else "") for e in entries]
+    created = [_short_time(e.prompt.created_at) for e in entries]
+    models = [_one_line(e.prompt.model, 18) for e in entries]
+    console = _console()
+    # Every column but the texts shows whole; prompt and result share what is left of the
+    # terminal's width (at 80 columns, about 15 characters each), cut here with an ellipsis.
+    fixed = [max(map(len, column)) for column in (ids, created, models, statuses)]
+    text_width = max(8, (console.width - sum(fixed) - 5) // 2)
+    table = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1, 0, 0))
+    for name, width in zip(("id", "created", "model", "status"), fixed, strict=True):
+        table.add_column(name, no_wrap=True, min_width=max(width, len(name)))
+    for name in ("prompt", "result"):
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=text_width)
+    for entry, row in zip(entries, zip(ids, created, models, statuses, strict=True), strict=True):
+        short, when, model, status = row
         result = entry.result
         table.add_row(
-            entry.prompt.id,
-            _short_time(entry.prompt.created_at),
-            entry.prompt.model,
-            _status(entry.status.value) + (f" [dim]({UNSERVED})[/]" if _note(entry, served) else ""),
-            _one_line(entry.prompt.input, 60),
-            _one_line(_result_text(result), 60) if result else "",
+            short,
+            when,
+            model,
+            _status(entry.status.value) + ("*" if status.endswith("*") else ""),
+            _one_line(entry.prompt.input, text_width),
+            _one_line(_result_text(result), text_width) if result else "",
         )
-    _console().print(table)
+    console.print(table)
+    if any(s.endswith("*") for s in statuses):
+        console.print(f"[dim]* {UNSERVED}[/]")
+
+
+def short_ids(ids: Sequence[str], least: int = 10) -> list[str]:
+    """Each id cut to the shortest prefix (at least ``least`` characters) that no other id of
+    the list shares, as git abbreviates hashes; every command takes such a prefix. Ids made in
+    one millisecond share their first 10 characters (the time) and stay longer."""
+    ordered = sorted(ids)
+    length: dict[str, int] = {}
+    for before, after in itertools.pairwise(ordered):
+        shared = len(os.path.commonprefix([before, after]))  # noqa: RUF071 - characters, not paths
+        for one in (before, after):
+            length[one] = max(length.get(one, least), shared + 1)
+    return [i[: max(length.get(i, least), least)] for i in ids]
 
 
 def _note(entry: Entry, served: set[str] | None) -> str | None:
@@ -142,6 +169,8 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
         console.print(entry.stream, markup=False, highlight=False)
     for run in entry.results:
         mark = " (canonical)" if run is entry.result and len(entry.results) > 1 else ""
+        if not run.counts:
+            mark += " (not counted as an attempt: that node cannot run the model)"
         console.print(
             f"\n[bold]run[/bold] attempt {run.attempt} on {run.node_name} ({run.node[:16]}): "
             f"{_status(run.status.value)}{mark}"
@@ -187,7 +216,13 @@ def models(nodes: Sequence[NodeInfo], as_json: bool) -> None:
             "backend": served[0][1].backend,
             "size": served[0][1].size,
             "nodes": [
-                {"node": n.id, "name": n.name, "loaded": ad.loaded, "last_seen": _iso(n.last_seen)}
+                {
+                    "node": n.id,
+                    "name": n.name,
+                    "loaded": ad.loaded,
+                    "unusable": ad.unusable or None,
+                    "last_seen": _iso(n.last_seen),
+                }
                 for n, ad in served
             ],
         }
@@ -206,11 +241,25 @@ def models(nodes: Sequence[NodeInfo], as_json: bool) -> None:
     for column in ("model", "backend", "size", "served by"):
         table.add_column(column, no_wrap=column != "served by")
     for row in rows:
-        where = ", ".join(
-            f"{n['name']} ({'[green]warm[/]' if n['loaded'] else 'cold'})" for n in row["nodes"]
-        )
+        where = ", ".join(_served_by(n) for n in row["nodes"])
         table.add_row(row["model"], row["backend"], _size(row["size"]) if row["size"] else "", where)
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    for row in rows:
+        for n in row["nodes"]:
+            if n["unusable"]:
+                console.print(
+                    f"{row['model']} on {n['name']}: {n['unusable']}", markup=False, highlight=False
+                )
+
+
+def _served_by(node: dict[str, Any]) -> str:
+    from rich.markup import escape
+
+    name = escape(node["name"])
+    if node["unusable"]:
+        return f"{name} ([bold red]unusable[/]: until it restarts)"
+    return f"{name} ({'[green]warm[/]' if node['loaded'] else 'cold'})"
 
 
 def status(st: SpaceStatus, as_json: bool) -> None:
@@ -270,25 +319,32 @@ def peers(rows: Sequence[dict[str, Any]], running: bool) -> None:
     if not rows:
         click.echo("No peers yet. Add one with: syncq peers add ws://HOST:7330 (or syncq join CODE)")
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
+    table = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1, 0, 0))
     for column in ("peer", "name", "state", "last seen", "behind", "source"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(
+            column, no_wrap=True, overflow="ellipsis", max_width=30 if column == "peer" else None
+        )
+    errors = []
     for row in rows:
-        state = "[green]connected[/]" if row["connected"] else "[dim]not connected[/]"
+        state = "[green]connected[/]" if row["connected"] else "[dim]offline[/]"
         if row["error"] and not row["connected"]:
-            state += f" [red]({_one_line(row['error'], 40)})[/]"
+            errors.append(f"{row['url']}: {_one_line(row['error'], 200)}")
+            state += f" [red]({len(errors)})[/]"
         table.add_row(
-            row["url"],
-            row["name"] or "",
+            escape("dialled in" if row["url"].startswith("inbound:") else row["url"]),
+            escape(row["name"] or ""),
             state,
-            _iso(row["last_seen"]) if row["last_seen"] else "never",
+            _seen(row["last_seen"]) if row["last_seen"] else "never",
             "" if row["behind"] is None else str(row["behind"]),
             row["source"],
         )
     console = _console()
     console.print(table)
+    for i, error in enumerate(errors, 1):  # below the table: an error would crowd 80 columns
+        console.print(f"[red]({i})[/] {escape(error)}")
     if not running:
         console.print("[dim]No node is running in this home: start one with `syncq node`.[/]")
 
@@ -305,6 +361,7 @@ def _run_json(run: Result) -> dict[str, Any]:
         "finished_at": _iso(run.finished_at),
         "usage": dict(run.usage),
         "files": [f.to_wire() for f in run.files],
+        "counts": run.counts,
     }
 
 
@@ -330,8 +387,15 @@ def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
+def _seen(ms: int) -> str:
+    """When a peer was last seen, to the minute, in local time."""
+    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+
+
 def _short_time(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000).strftime("%m-%d %H:%M:%S")
+    """The local time of day for today, else the date and the minute (at most 11 characters)."""
+    when = dt.datetime.fromtimestamp(ms / 1000)
+    return when.strftime("%H:%M:%S") if when.date() == dt.date.today() else when.strftime("%m-%d %H:%M")
 
 
 def _one_line(text: str, width: int) -> str:

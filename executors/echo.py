@@ -3,12 +3,14 @@
 The output is the input, sent word by word, and a copy of each attachment. Params: ``delay``
 (seconds spent in total, spread over the words; cancellable), ``busy`` (seconds of work deaf to
 cancel before each word, like a diffusion step), ``fail`` (raise with this message instead),
-``crash`` (kill the worker process outright) and ``hang`` (sleep, deaf to cancel): the last two
-test isolation.
+``crash`` (end the worker process by a signal: ``true`` for SIGKILL, or a name such as
+``"SIGSEGV"``) and ``hang`` (sleep, deaf to cancel): the last two test isolation.
 
-Option (models.toml): ``gpu_memory`` (bytes, or a size such as ``"1G"``) makes the model hold
+Options (models.toml): ``gpu_memory`` (bytes, or a size such as ``"1G"``) makes the model hold
 that much GPU memory while loaded, allocated through the CUDA driver, so that the manager's GPU
 memory budget can be checked on a machine with a GPU without a GPU build of any backend.
+``crash_on_load`` (a signal name) ends the worker by that signal while it loads, as llama.cpp
+built for another CPU dies by SIGILL at its first decode.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ class EchoExecutor:
         self._gpu: _CudaBlock | None = None
 
     def load(self, spec: ModelSpec) -> None:
-        """Nothing to load, unless the spec asks to hold GPU memory."""
+        """Nothing to load, unless the spec asks to hold GPU memory (or to crash)."""
+        if spec.options.get("crash_on_load"):
+            _die(spec.options["crash_on_load"])
         if spec.options.get("gpu_memory"):
             self._gpu = _CudaBlock(parse_size(spec.options["gpu_memory"]))
 
     def run(self, job: Job, emit: Callable[[str], None], cancelled: Callable[[], bool]) -> Output:
         """Emit the input word by word, taking ``delay`` seconds in total."""
         if job.params.get("crash"):
-            os.kill(os.getpid(), signal.SIGKILL)
+            _die(job.params["crash"])
         if job.params.get("fail"):
             raise ExecutorError(str(job.params["fail"]))
         if job.params.get("hang"):
@@ -60,6 +64,15 @@ class EchoExecutor:
     def unload(self) -> None:
         """Free the GPU memory, if any (ending the process frees it too)."""
         self._gpu = None
+
+
+def _die(how: object) -> None:
+    """End this process by a signal: SIGKILL for ``True``, else the one named."""
+    number = signal.SIGKILL if how is True else signal.Signals[str(how).upper()]
+    if number is not signal.SIGKILL:
+        signal.signal(number, signal.SIG_DFL)  # a handler (faulthandler's) must not catch it
+    signal.raise_signal(number)
+    os.kill(os.getpid(), signal.SIGKILL)  # a signal that does not kill by default
 
 
 def _sleep(seconds: float, cancelled: Callable[[], bool]) -> None:

@@ -4,6 +4,11 @@ Params: ``mode`` (``chat``, the default, formats the prompt as one user turn wit
 chat template; ``complete`` continues the raw text), ``max_tokens`` (default 128),
 ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``, ``repeat_penalty``.
 
+Options (models.toml): ``n_ctx`` (2048), ``n_threads`` (the physical cores less one, at least 1:
+``cpu.default_threads``), ``n_gpu_layers`` (-1: all, where the build has a GPU), ``n_batch``,
+``flash_attn``, ``use_extra_bufts`` (llama.cpp's AMX and weight-repacking buffers; on by
+default, off by itself where the CPU lists AMX but cannot run it: ``cpu``).
+
 A GGUF without a chat template (gemma3-270m's, for one) gets the correct template of its model
 family, read from ``general.architecture``; llama-cpp-python would otherwise fall back to a
 generic format the model was never trained on.
@@ -11,12 +16,13 @@ generic format the model was never trained on.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from . import cpu
 from .base import ExecutorError, Job, ModelSpec, Output
 
 # general.architecture -> llama-cpp-python chat format, for GGUFs that carry no template
@@ -42,11 +48,43 @@ def model_path(spec: ModelSpec) -> Path:
     return Path(module.assemble(output_path=target))
 
 
+@contextlib.contextmanager
+def model_params(**fields: object) -> Iterator[None]:
+    """Set fields of llama.cpp's model params for the ``Llama`` built inside the block.
+
+    ``Llama()`` takes no argument for some of them (``use_extra_bufts``, for one), and it loads
+    the model in its constructor from ``llama_model_default_params()``: the defaults are what
+    can be changed, for as long as the constructor runs (a worker loads one model, on one
+    thread). Raises ``ExecutorError`` if this llama-cpp-python has no such field.
+    """
+    import llama_cpp.llama_cpp as raw
+
+    known = {name for name, *_ in raw.llama_model_params._fields_}
+    missing = sorted(set(fields) - known)
+    if missing:
+        raise ExecutorError(f"this llama-cpp-python has no model param {', '.join(missing)}: upgrade it")
+    original = raw.llama_model_default_params
+
+    def patched() -> Any:
+        params = original()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    raw.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        raw.llama_model_default_params = original
+
+
 class LlamaExecutor:
     """One GGUF model in llama.cpp."""
 
-    def __init__(self) -> None:
+    def __init__(self, amx: Callable[[], cpu.AmxCheck] = cpu.check_amx) -> None:
         self.llm: Any = None
+        self.notes: list[str] = []  # what the load decided, for the node log (worker.main)
+        self._amx = amx  # what this CPU does with AMX (a test gives another CPU's answer)
 
     def load(self, spec: ModelSpec) -> None:
         """Load the GGUF. Raises ``ExecutorError`` if the file is missing or not a model."""
@@ -66,9 +104,13 @@ class LlamaExecutor:
         # Every layer on the GPU when llama-cpp-python was built with one (CUDA, Metal); a CPU
         # build ignores it. A model too big for the card sets a smaller n_gpu_layers.
         options.setdefault("n_gpu_layers", -1)
-        options.setdefault("n_threads", max(1, (os.cpu_count() or 2)))
+        options.setdefault("n_threads", cpu.default_threads(cpu.physical_cores()))
+        extra = spec.options.get("use_extra_bufts")
+        if extra is None:
+            extra = self._extra_buffer_types()
         try:
-            self.llm = Llama(model_path=str(path), verbose=False, **options)
+            with model_params(**({} if extra else {"use_extra_bufts": False})):
+                self.llm = Llama(model_path=str(path), verbose=False, **options)
         except (ValueError, RuntimeError, OSError) as exc:
             if "llama_context" in str(exc):  # the file is fine: its context did not fit
                 raise ExecutorError(
@@ -80,6 +122,14 @@ class LlamaExecutor:
             family = self.llm.metadata.get("general.architecture", "")
             self.llm.chat_format = FAMILY_FORMATS.get(family, "chatml")
             self.llm.chat_handler = None
+
+    def _extra_buffer_types(self) -> bool:
+        """Whether llama.cpp may use its extra buffer types (AMX, weight repacking): not where
+        the CPU lists AMX but traps it (``cpu``), which would kill the first decode."""
+        amx = self._amx()
+        if amx.traps:
+            self.notes.append(f"{amx.detail}: llama.cpp loads without extra buffer types (AMX, repacking)")
+        return not amx.traps
 
     def warm_up(self) -> None:
         """One token, so the first real prompt does not pay for lazy initialisation."""

@@ -2,7 +2,11 @@
 
 Each loaded model lives in its own worker process (``worker.main``): a native crash or an OOM
 kill ends the worker, fails the job with ``WorkerDied`` (the scheduler retries it) and never the
-node; unloading a model frees its memory for certain. The manager
+node; unloading a model frees its memory for certain. ``died`` says which signal ended a worker,
+in words. SIGILL is different from the rest: the backend's native code uses an instruction this
+CPU cannot run, so every retry here would die the same way. The manager then marks the model
+``unusable`` until the node restarts and raises ``ModelUnusable``, for this job and any job
+already claimed for it; the scheduler leaves such prompts to other nodes. The manager
 
 - loads on demand (and runs the executor's warm-up once after loading);
 - runs one job at a time per model;
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import signal
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -31,6 +36,7 @@ from typing import Any
 
 from . import memory, worker
 from .base import ExecutorError, Job, ModelSpec, Output
+from .cpu import signal_name
 
 CANCEL_GRACE_S = 0.8
 MAX_CANCEL_GRACE_S = 30.0
@@ -39,7 +45,54 @@ _SPAWN = multiprocessing.get_context("spawn")  # no fork of an asyncio process w
 
 
 class WorkerDied(ExecutorError):
-    """The worker process ended while running a job (crash, OOM kill, kill -9)."""
+    """The worker process ended while loading or running (crash, OOM kill, kill -9).
+
+    ``signum`` is the signal that ended it, if one did. ``permanent`` is true for SIGILL: the
+    backend's native code uses an instruction this CPU cannot run, so no retry on this node can
+    succeed; the manager stops serving the model until the node restarts."""
+
+    def __init__(self, message: str, *, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.permanent = signum == signal.SIGILL
+
+
+# What runs a backend's native code, for the message of a worker that crashed in it.
+NATIVE = {"llama": "llama-cpp-python", "whisper": "CTranslate2", "diffusers": "torch"}
+
+
+def died(spec: ModelSpec, exitcode: int | None) -> WorkerDied:
+    """The error for a worker of ``spec`` that ended with ``exitcode`` (negative: a signal), in
+    words: which signal, and what most often sends it."""
+    who = f"the worker for {spec.name}"
+    if exitcode is None or exitcode >= 0:
+        return WorkerDied(f"{who} exited unexpectedly (exit code {exitcode})")
+    number = -exitcode
+    native = NATIVE.get(spec.backend, f"the {spec.backend} backend")
+    if number == signal.SIGILL:
+        why = (
+            f"SIGILL (illegal instruction): {native} was built for CPU features this machine "
+            "cannot run; see README (CPU builds)"
+        )
+    elif number == signal.SIGKILL:
+        why = (
+            "SIGKILL: most often the kernel's out-of-memory killer (see `dmesg`); a smaller "
+            "model, a smaller n_ctx or a lower max_loaded needs less memory"
+        )
+    elif number == signal.SIGSEGV:
+        why = f"SIGSEGV (segmentation fault): a crash in {native}'s native code, or a damaged model file"
+    elif number == signal.SIGBUS:
+        why = "SIGBUS (bus error): the model file changed or its disk failed while mapped"
+    elif number == signal.SIGABRT:
+        why = f"SIGABRT (aborted): {native} gave up on an internal error; its message is in the node's log"
+    else:
+        why = signal_name(number)
+    return WorkerDied(f"{who} was killed by {why}", signum=number)
+
+
+class ModelUnusable(ExecutorError):
+    """This node can never run the model (its worker died by SIGILL): until the node restarts,
+    the manager runs nothing on it, and the scheduler leaves its prompts to other nodes."""
 
 
 class Cancelled(ExecutorError):
@@ -69,16 +122,30 @@ class Worker:
         self.lock = asyncio.Lock()
         self.last_used = time.monotonic()
         self.keep_alive_s = 0.0
+        self.notes: tuple[str, ...] = ()  # what the backend said about its load (node log)
 
     async def start(self) -> None:
-        """Start the process and wait until the model is loaded. Raises ``ExecutorError``."""
-        self.process.start()
+        """Start the process and wait until the model is loaded. Raises ``ExecutorError``
+        (``WorkerDied`` if it died loading: llama.cpp's first decode is part of the load)."""
+        # Ctrl-C in the node's terminal goes to its whole process group. The worker ignores it
+        # (worker.main), and SIGINT stays blocked until then, through the interpreter's start:
+        # the node stops its workers itself, and a worker printed a KeyboardInterrupt otherwise.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._child.close()
         asyncio.get_running_loop().add_reader(self.conn.fileno(), self._readable)
-        message = await asyncio.wait_for(self._next(), LOAD_TIMEOUT_S)
+        try:
+            message = await asyncio.wait_for(self._next(), LOAD_TIMEOUT_S)
+        except BaseException:
+            self.stop(polite=False)
+            raise
         if message[0] != "ready":
             self.stop()
             raise ExecutorError(f"cannot load model {self.spec.name}: {message[1]}")
+        self.notes = tuple(message[2]) if len(message) > 2 else ()
 
     def _readable(self) -> None:
         try:
@@ -91,7 +158,7 @@ class Worker:
         message = await self._messages.get()
         if message is None:
             self.process.join(timeout=1)
-            raise WorkerDied(f"the worker for {self.spec.name} died (exit code {self.process.exitcode})")
+            raise died(self.spec, self.process.exitcode)
         return message
 
     @property
@@ -165,6 +232,12 @@ class ModelManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self.gpus = memory.Gpus.find() if self.settings.gpu_memory_budget is not None else None
         self.loads = 0  # how many times a model was loaded (tests and logs read it)
+        self.unusable: dict[str, str] = {}  # model -> why this node cannot run it (until restart)
+        self.on_load: Callable[[str, tuple[str, ...]], None] = lambda name, notes: None
+
+    def serving(self) -> dict[str, ModelSpec]:
+        """The models this node can run: every spec but those found unusable."""
+        return {name: spec for name, spec in self.specs.items() if name not in self.unusable}
 
     def loaded(self, name: str) -> bool:
         """Whether the model is warm."""
@@ -184,20 +257,26 @@ class ModelManager:
         keep_alive_s: float | None = None,
     ) -> Output:
         """Run ``job`` on model ``name``, loading it first if needed. Raises ``ExecutorError``
-        (``Cancelled``, ``WorkerDied`` among them)."""
+        (``Cancelled``, ``WorkerDied`` and ``ModelUnusable`` among them)."""
         if name not in self.specs:
             raise ExecutorError(f"this node does not serve model {name!r}")
         async with self._locks.setdefault(name, asyncio.Lock()):
-            found = await self._worker(name)
-            found.keep_alive_s = keep_alive_s if keep_alive_s is not None else self.settings.keep_alive_s
+            if name in self.unusable:  # a job claimed before its model's worker died by SIGILL
+                raise ModelUnusable(self.unusable[name])
             try:
-                return await found.run(job, on_chunk, cancel)
-            except WorkerDied:
+                found = await self._worker(name)
+                found.keep_alive_s = keep_alive_s if keep_alive_s is not None else self.settings.keep_alive_s
+                try:
+                    return await found.run(job, on_chunk, cancel)
+                finally:
+                    if not found.alive:
+                        self._drop(name)
+            except WorkerDied as exc:
                 self._drop(name)
-                raise
-            finally:
-                if not found.alive:
-                    self._drop(name)
+                if not exc.permanent:
+                    raise
+                self.unusable[name] = str(exc)
+                raise ModelUnusable(str(exc)) from exc
 
     async def _worker(self, name: str) -> Worker:
         found = self.workers.get(name)
@@ -209,6 +288,7 @@ class ModelManager:
         fresh = Worker(self.specs[name])
         await fresh.start()
         self.loads += 1
+        self.on_load(name, fresh.notes)
         self.workers[name] = fresh
         self._evict(room_for=0)
         return fresh

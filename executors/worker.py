@@ -3,7 +3,7 @@
 Messages (pickled by ``multiprocessing``, between our own processes only)::
 
     parent -> worker   ("run", job) | ("cancel", prompt_id) | ("exit",)
-    worker -> parent   ("ready", pid) | ("error", message)                after loading
+    worker -> parent   ("ready", pid, notes) | ("error", message)         after loading
                        ("chunk", text) ... then ("done", text, usage, cancelled, files) | ("failed", message)
 
 A reader thread takes ``cancel`` while the main thread is busy in ``Executor.run``, which polls
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 from multiprocessing.connection import Connection
 
@@ -23,6 +24,10 @@ from .registry import create
 
 def main(conn: Connection, spec: ModelSpec) -> None:
     """Entry point of the worker process."""
+    # Ctrl-C in the node's terminal reaches this process too; the node stops its workers
+    # itself. SIGINT was blocked from before the spawn (``Worker.start``) until now.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         executor = create(spec.backend)
         executor.load(spec)
@@ -35,7 +40,7 @@ def main(conn: Connection, spec: ModelSpec) -> None:
     except Exception as exc:  # a backend's own failure, reported whole
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", os.getpid(), tuple(getattr(executor, "notes", ()))))
     jobs: queue.Queue[Job | None] = queue.Queue()
     current: list[str] = [""]
     cancel = threading.Event()

@@ -256,7 +256,7 @@ class _Api:
             if not outcome.ok:
                 error = {
                     "error": {
-                        "message": f"the prompt {outcome.status}: {outcome.error or ''}",
+                        "message": outcome.problem(),
                         "type": "server_error",
                     }
                 }

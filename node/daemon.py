@@ -347,7 +347,7 @@ class Node:
         # `syncq add` warns about a model nobody serves without loading the Doc: it reads this.
         if self.space.is_relay:
             return
-        backends = {m.name: m.backend for n in self.space.log.nodes() for m in n.models}
+        backends = {m.name: m.backend for n in self.space.log.nodes() for m in n.serving()}
         text = json.dumps(backends, sort_keys=True)
         if self.space.store.get_meta("mesh.models") != text:
             self.space.store.set_meta("mesh.models", text)
@@ -390,7 +390,7 @@ class Node:
 
     def _log_served(self, models: tuple[ModelAd, ...]) -> None:
         """Say which models this node serves: at start, and when discovery changes the list."""
-        names = sorted(m.name for m in models)
+        names = sorted(m.name for m in models if not m.unusable)
         if names != self._served:
             self._served = names
             self.log.event("serving", models=names)
@@ -400,7 +400,13 @@ class Node:
             return ()
         manager = self.scheduler.manager
         return tuple(
-            ModelAd(name=s.name, backend=s.backend, loaded=manager.loaded(s.name), size=s.size)
+            ModelAd(
+                name=s.name,
+                backend=s.backend,
+                loaded=manager.loaded(s.name),
+                size=s.size,
+                unusable=manager.unusable.get(s.name, ""),
+            )
             for s in manager.specs.values()
         )
 

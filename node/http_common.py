@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 import syncq
 from syncq.client import Outcome
+from syncq.lifecycle import Status
 from syncq.records import PromptKind
 from syncq.space import BACKEND_KINDS
 
@@ -82,6 +83,15 @@ def served_model(space: syncq.AsyncClient, model: object, kind: PromptKind) -> s
     if not isinstance(model, str) or not model:
         raise ApiError(400, "model is required", code="missing_model", param="model")
     backend = {m.name: m.backend for m in space.models()}.get(model)
+    unusable = [f"{n.name}: {ad.unusable}" for n in space.nodes() for ad in n.models if ad.name == model]
+    if backend is None and unusable:
+        raise ApiError(
+            503,
+            f"no node can run the model '{model}' now ({'; '.join(unusable)})",
+            "server_error",
+            "model_unusable",
+            retry=False,
+        )
     if backend is None:
         raise ApiError(
             404,
@@ -100,17 +110,13 @@ def served_model(space: syncq.AsyncClient, model: object, kind: PromptKind) -> s
 
 
 async def await_outcome(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
-    """The prompt's outcome once it is done. Raises ``ApiError`` (502) with the executor's
-    message if it failed or was cancelled."""
-    async for _ in space.stream(prompt_id):  # ends when the prompt does
+    """The prompt's outcome once it is done. Raises ``ApiError`` with the executor's message:
+    502 if it failed or was cancelled, 503 if no node can run it now (``client.stranded``)."""
+    async for _ in space.stream(prompt_id):  # ends when the prompt does, or is stranded
         pass
     outcome = Outcome.of(space.get(prompt_id))
+    if outcome.status is Status.QUEUED:
+        raise ApiError(503, outcome.problem(), "server_error", "model_unusable", retry=False)
     if not outcome.ok:
-        raise ApiError(
-            502,
-            f"the prompt {outcome.status}: {outcome.error or ''}".strip(),
-            "server_error",
-            "prompt_failed",
-            retry=False,
-        )
+        raise ApiError(502, outcome.problem(), "server_error", "prompt_failed", retry=False)
     return outcome

@@ -21,6 +21,9 @@ _HUMAN = {
     "stopped": "stopped",
     "running": "running {prompt} on {model} (attempt {attempt})",
     "finished": "finished {prompt}: {status}",
+    "failed": "finished {prompt}: failed: {error}",
+    "model-unusable": "stopped serving {model}: {reason}",
+    "model-loaded": "loaded {model}: {note}",
     "cancelled": "cancelled {prompt}",
     "job-crashed": "a job failed inside the scheduler (a bug): {reason}",
     "lease-expired": "took over {prompt} from node {node:.12}, which stopped",
@@ -54,11 +57,20 @@ class NodeLog:
             record = {"t": round(time.time(), 3), "event": kind, "level": level, **fields}
             self.stream.write(json.dumps(record, default=str) + "\n")
         else:
+            if kind == "finished" and fields.get("error"):
+                kind = "failed"  # the error is the line's point: people read it here
             template = _HUMAN.get(kind)
             text = template.format(**_readable(fields)) if template else f"{kind} {fields}"
+            text = _printable(text)
             prefix = "error: " if level == "error" else ""
             self.stream.write(f"{time.strftime('%H:%M:%S')} {prefix}{text}\n")
         self.stream.flush()
+
+
+def _printable(text: str) -> str:
+    """Control characters (from an error message or a peer's name) escaped, so that no text in
+    the log can move the cursor, recolour or retitle a terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _readable(fields: dict[str, object]) -> dict[str, object]:

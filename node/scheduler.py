@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from syncq.executors.base import ExecutorError, Job
-from syncq.executors.manager import Cancelled, ModelManager
+from syncq.executors.manager import Cancelled, ModelManager, ModelUnusable
 
 from syncq.blobs import BlobRef
 from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, first_choice, won
@@ -90,6 +90,7 @@ class Scheduler:
         self.node = node
         self.space = node.space
         self.manager = manager
+        manager.on_load = self._loaded
         self.policy = policy or Policy()
         self.watch = HeartbeatWatch()
         self.jobs: dict[PromptId, Running] = {}
@@ -104,6 +105,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._model_locks: dict[str, asyncio.Lock] = {}
+
+    def _loaded(self, model: str, notes: tuple[str, ...]) -> None:
+        for note in notes:  # what a backend decided while loading (no AMX here, say)
+            self.node.log.event("model-loaded", model=model, note=note)
 
     def wake(self) -> None:
         """Something changed in the log: look again soon."""
@@ -145,15 +150,16 @@ class Scheduler:
         self._take_changes(self.space.log, mono)
         me = self.space.device_id
         nodes = self.space.log.nodes()
+        serving = self.manager.serving()
         self._rivals = {
-            model: [n.id for n in nodes if n.id != me and any(m.name == model for m in n.models)]
-            for model in self.manager.specs
+            model: [n.id for n in nodes if n.id != me and any(m.name == model for m in n.serving())]
+            for model in serving
         }
         self._warm_elsewhere = {
-            m.name for n in nodes if n.id != me for m in n.models if m.loaded and m.name in self.manager.specs
+            m.name for n in nodes if n.id != me for m in n.serving() if m.loaded and m.name in serving
         }
         wall = wall_clock_ms()
-        chosen = [found for model in self.manager.specs for found in self._choose(model, wall, mono)]
+        chosen = [found for model in serving for found in self._choose(model, wall, mono)]
         if chosen:
             self._claim(chosen)
 
@@ -414,6 +420,13 @@ class Scheduler:
             result = self._result(chosen, RunStatus.DONE, started, output=out.text, usage=usage, files=files)
         except Cancelled:
             result = None
+        except ModelUnusable as exc:
+            # Not one of the prompt's attempts: another node that serves the model may take it.
+            # The model leaves this node's presence first, so nobody who reads the result sees
+            # the model still offered here.
+            self.node.log.event("model-unusable", level="error", model=chosen.model, reason=str(exc))
+            self.node.advertise()
+            result = self._result(chosen, RunStatus.FAILED, started, error=str(exc), counts=False)
         except (ExecutorError, InvalidInput) as exc:
             result = self._result(chosen, RunStatus.FAILED, started, error=str(exc))
         finally:
@@ -454,6 +467,7 @@ class Scheduler:
         error: str | None = None,
         usage: dict[str, object] | None = None,
         files: tuple[BlobRef, ...] = (),
+        counts: bool = True,
     ) -> Result:
         return Result(
             prompt_id=chosen.prompt_id,
@@ -467,6 +481,7 @@ class Scheduler:
             finished_at=wall_clock_ms(),
             usage=usage or {},  # type: ignore[arg-type]
             files=files,
+            counts=counts,
         )
 
     async def _stream(self, running: Running, buffer: list[str], arrived: asyncio.Event) -> None:

@@ -58,7 +58,7 @@ def backoff_ms(failures: int, policy: Policy) -> int:
 
 def retry_at(facts: Facts, policy: Policy) -> int:
     """The wall-clock time (ms) from which the prompt may be claimed again (0: at once)."""
-    failed = [r for r in facts.results if r.status is RunStatus.FAILED]
+    failed = facts.counted_failures()  # a node that cannot run the model delays nobody
     if not failed:
         return 0
     last = max(r.finished_at for r in failed)

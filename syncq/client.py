@@ -52,7 +52,9 @@ SAFETY_S = 1.0  # a look at the store this often even without a change reported 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
-    """Where a prompt stands: for ``result``, how it ended (done, failed or cancelled)."""
+    """Where a prompt stands: for ``result``, how it ended (done, failed or cancelled), or that
+    it is stuck: still queued, with the error of a node that found it cannot run the model and
+    no other node serving it (``stranded``)."""
 
     prompt_id: PromptId
     status: Status
@@ -73,6 +75,17 @@ class Outcome:
         """Whether it is done."""
         return self.status is Status.DONE
 
+    def problem(self) -> str:
+        """What went wrong, in one line fit to print (empty when it is done)."""
+        if self.ok:
+            return ""
+        if self.status is Status.QUEUED:
+            return (
+                f"no node can run {self.model} now: {self.error or 'none serves it'}; the prompt "
+                f"stays queued for a device that can (`syncq cancel {self.prompt_id[:10]}` drops it)"
+            )
+        return f"the prompt {self.status}: {self.error or ''}".strip()
+
     @classmethod
     def of(cls, entry: Entry) -> Outcome:
         """The outcome an entry of the log tells."""
@@ -91,6 +104,15 @@ class Outcome:
             runs=len(entry.results),
             attachments=run.files if run is not None and entry.status is Status.DONE else (),
         )
+
+
+def stranded(entry: Entry, nodes: Sequence[NodeInfo]) -> bool:
+    """Whether a prompt can run nowhere now: queued, its latest run showed that node cannot run
+    the model (``Facts.refusal``), and no node of the mesh serves the model. Waiting for it then
+    ends, with that run's error, instead of waiting for a device that may never come."""
+    if entry.status is not Status.QUEUED or entry.facts.refusal() is None:
+        return False
+    return not any(ad.name == entry.prompt.model for node in nodes for ad in node.serving())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,10 +274,11 @@ class _Verbs:
         return self.space.log.nodes()
 
     def models(self) -> list[MeshModel]:
-        """Every model of the mesh, with the nodes that serve it."""
+        """Every model of the mesh, with the nodes that serve it (not those that found they
+        cannot run it: ``unusable``)."""
         found: dict[str, list[tuple[str, str, bool]]] = {}
         for node in self.nodes():
-            for ad in node.models:
+            for ad in node.serving():
                 found.setdefault(ad.name, []).append((node.name, ad.backend, ad.loaded))
         return [
             MeshModel(
@@ -271,6 +294,13 @@ class _Verbs:
         """Close the store and stop watching it (idempotent)."""
         self._watch.close()
         self.space.close()
+
+    def _over(self, entry: Entry) -> bool:
+        """Whether waiting for the prompt is over: it ended, or it is ``stranded``."""
+        if entry.status in TERMINAL:
+            return True
+        # The presence records are read only for a prompt that may be stranded.
+        return entry.facts.refusal() is not None and stranded(entry, self.space.log.nodes())
 
 
 class Client(_Verbs):
@@ -293,7 +323,7 @@ class Client(_Verbs):
         saved into ``files_dir`` (default ``files_folder(id)``). Raises ``WaitTimeout``."""
         start = time.monotonic()
         for entry in self._changes(prompt_id, timeout):
-            if entry.status in TERMINAL:
+            if self._over(entry):
                 outcome = Outcome.of(entry)
                 if not outcome.attachments:
                     return outcome
@@ -307,7 +337,7 @@ class Client(_Verbs):
         the final answer comes last). Raises ``WaitTimeout``."""
         sent = ""
         for entry in self._changes(prompt_id, timeout):
-            chunk, sent, ended = _next_chunk(entry, sent)
+            chunk, sent, ended = _next_chunk(entry, sent, self._over(entry))
             if chunk:
                 yield chunk
             if ended:
@@ -388,7 +418,7 @@ class AsyncClient(_Verbs):
         saved into ``files_dir`` (default ``files_folder(id)``). Raises ``WaitTimeout``."""
         start = time.monotonic()
         async for entry in self._changes(prompt_id, timeout):
-            if entry.status in TERMINAL:
+            if self._over(entry):
                 outcome = Outcome.of(entry)
                 if not outcome.attachments:
                     return outcome
@@ -402,7 +432,7 @@ class AsyncClient(_Verbs):
         the final answer comes last). Raises ``WaitTimeout``."""
         sent = ""
         async for entry in self._changes(prompt_id, timeout):
-            chunk, sent, ended = _next_chunk(entry, sent)
+            chunk, sent, ended = _next_chunk(entry, sent, self._over(entry))
             if chunk:
                 yield chunk
             if ended:
@@ -505,9 +535,8 @@ class AsyncClient(_Verbs):
                 waiter.set()
 
 
-def _next_chunk(entry: Entry, sent: str) -> tuple[str, str, bool]:
+def _next_chunk(entry: Entry, sent: str, ended: bool) -> tuple[str, str, bool]:
     """What is new in the entry's output since ``sent``: (chunk, output so far, ended)."""
-    ended = entry.status in TERMINAL
     output = (entry.result.output if entry.result is not None else "") if ended else (entry.stream or "")
     if len(output) > len(sent) and output.startswith(sent):
         return output[len(sent) :], output, ended

@@ -13,6 +13,7 @@ The whole tree, so a caller can see at a glance what to catch::
     │   ├── AmbiguousId             several prompts start with it (carries the candidates)
     │   ├── InvalidState            e.g. cancelling a prompt that is already done
     │   ├── WaitTimeout             gave up waiting for a result; the prompt stays queued
+    │   ├── NodeRunning             a second `syncq node` in a home whose node runs
     │   └── RelayOnly               a relay's home holds only ciphertext: it cannot read or write
     ├── EnvelopeRejected            an envelope that must never be applied (counted, reported)
     │   ├── MalformedEnvelope       bytes that do not decode as an envelope
@@ -87,6 +88,10 @@ class InvalidState(UserError):
 class WaitTimeout(UserError):
     """Waiting for a prompt's result took longer than the caller allowed; the prompt itself
     is untouched (still queued or running)."""
+
+
+class NodeRunning(UserError):
+    """A node already runs in this home: two would run prompts twice and fight over the store."""
 
 
 class RelayOnly(UserError):

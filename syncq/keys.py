@@ -68,6 +68,11 @@ class HomePaths:
         """The attachments' database (``syncq.blobstore``)."""
         return self.root / "blobs.db"
 
+    @property
+    def node_lock(self) -> Path:
+        """Held by the node running in this home (``node.lock``)."""
+        return self.root / "node.lock"
+
     def check_initialized(self) -> None:
         """Raise ``HomeError`` or ``NotInitialized`` unless the home holds a space."""
         if self.root.exists() and not self.root.is_dir():

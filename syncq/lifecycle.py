@@ -8,7 +8,9 @@ walk it)::
     rule                                              status
     a run finished with status done                   done        (work done is never hidden)
     a cancel exists                                   cancelled
-    runs failed max_attempts times                    failed
+    runs failed max_attempts times                    failed      (runs that showed their
+                                                                   node cannot run the model
+                                                                   do not count: Result.counts)
     the winning claim has no result, marked running   running
     the winning claim has no result                   claimed
     otherwise                                         queued      (including "failed, will retry")
@@ -51,8 +53,19 @@ class Facts:
     retried_at: int = 0  # when a user last asked for a retry (0: never)
 
     def failures(self) -> int:
-        """How many runs failed (each (node, attempt) counted once)."""
-        return len({(r.node, r.attempt) for r in self.results if r.status is RunStatus.FAILED})
+        """How many runs failed (each (node, attempt) counted once), leaving out runs that only
+        showed their node cannot run the model (``Result.counts``)."""
+        return len({(r.node, r.attempt) for r in self.counted_failures()})
+
+    def counted_failures(self) -> list[Result]:
+        """The failed runs that count against ``max_attempts``."""
+        return [r for r in self.results if r.status is RunStatus.FAILED and r.counts]
+
+    def refusal(self) -> Result | None:
+        """The latest run that showed its node cannot run the model, if nothing ran after it:
+        the prompt then waits for another node (``Result.counts``)."""
+        latest = max(self.results, key=lambda r: (r.attempt, r.finished_at), default=None)
+        return latest if latest is not None and not latest.counts else None
 
     def open_claims(self) -> list[Claim]:
         """The winning claim of the latest attempt, if its run has not produced a result yet.

@@ -201,6 +201,10 @@ class Result:
     usage: Mapping[str, ParamValue] = field(default_factory=dict)
     observer: DeviceId | None = None  # set when another node recorded this run's lease expiry
     files: tuple[BlobRef, ...] = ()  # output attachments (images, transcripts)
+    # False for a run that showed its node can never run the model (the worker died by
+    # SIGILL): it is not one of ``max_attempts``, so another node may still take the prompt.
+    # Stored only when False; a node of an older version reads it as an ordinary failure.
+    counts: bool = True
 
     @property
     def key(self) -> str:
@@ -225,6 +229,8 @@ class Result:
         }
         if self.files:
             wire["files"] = [f.to_wire() for f in self.files]
+        if not self.counts:
+            wire["counts"] = False
         return wire
 
     @classmethod
@@ -254,6 +260,7 @@ class Result:
             usage=_object(w, "usage"),
             observer=DeviceId(observer) if observer else None,
             files=_files(w),
+            counts=_bool(w, "counts") if "counts" in w else True,
         )
 
 
@@ -344,6 +351,10 @@ class NodeInfo:
             models=tuple(ModelAd.from_wire(m) for m in _list(w, "models")),
         )
 
+    def serving(self) -> tuple[ModelAd, ...]:
+        """The models the node can run: those it advertises, less those it found unusable."""
+        return tuple(m for m in self.models if not m.unusable)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelAd:
@@ -353,17 +364,27 @@ class ModelAd:
     backend: str
     loaded: bool
     size: int
+    # Why the node can no longer run it (its worker died by SIGILL), until the node restarts;
+    # empty while it serves the model. Stored only when set.
+    unusable: str = ""
 
     def to_wire(self) -> Wire:
         """The dict inside ``nodes[id].models``."""
-        return {"name": self.name, "backend": self.backend, "loaded": self.loaded, "size": self.size}
+        wire: Wire = {"name": self.name, "backend": self.backend, "loaded": self.loaded, "size": self.size}
+        if self.unusable:
+            wire["unusable"] = self.unusable
+        return wire
 
     @classmethod
     def from_wire(cls, wire: object) -> ModelAd:
         """Check and convert. Raises ``MalformedRecord``."""
         w = _mapping(wire)
         return cls(
-            name=_str(w, "name"), backend=_str(w, "backend"), loaded=_bool(w, "loaded"), size=_int(w, "size")
+            name=_str(w, "name"),
+            backend=_str(w, "backend"),
+            loaded=_bool(w, "loaded"),
+            size=_int(w, "size"),
+            unusable=_str(w, "unusable") if "unusable" in w else "",
         )
 
 
@@ -444,6 +465,10 @@ def parse_param(text: str) -> tuple[str, ParamValue]:
 # Parameters every executor of a kind understands, with their checks. ``keep_alive`` (seconds
 # to keep the model loaded after this prompt) is the manager's; ``delay``, ``fail``, ``crash``
 # and ``hang`` are the echo executor's test knobs.
+TEST_KNOBS = frozenset({"delay", "fail", "crash", "hang"})  # echo's: never suggested to a user
+CRASH_SIGNALS = ("SIGILL", "SIGSEGV", "SIGKILL")
+
+
 def _number(low: float, high: float) -> Callable[[ParamValue], bool]:
     return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
 
@@ -461,7 +486,7 @@ COMMON_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
     "keep_alive": (_number(0, 7 * 24 * 3600), "seconds, 0 to 604800"),
     "delay": (_number(0, 3600), "seconds, 0 to 3600"),
     "fail": (lambda v: isinstance(v, str), "an error message"),
-    "crash": (lambda v: isinstance(v, bool), "true or false"),
+    "crash": (lambda v: isinstance(v, bool) or v in CRASH_SIGNALS, "true, or SIGILL, SIGSEGV or SIGKILL"),
     "hang": (_number(0, 3600), "seconds, 0 to 3600"),
 }
 LLM_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
@@ -494,9 +519,11 @@ SCHEMAS = {PromptKind.LLM: LLM_PARAMS, PromptKind.ASR: ASR_PARAMS, PromptKind.IM
 
 
 def check_params(
-    params: Mapping[str, ParamValue], kind: PromptKind = PromptKind.LLM
+    params: Mapping[str, ParamValue], kind: PromptKind = PromptKind.LLM, *, guessed_for: str | None = None
 ) -> dict[str, ParamValue]:
-    """Refuse unknown parameters, bad names and bad values for the kind. Raises ``InvalidInput``."""
+    """Refuse unknown parameters, bad names and bad values for the kind. ``guessed_for`` names
+    the model when ``kind`` is a guess (no node advertised the model here yet), which the
+    message for an unknown parameter then says. Raises ``InvalidInput``."""
     if len(params) > MAX_PARAMS:
         raise InvalidInput(f"too many parameters ({len(params)}; the limit is {MAX_PARAMS})")
     schema = SCHEMAS[kind]
@@ -506,13 +533,26 @@ def check_params(
         if not (isinstance(value, str | int | float | bool) or value is None):
             raise InvalidInput(f"parameter {key} must be a string, number, boolean or null")
         if key not in schema:
-            raise InvalidInput(
-                f"unknown parameter {key!r} for {kind} prompts (known: {', '.join(sorted(schema))})"
-            )
+            raise InvalidInput(_unknown_param(key, kind, guessed_for))
         valid, expected = schema[key]
         if not valid(value):
             raise InvalidInput(f"parameter {key}={value!r} is invalid: expected {expected}")
     return dict(params)
+
+
+def _unknown_param(key: str, kind: PromptKind, guessed_for: str | None) -> str:
+    known = ", ".join(sorted(set(SCHEMAS[kind]) - TEST_KNOBS))
+    elsewhere = [other for other, schema in SCHEMAS.items() if other is not kind and key in schema]
+    if guessed_for is None:
+        hint = f"; it is a parameter of {elsewhere[0]} prompts" if elsewhere else ""
+        return f"unknown parameter {key!r} for {kind} prompts (known: {known}){hint}"
+    guess = (
+        f"unknown parameter {key!r} for {kind} prompts: the kind is a guess, as no node here has "
+        f"advertised model {guessed_for!r} yet"
+    )
+    if elsewhere:
+        return f"{guess}; for an {elsewhere[0]} model add --kind {elsewhere[0]}"
+    return f"{guess} (known for {kind}: {known}; or give --kind)"
 
 
 # -- field readers for from_wire (raise MalformedRecord) --------------------------------------

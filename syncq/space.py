@@ -612,7 +612,9 @@ class Space:
         prompt_id = new.id
         if prompt_id is None:
             prompt_id = self._last_id = next_prompt_id(now, self._entropy(10), self._last_id)
-        kind = new.kind if new.kind is not None else self._kind_of(new.model)
+        served = self.mesh_models() or {}
+        guessed = new.kind is None and new.model not in served
+        kind = new.kind or BACKEND_KINDS.get(served.get(new.model, ""), PromptKind.LLM)
         if len(new.files) > MAX_FILES:
             raise InvalidInput(f"at most {MAX_FILES} files per prompt ({len(new.files)} given)")
         if kind is PromptKind.ASR and len(new.files) != 1:
@@ -622,17 +624,13 @@ class Space:
             model=check_model(new.model),
             kind=kind,
             input=check_prompt_input(new.text, files=len(new.files)),
-            params=check_params(new.params, kind),
+            params=check_params(new.params, kind, guessed_for=new.model if guessed else None),
             files=tuple(new.files),
             created_at=now,
             author=self.device_id,
             priority=check_priority(new.priority),
             max_attempts=check_max_attempts(new.max_attempts),
         )
-
-    def _kind_of(self, model: str) -> PromptKind:
-        backend = (self.mesh_models() or {}).get(model, "")
-        return BACKEND_KINDS.get(backend, PromptKind.LLM)
 
     def _sealer(self, payload: bytes) -> Callable[[int], bytes]:
         def seal(seq: int) -> bytes:

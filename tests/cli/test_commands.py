@@ -79,7 +79,7 @@ def test_log_filters_and_human_output(run) -> None:
     ]
     assert [json.loads(x)["input"] for x in run("log", "--json", "-n", "1").output.splitlines()] == ["two"]
     human = run("log").output
-    assert "cancelled" in human and "queued" in human and first in human
+    assert "cancelled" in human and "queued" in human and first[:10] in human
 
 
 def test_show_cancel_and_status(run, home: Path) -> None:
@@ -133,11 +133,59 @@ def test_user_mistakes_exit_1_with_a_message(run, home: Path) -> None:
         ("cancel", "7ZZZZ"): "no prompt id starts with",
         ("log", "--since", "7ZZZZ"): "no prompt id starts with",
         ("init",): "holds a space already",
+        ("add", "-m", "echo"): "give the prompt's TEXT (or - to read it from stdin), or a --file",
+        ("add", "x", "-m", "echo", "--param", "width=64"): "the kind is a guess",
     }
     for args, message in cases.items():
         result = run(*args)
         assert result.exit_code == 1, args
         assert message in result.output, (args, result.output)
+
+
+def test_a_prompt_whose_input_is_its_file_needs_no_text(run, home: Path) -> None:
+    run("init")
+    talk = home.parent / "talk.wav"
+    talk.write_bytes(b"RIFF")
+    added = run("add", "--file", str(talk), "-m", "echo", "--json")
+    assert added.exit_code == 0, added.output
+    prompt = json.loads(added.output.splitlines()[-1])
+    assert [f["name"] for f in prompt["files"]] == ["talk.wav"]
+    assert json.loads(run("show", prompt["id"], "--json").output)["input"] == ""
+
+
+def test_a_guessed_kind_says_it_was_guessed_and_suggests_the_right_one(run) -> None:
+    # A home whose node never saw tiny-sd cannot know it takes images: llm is a guess.
+    run("init")
+    refused = run("add", "a red fox", "-m", "tiny-sd", "--param", "width=256")
+    assert refused.exit_code == 1
+    assert refused.output.strip() == (
+        "Error: unknown parameter 'width' for llm prompts: the kind is a guess, as no node here has "
+        "advertised model 'tiny-sd' yet; for an image model add --kind image"
+    )
+    assert run("add", "a red fox", "-m", "tiny-sd", "--param", "width=256", "--kind", "image").exit_code == 0
+    unknown = run("add", "x", "-m", "tiny-sd", "--kind", "llm", "--param", "colour=1").output
+    assert "known: " in unknown and not any(knob in unknown for knob in ("crash", "hang", "delay", "fail"))
+
+
+def test_log_reads_well_at_80_columns(home: Path) -> None:
+    runner = CliRunner()
+    runner.invoke(cli, ["--home", str(home), "init"])
+    for text, model in [
+        ("a fairly long question about the sea and the stars", "gemma3-270m"),
+        ("hi", "echo"),
+    ]:
+        runner.invoke(cli, ["--home", str(home), "add", text, "-m", model])
+    cancelled = runner.invoke(cli, ["--home", str(home), "add", "stop me", "-m", "whisper-tiny.en"])
+    runner.invoke(cli, ["--home", str(home), "cancel", cancelled.output.strip()])
+    shown = runner.invoke(cli, ["--home", str(home), "log"], env={"COLUMNS": "80"}).output.splitlines()
+    assert all(len(line) <= 80 for line in shown), shown
+    assert shown[0].split() == ["id", "created", "model", "status", "prompt", "result"]
+    assert [line.split()[2:4] for line in shown[1:]] == [
+        ["gemma3-270m", "queued"],
+        ["echo", "queued"],
+        ["whisper-tiny.en", "cancelled"],
+    ]
+    assert "…" in shown[1] and "…" not in "".join(line.split()[3] for line in shown[1:])
 
 
 def test_usage_errors_exit_2(run) -> None:

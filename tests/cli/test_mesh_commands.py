@@ -115,3 +115,27 @@ def test_status_says_when_no_node_runs(tmp_path: Path) -> None:
     status = json.loads(run(tmp_path, "status", "--json").output)
     assert status["node"] is None and status["peers"] == 0
     assert "not running" in run(tmp_path, "status").output
+
+
+def test_peers_shows_one_row_per_device_however_it_was_reached() -> None:
+    from syncq.cli.mesh import by_device
+
+    def row(url: str, node_id: str | None, **fields: object) -> dict:
+        base = {"url": url, "source": "config", "node_id": node_id, "name": None, "connected": False}
+        return base | {"last_seen": None, "behind": None, "error": None} | fields
+
+    gpu = "ab" * 32
+    rows = [
+        row(f"inbound:{gpu}", gpu, source="inbound", name="gpu", connected=True, last_seen=20, behind=0),
+        row("ws://gpu.local:7330", gpu, name="gpu", last_seen=10, error="duplicate connection"),
+        row("ws://never.local:7330", None, error="connection refused"),
+    ]
+    merged = by_device(rows)
+    assert [
+        (r["url"], r["name"], r["connected"], r["last_seen"], r["behind"], r["error"]) for r in merged
+    ] == [
+        ("ws://gpu.local:7330", "gpu", True, 20, 0, None),
+        ("ws://never.local:7330", None, False, None, None, "connection refused"),
+    ]
+    assert merged[0]["addresses"] == [f"inbound:{gpu}", "ws://gpu.local:7330"]
+    assert merged[0]["source"] == "inbound, config"

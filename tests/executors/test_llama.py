@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 from harness import SYNCQ, wait_until
+from syncq.executors.base import Job, ModelSpec
+from syncq.executors.cpu import AmxCheck
+from syncq.executors.llama import LlamaExecutor
+from syncq.executors.models import discover
 
 from syncq.lifecycle import Status
 from syncq.space import Space
@@ -84,3 +88,40 @@ def test_the_openai_client_streams_gemma_through_the_local_api(tmp_path: Path, n
     )
     pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 2 and "".join(pieces).strip()  # it streamed, in pieces, a real answer
+
+
+def _gemma(tmp_path: Path) -> ModelSpec:
+    return discover(tmp_path)["gemma3-270m"]
+
+
+def test_where_amx_traps_llama_loads_without_extra_buffer_types_and_still_answers(tmp_path: Path) -> None:
+    # The AMX answer of the VM whose CPU lists AMX but traps it; this machine's CPU runs the rest.
+    trapping = AmxCheck(
+        listed=True, traps=True, detail="AMX is listed but does not run here (probe killed by SIGILL)"
+    )
+    executor = LlamaExecutor(amx=lambda: trapping)
+    executor.load(_gemma(tmp_path))
+    try:
+        assert executor.llm.model_params.use_extra_bufts is False
+        assert executor.notes == [
+            "AMX is listed but does not run here (probe killed by SIGILL): llama.cpp loads without "
+            "extra buffer types (AMX, repacking)"
+        ]
+        job = Job(prompt_id="p", input="The sky is", params={"mode": "complete", "max_tokens": 8})
+        out = executor.run(job, lambda _: None, lambda: False)
+        assert out.text.strip() and out.usage["completion_tokens"] > 0
+    finally:
+        executor.unload()
+    import llama_cpp.llama_cpp as raw
+
+    assert raw.llama_model_default_params().use_extra_bufts is True  # the defaults are restored
+
+
+def test_elsewhere_llama_keeps_its_extra_buffer_types(tmp_path: Path) -> None:
+    fine = AmxCheck(listed=False, traps=False, detail="the CPU lists no AMX")
+    executor = LlamaExecutor(amx=lambda: fine)
+    executor.load(_gemma(tmp_path))
+    try:
+        assert executor.llm.model_params.use_extra_bufts is True and executor.notes == []
+    finally:
+        executor.unload()

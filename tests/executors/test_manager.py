@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 
 import pytest
 from syncq.executors.base import ExecutorError, Job, ModelSpec
-from syncq.executors.manager import CANCEL_GRACE_S, Cancelled, ModelManager, Settings, WorkerDied
+from syncq.executors.manager import (
+    CANCEL_GRACE_S,
+    Cancelled,
+    ModelManager,
+    ModelUnusable,
+    Settings,
+    WorkerDied,
+    died,
+)
 from syncq.executors.memory import Gpus, parse_size
 
 SPECS = {name: ModelSpec(name=name, backend="echo") for name in ("echo", "echo-b")}
@@ -75,18 +84,84 @@ def test_lru_eviction_with_max_loaded_one() -> None:
     run(scenario())
 
 
-def test_a_crashing_worker_fails_the_job_not_the_manager() -> None:
+@pytest.mark.parametrize(
+    ("crash", "says"),
+    [
+        (True, "was killed by SIGKILL: most often the kernel's out-of-memory killer"),
+        ("SIGSEGV", "was killed by SIGSEGV (segmentation fault): a crash in the echo backend's native code"),
+    ],
+)
+def test_a_worker_killed_by_a_signal_fails_the_job_in_words_and_is_replaced(crash: object, says: str) -> None:
     async def scenario() -> None:
         manager = ModelManager(SPECS)
         try:
-            with pytest.raises(WorkerDied, match="died"):
-                await job(manager, "x", crash=True)
+            with pytest.raises(WorkerDied, match=re.escape(f"the worker for echo {says}")) as died:
+                await job(manager, "x", crash=crash)
+            assert not died.value.permanent
             assert not manager.loaded("echo")
             assert (await job(manager, "after"))[0] == "after"  # a fresh worker
+            assert manager.serving() == SPECS
         finally:
             manager.close()
 
     run(scenario())
+
+
+def test_a_worker_killed_by_sigill_makes_the_model_unusable_until_restart() -> None:
+    async def scenario() -> None:
+        manager = ModelManager(SPECS)
+        try:
+            with pytest.raises(ModelUnusable, match=r"the worker for echo was killed by SIGILL \(illegal"):
+                await job(manager, "x", crash="SIGILL")
+            assert "echo" in manager.unusable and "echo" not in manager.serving()
+            loads = manager.loads
+            with pytest.raises(ModelUnusable, match="SIGILL"):  # a job claimed before it died
+                await job(manager, "y")
+            assert manager.loads == loads  # no new worker was started for it
+            assert (await job(manager, "other", model="echo-b"))[0] == "other"  # other models run
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_a_worker_that_dies_by_sigill_while_loading_says_so() -> None:
+    # llama.cpp built for another CPU dies at its first decode, which is the warm-up of the load.
+    specs = {"bad": ModelSpec(name="bad", backend="echo", options={"crash_on_load": "SIGILL"})}
+
+    async def scenario() -> None:
+        manager = ModelManager(specs)
+        try:
+            with pytest.raises(ModelUnusable) as raised:
+                await job(manager, "x", model="bad")
+            assert str(raised.value) == (
+                "the worker for bad was killed by SIGILL (illegal instruction): the echo backend was "
+                "built for CPU features this machine cannot run; see README (CPU builds)"
+            )
+            assert manager.serving() == {} and not manager.workers
+        finally:
+            manager.close()
+
+    run(scenario())
+
+
+def test_the_death_messages_name_the_signal_and_its_usual_cause() -> None:
+    llama = ModelSpec(name="gemma3-270m", backend="llama")
+    assert str(died(llama, -signal.SIGILL)) == (
+        "the worker for gemma3-270m was killed by SIGILL (illegal instruction): llama-cpp-python was "
+        "built for CPU features this machine cannot run; see README (CPU builds)"
+    )
+    assert str(died(llama, -signal.SIGKILL)) == (
+        "the worker for gemma3-270m was killed by SIGKILL: most often the kernel's out-of-memory "
+        "killer (see `dmesg`); a smaller model, a smaller n_ctx or a lower max_loaded needs less memory"
+    )
+    assert str(died(llama, -signal.SIGSEGV)) == (
+        "the worker for gemma3-270m was killed by SIGSEGV (segmentation fault): a crash in "
+        "llama-cpp-python's native code, or a damaged model file"
+    )
+    assert str(died(llama, -signal.SIGTERM)) == "the worker for gemma3-270m was killed by SIGTERM"
+    assert str(died(llama, 1)) == "the worker for gemma3-270m exited unexpectedly (exit code 1)"
+    assert died(llama, -signal.SIGILL).permanent and not died(llama, -signal.SIGSEGV).permanent
 
 
 def test_a_failing_job_reports_its_error_and_keeps_the_worker() -> None:

@@ -54,7 +54,7 @@ def mesh(tmp_path: Path, nodes) -> tuple[Path, Path]:
 def test_speech_added_on_the_laptop_is_transcribed_on_the_gpu(tmp_path: Path, mesh) -> None:
     laptop, _ = mesh
     wav = speech.speak("the quick brown fox jumps over the lazy dog", tmp_path / "speech.wav")
-    done = syncq(laptop, "add", "", "--file", str(wav), "-m", "whisper-tiny.en", "--wait")
+    done = syncq(laptop, "add", "--file", str(wav), "-m", "whisper-tiny.en", "--wait")
     assert done.returncode == 0, done.stderr
     words = set(done.stdout.lower().replace(".", " ").split())
     assert len(words & {"quick", "brown", "fox", "lazy", "dog"}) >= 4, done.stdout

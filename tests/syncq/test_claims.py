@@ -108,6 +108,19 @@ def test_queued_prompts_are_candidates_at_the_next_attempt_after_backoff() -> No
     assert retry_at(once, POLICY) == 11_000
 
 
+@given(st.integers(0, 10**9), st.integers(1, 3))
+def test_a_run_that_does_not_count_leaves_the_prompt_to_another_node_at_once(
+    at: int, max_attempts: int
+) -> None:
+    # The node whose worker died by SIGILL: its run is no attempt, so no backoff either.
+    from dataclasses import replace
+
+    refused = replace(failed("bad", 1, at=at), counts=False)
+    facts = Facts(max_attempts=max_attempts, claims=[claim("bad")], results=[refused])
+    assert derive_status(facts) is Status.QUEUED and retry_at(facts, POLICY) == 0
+    assert decide(facts, "good", at, 0, HeartbeatWatch()).attempt == 2
+
+
 def test_finished_and_cancelled_prompts_are_never_candidates() -> None:
     watch = HeartbeatWatch()
     done = Facts(

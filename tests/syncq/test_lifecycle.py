@@ -17,7 +17,7 @@ def claim(node: DeviceId = A, attempt: int = 1, running: bool = False) -> Claim:
     return Claim(prompt_id=PID, node=node, attempt=attempt, heartbeat=1, running=running)
 
 
-def result(status: RunStatus, node: DeviceId = A, attempt: int = 1) -> Result:
+def result(status: RunStatus, node: DeviceId = A, attempt: int = 1, counts: bool = True) -> Result:
     return Result(
         prompt_id=PID,
         node=node,
@@ -27,7 +27,13 @@ def result(status: RunStatus, node: DeviceId = A, attempt: int = 1) -> Result:
         error=None if status is RunStatus.DONE else "boom",
         started_at=1,
         finished_at=2,
+        counts=counts,
     )
+
+
+def refused(node: DeviceId = A, attempt: int = 1) -> Result:
+    """A run that showed its node cannot run the model (the worker died by SIGILL)."""
+    return result(RunStatus.FAILED, node, attempt, counts=False)
 
 
 TABLE = [
@@ -42,6 +48,8 @@ TABLE = [
     (Facts(max_attempts=1, cancelled=True, results=[result(RunStatus.FAILED)]), Status.CANCELLED),
     (Facts(max_attempts=2, results=[result(RunStatus.FAILED), result(RunStatus.FAILED)]), Status.QUEUED),
     (Facts(max_attempts=2, results=[result(RunStatus.FAILED), result(RunStatus.FAILED, B)]), Status.FAILED),
+    (Facts(max_attempts=1, claims=[claim()], results=[refused()]), Status.QUEUED),
+    (Facts(max_attempts=1, results=[refused(), result(RunStatus.DONE, B, 2)]), Status.DONE),
 ]
 
 
@@ -93,3 +101,21 @@ def test_canonical_result_does_not_depend_on_order(results: list[Result]) -> Non
     assert (chosen.status, chosen.attempt, chosen.node) == (RunStatus.DONE, 2, A)
     assert canonical_result([]) is None
     assert canonical_result([result(RunStatus.FAILED)]) == result(RunStatus.FAILED)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([A, B]), st.integers(1, 6), st.booleans()),
+        max_size=10,
+        unique_by=lambda t: t[:2],
+    ),
+    st.integers(1, 3),
+)
+def test_runs_that_do_not_count_never_spend_an_attempt(runs: list[tuple], max_attempts: int) -> None:
+    results = [result(RunStatus.FAILED, node, attempt, counts=counts) for node, attempt, counts in runs]
+    facts = Facts(max_attempts=max_attempts, results=results)
+    counted = sum(counts for _, _, counts in runs)
+    assert facts.failures() == counted
+    assert derive_status(facts) is (Status.FAILED if counted >= max_attempts else Status.QUEUED)
+    latest = max(results, key=lambda r: (r.attempt, r.finished_at), default=None)
+    assert facts.refusal() == (latest if latest is not None and not latest.counts else None)

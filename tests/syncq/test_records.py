@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +13,8 @@ from syncq.records import (
     Cancel,
     Claim,
     Device,
+    ModelAd,
+    NodeInfo,
     Prompt,
     PromptKind,
     Result,
@@ -82,6 +86,34 @@ def test_other_records_survive_the_crdt() -> None:
     assert Claim.from_wire(claim.key, through_crdt(claim.to_wire())) == claim
     assert Result.from_wire(result.key, through_crdt(result.to_wire())) == result
     assert Device.from_wire(DEV, through_crdt(device.to_wire())) == device
+
+
+def test_a_run_that_does_not_count_and_an_unusable_model_survive_the_crdt_and_are_left_out_otherwise() -> (
+    None
+):
+    refused = Result(
+        prompt_id=PID,
+        node=DEV,
+        node_name="gpu",
+        attempt=1,
+        status=RunStatus.FAILED,
+        error="killed by SIGILL",
+        started_at=1,
+        finished_at=2,
+        counts=False,
+    )
+    assert Result.from_wire(refused.key, through_crdt(refused.to_wire())) == refused
+    assert "counts" not in dataclasses.replace(refused, counts=True).to_wire()  # old nodes' shape
+    ads = (
+        ModelAd(name="gemma3-270m", backend="llama", loaded=False, size=1, unusable="killed by SIGILL"),
+        ModelAd(name="echo", backend="echo", loaded=True, size=0),
+    )
+    node = NodeInfo(id=DEV, name="gpu", version="0.1.0", last_seen=3, models=ads)
+    assert NodeInfo.from_wire(DEV, through_crdt(node.to_wire())) == node
+    assert "unusable" not in ads[1].to_wire()
+    assert [m.name for m in node.serving()] == ["echo"]
+    with pytest.raises(MalformedRecord):
+        Result.from_wire(refused.key, {**refused.to_wire(), "counts": "no"})
 
 
 @pytest.mark.parametrize(

@@ -52,8 +52,9 @@ def result(space: Any, prompt_id: str, *, stream: bool, timeout: float | None, a
         if entry.status in TERMINAL:
             _finish(entry, streamed, as_json)
             return
-        if entry.facts.refusal() and stranded(entry, space.log.nodes()):  # it can run nowhere now
-            raise UserError(Outcome.of(entry).problem())
+        stuck = stranded(entry, space.log.nodes()) if entry.status is Status.QUEUED else None
+        if stuck is not None:  # no node can run it now
+            raise UserError(Outcome.of(entry, stuck).problem())
 
 
 def _finish(entry: Entry, streamed: str, as_json: bool) -> None:

@@ -193,8 +193,8 @@ def add(
     except KeyboardInterrupt:
         # Stored already: it runs whether or not anyone waits for it.
         click.echo(
-            f"\nthe prompt {prompt.id} goes on without this wait: `syncq show {prompt.id[:10]}` "
-            f"tells how it went, `syncq cancel {prompt.id[:10]}` stops it",
+            f"\nthe prompt {prompt.id} goes on without this wait: `syncq show {prompt.id}` "
+            f"tells how it went, `syncq cancel {prompt.id}` stops it",
             err=True,
         )
         raise click.Abort() from None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from syncq.node.logs import printable
 
 from syncq.blobs import BlobRef
 from syncq.log import Entry
@@ -163,10 +164,10 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
     console = _console()
     console.print(facts)
     console.print("\n[bold]prompt[/bold]")
-    console.print(p.input, markup=False, highlight=False)
+    console.print(printable(p.input), markup=False, highlight=False)
     if entry.stream is not None:
         console.print("\n[bold]output so far[/bold]")
-        console.print(entry.stream, markup=False, highlight=False)
+        console.print(printable(entry.stream), markup=False, highlight=False)
     for run in entry.results:
         mark = " (canonical)" if run is entry.result and len(entry.results) > 1 else ""
         if not run.counts:
@@ -175,7 +176,7 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
             f"\n[bold]run[/bold] attempt {run.attempt} on {run.node_name} ({run.node[:16]}): "
             f"{_status(run.status.value)}{mark}"
         )
-        console.print(_result_text(run), markup=False, highlight=False)
+        console.print(printable(_result_text(run)), markup=False, highlight=False)
         for ref in run.files:
             console.print(f"file {file_line(ref)}", markup=False, highlight=False)
     if any(run.files for run in entry.results):
@@ -249,14 +250,16 @@ def models(nodes: Sequence[NodeInfo], as_json: bool) -> None:
         for n in row["nodes"]:
             if n["unusable"]:
                 console.print(
-                    f"{row['model']} on {n['name']}: {n['unusable']}", markup=False, highlight=False
+                    printable(f"{row['model']} on {n['name']}: {n['unusable']}"),
+                    markup=False,
+                    highlight=False,
                 )
 
 
 def _served_by(node: dict[str, Any]) -> str:
     from rich.markup import escape
 
-    name = escape(node["name"])
+    name = escape(printable(node["name"]))
     if node["unusable"]:
         return f"{name} ([bold red]unusable[/]: until it restarts)"
     return f"{name} ({'[green]warm[/]' if node['loaded'] else 'cold'})"
@@ -334,8 +337,8 @@ def peers(rows: Sequence[dict[str, Any]], running: bool) -> None:
             errors.append(f"{row['url']}: {_one_line(row['error'], 200)}")
             state += f" [red]({len(errors)})[/]"
         table.add_row(
-            escape("dialled in" if row["url"].startswith("inbound:") else row["url"]),
-            escape(row["name"] or ""),
+            escape(printable("dialled in" if row["url"].startswith("inbound:") else row["url"])),
+            escape(printable(row["name"] or "")),
             state,
             _seen(row["last_seen"]) if row["last_seen"] else "never",
             "" if row["behind"] is None else str(row["behind"]),
@@ -344,7 +347,7 @@ def peers(rows: Sequence[dict[str, Any]], running: bool) -> None:
     console = _console()
     console.print(table)
     for i, error in enumerate(errors, 1):  # below the table: an error would crowd 80 columns
-        console.print(f"[red]({i})[/] {escape(error)}")
+        console.print(f"[red]({i})[/] {escape(printable(error))}")
     if not running:
         console.print("[dim]No node is running in this home: start one with `syncq node`.[/]")
 
@@ -399,7 +402,7 @@ def _short_time(ms: int) -> str:
 
 
 def _one_line(text: str, width: int) -> str:
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 

@@ -82,10 +82,11 @@ def judge(flags: frozenset[str], probe: Callable[[], int]) -> AmxCheck:
 
 
 def run_probe() -> int:
-    """Run ``PROBE`` in a child process; its exit code (negative: the signal that ended it)."""
+    """Run ``PROBE`` in a child process; its exit code (negative: the signal that ended it).
+    Isolated (``-I``): no module of the working directory can stand in for ctypes or mmap."""
     try:
         done = subprocess.run(  # noqa: S603 - our own interpreter and our own code
-            [sys.executable, "-c", PROBE], capture_output=True, timeout=PROBE_TIMEOUT_S, check=False
+            [sys.executable, "-I", "-c", PROBE], capture_output=True, timeout=PROBE_TIMEOUT_S, check=False
         )
     except subprocess.TimeoutExpired:
         return -signal.SIGKILL

@@ -3,8 +3,8 @@
 Each loaded model lives in its own worker process (``worker.main``): a native crash or an OOM
 kill ends the worker, fails the job with ``WorkerDied`` (the scheduler retries it) and never the
 node; unloading a model frees its memory for certain. ``died`` says which signal ended a worker,
-in words. SIGILL is different from the rest: the backend's native code uses an instruction this
-CPU cannot run, so every retry here would die the same way. The manager then marks the model
+in words. SIGILL while loading is different from the rest: the backend's native code uses an
+instruction this CPU cannot run, so every retry here would die the same way. The manager marks the model
 ``unusable`` until the node restarts and raises ``ModelUnusable``, for this job and any job
 already claimed for it; the scheduler leaves such prompts to other nodes. The manager
 
@@ -47,21 +47,24 @@ _SPAWN = multiprocessing.get_context("spawn")  # no fork of an asyncio process w
 class WorkerDied(ExecutorError):
     """The worker process ended while loading or running (crash, OOM kill, kill -9).
 
-    ``signum`` is the signal that ended it, if one did. ``permanent`` is true for SIGILL: the
-    backend's native code uses an instruction this CPU cannot run, so no retry on this node can
-    succeed; the manager stops serving the model until the node restarts."""
+    ``signum`` is the signal that ended it, if one did. ``permanent`` is true for SIGILL while
+    loading (llama.cpp's warm-up decode is part of the load): the backend's native code uses an
+    instruction this CPU cannot run, so no retry on this node can succeed, and the manager stops
+    serving the model until the node restarts. A SIGILL in a run that loaded fine is counted
+    like any crash: it may depend on the prompt, and one prompt must not take a model off every
+    node that claims it."""
 
-    def __init__(self, message: str, *, signum: int | None = None) -> None:
+    def __init__(self, message: str, *, signum: int | None = None, loading: bool = False) -> None:
         super().__init__(message)
         self.signum = signum
-        self.permanent = signum == signal.SIGILL
+        self.permanent = loading and signum == signal.SIGILL
 
 
 # What runs a backend's native code, for the message of a worker that crashed in it.
 NATIVE = {"llama": "llama-cpp-python", "whisper": "CTranslate2", "diffusers": "torch"}
 
 
-def died(spec: ModelSpec, exitcode: int | None) -> WorkerDied:
+def died(spec: ModelSpec, exitcode: int | None, *, loading: bool = False) -> WorkerDied:
     """The error for a worker of ``spec`` that ended with ``exitcode`` (negative: a signal), in
     words: which signal, and what most often sends it."""
     who = f"the worker for {spec.name}"
@@ -87,7 +90,7 @@ def died(spec: ModelSpec, exitcode: int | None) -> WorkerDied:
         why = f"SIGABRT (aborted): {native} gave up on an internal error; its message is in the node's log"
     else:
         why = signal_name(number)
-    return WorkerDied(f"{who} was killed by {why}", signum=number)
+    return WorkerDied(f"{who} was killed by {why}", signum=number, loading=loading)
 
 
 class ModelUnusable(ExecutorError):
@@ -139,6 +142,9 @@ class Worker:
         asyncio.get_running_loop().add_reader(self.conn.fileno(), self._readable)
         try:
             message = await asyncio.wait_for(self._next(), LOAD_TIMEOUT_S)
+        except WorkerDied as exc:
+            self.stop(polite=False)
+            raise died(self.spec, self.process.exitcode, loading=True) from exc
         except BaseException:
             self.stop(polite=False)
             raise
@@ -288,9 +294,9 @@ class ModelManager:
         fresh = Worker(self.specs[name])
         await fresh.start()
         self.loads += 1
-        self.on_load(name, fresh.notes)
         self.workers[name] = fresh
         self._evict(room_for=0)
+        self.on_load(name, fresh.notes)
         return fresh
 
     def _evict(self, room_for: int) -> None:

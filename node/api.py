@@ -53,11 +53,11 @@ from starlette.routing import Route
 
 import syncq
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError, WaitTimeout
-from syncq.lifecycle import Status
+from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Entry
 from syncq.records import LLM_PARAMS, PromptKind, messages_input
 
-from .http_common import ApiError, await_outcome, json_body, served_model
+from .http_common import ApiError, await_outcome, json_body, served_model, unusable
 from .media import Media, file_links, output_files
 
 PARAMS = set(LLM_PARAMS) - {"mode"}  # OpenAI's names where they exist; keep_alive etc. as extra_body
@@ -249,17 +249,18 @@ class _Api:
 
         finished = False
         try:
-            async for piece in self.space.stream(prompt_id):
-                yield event(piece, None)
-            outcome = await self.space.result(prompt_id)
+            while True:  # a stream that ended for a stranded prompt a node then claimed goes on
+                async for piece in self.space.stream(prompt_id):
+                    yield event(piece, None)
+                entry = self.space.get(prompt_id)
+                if entry.status in TERMINAL or self.space.stuck(entry) is not None:
+                    break
+            outcome = self.space.outcome(entry)
             finished = True
             if not outcome.ok:
-                error = {
-                    "error": {
-                        "message": outcome.problem(),
-                        "type": "server_error",
-                    }
-                }
+                stuck = entry.status is Status.QUEUED
+                message = unusable(self.space, outcome) if stuck else outcome.problem()
+                error = {"error": {"message": message, "type": "server_error"}}
                 yield f"data: {json.dumps(error)}\n\n".encode()
             yield event(None, "stop")
             yield b"data: [DONE]\n\n"

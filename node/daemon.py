@@ -344,10 +344,12 @@ class Node:
             await asyncio.sleep(HEARTBEAT_S)
 
     def _note_mesh_models(self) -> None:
-        # `syncq add` warns about a model nobody serves without loading the Doc: it reads this.
+        # `syncq add` warns about a model nobody serves without loading the Doc, and takes the
+        # prompt's kind from it: it reads this. A model a node found unusable keeps its backend
+        # here (its kind), and a wait for it ends at once (``client.stranded``).
         if self.space.is_relay:
             return
-        backends = {m.name: m.backend for n in self.space.log.nodes() for m in n.serving()}
+        backends = {m.name: m.backend for n in self.space.log.nodes() for m in n.models}
         text = json.dumps(backends, sort_keys=True)
         if self.space.store.get_meta("mesh.models") != text:
             self.space.store.set_meta("mesh.models", text)

@@ -9,6 +9,7 @@ other's half to share these.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -17,7 +18,8 @@ from starlette.responses import JSONResponse
 
 import syncq
 from syncq.client import Outcome
-from syncq.lifecycle import Status
+from syncq.errors import SyncqError
+from syncq.lifecycle import TERMINAL, Status
 from syncq.records import PromptKind
 from syncq.space import BACKEND_KINDS
 
@@ -112,11 +114,28 @@ def served_model(space: syncq.AsyncClient, model: object, kind: PromptKind) -> s
 async def await_outcome(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
     """The prompt's outcome once it is done. Raises ``ApiError`` with the executor's message:
     502 if it failed or was cancelled, 503 if no node can run it now (``client.stranded``)."""
-    async for _ in space.stream(prompt_id):  # ends when the prompt does, or is stranded
-        pass
-    outcome = Outcome.of(space.get(prompt_id))
+    outcome = await settled(space, prompt_id)
     if outcome.status is Status.QUEUED:
-        raise ApiError(503, outcome.problem(), "server_error", "model_unusable", retry=False)
+        raise ApiError(503, unusable(space, outcome), "server_error", "model_unusable", retry=False)
     if not outcome.ok:
         raise ApiError(502, outcome.problem(), "server_error", "prompt_failed", retry=False)
     return outcome
+
+
+async def settled(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
+    """The outcome once the prompt ended or can run nowhere (``client.stranded``), read from the
+    entry that says so: a node may claim it a moment after a stream ended for it."""
+    while True:
+        async for _ in space.stream(prompt_id):  # ends when the prompt does, or is stranded
+            pass
+        entry = space.get(prompt_id)
+        if entry.status in TERMINAL or space.stuck(entry) is not None:
+            return space.outcome(entry)
+
+
+def unusable(space: syncq.AsyncClient, outcome: Outcome) -> str:
+    """The 503's message for a prompt the API added that no node can run now: it is cancelled,
+    since nobody would read the answer if a capable node ran it later."""
+    with contextlib.suppress(SyncqError):
+        space.cancel(outcome.prompt_id)
+    return f"no node can run the model '{outcome.model}' now: {outcome.error}"

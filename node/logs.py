@@ -61,16 +61,16 @@ class NodeLog:
                 kind = "failed"  # the error is the line's point: people read it here
             template = _HUMAN.get(kind)
             text = template.format(**_readable(fields)) if template else f"{kind} {fields}"
-            text = _printable(text)
+            text = printable(text)
             prefix = "error: " if level == "error" else ""
             self.stream.write(f"{time.strftime('%H:%M:%S')} {prefix}{text}\n")
         self.stream.flush()
 
 
-def _printable(text: str) -> str:
-    """Control characters (from an error message or a peer's name) escaped, so that no text in
-    the log can move the cursor, recolour or retitle a terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def printable(text: str) -> str:
+    """Control characters (from an error message, a model's output or a peer's name) escaped,
+    so that no text can move the cursor, recolour or retitle a terminal; lines and tabs stay."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 
 
 def _readable(fields: dict[str, object]) -> dict[str, object]:

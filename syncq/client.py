@@ -82,19 +82,21 @@ class Outcome:
         if self.status is Status.QUEUED:
             return (
                 f"no node can run {self.model} now: {self.error or 'none serves it'}; the prompt "
-                f"stays queued for a device that can (`syncq cancel {self.prompt_id[:10]}` drops it)"
+                f"stays queued for a device that can (`syncq cancel {self.prompt_id}` drops it)"
             )
         return f"the prompt {self.status}: {self.error or ''}".strip()
 
     @classmethod
-    def of(cls, entry: Entry) -> Outcome:
-        """The outcome an entry of the log tells."""
+    def of(cls, entry: Entry, stuck: str | None = None) -> Outcome:
+        """The outcome an entry of the log tells; ``stuck`` is why it can run nowhere now
+        (``stranded``), for a queued one."""
         run = entry.result
+        error = run.error if run is not None and entry.status is not Status.DONE else None
         return cls(
             prompt_id=entry.prompt.id,
             status=entry.status,
             text=run.output if run is not None and entry.status is Status.DONE else "",
-            error=run.error if run is not None and entry.status is not Status.DONE else None,
+            error=stuck if stuck is not None and entry.status is Status.QUEUED else error,
             node=run.node if run is not None else "",
             node_name=run.node_name if run is not None else "",
             model=entry.prompt.model,
@@ -106,13 +108,22 @@ class Outcome:
         )
 
 
-def stranded(entry: Entry, nodes: Sequence[NodeInfo]) -> bool:
-    """Whether a prompt can run nowhere now: queued, its latest run showed that node cannot run
-    the model (``Facts.refusal``), and no node of the mesh serves the model. Waiting for it then
-    ends, with that run's error, instead of waiting for a device that may never come."""
-    if entry.status is not Status.QUEUED or entry.facts.refusal() is None:
-        return False
-    return not any(ad.name == entry.prompt.model for node in nodes for ad in node.serving())
+def stranded(entry: Entry, nodes: Sequence[NodeInfo]) -> str | None:
+    """Why a prompt can run nowhere now, or None while it may still run: it is queued, no node of
+    the mesh serves its model, and a node found it cannot run the model (its latest run says so,
+    ``Facts.refusal``, or a node lists the model ``unusable``). Waiting for it then ends, with
+    that error, instead of waiting for a device that may never come; a model nobody has
+    advertised yet is still waited for (offline use)."""
+    if entry.status is not Status.QUEUED:
+        return None
+    model = entry.prompt.model
+    ads = [(node, ad) for node in nodes for ad in node.models if ad.name == model]
+    if any(not ad.unusable for _, ad in ads):
+        return None
+    refusal = entry.facts.refusal()
+    if refusal is not None:
+        return refusal.error or "a node cannot run the model"
+    return "; ".join(f"{node.name}: {ad.unusable}" for node, ad in ads) or None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -297,10 +308,18 @@ class _Verbs:
 
     def _over(self, entry: Entry) -> bool:
         """Whether waiting for the prompt is over: it ended, or it is ``stranded``."""
-        if entry.status in TERMINAL:
-            return True
-        # The presence records are read only for a prompt that may be stranded.
-        return entry.facts.refusal() is not None and stranded(entry, self.space.log.nodes())
+        return entry.status in TERMINAL or self.stuck(entry) is not None
+
+    def stuck(self, entry: Entry) -> str | None:
+        """Why the prompt can run nowhere now (``stranded`` in this mesh), or None; the presence
+        records are read for queued prompts only."""
+        if entry.status is not Status.QUEUED:
+            return None
+        return stranded(entry, self.space.log.nodes())
+
+    def outcome(self, entry: Entry) -> Outcome:
+        """``Outcome.of`` the entry, with why it is stuck if it is."""
+        return Outcome.of(entry, self.stuck(entry))
 
 
 class Client(_Verbs):
@@ -324,7 +343,7 @@ class Client(_Verbs):
         start = time.monotonic()
         for entry in self._changes(prompt_id, timeout):
             if self._over(entry):
-                outcome = Outcome.of(entry)
+                outcome = self.outcome(entry)
                 if not outcome.attachments:
                     return outcome
                 folder, left = self._files_plan(outcome, files_dir, start, timeout)
@@ -379,6 +398,7 @@ class AsyncClient(_Verbs):
         self._ticker: asyncio.Task[None] | None = None
         self._rechecks: list[asyncio.TimerHandle] = []
         self._listeners: set[asyncio.Queue[set[str]]] = set()
+        self._served: object = None  # which models the nodes offer, as last seen (``_look``)
 
     async def __aenter__(self) -> AsyncClient:
         loop = asyncio.get_running_loop()
@@ -419,7 +439,7 @@ class AsyncClient(_Verbs):
         start = time.monotonic()
         async for entry in self._changes(prompt_id, timeout):
             if self._over(entry):
-                outcome = Outcome.of(entry)
+                outcome = self.outcome(entry)
                 if not outcome.attachments:
                     return outcome
                 folder, left = self._files_plan(outcome, files_dir, start, timeout)
@@ -528,6 +548,11 @@ class AsyncClient(_Verbs):
         else:
             changed = self._feed.drain()
             woken = [p for p in changed if p in self._waiters]
+        served = tuple((n.id, tuple((m.name, m.unusable) for m in n.models)) for n in log.nodes())
+        if served != self._served:
+            # A node stopped (or started) serving a model: a queued prompt may be stranded now
+            # without a change of its own (``stranded``), so every waiter looks again.
+            self._served, woken = served, list(self._waiters)
         for listener in self._listeners if changed else ():
             listener.put_nowait(changed)
         for prompt_id in woken:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import openai
@@ -52,37 +51,46 @@ def test_a_model_whose_worker_dies_by_sigill_stops_being_served_and_its_prompt_w
     (a / "config.toml").write_text(FAST)
     node_a = nodes(a, "--api", "127.0.0.1:0")
     api = node_a.wait_event("api-listening")["url"]
+    client = openai.OpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0)
 
-    waited = syncq(a, "add", "hello", "-m", "badcpu", "--wait")
-    assert waited.returncode == 1
-    assert SIGILL_SAYS in waited.stderr and "stays queued" in waited.stderr
-    assert "Traceback" not in waited.stderr
-    prompt_id = json.loads(syncq(a, "log", "--json").stdout.splitlines()[-1])["id"]
-
-    shown = json.loads(syncq(a, "show", prompt_id, "--json").stdout)
-    assert shown["status"] == "queued"  # not failed: its attempts are not spent
-    assert [(r["error"], r["counts"]) for r in shown["runs"]] == [(SIGILL_SAYS, False)]
-    human = syncq(a, "show", prompt_id).stdout
-    assert "killed by SIGILL" in human and "not counted as an attempt" in human
+    # The first request loads the model, whose worker dies by SIGILL: the request's wait ends
+    # with the reason, and the prompt it added is cancelled (nobody would read a later answer).
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="badcpu", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.status_code == 503
+    assert refused.value.body["message"] == f"no node can run the model 'badcpu' now: {SIGILL_SAYS}"
+    by_api = json.loads(syncq(a, "log", "--json").stdout.splitlines()[-1])
+    assert by_api["status"] == "cancelled"
+    assert [(r["error"], r["counts"]) for r in by_api["runs"]] == [(SIGILL_SAYS, False)]
     assert node_a.wait_event("model-unusable", model="badcpu")["reason"] == SIGILL_SAYS
-    assert node_a.wait_event("finished", prompt=prompt_id)["error"] == SIGILL_SAYS
+    assert node_a.wait_event("finished", prompt=by_api["id"])["error"] == SIGILL_SAYS
+    human = syncq(a, "show", by_api["id"]).stdout
+    assert "killed by SIGILL" in human and "not counted as an attempt" in human
 
     models = {m["model"]: m for m in map(json.loads, syncq(a, "models", "--json").stdout.splitlines())}
     assert models["badcpu"]["nodes"][0]["unusable"] == SIGILL_SAYS
     assert models["echo"]["nodes"][0]["unusable"] is None
     assert "unusable" in syncq(a, "models").stdout
-
-    client = openai.OpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0)
-    with pytest.raises(openai.APIStatusError) as refused:
-        client.chat.completions.create(model="badcpu", messages=[{"role": "user", "content": "hi"}])
-    assert refused.value.status_code == 503 and "killed by SIGILL" in refused.value.message
     assert "badcpu" not in [m.id for m in client.models.list().data]
+    with pytest.raises(openai.APIStatusError) as again:  # refused before a prompt is added
+        client.chat.completions.create(model="badcpu", messages=[{"role": "user", "content": "hi"}])
+    assert again.value.status_code == 503 and "killed by SIGILL" in again.value.message
+
+    # A wait from the CLI ends at once, and its prompt stays queued: its attempts are not spent.
+    waited = syncq(a, "add", "hello", "-m", "badcpu", "--wait")
+    assert waited.returncode == 1 and "Traceback" not in waited.stderr
+    prompt_id = json.loads(syncq(a, "log", "--json").stdout.splitlines()[-1])["id"]
+    assert waited.stderr.strip() == (
+        f"Error: no node can run badcpu now: a: {SIGILL_SAYS}; the prompt stays queued for a device "
+        f"that can (`syncq cancel {prompt_id}` drops it)"
+    )
+    assert json.loads(syncq(a, "show", prompt_id, "--json").stdout)["status"] == "queued"
 
     # The node runs its other models, and spends no retry on the prompt: after an echo prompt
     # went through, the badcpu prompt still has its one run.
     assert syncq(a, "add", "still here", "-m", "echo", "--wait").stdout.strip() == "still here"
-    assert len(entry(a, prompt_id).results) == 1
-    assert len(node_a.find("running", prompt=prompt_id)) == 1
+    assert entry(a, prompt_id).results == ()
+    assert node_a.find("running", prompt=prompt_id) == []
 
     # Another node that serves the model takes the prompt and runs it.
     (b / "models.toml").write_text('[models.badcpu]\nbackend = "echo"\n')
@@ -92,7 +100,7 @@ def test_a_model_whose_worker_dies_by_sigill_stops_being_served_and_its_prompt_w
     wait_until(lambda: entry(a, prompt_id).status is Status.DONE, timeout=60, what="b to run the prompt")
     done = entry(a, prompt_id)
     assert done.result is not None and done.result.node_name == "b" and done.result.output == "hello"
-    assert len(node_a.find("running", prompt=prompt_id)) == 1
+    assert node_a.find("running", prompt=prompt_id) == []
 
 
 @pytest.mark.parametrize(
@@ -179,8 +187,8 @@ def test_ctrl_c_of_a_wait_says_the_prompt_goes_on_and_how_to_cancel_it(tmp_path:
     _, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 1 and "Traceback" not in err
     assert err.strip().splitlines()[-2:] == [
-        f"the prompt {prompt_id} goes on without this wait: `syncq show {prompt_id[:10]}` tells how it "
-        f"went, `syncq cancel {prompt_id[:10]}` stops it",
+        f"the prompt {prompt_id} goes on without this wait: `syncq show {prompt_id}` tells how it "
+        f"went, `syncq cancel {prompt_id}` stops it",
         "Aborted!",
     ]
     assert entry(home, prompt_id).status is Status.RUNNING  # it goes on
@@ -205,7 +213,9 @@ def test_waiting_for_a_model_nobody_serves_says_so_and_suggests_near_names(tmp_p
     assert queued.returncode == 0 and "did you mean echo?" in queued.stderr
 
 
-def test_the_python_and_http_waits_end_for_a_prompt_no_node_can_run(tmp_path: Path, nodes) -> None:
+def test_the_python_waits_end_for_a_prompt_no_node_can_run(tmp_path: Path, nodes) -> None:
+    import asyncio
+
     import syncq as api
 
     with Space.init(tmp_path / "a", name="a") as first:
@@ -213,7 +223,13 @@ def test_the_python_and_http_waits_end_for_a_prompt_no_node_can_run(tmp_path: Pa
     (home / "models.toml").write_text(BAD_CPU)
     nodes(home)
     with api.open(home) as client:
-        outcome = client.run("hello", model="badcpu", timeout=60)
+        outcome = client.run("hello", model="badcpu", timeout=60)  # its worker dies by SIGILL
     assert outcome.status is Status.QUEUED and outcome.error == SIGILL_SAYS and not outcome.ok
     assert outcome.problem().startswith(f"no node can run badcpu now: {SIGILL_SAYS}; the prompt stays queued")
-    assert sys.modules["syncq"] is api
+
+    async def later() -> api.Outcome:  # a prompt added once the model is known to be unusable
+        async with api.aopen(home) as space:
+            return await space.run("again", model="badcpu", timeout=60)
+
+    again = asyncio.run(later())
+    assert again.status is Status.QUEUED and again.error == f"a: {SIGILL_SAYS}"

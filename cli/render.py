@@ -87,7 +87,8 @@ def log(entries: Sequence[Entry], as_json: bool, served: set[str] | None = None)
     from rich.table import Table
 
     ids = short_ids([e.prompt.id for e in entries])
-    statuses = [e.status.value + ("*" if _note(e, served) else "") for e in entries]
+    noted = [_note(e, served) is not None for e in entries]
+    statuses = [e.status.value + "*" * n for e, n in zip(entries, noted, strict=True)]
     created = [_short_time(e.prompt.created_at) for e in entries]
     models = [_one_line(e.prompt.model, 18) for e in entries]
     console = _console()
@@ -107,12 +108,12 @@ def log(entries: Sequence[Entry], as_json: bool, served: set[str] | None = None)
             short,
             when,
             model,
-            _status(entry.status.value) + ("*" if status.endswith("*") else ""),
+            _status(entry.status.value) + status.removeprefix(entry.status.value),
             _one_line(entry.prompt.input, text_width),
             _one_line(_result_text(result), text_width) if result else "",
         )
     console.print(table)
-    if any(s.endswith("*") for s in statuses):
+    if any(noted):
         console.print(f"[dim]* {UNSERVED}[/]")
 
 

@@ -141,17 +141,14 @@ class Worker:
         self._child.close()
         asyncio.get_running_loop().add_reader(self.conn.fileno(), self._readable)
         try:
-            message = await asyncio.wait_for(self._next(), LOAD_TIMEOUT_S)
-        except WorkerDied as exc:
-            self.stop(polite=False)
-            raise died(self.spec, self.process.exitcode, loading=True) from exc
+            message = await asyncio.wait_for(self._next(loading=True), LOAD_TIMEOUT_S)
         except BaseException:
             self.stop(polite=False)
             raise
         if message[0] != "ready":
             self.stop()
             raise ExecutorError(f"cannot load model {self.spec.name}: {message[1]}")
-        self.notes = tuple(message[2]) if len(message) > 2 else ()
+        self.notes = tuple(message[2])
 
     def _readable(self) -> None:
         try:
@@ -160,11 +157,11 @@ class Worker:
             asyncio.get_running_loop().remove_reader(self.conn.fileno())
             self._messages.put_nowait(None)
 
-    async def _next(self) -> tuple[Any, ...]:
+    async def _next(self, *, loading: bool = False) -> tuple[Any, ...]:
         message = await self._messages.get()
         if message is None:
             self.process.join(timeout=1)
-            raise died(self.spec, self.process.exitcode)
+            raise died(self.spec, self.process.exitcode, loading=loading)
         return message
 
     @property
@@ -277,8 +274,7 @@ class ModelManager:
                 finally:
                     if not found.alive:
                         self._drop(name)
-            except WorkerDied as exc:
-                self._drop(name)
+            except WorkerDied as exc:  # the dead worker is dropped already (or never stored)
                 if not exc.permanent:
                     raise
                 self.unusable[name] = str(exc)

@@ -53,7 +53,7 @@ from starlette.routing import Route
 
 import syncq
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError, WaitTimeout
-from syncq.lifecycle import TERMINAL, Status
+from syncq.lifecycle import Status
 from syncq.log import Entry
 from syncq.records import LLM_PARAMS, PromptKind, messages_input
 
@@ -253,7 +253,7 @@ class _Api:
                 async for piece in self.space.stream(prompt_id):
                     yield event(piece, None)
                 entry = self.space.get(prompt_id)
-                if entry.status in TERMINAL or self.space.stuck(entry) is not None:
+                if self.space.over(entry):
                     break
             outcome = self.space.outcome(entry)
             finished = True

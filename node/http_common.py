@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 import syncq
 from syncq.client import Outcome
 from syncq.errors import SyncqError
-from syncq.lifecycle import TERMINAL, Status
+from syncq.lifecycle import Status
 from syncq.records import PromptKind
 from syncq.space import BACKEND_KINDS
 
@@ -85,11 +85,15 @@ def served_model(space: syncq.AsyncClient, model: object, kind: PromptKind) -> s
     if not isinstance(model, str) or not model:
         raise ApiError(400, "model is required", code="missing_model", param="model")
     backend = {m.name: m.backend for m in space.models()}.get(model)
-    unusable = [f"{n.name}: {ad.unusable}" for n in space.nodes() for ad in n.models if ad.name == model]
-    if backend is None and unusable:
+    why = (
+        []
+        if backend
+        else [f"{n.name}: {ad.unusable}" for n in space.nodes() for ad in n.models if ad.name == model]
+    )
+    if why:
         raise ApiError(
             503,
-            f"no node can run the model '{model}' now ({'; '.join(unusable)})",
+            f"no node can run the model '{model}' now ({'; '.join(why)})",
             "server_error",
             "model_unusable",
             retry=False,
@@ -129,7 +133,7 @@ async def settled(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
         async for _ in space.stream(prompt_id):  # ends when the prompt does, or is stranded
             pass
         entry = space.get(prompt_id)
-        if entry.status in TERMINAL or space.stuck(entry) is not None:
+        if space.over(entry):
             return space.outcome(entry)
 
 

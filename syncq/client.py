@@ -91,12 +91,13 @@ class Outcome:
         """The outcome an entry of the log tells; ``stuck`` is why it can run nowhere now
         (``stranded``), for a queued one."""
         run = entry.result
-        error = run.error if run is not None and entry.status is not Status.DONE else None
+        if stuck is None and run is not None and entry.status is not Status.DONE:
+            stuck = run.error
         return cls(
             prompt_id=entry.prompt.id,
             status=entry.status,
             text=run.output if run is not None and entry.status is Status.DONE else "",
-            error=stuck if stuck is not None and entry.status is Status.QUEUED else error,
+            error=stuck,
             node=run.node if run is not None else "",
             node_name=run.node_name if run is not None else "",
             model=entry.prompt.model,
@@ -306,7 +307,7 @@ class _Verbs:
         self._watch.close()
         self.space.close()
 
-    def _over(self, entry: Entry) -> bool:
+    def over(self, entry: Entry) -> bool:
         """Whether waiting for the prompt is over: it ended, or it is ``stranded``."""
         return entry.status in TERMINAL or self.stuck(entry) is not None
 
@@ -342,7 +343,7 @@ class Client(_Verbs):
         saved into ``files_dir`` (default ``files_folder(id)``). Raises ``WaitTimeout``."""
         start = time.monotonic()
         for entry in self._changes(prompt_id, timeout):
-            if self._over(entry):
+            if self.over(entry):
                 outcome = self.outcome(entry)
                 if not outcome.attachments:
                     return outcome
@@ -356,7 +357,7 @@ class Client(_Verbs):
         the final answer comes last). Raises ``WaitTimeout``."""
         sent = ""
         for entry in self._changes(prompt_id, timeout):
-            chunk, sent, ended = _next_chunk(entry, sent, self._over(entry))
+            chunk, sent, ended = _next_chunk(entry, sent, self.over(entry))
             if chunk:
                 yield chunk
             if ended:
@@ -438,7 +439,7 @@ class AsyncClient(_Verbs):
         saved into ``files_dir`` (default ``files_folder(id)``). Raises ``WaitTimeout``."""
         start = time.monotonic()
         async for entry in self._changes(prompt_id, timeout):
-            if self._over(entry):
+            if self.over(entry):
                 outcome = self.outcome(entry)
                 if not outcome.attachments:
                     return outcome
@@ -452,7 +453,7 @@ class AsyncClient(_Verbs):
         the final answer comes last). Raises ``WaitTimeout``."""
         sent = ""
         async for entry in self._changes(prompt_id, timeout):
-            chunk, sent, ended = _next_chunk(entry, sent, self._over(entry))
+            chunk, sent, ended = _next_chunk(entry, sent, self.over(entry))
             if chunk:
                 yield chunk
             if ended:
@@ -548,7 +549,9 @@ class AsyncClient(_Verbs):
         else:
             changed = self._feed.drain()
             woken = [p for p in changed if p in self._waiters]
-        served = tuple((n.id, tuple((m.name, m.unusable) for m in n.models)) for n in log.nodes())
+        served = self._served
+        if self._waiters:
+            served = tuple((n.id, tuple((m.name, m.unusable) for m in n.models)) for n in log.nodes())
         if served != self._served:
             # A node stopped (or started) serving a model: a queued prompt may be stranded now
             # without a change of its own (``stranded``), so every waiter looks again.

@@ -612,9 +612,7 @@ class Space:
         prompt_id = new.id
         if prompt_id is None:
             prompt_id = self._last_id = next_prompt_id(now, self._entropy(10), self._last_id)
-        served = self.mesh_models() or {}
-        guessed = new.kind is None and new.model not in served
-        kind = new.kind or BACKEND_KINDS.get(served.get(new.model, ""), PromptKind.LLM)
+        kind, guessed = (new.kind, False) if new.kind is not None else self._kind_of(new.model)
         if len(new.files) > MAX_FILES:
             raise InvalidInput(f"at most {MAX_FILES} files per prompt ({len(new.files)} given)")
         if kind is PromptKind.ASR and len(new.files) != 1:
@@ -631,6 +629,12 @@ class Space:
             priority=check_priority(new.priority),
             max_attempts=check_max_attempts(new.max_attempts),
         )
+
+    def _kind_of(self, model: str) -> tuple[PromptKind, bool]:
+        """The kind of the backend the mesh serves ``model`` with, and whether it is a guess
+        (llm, for a model no node advertised here yet)."""
+        backend = (self.mesh_models() or {}).get(model)
+        return BACKEND_KINDS.get(backend or "", PromptKind.LLM), backend is None
 
     def _sealer(self, payload: bytes) -> Callable[[int], bytes]:
         def seal(seq: int) -> bytes:

@@ -2,8 +2,11 @@
 
 A portal is a folder with ``inbox/ queued/ outbox/ errors/`` (the home's ``portal/``, plus any
 listed under ``portals`` in config.toml's ``[node]``). A client writes a request folder elsewhere
-and renames it into ``inbox/`` (only a complete rename counts: nothing is read before it is
-there whole). The request is ``request.yaml`` or ``request.json``::
+and renames it into ``inbox/`` (a rename is atomic: the folder is taken at once). A folder
+copied or written into the inbox in place is taken only once its tree has stopped changing
+(names, sizes and mtimes unchanged across two looks ``SETTLE_S`` apart; see
+``node/portal_settle.py``), so a file still being written is never taken truncated. The request
+is ``request.yaml`` or ``request.json``::
 
     model: gemma3-270m          # required
     prompt: Why is the sky blue?   # or messages: [{role: user, content: ...}, ...]
@@ -35,7 +38,14 @@ are fetched through the node first and written beside them, and ``result.json`` 
 bytes is that file (echo's copies), one with other bytes is written as ``NAME-2.EXT``. If an
 output cannot be fetched (no peer that holds it is connected), the folder stays in ``queued/``
 and the node tries again a little later. A bad request goes to ``errors/NAME`` with
-``error.txt`` saying what is wrong. The node never deletes anything.
+``error.txt`` saying what is wrong (``node/portal_requests.py`` checks every field, and the size
+and nesting of the file before parsing it). Whatever goes wrong with one folder sends that
+folder to ``errors/`` (a name that is not UTF-8 as its escaped form, ``\\xff\\xfe``), never stops
+the portal: an exception that is not the request's fault is a bug of ours, and its traceback
+goes to the node's log and to ``error.txt``. The node never deletes anything.
+
+Folders the portal makes are 0700 and files it writes 0600; a request folder is made so too
+as it is queued (its prompt is plaintext).
 """
 
 from __future__ import annotations
@@ -46,39 +56,47 @@ import filecmp
 import json
 import os
 import shutil
+import stat
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+import traceback
+from collections.abc import Awaitable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
-
-from syncq.blobs import MAX_FILES, BlobRef
+from syncq.blobs import BlobRef
 from syncq.client import Outcome
-from syncq.errors import InvalidInput, SyncqError, UserError
+from syncq.errors import SyncqError, UserError
 from syncq.ids import PromptId, is_prompt_id
 from syncq.lifecycle import TERMINAL
 from syncq.log import Changes, Entry, Log
-from syncq.records import PromptKind, check_params, messages_input
+from syncq.records import PromptKind, check_params
 from syncq.space import BACKEND_KINDS, Space, wall_clock_ms
 from syncq.watch import FolderWatch, wait_event
+
+from .portal_requests import (
+    MAX_FOLDER_ENTRIES,
+    BadRequest,
+    attachments,
+    parse,
+    prompt_text,
+    read_request,
+    safe_name,
+)
+from .portal_settle import SETTLE_S, Settling
 
 if TYPE_CHECKING:
     from .daemon import Node
 
 FOLDERS = ("inbox", "queued", "outbox", "errors")
 ID_FILE = ".syncq-id"
-MAX_REQUEST_BYTES = 1 << 20  # request.yaml / request.json
-MAX_FOLDER_BYTES = 512 << 20  # everything in one request folder
 SAFETY_S = 5.0  # a look at the inbox this often even without a change reported
+SETTLING_LOOK_S = SETTLE_S / 4  # while a copied-in folder settles, a look this often
 RETRY_FILES_S = 30.0  # a result whose files could not be fetched is tried again after this
 OUT_STAGING = ".syncq-out"  # output files are decrypted here, then moved beside result.json
 # Names the portal writes: an output file never takes one of them.
 RESERVED = frozenset({"request.yaml", "request.json", "result.json", "answer.txt", "partial.txt", ID_FILE})
-
-
-class BadRequest(UserError):
-    """A request folder the portal cannot take; the message goes to error.txt."""
+T = TypeVar("T")
+__all__ = ["FOLDERS", "BadRequest", "Portal", "attachments", "portal_roots", "prompt_text", "read_request"]
 
 
 def portal_roots(home: Path, config: Mapping[str, Any]) -> list[Path]:
@@ -87,99 +105,6 @@ def portal_roots(home: Path, config: Mapping[str, Any]) -> list[Path]:
     if not isinstance(extra, list) or not all(isinstance(p, str) for p in extra):
         raise UserError(f"{home / 'config.toml'}: [node] portals must be a list of folder paths")
     return [home / "portal", *(Path(p).expanduser() for p in extra)]
-
-
-def read_request(folder: Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """The request in ``folder`` with the portal's defaults under it. Raises ``BadRequest``."""
-    if folder.is_symlink() or not folder.is_dir():
-        raise BadRequest("a request must be a folder, not a file or a symbolic link")
-    files = [folder / "request.yaml", folder / "request.json"]
-    found = [f for f in files if f.exists() or f.is_symlink()]
-    if not found:
-        raise BadRequest("no request.yaml or request.json in the folder")
-    if len(found) > 1:
-        raise BadRequest("both request.yaml and request.json: keep one")
-    total = 0
-    for path in folder.rglob("*"):
-        if path.is_symlink():
-            raise BadRequest(f"{path.relative_to(folder)} is a symbolic link: copy the file in instead")
-        total += path.stat().st_size if path.is_file() else 0
-        if total > MAX_FOLDER_BYTES:
-            raise BadRequest(f"the folder holds more than {MAX_FOLDER_BYTES >> 20} MiB")
-    request = _parse(found[0])
-    merged = {**defaults, **request, "params": {**defaults.get("params", {}), **request.get("params", {})}}
-    merged.pop("files", None)  # a default list of files would name files of no request
-    if "files" in request:
-        merged["files"] = request["files"]
-    _check(merged)
-    return merged
-
-
-def attachments(folder: Path, request: Mapping[str, Any]) -> list[Path]:
-    """The files the request attaches (``files:``), checked. Raises ``BadRequest``."""
-    names = request.get("files", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise BadRequest("files: must be a list of file names in the request folder (e.g. [talk.wav])")
-    if len(names) > MAX_FILES:
-        raise BadRequest(f"files: at most {MAX_FILES} files per request ({len(names)} given)")
-    paths = [_attachment(folder, name) for name in names]
-    seen: set[str] = set()
-    for path in paths:
-        if path.name in seen:
-            raise BadRequest(f"files: two files are named {path.name!r}; attachments need distinct names")
-        seen.add(path.name)
-    return paths
-
-
-def _attachment(folder: Path, name: str) -> Path:
-    relative = PurePosixPath(name)
-    if relative.is_absolute() or ".." in relative.parts or "\\" in name:
-        raise BadRequest(f"files: {name!r} must be a relative path inside the request folder, without ..")
-    path = folder.joinpath(*relative.parts)
-    for step in [*reversed(path.relative_to(folder).parents), path.relative_to(folder)]:
-        if (folder / step).is_symlink():
-            raise BadRequest(f"files: {name!r} is a symbolic link: copy the file in instead")
-    if not path.is_file():
-        raise BadRequest(f"files: {name!r} is not a file in the request folder")
-    return path
-
-
-def _parse(path: Path) -> dict[str, Any]:
-    if path.stat().st_size > MAX_REQUEST_BYTES:
-        raise BadRequest(f"{path.name} is larger than {MAX_REQUEST_BYTES >> 10} KiB")
-    text = path.read_text(encoding="utf-8", errors="strict")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise BadRequest(f"{path.name} is not valid {path.suffix[1:].upper()}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRequest(f"{path.name} must hold a mapping (model: ..., prompt: ...)")
-    return data
-
-
-def _check(request: Mapping[str, Any]) -> None:
-    known = {"model", "prompt", "messages", "params", "priority", "max_attempts", "files"}
-    unknown = sorted(set(request) - known)
-    if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; a request has {', '.join(sorted(known))}")
-    if not isinstance(request.get("model"), str) or not request["model"]:
-        raise BadRequest("model: is missing (the name of a model, e.g. gemma3-270m)")
-    if "prompt" in request and "messages" in request:
-        raise BadRequest("give either prompt: (text) or messages: (a list of {role, content}), not both")
-    if "prompt" not in request and "messages" not in request and not request.get("files"):
-        raise BadRequest("give either prompt: (text) or messages: (a list of {role, content})")
-    if "prompt" in request and not isinstance(request["prompt"], str):
-        raise BadRequest("prompt: must be text")
-    if not isinstance(request.get("params"), dict):
-        raise BadRequest("params: must be a mapping (e.g. {max_tokens: 64})")
-
-
-def prompt_text(request: Mapping[str, Any]) -> str:
-    """The prompt's input: the text, or the messages as a transcript the LLM executor reads
-    (or nothing, for a request whose files are the input)."""
-    if "prompt" in request:
-        return str(request["prompt"])
-    return messages_input(request["messages"]) if "messages" in request else ""
 
 
 class Portal:
@@ -196,64 +121,98 @@ class Portal:
         self._waiting: dict[str, Path] = {}  # prompt id -> its folder in queued/
         self._fetching: set[str] = set()  # prompts whose output files are being fetched
         self._retry_at: dict[str, float] = {}  # prompt id -> when to fetch its files again
+        self._settling = Settling(settle_s=SETTLE_S, limit=MAX_FOLDER_ENTRIES)
+        self._stuck: set[str] = set()  # inbox names that could not even be moved to errors/
 
     def wake(self) -> None:
         """The log changed: look at the queued requests."""
         self._wake.set()
 
     async def run(self) -> None:
-        """Take requests and deliver results until cancelled."""
+        """Take requests and deliver results until cancelled. Raises ``OSError`` if a folder
+        of the portal itself cannot be read or made (the node restarts the portal)."""
         for folder in self.folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         watch = FolderWatch(self.folders["inbox"])
         loop = asyncio.get_running_loop()
         fd = watch.fileno()
         if fd is not None:
-            loop.add_reader(fd, watch.reader(self._wake.set))
+            loop.add_reader(fd, self._inbox_changed, fd)
         self.node.log.event("portal", path=str(self.root))
         await self._resume()
         try:
             while True:
                 await self._take_inbox()
                 self._deliver()
-                await wait_event(self._wake, SAFETY_S if fd is not None else 0.2)
+                timeout = SAFETY_S if fd is not None else 0.2
+                await wait_event(self._wake, SETTLING_LOOK_S if self._settling.waiting else timeout)
                 self._wake.clear()
         finally:
             if fd is not None:
                 loop.remove_reader(fd)
             watch.close()
 
+    def _inbox_changed(self, fd: int) -> None:
+        """inotify reported changes in the inbox: note which names were renamed in, then look."""
+        try:
+            while data := os.read(fd, 65536):
+                self._settling.events(data)
+        except (BlockingIOError, InterruptedError):
+            pass
+        self._wake.set()
+
     # -- requests in ----------------------------------------------------------------------------
 
     async def _resume(self) -> None:
         """After a restart: re-add what was queued but not added, and wait for the rest."""
         for folder in sorted(self.folders["queued"].iterdir()):
-            if folder.is_dir() and is_prompt_id(folder.name):
-                await self._add(folder, PromptId(folder.name))
+            if folder.is_dir() and is_prompt_id(folder.name) and folder.name not in self._waiting:
+                await self._guarded(folder, self._add(folder, PromptId(folder.name)))
 
     async def _take_inbox(self) -> None:
-        for folder in sorted(self.folders["inbox"].iterdir()):
-            if folder.name.startswith("."):
+        now = time.monotonic()
+        present = sorted(self.folders["inbox"].iterdir())
+        self._settling.keep({f.name for f in present})
+        self._stuck &= {f.name for f in present}
+        for folder in present:
+            if folder.name.startswith(".") or folder.name in self._stuck:
                 continue  # hidden: a client's work in progress, by convention
-            try:
-                await self._take(folder)
-            except OSError as exc:
-                self.node.log.event("portal-failed", level="error", request=folder.name, reason=str(exc))
+            if not folder.is_symlink() and folder.is_dir() and not self._settling.ready(folder, now):
+                continue  # copied in, maybe still being written (node/portal_settle.py)
+            self._settling.taken(folder.name)
+            moved = await self._guarded(folder, self._take(folder))
+            if moved is not None:
+                await self._guarded(moved[0], self._add(*moved))
 
-    async def _take(self, folder: Path) -> None:
-        try:  # everything that can be checked before the move is, so errors/ keeps the name
-            request = self._checked(folder)
-        except (BadRequest, InvalidInput) as exc:
+    async def _guarded(self, folder: Path, work: Awaitable[T]) -> T | None:
+        """Run ``work`` on one request folder: whatever it raises sends that folder to errors/
+        (and an exception that is not a bad request is our bug: its traceback goes to the node's
+        log and to error.txt); no folder can stop the portal."""
+        try:
+            return await work
+        except UserError as exc:
             self._reject(folder, str(exc))
-            return
+        except OSError as exc:  # unreadable, or removed meanwhile: not our bug, no traceback
+            self._reject(folder, f"cannot read the request: {_describe(exc)}")
+        except Exception as exc:  # one folder must never stop the portal
+            trace, reason = traceback.format_exc(), _describe(exc)
+            name = safe_name(folder.name)
+            self.node.log.event("portal-bug", level="error", request=name, reason=reason, traceback=trace)
+            self._reject(folder, f"the node failed on this request (a bug in syncq): {reason}\n\n{trace}")
+        return None
+
+    async def _take(self, folder: Path) -> tuple[Path, PromptId, dict[str, Any]]:
+        """Check the request in the inbox and move it to queued/ID (steps 1 and 2)."""
+        request = self._checked(folder)  # all that can be checked before the move is: errors/ keeps the name
         recorded = folder / ID_FILE
-        prompt_id = recorded.read_text().split("\n")[0].strip() if recorded.exists() else ""
+        prompt_id = recorded.read_text(errors="replace").split("\n")[0].strip() if recorded.exists() else ""
         if not is_prompt_id(prompt_id):
             prompt_id = self.space.new_prompt_id()
             _write_durably(recorded, f"{prompt_id}\n{folder.name}\n")  # the id, and the name it came with
+        _make_private(folder)
         target = self.folders["queued"] / prompt_id
         os.rename(folder, target)
-        await self._add(target, PromptId(prompt_id), request)
+        return target, PromptId(prompt_id), request
 
     def _checked(self, folder: Path) -> dict[str, Any]:
         """The request, checked as far as it can be without adding it."""
@@ -267,25 +226,22 @@ class Portal:
         return request
 
     async def _add(self, folder: Path, prompt_id: PromptId, request: dict[str, Any] | None = None) -> None:
+        """Add the prompt of ``folder`` (in queued/). Raises ``UserError`` for a bad request."""
         if request is None and self.space.log.has_prompt(prompt_id):
             self._queued(folder, prompt_id)  # after a restart: added before the crash
             return
-        try:
-            request = request if request is not None else self._checked(folder)
-            refs = await self._attach(attachments(folder, request))
-            self.space.add(
-                prompt_text(request),
-                model=request["model"],
-                kind=self._kind(request["model"]),
-                params={**request["params"], **({"mode": "chat"} if "messages" in request else {})},
-                priority=int(request.get("priority", 0)),
-                max_attempts=int(request.get("max_attempts", 3)),
-                prompt_id=prompt_id,
-                files=refs,
-            )
-        except (SyncqError, ValueError, TypeError) as exc:
-            self._reject(folder, str(exc))
-            return
+        request = request if request is not None else self._checked(folder)
+        refs = await self._attach(attachments(folder, request))
+        self.space.add(
+            prompt_text(request),
+            model=request["model"],
+            kind=self._kind(request["model"]),
+            params={**request["params"], **({"mode": "chat"} if "messages" in request else {})},
+            priority=request.get("priority", 0),
+            max_attempts=request.get("max_attempts", 3),
+            prompt_id=prompt_id,
+            files=refs,
+        )
         self._queued(folder, prompt_id)
         self.node.changed()  # offer it to the peers
         self.node.log_changed()  # and to this node's scheduler
@@ -313,27 +269,43 @@ class Portal:
         return BACKEND_KINDS.get(served[model], PromptKind.LLM)
 
     def _reject(self, folder: Path, reason: str) -> None:
+        """Move ``folder`` to errors/ (under a name that is UTF-8) with ``error.txt``; if even
+        that fails, say so in the log and leave the folder where it is until the node restarts."""
+        try:
+            self._move_to_errors(folder, reason)
+        except OSError as exc:
+            self._stuck.add(folder.name)
+            self.node.log.event(
+                "portal-failed", level="error", request=safe_name(folder.name), reason=_describe(exc)
+            )
+            return
+        self.node.log.event("portal-rejected", request=safe_name(folder.name), reason=reason.split("\n")[0])
+
+    def _move_to_errors(self, folder: Path, reason: str) -> None:
         recorded = folder / ID_FILE
-        lines = recorded.read_text().split("\n") if folder.is_dir() and recorded.exists() else []
+        is_folder = folder.is_dir() and not folder.is_symlink()
+        lines = recorded.read_text(errors="replace").split("\n") if is_folder and recorded.is_file() else []
         name = lines[1] if len(lines) > 1 and lines[1] else folder.name
-        target = _free(self.folders["errors"] / name.removeprefix("."))
+        target = _free(self.folders["errors"] / safe_name(name).removeprefix("."))
         rejected = folder
-        if folder.is_symlink() or not folder.is_dir():
+        if not is_folder:
             # Never write through a link: move the link itself into a folder (hidden meanwhile).
-            rejected = folder.with_name(f".{folder.name}.rejected")
-            rejected.mkdir(exist_ok=True)
+            rejected = folder.with_name(f".{safe_name(folder.name)}.rejected")
+            rejected.mkdir(mode=0o700, exist_ok=True)
             os.rename(folder, rejected / folder.name)
         # error.txt first: a client that sees the folder in errors/ finds it there.
-        (rejected / "error.txt").write_text(reason + "\n")
+        _replace(rejected / "error.txt", reason + "\n")
         os.rename(rejected, target)
-        self.node.log.event("portal-rejected", request=folder.name, reason=reason)
+        self._waiting = {p: f for p, f in self._waiting.items() if f != folder}
 
     def _defaults(self) -> dict[str, Any]:
         path = self.root / "defaults.yaml"
         if not path.exists():
             return {}
         try:
-            found = _parse(path)
+            found = parse(path)
+            if not isinstance(found.get("params", {}), dict):
+                raise BadRequest("params: must be a mapping")
         except BadRequest as exc:
             self.node.log.event("portal-defaults-ignored", level="error", reason=str(exc))
             return {}
@@ -353,16 +325,23 @@ class Portal:
             del self._retry_at[prompt_id]
             changed.add(prompt_id)
         for prompt_id in sorted(changed - self._fetching - set(self._retry_at)):
-            folder = self._waiting[prompt_id]
-            entry = log.entry(prompt_id)
-            if entry.status not in TERMINAL:
-                if entry.stream:
-                    _replace(folder / "partial.txt", entry.stream)
-            elif Outcome.of(entry).attachments:
-                self._fetching.add(prompt_id)
-                self.node.spawn(self._deliver_with_files(folder, entry))
-            else:
-                self._finish(folder, entry, [])
+            try:
+                self._deliver_one(log, prompt_id)
+            except OSError as exc:  # its folder was removed or cannot be written: a restart looks again
+                self._waiting.pop(prompt_id, None)
+                self.node.log.event("portal-failed", level="error", request=prompt_id, reason=_describe(exc))
+
+    def _deliver_one(self, log: Log, prompt_id: str) -> None:
+        folder = self._waiting[prompt_id]
+        entry = log.entry(prompt_id)
+        if entry.status not in TERMINAL:
+            if entry.stream:
+                _replace(folder / "partial.txt", entry.stream)
+        elif Outcome.of(entry).attachments:
+            self._fetching.add(prompt_id)
+            self.node.spawn(self._deliver_with_files(folder, entry))
+        else:
+            self._finish(folder, entry, [])
 
     async def _deliver_with_files(self, folder: Path, entry: Entry) -> None:
         """Fetch the result's files through the node, write them into the folder, deliver."""
@@ -383,7 +362,7 @@ class Portal:
         """Decrypt each file into a hidden folder, then move it beside result.json; returns the
         names they got. Repeating it after a crash finds the same names (equal bytes)."""
         staging = folder / OUT_STAGING
-        staging.mkdir(exist_ok=True)
+        staging.mkdir(mode=0o700, exist_ok=True)
         names = [_place(self.space.save_file(ref, staging), folder / ref.name) for ref in refs]
         shutil.rmtree(staging, ignore_errors=True)  # only what a kill -9 left half written
         return names
@@ -431,14 +410,35 @@ def _free(path: Path) -> Path:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a reader sees the old file or the new one)."""
+    """Write ``text`` to ``path`` atomically (a reader sees the old file or the new one), readable
+    by this user only."""
     partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(text, encoding="utf-8")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     os.replace(partial, path)
 
 
 def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _make_private(folder: Path) -> None:
+    """Folders 0700 and files 0600 in a request folder about to be queued: it lands in the
+    home's (private) portal, and its prompt is plaintext. Links are left alone (refused before)."""
+    for path in [folder, *folder.rglob("*")]:
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        wanted = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+        if stat.S_IMODE(st.st_mode) != wanted:
+            os.chmod(path, wanted)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

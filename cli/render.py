@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,7 @@ def status(st: SpaceStatus, as_json: bool) -> None:
                 "peers": st.peers,
                 "peers_connected": st.peers_connected,
                 "peers_behind": st.peers_behind,
+                "node_tasks": dict(st.node_tasks),
             }
         )
         return
@@ -315,7 +316,22 @@ def status(st: SpaceStatus, as_json: bool) -> None:
     )
     if st.rejected:
         grid.add_row("rejected", ", ".join(f"{r} {n}" for r, n in sorted(st.rejected.items())))
+    if st.node_tasks:
+        grid.add_row("tasks", _node_tasks(st.node_tasks))
     _console().print(grid)
+
+
+def _node_tasks(tasks: Mapping[str, Mapping[str, Any]]) -> str:
+    """The node's restarted tasks, one per line: ``portal: restarted 2 times, last error: ...``."""
+    from rich.markup import escape
+
+    lines = []
+    for name, health in sorted(tasks.items()):
+        n = health.get("restarts", 0)
+        error = escape(printable(str(health.get("last_error", ""))))
+        times = "time" if n == 1 else "times"
+        lines.append(f"{escape(printable(name))}: [yellow]restarted {n} {times}[/], last error: {error}")
+    return "\n".join(lines)
 
 
 def peers(rows: Sequence[dict[str, Any]], running: bool) -> None:

@@ -41,6 +41,7 @@ from syncq.watch import RECHECK_S, FolderWatch, wait_event
 from .connection import Connection
 from .logs import NodeLog
 from .portal import Portal
+from .supervise import Supervisor, TaskHealth
 from .transfers import Transfers
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class Node:
         self._advertised: tuple[object, ...] | None = None
         self._served: list[str] | None = None  # the model names last logged
         self.transfers = Transfers(self)
+        self.supervisor = Supervisor(log, self._report_tasks, wall_clock_ms)
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
         """Run ``work`` in the background, keeping a reference until it ends."""
@@ -118,23 +120,7 @@ class Node:
         self.url = f"ws://{self.host}:{self.port}"
         self.space.store.set_meta("node.listen", self.url)
         self.log.event("listening", url=self.url, node=self.space.device_id, name=self.space.name)
-        tasks = [
-            asyncio.create_task(self._watch()),
-            asyncio.create_task(self._heartbeat()),
-        ]
-        if not self.space.is_relay:
-            tasks.append(asyncio.create_task(self._presence()))
-        elif self.relay_blob_days > 0:
-            tasks.append(asyncio.create_task(self._forget_old_blobs()))
-        if self.scheduler is not None:
-            tasks.append(asyncio.create_task(self.scheduler.run()))
-        tasks += [asyncio.create_task(portal.run()) for portal in self.portals]
-        if self.api is not None:
-            tasks.append(asyncio.create_task(self._serve_api(*self.api)))
-        if self.discovery:
-            from .discovery import Discovery
-
-            tasks.append(asyncio.create_task(Discovery(self, self.discovery_interfaces).run()))
+        tasks = self._start_tasks()
         self._dial_known()
         try:
             await self._stop.wait()
@@ -150,6 +136,34 @@ class Node:
     def stop(self) -> None:
         """Ask ``run`` to finish (signal handlers call this)."""
         self._stop.set()
+
+    def _start_tasks(self) -> list[asyncio.Task[None]]:
+        """The node's long-running tasks, each supervised (``node/supervise.py``): one that
+        crashes is logged and started again, and `syncq status` shows it."""
+        self.space.store.set_meta("node.tasks", "{}")  # this run's counts only
+        keep = self.supervisor.start
+        tasks = [keep("watch", self._watch), keep("heartbeat", self._heartbeat)]
+        if not self.space.is_relay:
+            tasks.append(keep("presence", self._presence))
+        elif self.relay_blob_days > 0:
+            tasks.append(keep("forget", self._forget_old_blobs))
+        if self.scheduler is not None:
+            tasks.append(keep("scheduler", self.scheduler.run))
+        for i, portal in enumerate(self.portals):
+            tasks.append(keep("portal" if i == 0 else f"portal {portal.root}", portal.run))
+        if self.api is not None:
+            host, port = self.api
+            tasks.append(keep("api", lambda: self._serve_api(host, port)))
+        if self.discovery:
+            from .discovery import Discovery
+
+            tasks.append(keep("discovery", lambda: Discovery(self, self.discovery_interfaces).run()))
+        return tasks
+
+    def _report_tasks(self, health: dict[str, TaskHealth]) -> None:
+        """Tell `syncq status` which tasks crashed and were restarted (``node.tasks``)."""
+        text = json.dumps({name: dataclasses.asdict(h) for name, h in health.items()})
+        self.space.store.set_meta("node.tasks", text)
 
     async def _serve_api(self, host: str, port: int) -> None:
         import syncq

@@ -38,6 +38,10 @@ _HUMAN = {
     "portal-rejected": "portal request {request} refused: {reason}",
     "portal-failed": "portal request {request}: {reason}",
     "portal-defaults-ignored": "portal defaults.yaml ignored: {reason}",
+    "portal-bug": "portal request {request} failed (a bug, sent to errors/): {reason}\n{traceback}",
+    "portal-settling": "portal request {request} was copied in: waiting until it stops changing",
+    "task-crashed": "the {task} task crashed (a bug), restarting in {delay:.1f} s: {reason}\n{traceback}",
+    "task-restarted": "restarted the {task} task ({restarts} restarts so far)",
 }
 
 

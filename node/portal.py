@@ -178,6 +178,8 @@ class Portal:
             if folder.name.startswith(".") or folder.name in self._stuck:
                 continue  # hidden: a client's work in progress, by convention
             if not folder.is_symlink() and folder.is_dir() and not self._settling.ready(folder, now):
+                if self._settling.first_wait(folder.name):
+                    self.node.log.event("portal-settling", request=safe_name(folder.name))
                 continue  # copied in, maybe still being written (node/portal_settle.py)
             self._settling.taken(folder.name)
             moved = await self._guarded(folder, self._take(folder))

@@ -75,6 +75,7 @@ class Settling:
     limit: int = 10_000
     renamed: set[str] = field(default_factory=set)  # reported renamed in: whole already
     _looks: dict[str, tuple[Tree, float]] = field(default_factory=dict)  # name -> tree, since when
+    _told: set[str] = field(default_factory=set)  # settling folders already reported
 
     def events(self, data: bytes) -> None:
         """Feed one read of the inbox's inotify descriptor."""
@@ -102,13 +103,21 @@ class Settling:
         """Whether some folder is settling (the portal then looks again soon)."""
         return bool(self._looks)
 
+    def first_wait(self, name: str) -> bool:
+        """Whether this is the first time ``name`` waits to settle (to say so once)."""
+        told = name in self._told
+        self._told.add(name)
+        return not told
+
     def keep(self, names: set[str]) -> None:
         """Forget the folders that are no longer in the inbox (``names`` are those that are)."""
         for name in set(self._looks) - names:
             del self._looks[name]
         self.renamed &= names
+        self._told &= names
 
     def taken(self, name: str) -> None:
         """``name`` left the inbox: forget it."""
         self.renamed.discard(name)
+        self._told.discard(name)
         self._looks.pop(name, None)

@@ -110,6 +110,9 @@ class SpaceStatus:
     peers: int = 0
     peers_connected: int = 0
     peers_behind: int = 0  # envelopes held here that connected peers still lack
+    # The running node's tasks that crashed and were restarted: name -> {restarts, last_error,
+    # last_error_at} (node/supervise.py writes it to the ``node.tasks`` metadata).
+    node_tasks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class Space:
@@ -576,7 +579,18 @@ class Space:
             "peers": len(peers),
             "peers_connected": len(connected),
             "peers_behind": sum(p.behind or 0 for p in connected),
+            "node_tasks": self._node_tasks() if node else {},
         }
+
+    def _node_tasks(self) -> dict[str, Mapping[str, Any]]:
+        """What the running node says of its crashed tasks (``node.tasks``); {} if unreadable."""
+        try:
+            tasks = json.loads(self.store.get_meta("node.tasks") or "{}")
+        except ValueError:
+            return {}
+        if not isinstance(tasks, dict):
+            return {}
+        return {str(k): v for k, v in tasks.items() if isinstance(v, dict)}
 
     # -- exchanging envelopes: the replica's (the sync layer and the tests use these) ----------
 

@@ -64,6 +64,11 @@ def _open(ctx: click.Context) -> Any:
 
     space = Space.open(_home(ctx))
     ctx.call_on_close(space.close)
+    if space.made_private:
+        click.echo(
+            f"notice: other users could read {space.paths.root}: made it private (folders 0700, files 0600)",
+            err=True,
+        )
     return space
 
 

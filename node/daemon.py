@@ -107,6 +107,9 @@ class Node:
 
     async def run(self) -> None:
         """Serve until ``stop()``; then close every connection and return."""
+        # Everything the node writes (work/ files, decrypted attachments, portal results, its
+        # workers' outputs) is this user's only: the home's folders 0700, its files 0600.
+        os.umask(0o077)
         server = await serve(
             self._inbound,
             self.host,

@@ -94,6 +94,41 @@ class HomePaths:
             raise HomeError(f"the home {self.root} is not a directory")
 
 
+def make_home_private(paths: HomePaths) -> list[Path]:
+    """Make the home 0700, and each folder directly in it 0700 and each file 0600 (the
+    database, its WAL, config.toml, the portal and work folders ...), where they were looser;
+    returns what was changed. Everything below them is made private by whoever writes it (the
+    node runs with umask 077), and the home's own 0700 already keeps other users out of all of
+    it. Symbolic links are left alone; key files are not loosened or fixed here: one that others
+    could read is refused (``read_secret``), as its secret may have leaked. Raises
+    ``HomeError``."""
+    changed: list[Path] = []
+    try:
+        entries = [paths.root, *paths.root.iterdir()]
+    except OSError as exc:
+        raise HomeError(f"cannot read the home {paths.root}: {exc.strerror}") from exc
+    for path in entries:
+        if path in (paths.identity, paths.space_key):
+            continue
+        try:
+            if _make_private(path):
+                changed.append(path)
+        except FileNotFoundError:  # gone meanwhile (a WAL checkpointed away): nothing to protect
+            continue
+        except OSError as exc:
+            raise HomeError(f"cannot make {path} private: {exc.strerror}") from exc
+    return changed
+
+
+def _make_private(path: Path) -> bool:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_IMODE(st.st_mode) & 0o077:
+        return False
+    wanted = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+    os.chmod(path, stat.S_IMODE(st.st_mode) & wanted)
+    return True
+
+
 def save_device(paths: HomePaths, keys: DeviceKeys, name: str) -> None:
     """Write this device's identity."""
     doc = {

@@ -38,7 +38,7 @@ from syncq.errors import (
     StoreBroken,
 )
 from syncq.ids import DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
-from syncq.keys import HomePaths, load_device, load_space, save_device, save_space
+from syncq.keys import HomePaths, load_device, load_space, make_home_private, save_device, save_space
 from syncq.lifecycle import TERMINAL, Status
 from syncq.records import (
     Cancel,
@@ -144,6 +144,8 @@ class Space:
         self._last_id: PromptId | None = None
         self._blobs: BlobStore | None = None
         self.blob_limit = MAX_BLOB_SIZE  # a node sets its own from config.toml
+        # What opening found readable by others and made private (the CLI says so, once).
+        self.made_private: list[Path] = []
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -228,9 +230,11 @@ class Space:
         store.set_meta("space_id", keys.space_id)
         save_device(paths, device, name)
         save_space(paths, keys)  # written last: its presence means "initialised"
-        return cls(
+        space = cls(
             paths=paths, device=device, name=name, keys=keys, store=store, clock=clock, entropy=entropy
         )
+        space.made_private = make_home_private(paths)
+        return space
 
     @classmethod
     def open(
@@ -244,6 +248,7 @@ class Space:
         ``InsecureKeyFile`` or ``StoreBroken``."""
         paths = HomePaths(Path(home))  # a str works too
         paths.check_initialized()
+        made_private = make_home_private(paths)
         keys = load_space(paths)
         device, name = load_device(paths)
         store = SqliteStore.open(paths.database)
@@ -253,9 +258,11 @@ class Space:
             raise StoreBroken(
                 f"{paths.database} belongs to space {stored_id}, not to {keys.space_id} of {paths.space_key}"
             )
-        return cls(
+        space = cls(
             paths=paths, device=device, name=name, keys=keys, store=store, clock=clock, entropy=entropy
         )
+        space.made_private = made_private
+        return space
 
     def close(self) -> None:
         """Close the store. Idempotent."""

@@ -51,8 +51,10 @@ as it is queued (its prompt is plaintext).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import filecmp
+import itertools
 import json
 import os
 import shutil
@@ -295,6 +297,8 @@ class Portal:
             rejected = folder.with_name(f".{safe_name(folder.name)}.rejected")
             rejected.mkdir(mode=0o700, exist_ok=True)
             os.rename(folder, rejected / folder.name)
+        with contextlib.suppress(OSError):  # best effort: the folder goes to errors/ regardless
+            _make_private(rejected)
         # error.txt first: a client that sees the folder in errors/ finds it there.
         _replace(rejected / "error.txt", reason + "\n")
         os.rename(rejected, target)
@@ -433,7 +437,7 @@ def _write_durably(path: Path, text: str) -> None:
 def _make_private(folder: Path) -> None:
     """Folders 0700 and files 0600 in a request folder about to be queued: it lands in the
     home's (private) portal, and its prompt is plaintext. Links are left alone (refused before)."""
-    for path in [folder, *folder.rglob("*")]:
+    for path in itertools.chain([folder], itertools.islice(folder.rglob("*"), MAX_FOLDER_ENTRIES)):
         st = path.lstat()
         if stat.S_ISLNK(st.st_mode):
             continue

@@ -201,6 +201,7 @@ class Portal:
         except Exception as exc:  # one folder must never stop the portal
             trace, reason = traceback.format_exc(), _describe(exc)
             name = safe_name(folder.name)
+            trace = trace.rstrip()
             self.node.log.event("portal-bug", level="error", request=name, reason=reason, traceback=trace)
             self._reject(folder, f"the node failed on this request (a bug in syncq): {reason}\n\n{trace}")
         return None

@@ -120,7 +120,7 @@ def _load_json(text: str) -> Any:
     return json.loads(text)
 
 
-class _CappedLoader(yaml.SafeLoader):
+class _CappedLoader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]  # PyYAML has no stubs here
     """PyYAML's safe loader with the nesting capped: ``compose_node`` recurses once per level,
     so it counts, and refuses anchors and aliases."""
 

@@ -73,9 +73,8 @@ class Supervisor:
         health.restarts += 1
         health.last_error = f"{type(exc).__name__}: {exc}"
         health.last_error_at = self.clock()
-        self.log.event(
-            "task-crashed", level="error", task=name, reason=health.last_error, delay=delay, traceback=trace
-        )
+        reason, trace = health.last_error, trace.rstrip()
+        self.log.event("task-crashed", level="error", task=name, reason=reason, delay=delay, traceback=trace)
         try:
             self.report(self.health)
         except Exception as failed:  # the store may be what broke: the log has it already

@@ -208,7 +208,7 @@ class Portal:
 
     async def _take(self, folder: Path) -> tuple[Path, PromptId, dict[str, Any]]:
         """Check the request in the inbox and move it to queued/ID (steps 1 and 2)."""
-        request = self._checked(folder)  # all that can be checked before the move is: errors/ keeps the name
+        request = await self._checked(folder)  # all that can be is checked before: errors/ keeps the name
         recorded = folder / ID_FILE
         prompt_id = recorded.read_text(errors="replace").split("\n")[0].strip() if recorded.exists() else ""
         if not is_prompt_id(prompt_id):
@@ -219,9 +219,11 @@ class Portal:
         os.rename(folder, target)
         return target, PromptId(prompt_id), request
 
-    def _checked(self, folder: Path) -> dict[str, Any]:
+    async def _checked(self, folder: Path) -> dict[str, Any]:
         """The request, checked as far as it can be without adding it."""
-        request = read_request(folder, self._defaults())
+        # Reading and parsing (up to 1 MiB of YAML, a walk of the folder) off the loop: a burst
+        # of large requests must not stall the node's sync and API.
+        request = await asyncio.to_thread(read_request, folder, self._defaults())
         kind = self._kind(request["model"])
         check_params(request["params"], kind)
         files = attachments(folder, request)
@@ -235,7 +237,7 @@ class Portal:
         if request is None and self.space.log.has_prompt(prompt_id):
             self._queued(folder, prompt_id)  # after a restart: added before the crash
             return
-        request = request if request is not None else self._checked(folder)
+        request = request if request is not None else await self._checked(folder)
         refs = await self._attach(attachments(folder, request))
         self.space.add(
             prompt_text(request),

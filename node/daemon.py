@@ -102,6 +102,7 @@ class Node:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(self.supervisor.ended)  # one that raised is logged, not lost
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -68,6 +68,18 @@ class Supervisor:
             delay = min(delay * 2, MAX_S)
             self.log.event("task-restarted", level="warning", task=name, restarts=self.health[name].restarts)
 
+    def ended(self, task: asyncio.Future[None]) -> None:
+        """A done-callback for one-shot background work (``Node.spawn``): one that raised is
+        logged with its traceback instead of vanishing ("exception was never retrieved")."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        trace = "".join(traceback.format_exception(exc)).rstrip()
+        name = task.get_name() if isinstance(task, asyncio.Task) else "background"
+        reason = f"{type(exc).__name__}: {exc}"
+        self.log.event("job-failed", level="error", task=name, reason=reason, traceback=trace)
+
     def _crashed(self, name: str, exc: Exception, trace: str, delay: float) -> None:
         health = self.health.setdefault(name, TaskHealth())
         health.restarts += 1

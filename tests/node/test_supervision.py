@@ -31,6 +31,8 @@ def test_a_crashed_portal_is_logged_restarted_and_shown_by_status(tmp_path: Path
     assert crashed["level"] == "error" and crashed["reason"].startswith("FileExistsError")
     assert "Traceback (most recent call last)" in crashed["traceback"] and "portal.py" in crashed["traceback"]
     wait_until(lambda: len(node.find("task-restarted", task="portal")) >= 2, what="two restarts")
+    delays = [e["delay"] for e in node.find("task-crashed", task="portal")]
+    assert delays[:3] == sorted(delays[:3]) and delays[1] == 2 * delays[0]  # backing off, not spinning
 
     status = run_syncq(home, "status")
     assert status.returncode == 0, status.stderr

@@ -32,6 +32,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from syncq import __version__
 from syncq.errors import StoreError, UserError
+from syncq.keys import make_tree_private
 from syncq.protocol import MAX_FRAME_SIZE, CloseCode, Role
 from syncq.records import ModelAd, NodeInfo
 from syncq.space import Space, wall_clock_ms
@@ -145,6 +146,7 @@ class Node:
         """The node's long-running tasks, each supervised (``node/supervise.py``): one that
         crashes is logged and started again, and `syncq status` shows it."""
         self.space.store.set_meta("node.tasks", "{}")  # this run's counts only
+        self.spawn(self._make_home_private())
         keep = self.supervisor.start
         tasks = [keep("watch", self._watch), keep("heartbeat", self._heartbeat)]
         if not self.space.is_relay:
@@ -163,6 +165,13 @@ class Node:
 
             tasks.append(keep("discovery", lambda: Discovery(self, self.discovery_interfaces).run()))
         return tasks
+
+    async def _make_home_private(self) -> None:
+        """Once, as the node starts: what earlier runs or clients left readable by others in the
+        home is made private (folders 0700, files 0600), off the loop (a walk of the home)."""
+        changed = await asyncio.to_thread(make_tree_private, self.space.paths.root)
+        if changed:
+            self.log.event("home-private", count=changed, home=str(self.space.paths.root))
 
     def _report_tasks(self, health: dict[str, TaskHealth]) -> None:
         """Tell `syncq status` which tasks crashed and were restarted (``node.tasks``)."""

@@ -42,6 +42,7 @@ _HUMAN = {
     "portal-settling": "portal request {request} was copied in: waiting until it stops changing",
     "task-crashed": "the {task} task crashed (a bug), restarting in {delay:.1f} s: {reason}\n{traceback}",
     "task-restarted": "restarted the {task} task ({restarts} restarts so far)",
+    "home-private": "made {count} files and folders of {home} readable by this user only",
     "job-failed": "background work {task} failed (a bug): {reason}\n{traceback}",
 }
 

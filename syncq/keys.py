@@ -120,6 +120,20 @@ def make_home_private(paths: HomePaths) -> list[Path]:
     return changed
 
 
+def make_tree_private(root: Path) -> int:
+    """Every folder under ``root`` 0700 and every file 0600 where they were looser (what an
+    older syncq, or a client with umask 022, left); links are not followed. Returns how many
+    were changed. The node runs it once as it starts; it skips what it cannot change."""
+    changed = 0
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            try:
+                changed += _make_private(Path(folder, name))
+            except OSError:
+                continue  # gone meanwhile, or not ours: the home's own 0700 still guards it
+    return changed
+
+
 def _make_private(path: Path) -> bool:
     st = path.lstat()
     if stat.S_ISLNK(st.st_mode) or not stat.S_IMODE(st.st_mode) & 0o077:

@@ -210,7 +210,7 @@ class Portal:
         """Check the request in the inbox and move it to queued/ID (steps 1 and 2)."""
         request = await self._checked(folder)  # all that can be is checked before: errors/ keeps the name
         recorded = folder / ID_FILE
-        prompt_id = recorded.read_text(errors="replace").split("\n")[0].strip() if recorded.exists() else ""
+        prompt_id = _read_id_file(recorded)[0].strip()
         if not is_prompt_id(prompt_id):
             prompt_id = self.space.new_prompt_id()
             _write_durably(recorded, f"{prompt_id}\n{folder.name}\n")  # the id, and the name it came with
@@ -289,9 +289,8 @@ class Portal:
         self.node.log.event("portal-rejected", request=safe_name(folder.name), reason=reason.split("\n")[0])
 
     def _move_to_errors(self, folder: Path, reason: str) -> None:
-        recorded = folder / ID_FILE
         is_folder = folder.is_dir() and not folder.is_symlink()
-        lines = recorded.read_text(errors="replace").split("\n") if is_folder and recorded.is_file() else []
+        lines = _read_id_file(folder / ID_FILE) if is_folder else [""]
         name = lines[1] if len(lines) > 1 and lines[1] else folder.name
         target = _free(self.folders["errors"] / safe_name(name).removeprefix("."))
         rejected = folder
@@ -435,6 +434,19 @@ def _write_durably(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _read_id_file(path: Path) -> list[str]:
+    """The lines of ``.syncq-id`` (the id, the name the folder came with), or ``[""]``: read
+    without following a link and at most 4 KiB of it (the client wrote the folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return [""]
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return [""]
+        return f.read(4096).decode("utf-8", "replace").split("\n")
 
 
 def _make_private(folder: Path) -> None:

@@ -118,6 +118,9 @@ class Node:
         self.url = f"ws://{self.host}:{self.port}"
         self.space.store.set_meta("node.listen", self.url)
         self.log.event("listening", url=self.url, node=self.space.device_id, name=self.space.name)
+        if self.space.is_relay and self.space.replica.root is None:
+            reason = "its relay code predates device lists: it stores what any holder of a relay code sends"
+            self.log.event("relay-unrooted", level="warning", reason=reason)
         tasks = [
             asyncio.create_task(self._watch()),
             asyncio.create_task(self._heartbeat()),

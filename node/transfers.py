@@ -232,8 +232,10 @@ class Transfers:
         if not self.space.is_relay:
             return  # members fetch what their jobs and users need, when they need it
         ref = BlobRef.by_id(event.blob_id, event.size, event.epoch)
-        if too_big := self._too_big(ref):
-            self.node.log.event("blob-refused", level="warning", peer=conn.label, reason=too_big)
+        if refused := self._too_big(ref) or self._over_quota(conn, ref):
+            self.node.log.event(
+                "blob-refused", level="warning", peer=conn.label, blob=ref.id[:12], reason=refused
+            )
         elif not self.store.complete(ref):
             self.store.want(ref)  # stored before the answer: the member will not ask again
             self.fetch_wanted()
@@ -384,6 +386,21 @@ class Transfers:
                 if target is not None:
                     target.session.no_blob(event.blob_id, [index])
                     target.wake.set()
+
+    def _over_quota(self, conn: Connection, ref: BlobRef) -> str:
+        """Why this relay will not keep ``ref`` for the peer (empty: it keeps it, counted
+        against the peer's ``relay_quota``). The peer is the session's authenticated node id:
+        at a relay with a device list, a listed member; fresh keys earn no fresh quota there."""
+        peer = conn.session.peer_id
+        if peer is None or not self.space.replica.listed(bytes.fromhex(peer)):
+            return "the peer is not on the space's device list"
+        used = self.store.keep(ref, bytes.fromhex(peer), self.space.relay_quota, time.time())
+        if used is None:
+            return ""
+        return (
+            f"keeping {ref.size} more bytes for this member would pass this relay's relay_quota of "
+            f"{self.space.relay_quota} bytes ({used} kept); its older files stay"
+        )
 
     def _too_big(self, ref: BlobRef) -> str:
         limit = self.space.blob_limit

@@ -266,6 +266,8 @@ class Node:
     def stored(self, source: Connection, added: int) -> None:
         """New envelopes arrived from ``source``: offer them to every other peer (gossip)."""
         self._wake_all(c for c in self.connections.values() if c is not source)
+        if self.space.is_relay:
+            self.transfers.envelopes_stored()  # a device list may list a peer that asked to keep
         self.log_changed()
         self.log.event("received", peer=source.label, envelopes=added, level="debug")
 

@@ -279,7 +279,10 @@ class Transfers:
             for p, c in self.node.connections.items()
             if p != self._peer(conn) and c.session.state is State.SYNCING
         ]
-        if lacking and event.hops > 0 and others and event.size <= self.space.blob_limit:
+        # Fetching on a peer's behalf keeps what arrives: a relay with a device list does that
+        # only for listed members, or a relay code would buy disk through WANT_BLOBs.
+        forwards = self.space.replica.listed(bytes.fromhex(self._peer(conn)))
+        if lacking and event.hops > 0 and others and forwards and event.size <= self.space.blob_limit:
             ref = BlobRef.by_id(event.blob_id, event.size, event.epoch)
             fetch = self.fetches.get(event.blob_id) or Fetch(
                 ref=ref, hops=event.hops - 1, missing=set(self.store.missing(event.blob_id, event.size))

@@ -3,6 +3,7 @@ Real `syncq` commands and node processes on 127.0.0.1 (issue 13)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import subprocess
@@ -12,10 +13,12 @@ from pathlib import Path
 import msgpack
 import pytest
 from harness import wait_until
+from websockets.asyncio.client import connect
 
 from syncq import crypto
-from syncq.crypto import DeviceKeys
+from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.invite import PREFIX, decode_invite
+from syncq.protocol import Authenticated, BlobKept, BlobMissing, Role, State, SyncSession
 from syncq.space import Space
 from syncq.store import Row
 
@@ -151,3 +154,69 @@ def test_join_of_a_bad_code_explains_and_leaves_no_home(tmp_path: Path, body: li
     assert done.returncode == 1, done
     assert "Traceback" not in done.stderr and "invite code" in done.stderr
     assert not home.exists()
+
+
+class RawPeer:
+    """A relay-code holder's own client: the real protocol state machine over a real websocket,
+    with a fresh node key, saying whatever it likes."""
+
+    def __init__(self, url: str, keys: SpaceKeys) -> None:
+        self.url = url
+        self.session = SyncSession(
+            role=Role.INITIATOR,
+            space_id=bytes.fromhex(keys.space_id),
+            auth_key=keys.auth_key(0),
+            node=DeviceKeys.from_seed(os.urandom(64)),
+            name="stranger",
+            challenge=os.urandom(32),
+        )
+        self.events: list[object] = []
+
+    async def open(self) -> None:
+        self.ws = await connect(self.url, compression=None)
+        await self.flush()
+        while self.session.state is not State.SYNCING:
+            for event in self.session.receive(await asyncio.wait_for(self.ws.recv(), timeout=10)):
+                if isinstance(event, Authenticated):
+                    self.session.send_have({})
+            await self.flush()
+
+    async def flush(self) -> None:
+        for frame in self.session.data_to_send():
+            await self.ws.send(frame)
+
+    async def until(self, kind: type) -> object:
+        """Read until an event of ``kind`` comes (10 s at most), keeping all that came."""
+        while True:
+            for event in self.session.receive(await asyncio.wait_for(self.ws.recv(), timeout=10)):
+                self.events.append(event)
+                if isinstance(event, kind):
+                    return event
+
+
+def test_a_relay_code_holder_gets_no_disk_through_keep_or_want(tmp_path: Path, nodes) -> None:
+    _, relay_code, relay = relay_and_founder(tmp_path, nodes)
+    keys = decode_invite(relay_code).keys
+    fake, probe = os.urandom(32), os.urandom(32)
+
+    asker, helper = RawPeer(relay.url, keys), RawPeer(relay.url, keys)
+
+    async def attack() -> list[object]:
+        await helper.open()  # another peer the relay could fetch from on the asker's behalf
+        await asker.open()
+        asker.session.keep_blob(fake, 400 * KiB * KiB, 0)
+        asker.session.want_blob(probe, KiB, 0, [0], hops=2)
+        await asker.flush()
+        # Frames are handled in order: the answer to the WANT_BLOB comes after the KEEP_BLOB's
+        # (there is none). Unlisted, the want is not passed on to the helper: NO_BLOB at once.
+        missing = await asker.until(BlobMissing)
+        assert missing.blob_id == probe  # type: ignore[attr-defined]
+        await asker.ws.close()
+        await helper.ws.close()
+        return asker.events
+
+    events = asyncio.run(attack())
+    assert not any(isinstance(e, BlobKept) for e in events)
+    with Space.open(tmp_path / "relay") as r:
+        assert r.blobs.wants() == [] and r.blobs.kept_bytes(asker.session.node.public_key) == 0
+    assert not relay.find("blob-refused")  # never answered, never fetched

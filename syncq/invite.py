@@ -27,7 +27,7 @@ import msgpack
 from syncq.crypto import SECRET_SIZE, SpaceKeys, space_id_for
 from syncq.errors import BadRoster, InvalidInput
 from syncq.ids import SpaceId
-from syncq.roster import KEY_SIZE, MAX_ENTRIES, Entry, Invitation, entries_from_wire
+from syncq.roster import KEY_SIZE, MAX_ENTRIES, Entry, Invitation, Role, check_chain, entries_from_wire
 
 PREFIX = "syncq1-"
 VERSION = 2
@@ -126,11 +126,15 @@ def _roster(fields: list[object], keys: SpaceKeys) -> tuple[bytes, Invitation | 
         raise InvalidInput("the invite code is damaged (bad invite key)")
     try:
         entries: tuple[Entry, ...] = entries_from_wire(chain)
+        listed = check_chain(entries, keys.space_id, root)
     except BadRoster as exc:
         raise InvalidInput(f"the invite code is damaged ({exc})") from exc
     if len(entries) >= MAX_ENTRIES:
         raise InvalidInput("the invite code is damaged (its device list is too long)")
-    return root, Invitation(root=root, chain=entries, invite_seed=seed)
+    invitation = Invitation(root=root, chain=entries, invite_seed=seed)
+    if listed.get(invitation.invite_key.public_key) is not Role.INVITE:
+        raise InvalidInput("the invite code is damaged (its device list does not list its invite key)")
+    return root, invitation
 
 
 def _keys(space_id: object, secrets: object, relay_auth: object) -> SpaceKeys:

@@ -129,6 +129,13 @@ def test_a_relay_keeps_files_for_a_member_within_its_quota(tmp_path: Path, nodes
         assert r.blobs.complete(kept)  # the older file stays
 
 
+def test_a_relay_from_an_old_code_warns_that_it_stores_from_anyone(tmp_path: Path, nodes) -> None:
+    with Space.init(tmp_path / "a", name="a") as first:  # a space from before device lists
+        Space.init_relay(tmp_path / "r", name="relay", keys=first.keys.for_relay()).close()
+    warned = nodes(tmp_path / "r").wait_event("relay-unrooted")
+    assert warned["level"] == "warning" and "predates device lists" in warned["reason"]
+
+
 def bad_code(body: list[object]) -> str:
     import base64
 

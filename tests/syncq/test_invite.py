@@ -85,6 +85,14 @@ def test_every_field_is_range_checked(changes: dict[str, object], message: str) 
         decode_invite(code_of(member_body(**changes)))
 
 
+def test_a_member_code_whose_chain_does_not_reach_its_root_or_its_key_is_refused() -> None:
+    stranger = DeviceKeys.from_seed(bytes([4]) * 64)
+    with pytest.raises(InvalidInput, match="not listed"):
+        decode_invite(code_of(member_body(root=stranger.public_key)))
+    with pytest.raises(InvalidInput, match="invite key"):
+        decode_invite(code_of(member_body(seed=bytes([8]) * 32)))
+
+
 def test_a_relay_code_with_an_invite_key_is_refused() -> None:
     body = member_body(secrets={}, relay_auth=dict(SPACE.for_relay().relay_auth))
     with pytest.raises(InvalidInput, match="relay code"):

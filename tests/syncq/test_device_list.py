@@ -119,3 +119,15 @@ def test_a_failed_init_leaves_no_half_built_home(tmp_path: Path) -> None:
     (home / "identity.key.tmp").rmdir()
     with Space.init(home, name="x", device_list=True) as space:  # and a second try works
         assert space.replica.root == space.device.public_key
+
+
+def test_a_device_invited_by_a_joined_member_is_listed_at_the_relay(tmp_path: Path, founder: Space) -> None:
+    with invited(tmp_path, founder, "gpu") as gpu, relay_of(tmp_path, founder) as relay:
+        invitation = roster.invite(
+            gpu.device, gpu.keys.space_id, gpu.replica.root, gpu.replica.own_chain(), os.urandom(32)
+        )
+        with Space.join(tmp_path / "phone", name="phone", keys=gpu.keys, invitation=invitation) as phone:
+            phone.add("from the phone", model="echo")
+            report = relay.receive(phone.envelopes(), atomic=True)
+            assert report.added == 3 and not report.refused  # list (5 entries), device, prompt
+            assert len(phone.replica.own_chain()) == 5

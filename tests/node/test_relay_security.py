@@ -227,3 +227,17 @@ def test_a_relay_code_holder_gets_no_disk_through_keep_or_want(tmp_path: Path, n
     with Space.open(tmp_path / "relay") as r:
         assert r.blobs.wants() == [] and r.blobs.kept_bytes(asker.session.node.public_key) == 0
     assert not relay.find("blob-refused")  # never answered, never fetched
+
+
+def test_join_that_fails_midway_removes_what_it_wrote(tmp_path: Path) -> None:
+    founder = tmp_path / "founder"
+    syncq(founder, "init", "--name", "founder")
+    code = syncq(founder, "invite", "--address", "127.0.0.1:9").stdout.strip()
+    home = tmp_path / "new"
+    (home / "identity.key.tmp").mkdir(parents=True)  # its identity cannot be written
+    (home / "config.toml").write_text("[node]\n")
+    done = syncq(home, "join", code, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "identity.key" in done.stderr
+    assert sorted(p.name for p in home.iterdir()) == ["config.toml", "identity.key.tmp"]
+    (home / "identity.key.tmp").rmdir()
+    syncq(home, "join", code)  # nothing left over refuses the second try

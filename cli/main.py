@@ -111,7 +111,7 @@ def init(ctx: click.Context, name: str | None, if_missing: bool, as_json: bool) 
     home = _home(ctx)
     if if_missing and HomePaths(home).space_key.exists():
         return
-    space = Space.init(home, name=name or socket.gethostname())
+    space = Space.init(home, name=name or socket.gethostname(), device_list=True)
     ctx.call_on_close(space.close)
     from syncq.cli import render
 

@@ -143,7 +143,7 @@ def invite(ctx: click.Context, relay: bool, addresses: tuple[str, ...], as_json:
     if space.is_relay:
         raise RelayOnly("a relay cannot invite: run `syncq invite` on a member device")
     urls = [peer_url(a) for a in addresses] or _own_addresses(space)
-    code = encode_invite(space.keys.for_relay() if relay else space.keys, urls)
+    code = encode_invite(space.keys.for_relay() if relay else space.keys, urls, **_roster(space, relay))
     if as_json:
         click.echo(json.dumps({"code": code, "relay": relay, "addresses": urls}))
         return
@@ -154,6 +154,22 @@ def invite(ctx: click.Context, relay: bool, addresses: tuple[str, ...], as_json:
         "you trust, then run `syncq join CODE` on the new device.",
         err=True,
     )
+
+
+def _roster(space: Any, relay: bool) -> dict[str, Any]:
+    """What an invite code carries of the device list: the root, and for a member code a fresh
+    one-time invite key chained to this device's entries (nothing in a space without a list)."""
+    from syncq import roster
+
+    root, chain = space.replica.root, space.replica.own_chain()
+    if root is None or not chain:
+        return {}
+    if relay:
+        return {"root": root}
+    return {
+        "root": root,
+        "invitation": roster.invite(space.device, space.keys.space_id, root, chain, os.urandom(32)),
+    }
 
 
 @click.command()
@@ -176,9 +192,9 @@ def join(ctx: click.Context, code: str, name: str | None, as_json: bool) -> None
     home = _home(ctx)
     label = name or socket.gethostname()
     if found.keys.is_relay:
-        space = Space.init_relay(home, name=label, keys=found.keys)
+        space = Space.init_relay(home, name=label, keys=found.keys, root=found.root)
     else:
-        space = Space.join(home, name=label, keys=found.keys)
+        space = Space.join(home, name=label, keys=found.keys, invitation=found.invitation)
     ctx.call_on_close(space.close)
     for url in found.addresses:
         space.store.save_peer(Peer(url=url, source="invite"))
@@ -252,9 +268,11 @@ def peers_add(ctx: click.Context, url: str) -> None:
 
 
 def apply_blob_limit(space: Any) -> None:
-    from syncq.executors.models import blob_limit
+    from syncq.executors.models import blob_limit, relay_quota
 
     space.blob_limit = blob_limit(space.paths.root) or space.blob_limit
+    quota = relay_quota(space.paths.root)
+    space.relay_quota = quota if quota is not None else space.relay_quota
 
 
 def _scheduler_factory(home: Path) -> Any:

@@ -176,6 +176,20 @@ def blob_limit(home: Path) -> int | None:
         raise InvalidInput(f"{home / 'config.toml'}: bad blob_limit in [node]: {exc}") from exc
 
 
+def relay_quota(home: Path) -> int | None:
+    """``relay_quota`` of config.toml's ``[node]`` (bytes, or a size such as ``"2G"``): what a
+    relay keeps for each member at most. None if unset. Raises ``InvalidInput``."""
+    from .memory import parse_size
+
+    value = node_config(home).get("relay_quota")
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{home / 'config.toml'}: bad relay_quota in [node]: {exc}") from exc
+
+
 def relay_blob_days(home: Path, default: float) -> float:
     """``relay_blob_days`` of config.toml's ``[node]``: how long a relay keeps a file nobody
     uses (0: forever). Raises ``InvalidInput``."""

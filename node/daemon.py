@@ -125,6 +125,9 @@ class Node:
         self.url = f"ws://{self.host}:{self.port}"
         self.space.store.set_meta("node.listen", self.url)
         self.log.event("listening", url=self.url, node=self.space.device_id, name=self.space.name)
+        if self.space.is_relay and self.space.replica.root is None:
+            reason = "its relay code predates device lists: it stores what any holder of a relay code sends"
+            self.log.event("relay-unrooted", level="warning", reason=reason)
         tasks = self._start_tasks()
         self._dial_known()
         try:
@@ -290,6 +293,8 @@ class Node:
     def stored(self, source: Connection, added: int) -> None:
         """New envelopes arrived from ``source``: offer them to every other peer (gossip)."""
         self._wake_all(c for c in self.connections.values() if c is not source)
+        if self.space.is_relay:
+            self.transfers.envelopes_stored()  # a device list may list a peer that asked to keep
         self.log_changed()
         self.log.event("received", peer=source.label, envelopes=added, level="debug")
 

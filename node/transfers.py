@@ -48,6 +48,7 @@ WINDOW = 8  # chunks in flight per peer: 8 MiB, enough to fill a fast link's pip
 CHUNK_TIMEOUT_S = 30.0  # a chunk asked for and not come by then is asked for again
 FORGET_LACKS_S = 5.0
 STALL_S = 60.0  # a fetch that gets nothing for this long, with nobody left to ask, fails
+MAX_UNLISTED_OFFERS = 1000  # KEEP_BLOBs held per connection until its peer is listed
 MAX_STORING = 4  # chunks per connection checked and written off the loop at once (2 and 8: alike)
 
 
@@ -82,6 +83,10 @@ class Transfers:
         self._sealers: dict[int, Sealer] = {}
         self._storing: dict[Connection, set[asyncio.Task[None]]] = {}
         self._offering: dict[Connection, set[bytes]] = {}  # KEEP_BLOBs sent, not yet answered
+        # (at a relay) KEEP_BLOBs of peers not listed yet: a member's KEEP_BLOB can come before
+        # its device list (sent on connection, while envelopes wait for the HAVE). Answered once
+        # the list arrives; never, for a stranger (it asks again on its next connection).
+        self._unlisted: dict[Connection, list[BlobOffered]] = {}
         # One thread, not asyncio's pool: with several, the HMACs of 4 chunks competed with the
         # event loop for two cores and the receiving node spent a quarter more CPU per MiB.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-store")
@@ -232,8 +237,16 @@ class Transfers:
         if not self.space.is_relay:
             return  # members fetch what their jobs and users need, when they need it
         ref = BlobRef.by_id(event.blob_id, event.size, event.epoch)
-        if too_big := self._too_big(ref):
-            self.node.log.event("blob-refused", level="warning", peer=conn.label, reason=too_big)
+        peer = conn.session.peer_id
+        if peer is None or not self.space.replica.listed(bytes.fromhex(peer)):
+            waiting = self._unlisted.setdefault(conn, [])
+            if len(waiting) < MAX_UNLISTED_OFFERS:
+                waiting.append(event)
+            return
+        if refused := self._too_big(ref) or self._over_quota(peer, ref):
+            self.node.log.event(
+                "blob-refused", level="warning", peer=conn.label, blob=ref.id[:12], reason=refused
+            )
         elif not self.store.complete(ref):
             self.store.want(ref)  # stored before the answer: the member will not ask again
             self.fetch_wanted()
@@ -243,6 +256,7 @@ class Transfers:
     def disconnected(self, conn: Connection) -> None:
         """A peer is gone: what was asked of it is asked of others."""
         self._offering.pop(conn, None)  # unanswered offers are made again on reconnection
+        self._unlisted.pop(conn, None)
         peer = self._peer(conn)
         for fetch in list(self.fetches.values()):
             for index, (asked_of, _) in list(fetch.asked.items()):
@@ -265,7 +279,10 @@ class Transfers:
             for p, c in self.node.connections.items()
             if p != self._peer(conn) and c.session.state is State.SYNCING
         ]
-        if lacking and event.hops > 0 and others and event.size <= self.space.blob_limit:
+        # Fetching on a peer's behalf keeps what arrives: a relay with a device list does that
+        # only for listed members, or a relay code would buy disk through WANT_BLOBs.
+        forwards = self.space.replica.listed(bytes.fromhex(self._peer(conn)))
+        if lacking and event.hops > 0 and others and forwards and event.size <= self.space.blob_limit:
             ref = BlobRef.by_id(event.blob_id, event.size, event.epoch)
             fetch = self.fetches.get(event.blob_id) or Fetch(
                 ref=ref, hops=event.hops - 1, missing=set(self.store.missing(event.blob_id, event.size))
@@ -384,6 +401,27 @@ class Transfers:
                 if target is not None:
                     target.session.no_blob(event.blob_id, [index])
                     target.wake.set()
+
+    def envelopes_stored(self) -> None:
+        """New envelopes are stored here: KEEP_BLOBs of peers that were not listed are tried
+        again (a device list among them may list their senders now)."""
+        for conn in list(self._unlisted):
+            peer = conn.session.peer_id
+            if peer is not None and self.space.replica.listed(bytes.fromhex(peer)):
+                for event in self._unlisted.pop(conn):
+                    self._keep(conn, event)
+
+    def _over_quota(self, peer: str, ref: BlobRef) -> str:
+        """Why this relay will not keep ``ref`` for the member ``peer`` (empty: it keeps it,
+        counted against the member's ``relay_quota``). The peer is the session's authenticated
+        node id, and at a relay with a device list a listed member: fresh keys earn no quota."""
+        used = self.store.keep(ref, bytes.fromhex(peer), self.space.relay_quota, time.time())
+        if used is None:
+            return ""
+        return (
+            f"keeping {ref.size} more bytes for this member would pass this relay's relay_quota of "
+            f"{self.space.relay_quota} bytes ({used} kept); its older files stay"
+        )
 
     def _too_big(self, ref: BlobRef) -> str:
         limit = self.space.blob_limit

@@ -42,6 +42,7 @@ from syncq.crypto import TAG_SIZE
 from syncq.errors import BadTag, BlobError, BlobUnavailable, InvalidInput, StoreBroken
 
 BUSY_TIMEOUT_MS = 30_000
+DEFAULT_RELAY_QUOTA = 2 << 30  # bytes a relay keeps for one member (relay_quota in config.toml)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -62,6 +63,13 @@ CREATE TABLE IF NOT EXISTS own (
     size  INTEGER NOT NULL,              -- asked to keep them
     epoch INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS kept (
+    id    BLOB    PRIMARY KEY,           -- (at a relay) a blob kept for a member: the one whose
+    peer  BLOB    NOT NULL,              -- KEEP_BLOB came first, whose quota it counts against
+    size  INTEGER NOT NULL,
+    at    REAL    NOT NULL               -- when it was asked for (time.time())
+);
+CREATE INDEX IF NOT EXISTS kept_peer ON kept (peer);
 CREATE TABLE IF NOT EXISTS offered (
     peer  BLOB    NOT NULL,              -- a relay's node id, and an own blob it said it keeps
     id    BLOB    NOT NULL,
@@ -244,9 +252,46 @@ class BlobStore:
             with self._lock:  # the records first: a record must never outlive its bytes
                 self._conn.execute("DELETE FROM chunks WHERE id = ?", (blob_id,))
                 self._conn.execute("DELETE FROM wants WHERE id = ?", (blob_id,))
+                self._conn.execute("DELETE FROM kept WHERE id = ?", (blob_id,))
             path.unlink(missing_ok=True)
             forgotten += 1
+        self._forget_unfetched(before)
         return forgotten
+
+    def _forget_unfetched(self, before: float) -> None:
+        # A kept file that never arrived (its member went away for good) would hold its quota
+        # forever: its record goes after as long as an unused file would.
+        with self._lock:
+            rows = self._conn.execute("SELECT id FROM kept WHERE at < ?", (before,)).fetchall()
+            for (blob_id,) in rows:
+                if not (self.folder / blob_id.hex()).exists():
+                    self._conn.execute("DELETE FROM kept WHERE id = ?", (blob_id,))
+                    self._conn.execute("DELETE FROM wants WHERE id = ?", (blob_id,))
+
+    # -- a relay's copies for members, within each member's quota -----------------------------
+
+    def keep(self, ref: BlobRef, peer: bytes, quota: int, now: float) -> int | None:
+        """Record that the member ``peer`` asks this relay to keep ``ref``: None if it is kept
+        (now, or already for any member: it costs no more disk), else the bytes that member's
+        kept files already take, which leave no room for it within ``quota``."""
+        with self._lock:
+            if self._conn.execute("SELECT 1 FROM kept WHERE id = ?", (ref.raw_id,)).fetchone():
+                return None
+            used: int = self._conn.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM kept WHERE peer = ?", (peer,)
+            ).fetchone()[0]
+            if used + ref.size > quota:
+                return used
+            self._conn.execute("INSERT INTO kept VALUES (?, ?, ?, ?)", (ref.raw_id, peer, ref.size, now))
+        return None
+
+    def kept_bytes(self, peer: bytes) -> int:
+        """The bytes of the files kept here for the member ``peer``."""
+        with self._lock:
+            used: int = self._conn.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM kept WHERE peer = ?", (peer,)
+            ).fetchone()[0]
+        return used
 
     def drop_chunk(self, blob_id: bytes, index: int) -> None:
         """Forget a chunk that turned out to be bad, so that it is fetched again."""

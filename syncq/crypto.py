@@ -57,6 +57,7 @@ class Kind(enum.IntEnum):
     UPDATE = 1  # one Yjs update: one local transaction
     SNAPSHOT = 2  # a full state covering a version vector (reserved: sync issue)
     KEYS = 3  # an epoch rotation (reserved: revocation)
+    ROSTER = 4  # device-list entries in the clear, for relays to read (syncq.roster)
 
 
 @functools.lru_cache(maxsize=256)
@@ -237,6 +238,21 @@ def seal(
     )
     ciphertext = ChaCha20Poly1305(space.enc_key(epoch)).encrypt(nonce, payload, header)
     body = header + nonce + ciphertext
+    return body + device.sign(body)
+
+
+def sign_clear(
+    *, device: DeviceKeys, space_id: SpaceId, epoch: int, seq: int, kind: Kind, payload: bytes
+) -> bytes:
+    """An envelope whose payload is in the clear (kind 4, roster: relays must read it). The
+    nonce field is 12 zero bytes and the payload takes the ciphertext's place; the signature
+    authenticates it as it does any envelope. Raises ``ValueError`` on bad arguments."""
+    if not 1 <= seq <= _MAX_SEQ:
+        raise ValueError(f"seq out of range: {seq}")
+    header = _HEADER.pack(
+        MAGIC, ENVELOPE_VERSION, kind, bytes.fromhex(space_id), epoch, device.public_key, seq
+    )
+    body = header + bytes(NONCE_SIZE) + payload
     return body + device.sign(body)
 
 

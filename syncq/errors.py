@@ -21,7 +21,9 @@ The whole tree, so a caller can see at a glance what to catch::
     │   ├── UnknownEpoch            sealed under a key epoch this device does not hold
     │   ├── BadSignature            the author's Ed25519 signature does not verify
     │   ├── BadTag                  the AEAD tag does not verify (tampered or wrong key)
-    │   └── SeqConflict             a second, different envelope for one (author, seq)
+    │   ├── SeqConflict             a second, different envelope for one (author, seq)
+    │   ├── BadRoster               a device-list envelope whose entries do not chain to the root
+    │   └── Unlisted                (at a relay) an author not on the space's device list
     ├── MalformedRecord             a record in the log has the wrong shape (skipped by queries)
     ├── StoreError                  local storage
     │   ├── StoreClosed             used after close() (a bug in the caller)
@@ -141,6 +143,19 @@ class SeqConflict(EnvelopeRejected):
     """A different envelope already exists for the same (author, seq)."""
 
     reason = "seq-conflict"
+
+
+class BadRoster(EnvelopeRejected):
+    """A roster envelope (device list) that is malformed, does not chain to the space's root,
+    or does not list its own author (PROTOCOL.md, "Device list")."""
+
+    reason = "bad-roster"
+
+
+class Unlisted(EnvelopeRejected):
+    """A relay refuses an envelope whose author is not on the space's device list."""
+
+    reason = "unlisted"
 
 
 class MalformedRecord(SyncqError):

@@ -14,6 +14,7 @@ prompt ever written.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import stat
@@ -245,3 +246,29 @@ def _unb64(text: object) -> bytes:
     if not isinstance(text, str):
         raise ValueError("expected base64 text")
     return base64.b64decode(text, validate=True)
+
+
+# What a new home holds once built; ``discard_home`` removes these and nothing else.
+_HOME_FILES = (
+    "identity.key",
+    "identity.key.tmp",
+    "space.key",
+    "space.key.tmp",
+    "syncq.db",
+    "syncq.db-wal",
+    "syncq.db-shm",
+    "syncq.db-journal",
+)
+
+
+def discard_home(paths: HomePaths, *, remove_root: bool) -> None:
+    """Remove what building a home wrote, after the build failed: so that a failed `syncq init`
+    or `syncq join` leaves no half-built home behind (which would refuse the next attempt, or
+    look initialised without its device list). Files the home held before (a config.toml) are
+    kept; the folder goes only if the build created it and it is empty. Never raises."""
+    for name in _HOME_FILES:
+        with contextlib.suppress(OSError):  # a directory by that name: not ours to remove
+            (paths.root / name).unlink(missing_ok=True)
+    if remove_root:
+        with contextlib.suppress(OSError):  # not empty (something else is in it)
+            paths.root.rmdir()

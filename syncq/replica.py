@@ -15,14 +15,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syncq import crypto
-from syncq.crypto import SpaceKeys
-from syncq.errors import EnvelopeRejected, SeqConflict
+from syncq import crypto, roster
+from syncq.crypto import DeviceKeys, Kind, SpaceKeys
+from syncq.errors import BadRoster, EnvelopeRejected, SeqConflict, Unlisted
 from syncq.store import Checkpoint, Row, Store
 
 if TYPE_CHECKING:
     from syncq.log import Log
 
+# The device list in the store's meta table (PROTOCOL.md, "Device list (roster)"): the space's
+# root, this device's own chain of entries (what its invitations extend), and at a relay one
+# row per listed device (``roster/<device hex>`` = its role), from the roster envelopes it took.
+ROOT_META = "roster.root"
+CHAIN_META = "roster.chain"
+LISTED_META = "roster/"
 CHECKPOINT_AFTER = 256  # envelopes replayed on open before a fresh checkpoint is written
 _CLIENT_ID_BITS = 53  # Yjs client ids stay below 2**53; random, fresh for every process
 
@@ -40,6 +46,10 @@ class ReceiveReport:
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     accepted: list[tuple[bytes, int]] = field(default_factory=list)  # stored now or before
+    # A relay's refusals that do not fail the batch (PROTOCOL.md, "Device list"): envelopes of
+    # authors not on the list, and device lists that do not chain to the root. A member may
+    # pass them on in good faith; they are counted as rejections but the rest is stored.
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 class Replica:
@@ -54,6 +64,8 @@ class Replica:
         self._lock = lock
         self._log: Log | None = None
         self._applied: dict[bytes, int] = {}  # per author: highest seq applied, gapless
+        self._root: bytes | None = None
+        self._listed: set[bytes] = set()  # a relay's cache of listed members (only grows)
 
     @property
     def log(self) -> Log:
@@ -129,6 +141,13 @@ class Replica:
         for data in datas:
             try:
                 envelope, payload = self._verify(data)
+            except (Unlisted, BadRoster) as exc:
+                if not self.keys.is_relay:
+                    self._reject(report, exc)
+                    continue
+                report.refused[exc.reason] = report.refused.get(exc.reason, 0) + 1
+                self.store.record_rejection(exc.reason, str(exc))
+                continue
             except EnvelopeRejected as exc:
                 self._reject(report, exc)
                 continue
@@ -151,8 +170,70 @@ class Replica:
 
     def _verify(self, data: bytes) -> tuple[crypto.Envelope, bytes | None]:
         if self.keys.is_relay:
-            return crypto.verify_envelope(data, self.keys.space_id), None
+            return self._admit_at_relay(crypto.verify_envelope(data, self.keys.space_id)), None
+        if len(data) > 3 and data[3] == Kind.ROSTER:
+            envelope = crypto.verify_envelope(data, self.keys.space_id)
+            roster.open_roster(envelope, self.keys.space_id, self.root)
+            return envelope, None  # nothing for the Doc: stored and passed on only
         return crypto.open_envelope(data, self.keys)
+
+    # -- the device list (PROTOCOL.md, "Device list (roster)") ---------------------------------
+
+    @property
+    def root(self) -> bytes | None:
+        """The space's root key, or None for a space from before device lists."""
+        if self._root is None:
+            found = self.store.get_meta(ROOT_META)
+            self._root = bytes.fromhex(found) if found else None
+        return self._root
+
+    def set_root(self, root: bytes) -> None:
+        """Record the space's root (a relay's home, from its invite code)."""
+        self.store.set_meta(ROOT_META, root.hex())
+        self._root = root
+
+    def own_chain(self) -> tuple[roster.Entry, ...]:
+        """This device's chain of entries from the root (empty without a device list)."""
+        found = self.store.get_meta(CHAIN_META)
+        return roster.decode_entries(bytes.fromhex(found)) if found else ()
+
+    def start_roster(self, device: DeviceKeys, root: bytes, chain: tuple[roster.Entry, ...]) -> None:
+        """Record the root and this device's chain, and write the chain as this device's first
+        envelope (a new home: seq 1), so that relays store what it writes from then on."""
+        self.set_root(root)
+        self.store.set_meta(CHAIN_META, roster.encode_entries(chain).hex())
+        space_id, epoch = self.keys.space_id, self.keys.epoch
+
+        def seal(seq: int) -> bytes:
+            return roster.seal_roster(device=device, space_id=space_id, epoch=epoch, seq=seq, entries=chain)
+
+        self.store.append_own(device.public_key, [seal])
+
+    def listed(self, device: bytes) -> bool:
+        """Whether ``device`` may write (and ask a relay to keep files): on the list as a member,
+        or anyone in a space without a list."""
+        if self.root is None or device in self._listed:
+            return True
+        if self.store.get_meta(LISTED_META + device.hex()) == roster.Role.MEMBER.value:
+            self._listed.add(device)
+            return True
+        return False
+
+    def _admit_at_relay(self, envelope: crypto.Envelope) -> crypto.Envelope:
+        """A relay with a root stores a device list that chains to the root (recording whom it
+        lists) and an envelope of a listed member; it refuses anything else."""
+        if self.root is None:
+            return envelope  # a code from before device lists: the relay cannot tell
+        if envelope.kind is Kind.ROSTER:
+            for device, role in roster.open_roster(envelope, self.keys.space_id, self.root).items():
+                # Before the envelope is stored: a listed entry is a signed fact on its own,
+                # so a write that outlives a failed store of its envelope does no harm.
+                if self.store.get_meta(LISTED_META + device.hex()) is None:
+                    self.store.set_meta(LISTED_META + device.hex(), role.value)
+            return envelope
+        if not self.listed(envelope.author):
+            raise Unlisted(f"{envelope.author.hex()[:12]} is not on the space's device list")
+        return envelope
 
     def checkpoint(self) -> None:
         """Seal the Doc's state into the store, so the next open need not replay envelopes."""
@@ -222,7 +303,10 @@ class Replica:
         # Stored envelopes were verified on the way in (or written here); the AEAD tag still
         # guards against a damaged file, so only the signature check is skipped.
         try:
-            payload = crypto.open_payload(crypto.decode(row.data), self.keys)
+            envelope = crypto.decode(row.data)
+            if envelope.kind is Kind.ROSTER:
+                return  # a device list: nothing for the Doc
+            payload = crypto.open_payload(envelope, self.keys)
         except EnvelopeRejected as exc:
             self.store.record_rejection(exc.reason, f"stored envelope {row.seq}: {exc}")
             return

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from syncq import crypto, yjs
+from syncq import crypto, roster, yjs
 from syncq.blobs import MAX_BLOB_SIZE, MAX_FILES, BlobRef, Sealer
-from syncq.blobstore import BlobStore
+from syncq.blobstore import DEFAULT_RELAY_QUOTA, BlobStore
 from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.errors import (
     AlreadyInitialized,
@@ -38,7 +38,15 @@ from syncq.errors import (
     StoreBroken,
 )
 from syncq.ids import DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
-from syncq.keys import HomePaths, load_device, load_space, make_home_private, save_device, save_space
+from syncq.keys import (
+    HomePaths,
+    discard_home,
+    load_device,
+    load_space,
+    make_home_private,
+    save_device,
+    save_space,
+)
 from syncq.lifecycle import TERMINAL, Status
 from syncq.records import (
     Cancel,
@@ -144,6 +152,7 @@ class Space:
         self._last_id: PromptId | None = None
         self._blobs: BlobStore | None = None
         self.blob_limit = MAX_BLOB_SIZE  # a node sets its own from config.toml
+        self.relay_quota = DEFAULT_RELAY_QUOTA  # bytes a relay keeps per member (config.toml)
         # What opening found readable by others and made private (the CLI says so, once).
         self.made_private: list[Path] = []
 
@@ -158,11 +167,15 @@ class Space:
         secret: bytes | None = None,
         entropy: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], int] = wall_clock_ms,
+        device_list: bool = False,
     ) -> Space:
         """Create a new space in ``home`` (or join the space of ``secret``) with a fresh device
-        identity. Raises ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
+        identity. With ``device_list`` (what `syncq init` does) a new space's device list is
+        rooted at this device, so its relays store only what listed devices write (PROTOCOL.md,
+        "Device list"). Raises ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
         keys = SpaceKeys.create(secret if secret is not None else entropy(crypto.SECRET_SIZE))
-        return cls.join(home, name=name, keys=keys, entropy=entropy, clock=clock)
+        founding = device_list and secret is None
+        return cls.join(home, name=name, keys=keys, entropy=entropy, clock=clock, founding=founding)
 
     @classmethod
     def join(
@@ -173,22 +186,35 @@ class Space:
         keys: SpaceKeys,
         entropy: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], int] = wall_clock_ms,
+        invitation: roster.Invitation | None = None,
+        founding: bool = False,
     ) -> Space:
         """Create a home for a new member device of the space of ``keys`` and record the device
-        in the log. Raises ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
+        in the log: first its device-list entry (from ``invitation``, or as the ``founding``
+        device), if the space has a list. A failure leaves no home behind. Raises
+        ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
         if keys.is_relay:
             raise ValueError("a member needs the space secret")
-        space = cls._create(home, name=name, keys=keys, entropy=entropy, clock=clock)
-        space.put_device(
-            Device(
-                id=space.device_id,
-                name=name,
-                x25519=space.device.exchange_public_key.hex(),
-                added_by=space.device_id,
-                added_at=clock(),
+
+        def setup(space: Space) -> None:
+            device = space.device.public_key
+            if founding:
+                founder = roster.founding_chain(space.device, keys.space_id)
+                space.replica.start_roster(space.device, device, founder)
+            elif invitation is not None:
+                chain = roster.joining_chain(invitation, device, keys.space_id)
+                space.replica.start_roster(space.device, invitation.root, chain)
+            space.put_device(
+                Device(
+                    id=space.device_id,
+                    name=name,
+                    x25519=space.device.exchange_public_key.hex(),
+                    added_by=space.device_id,
+                    added_at=clock(),
+                )
             )
-        )
-        return space
+
+        return cls._create(home, name=name, keys=keys, entropy=entropy, clock=clock, setup=setup)
 
     @classmethod
     def init_relay(
@@ -198,13 +224,19 @@ class Space:
         name: str,
         keys: SpaceKeys,
         entropy: Callable[[int], bytes] = os.urandom,
+        root: bytes | None = None,
     ) -> Space:
         """Create a relay's home: it will store and forward the space's envelopes, and holds
-        no key that decrypts them. Raises ``AlreadyInitialized``, ``HomeError`` or
-        ``StoreBroken``."""
+        no key that decrypts them. With the space's ``root`` it stores only what devices on the
+        space's list wrote. Raises ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
         if not keys.is_relay:
             raise ValueError("a relay must not hold the space secret")
-        return cls._create(home, name=name, keys=keys, entropy=entropy, clock=wall_clock_ms)
+
+        def setup(space: Space) -> None:
+            if root is not None:
+                space.replica.set_root(root)
+
+        return cls._create(home, name=name, keys=keys, entropy=entropy, clock=wall_clock_ms, setup=setup)
 
     @classmethod
     def _create(
@@ -215,6 +247,7 @@ class Space:
         keys: SpaceKeys,
         entropy: Callable[[int], bytes],
         clock: Callable[[], int],
+        setup: Callable[[Space], None],
     ) -> Space:
         paths = HomePaths(Path(home))  # a str works too
         if paths.space_key.exists():
@@ -224,15 +257,24 @@ class Space:
                 f"{home} holds a database but no space.key (an interrupted init?): "
                 "move the home aside and run `syncq init` again"
             )
+        existed = paths.root.exists()
         paths.create()
-        device = DeviceKeys.from_seed(entropy(64))
-        store = SqliteStore.create(paths.database)
-        store.set_meta("space_id", keys.space_id)
-        save_device(paths, device, name)
-        save_space(paths, keys)  # written last: its presence means "initialised"
-        space = cls(
-            paths=paths, device=device, name=name, keys=keys, store=store, clock=clock, entropy=entropy
-        )
+        store: Store | None = None
+        try:
+            device = DeviceKeys.from_seed(entropy(64))
+            store = SqliteStore.create(paths.database)
+            store.set_meta("space_id", keys.space_id)
+            save_device(paths, device, name)
+            space = cls(
+                paths=paths, device=device, name=name, keys=keys, store=store, clock=clock, entropy=entropy
+            )
+            setup(space)
+            save_space(paths, keys)  # written last: its presence means "initialised"
+        except BaseException:
+            if store is not None:
+                store.close()
+            discard_home(paths, remove_root=not existed)  # no half-built home to trip over
+            raise
         space.made_private = make_home_private(paths)
         return space
 

@@ -92,7 +92,7 @@ def test_show_cancel_and_status(run, home: Path) -> None:
     status = json.loads(run("status", "--json").output)
     assert status["device_name"] == "laptop"
     assert status["counts"]["cancelled"] == 1 and status["prompts"] == 1
-    assert status["envelopes"] == 3 and status["store_bytes"] > 0
+    assert status["envelopes"] == 4 and status["store_bytes"] > 0  # device list, device, add, cancel
     assert status["files"] == 0 and status["files_bytes"] == 0
     assert "laptop" in run("status").output
     note = home.parent / "note.txt"

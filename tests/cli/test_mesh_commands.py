@@ -61,7 +61,7 @@ def test_a_relay_code_gives_a_home_that_cannot_read(tmp_path: Path) -> None:
     [
         ("hello", "not a syncq invite code"),
         ("syncq1-AAAA", "damaged"),
-        ("syncq1-" + "x" * 5000, "not a syncq invite code"),
+        ("syncq1-" + "x" * 9000, "not a syncq invite code"),
     ],
 )
 def test_bad_invite_codes_are_explained(tmp_path: Path, code: str, message: str) -> None:

@@ -1,0 +1,133 @@
+"""Device lists in real homes (SQLite stores): a relay with a root stores only what listed
+members wrote; a joined device is listed from its first envelope; a failed build leaves no home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from syncq import crypto, roster
+from syncq.crypto import DeviceKeys, Kind
+from syncq.errors import HomeError
+from syncq.space import Space
+
+
+def forged(space: Space, author: DeviceKeys, seq: int = 1) -> bytes:
+    """What a relay-code holder can make: its own key as author, garbage as ciphertext."""
+    return crypto.sign_clear(
+        device=author,
+        space_id=space.keys.space_id,
+        epoch=0,
+        seq=seq,
+        kind=Kind.UPDATE,
+        payload=os.urandom(300),
+    )
+
+
+@pytest.fixture
+def founder(tmp_path: Path):
+    with Space.init(tmp_path / "founder", name="founder", device_list=True) as s:
+        yield s
+
+
+def invited(tmp_path: Path, founder: Space, name: str) -> Space:
+    invitation = roster.invite(
+        founder.device,
+        founder.keys.space_id,
+        founder.replica.root,
+        founder.replica.own_chain(),
+        os.urandom(32),
+    )
+    return Space.join(tmp_path / name, name=name, keys=founder.keys, invitation=invitation)
+
+
+def relay_of(tmp_path: Path, founder: Space, *, rooted: bool = True) -> Space:
+    root = founder.replica.root if rooted else None
+    return Space.init_relay(tmp_path / "relay", name="relay", keys=founder.keys.for_relay(), root=root)
+
+
+def test_the_founder_and_invited_members_write_their_list_first(tmp_path: Path, founder: Space) -> None:
+    assert founder.replica.root == founder.device.public_key
+    with invited(tmp_path, founder, "gpu") as gpu:
+        first = next(gpu.store.rows(gpu.device.public_key))
+        envelope = crypto.verify_envelope(first.data, gpu.keys.space_id)
+        assert first.seq == 1 and envelope.kind is Kind.ROSTER
+        listed = roster.open_roster(envelope, gpu.keys.space_id, founder.device.public_key)
+        assert set(roster.listed_members(listed)) == {founder.device.public_key, gpu.device.public_key}
+        assert gpu.replica.root == founder.replica.root
+
+
+def test_a_rooted_relay_stores_members_and_refuses_everyone_else(tmp_path: Path, founder: Space) -> None:
+    founder.add("from the founder", model="echo")
+    with invited(tmp_path, founder, "gpu") as gpu, relay_of(tmp_path, founder) as relay:
+        gpu.add("the gpu's first prompt", model="echo")
+        assert relay.receive(founder.envelopes(), atomic=True).added == founder.store.count()
+        got = relay.receive(gpu.envelopes(), atomic=True)
+        assert got.added == gpu.store.count() == 3 and not got.rejected  # list, device, prompt
+
+        before = relay.store.count()
+        attacker = DeviceKeys.from_seed(os.urandom(64))
+        self_listed = roster.seal_roster(
+            device=attacker,
+            space_id=relay.keys.space_id,
+            epoch=0,
+            seq=1,
+            entries=roster.founding_chain(attacker, relay.keys.space_id),
+        )
+        report = relay.receive([self_listed, forged(relay, attacker, 2)], atomic=True)
+        assert report.added == 0 and not report.rejected  # the batch is not failed ...
+        assert report.refused == {"bad-roster": 1, "unlisted": 1}  # ... but nothing is stored
+        assert relay.store.count() == before
+        assert relay.status().rejected == {"bad-roster": 1, "unlisted": 1}
+
+        # What the relay holds reaches a new member whole, and reads.
+        with invited(tmp_path, founder, "phone") as phone:
+            phone.receive(relay.envelopes(phone.version_vector()), atomic=True)
+            texts = {e.prompt.input for e in phone.entries(limit=None)}
+            assert texts == {"from the founder", "the gpu's first prompt"}
+
+
+def test_a_relay_from_an_old_code_stores_from_anyone(tmp_path: Path, founder: Space) -> None:
+    with relay_of(tmp_path, founder, rooted=False) as relay:
+        report = relay.receive([forged(relay, DeviceKeys.from_seed(os.urandom(64)))], atomic=True)
+        assert report.added == 1  # as before device lists: it cannot tell (and warns at start)
+
+
+def test_a_rooted_member_refuses_a_list_that_does_not_chain_to_the_root(
+    tmp_path: Path, founder: Space
+) -> None:
+    attacker = DeviceKeys.from_seed(os.urandom(64))
+    bogus = roster.seal_roster(
+        device=attacker,
+        space_id=founder.keys.space_id,
+        epoch=0,
+        seq=1,
+        entries=roster.founding_chain(attacker, founder.keys.space_id),
+    )
+    assert founder.receive([bogus]).rejected == {"bad-roster": 1}
+
+
+def test_a_failed_init_leaves_no_half_built_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "identity.key.tmp").mkdir(parents=True)  # the identity cannot be written
+    (home / "config.toml").write_text("[node]\n")
+    with pytest.raises(HomeError):
+        Space.init(home, name="x", device_list=True)
+    assert sorted(p.name for p in home.iterdir()) == ["config.toml", "identity.key.tmp"]
+    (home / "identity.key.tmp").rmdir()
+    with Space.init(home, name="x", device_list=True) as space:  # and a second try works
+        assert space.replica.root == space.device.public_key
+
+
+def test_a_device_invited_by_a_joined_member_is_listed_at_the_relay(tmp_path: Path, founder: Space) -> None:
+    with invited(tmp_path, founder, "gpu") as gpu, relay_of(tmp_path, founder) as relay:
+        invitation = roster.invite(
+            gpu.device, gpu.keys.space_id, gpu.replica.root, gpu.replica.own_chain(), os.urandom(32)
+        )
+        with Space.join(tmp_path / "phone", name="phone", keys=gpu.keys, invitation=invitation) as phone:
+            phone.add("from the phone", model="echo")
+            report = relay.receive(phone.envelopes(), atomic=True)
+            assert report.added == 3 and not report.refused  # list (5 entries), device, prompt
+            assert len(phone.replica.own_chain()) == 5

@@ -21,7 +21,10 @@ The whole tree, so a caller can see at a glance what to catch::
     │   ├── UnknownEpoch            sealed under a key epoch this device does not hold
     │   ├── BadSignature            the author's Ed25519 signature does not verify
     │   ├── BadTag                  the AEAD tag does not verify (tampered or wrong key)
-    │   └── SeqConflict             a second, different envelope for one (author, seq)
+    │   ├── SeqConflict             a second, different envelope for one (author, seq)
+    │   │   (the two below are kept as "quarantined": signed by their author, never applied)
+    │   ├── BadUpdate               the authenticated payload is not a Yjs update we can read
+    │   └── ForgedRecord            a record in it names another actor than its author
     ├── MalformedRecord             a record in the log has the wrong shape (skipped by queries)
     ├── StoreError                  local storage
     │   ├── StoreClosed             used after close() (a bug in the caller)
@@ -141,6 +144,18 @@ class SeqConflict(EnvelopeRejected):
     """A different envelope already exists for the same (author, seq)."""
 
     reason = "seq-conflict"
+
+
+class BadUpdate(MalformedEnvelope):
+    """The authenticated payload is not a Yjs update (a broken or hostile member wrote it)."""
+
+    reason = "bad-update"
+
+
+class ForgedRecord(EnvelopeRejected):
+    """A record in the payload names another node or device than the envelope's author."""
+
+    reason = "forged"
 
 
 class MalformedRecord(SyncqError):

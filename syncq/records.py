@@ -331,6 +331,7 @@ class NodeInfo:
     def to_wire(self) -> Wire:
         """The record stored under ``nodes[id]``."""
         return {
+            "node": self.id,  # the writer: PROTOCOL.md "CRDT schema", syncq.authorship
             "name": self.name,
             "version": self.version,
             "last_seen": self.last_seen,
@@ -342,6 +343,8 @@ class NodeInfo:
     def from_wire(cls, key: str, wire: object) -> NodeInfo:
         """Check and convert a stored record. Raises ``MalformedRecord``."""
         w = _mapping(wire)
+        if w.get("node", key) != key:
+            raise MalformedRecord(f"presence under {key[:12]} names another node")
         return cls(
             id=DeviceId(key),
             name=_str(w, "name"),

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from syncq.errors import StoreBroken, StoreClosed
-from syncq.store import Checkpoint, MemoryStore, Peer, Row, SqliteStore, Store
+from syncq.memstore import MemoryStore
+from syncq.store import Checkpoint, Peer, Row, SqliteStore, Store
 
 A, B = b"a" * 32, b"b" * 32
 

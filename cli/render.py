@@ -283,6 +283,7 @@ def status(st: SpaceStatus, as_json: bool) -> None:
                 "envelopes": st.envelopes,
                 "store_bytes": st.store_bytes,
                 "rejected": dict(st.rejected),
+                "quarantined": dict(st.quarantined),
                 "files": st.files,
                 "files_bytes": st.files_bytes,
                 "node": st.node,
@@ -315,6 +316,9 @@ def status(st: SpaceStatus, as_json: bool) -> None:
     )
     if st.rejected:
         grid.add_row("rejected", ", ".join(f"{r} {n}" for r, n in sorted(st.rejected.items())))
+    if st.quarantined:
+        kept = ", ".join(f"{r} {n}" for r, n in sorted(st.quarantined.items()))
+        grid.add_row("quarantined", f"{kept} (stored, never applied)")
     _console().print(grid)
 
 

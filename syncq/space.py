@@ -110,6 +110,8 @@ class SpaceStatus:
     peers: int = 0
     peers_connected: int = 0
     peers_behind: int = 0  # envelopes held here that connected peers still lack
+    # Envelopes stored but never applied, by reason ("unknown-epoch": held for a key to come).
+    quarantined: Mapping[str, int] = field(default_factory=dict)
 
 
 class Space:
@@ -555,6 +557,7 @@ class Space:
             envelopes=self.store.count(),
             store_bytes=self.store.size_bytes(),
             rejected=self.store.rejections(),
+            quarantined=self.store.quarantined(),
             files=files,
             files_bytes=files_bytes,
             **self._mesh_status(),

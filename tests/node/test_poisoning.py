@@ -98,23 +98,34 @@ def test_a_poisoned_relay_costs_members_a_counter_not_their_sync(tmp_path: Path,
     dial(a_home, relay.url)  # a and b know only the relay
     dial(b_home, relay.url)
     a, b = nodes(a_home), nodes(b_home)
-    wait_until(lambda: rejected(a_home) == {"bad-tag": 1} and rejected(b_home) == {"bad-tag": 1}, what="both to quarantine it")
+    wait_until(
+        lambda: rejected(a_home) == {"bad-tag": 1} and rejected(b_home) == {"bad-tag": 1},
+        what="both to quarantine it",
+    )
     with Space.open(a_home) as space:
         space.add("through the poisoned relay", model="nobody-serves-this")
     wait_until(lambda: inputs(b_home) == ["through the poisoned relay"], what="the prompt to reach b")
     later = garbage_envelope(relay_code.space_id, stranger, 2)  # more poison while they are connected
     assert asyncio.run(attack(relay.url, relay_code, [[poison, later]]))[0] == 1
-    wait_until(lambda: rejected(a_home) == {"bad-tag": 2} and rejected(b_home) == {"bad-tag": 2}, what="the second one")
+    wait_until(
+        lambda: rejected(a_home) == {"bad-tag": 2} and rejected(b_home) == {"bad-tag": 2},
+        what="the second one",
+    )
     with Space.open(b_home) as space:
         space.add("and back", model="nobody-serves-this")
     wait_until(lambda: len(inputs(a_home)) == 2, what="b's prompt to reach a")
     assert failures(a) == 0 and failures(b) == 0  # no reconnect storm: not one session failed
     assert a.alive and b.alive and relay.alive
+    status = json.loads(syncq(b_home, "status", "--json"))
+    assert status["rejected"] == {"bad-tag": 2} and status["quarantined"] == {"bad-tag": 2}
+    assert "quarantined  bad-tag 2 (stored, never applied)" in syncq(b_home, "status")
 
 
 def syncq(home: Path, *args: str) -> str:
     env = {**os.environ, "SYNCQ_HOME": str(home)}
-    return subprocess.run([SYNCQ, *args], env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+    return subprocess.run(
+        [SYNCQ, *args], env=env, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
 
 
 def test_a_result_forged_for_another_node_never_shows_as_its_run(tmp_path: Path, nodes) -> None:

@@ -40,9 +40,16 @@ def writes(me: DeviceId, other: DeviceId) -> list[Callable[[Log], bytes]]:
         lambda log: log.put_retry(Retry(prompt_id=PID, by=me, at=1, max_attempts=4)),
         lambda log: log.put_claim(Claim(prompt_id=PID, node=me, attempt=1, heartbeat=1)),
         lambda log: log.put_result(
-            Result(prompt_id=PID, node=me, node_name="n", attempt=1, status=RunStatus.DONE,
-                   started_at=1, finished_at=2)
-        ),  # fmt: skip
+            Result(
+                prompt_id=PID,
+                node=me,
+                node_name="n",
+                attempt=1,
+                status=RunStatus.DONE,
+                started_at=1,
+                finished_at=2,
+            )
+        ),
         lambda log: log.put_result(expiry_record(claim, observer=me, observer_name="n", now_ms=5)),
         lambda log: log.put_node(NodeInfo(id=me, name="n", version="1", last_seen=1)),
         lambda log: log.put_device(Device(id=other, name="d", x25519="00", added_by=me, added_at=1)),
@@ -100,7 +107,9 @@ def test_a_record_naming_no_writer_is_forged_and_non_records_pass() -> None:
     me = DeviceId("aa" * 32)
     with pytest.raises(ForgedRecord):
         check_update(yjs.encode_map_inserts(3, 0, "nodes", [(me, '{"name":"old presence"}')]), me)
-    check_update(yjs.encode_map_inserts(3, 0, "prompts", [(PID, "not json"), ("x", {"a": 1}), ("y", "[1]")]), me)
+    check_update(
+        yjs.encode_map_inserts(3, 0, "prompts", [(PID, "not json"), ("x", {"a": 1}), ("y", "[1]")]), me
+    )
     log = Log(client_id=13)
     check_update(log.append_stream(PID, "streamed text naming " + "bb" * 32), me)
     with pytest.raises(BadUpdate):

@@ -27,7 +27,9 @@ def stranger_envelope(space_id: str, seq: int = 1, *, device: DeviceKeys | None 
 
 
 def sealed_by(space: Space, seq: int, payload: bytes, keys: SpaceKeys | None = None) -> bytes:
-    return crypto.seal(device=space.device, space=keys or space.keys, seq=seq, payload=payload, nonce=os.urandom(12))
+    return crypto.seal(
+        device=space.device, space=keys or space.keys, seq=seq, payload=payload, nonce=os.urandom(12)
+    )
 
 
 def result_update(prompt_id: str, node: str, *, observer: str | None = None, status: str = "done") -> bytes:
@@ -36,7 +38,9 @@ def result_update(prompt_id: str, node: str, *, observer: str | None = None, sta
         "error": None, "started_at": 1, "finished_at": 2, "usage": {}, "observer": observer,
     }  # fmt: skip
     key = f"{prompt_id}/{node}/1" + (f"/lease-{observer}" if observer else "")
-    return yjs.encode_map_inserts(int.from_bytes(os.urandom(6), "big") + 1, 0, "results", [(key, encode(record))])
+    return yjs.encode_map_inserts(
+        int.from_bytes(os.urandom(6), "big") + 1, 0, "results", [(key, encode(record))]
+    )
 
 
 def test_a_strangers_garbage_is_quarantined_and_the_rest_of_the_batch_applies(
@@ -89,7 +93,9 @@ def test_a_record_naming_another_node_is_quarantined_as_forged(
     assert [(r.node, r.output) for r in results] == [(space.device_id, "forged")]  # only the honest one
 
 
-def test_a_lease_expiry_is_the_observers_and_only_a_failure(space: Space, member: Callable[[str], Space]) -> None:
+def test_a_lease_expiry_is_the_observers_and_only_a_failure(
+    space: Space, member: Callable[[str], Space]
+) -> None:
     gpu = member("gpu")
     prompt = space.add("expired", model="echo")
     gpu.receive(space.envelopes())
@@ -137,8 +143,12 @@ def test_a_second_envelope_for_a_seq_is_dropped_without_failing_the_rest(
     gpu = member("gpu")
     gpu.receive(space.envelopes())
     seq = space.version_vector()[space.device.public_key]
-    first = sealed_by(space, seq + 1, yjs.encode_map_inserts(5, 0, "prompts", [(new_prompt_id(1, bytes(10)), "{}")]))
-    second = sealed_by(space, seq + 1, yjs.encode_map_inserts(5, 0, "prompts", [(new_prompt_id(2, bytes(10)), "{}")]))
+    first = sealed_by(
+        space, seq + 1, yjs.encode_map_inserts(5, 0, "prompts", [(new_prompt_id(1, bytes(10)), "{}")])
+    )
+    second = sealed_by(
+        space, seq + 1, yjs.encode_map_inserts(5, 0, "prompts", [(new_prompt_id(2, bytes(10)), "{}")])
+    )
     space.add("next", model="echo")
     assert gpu.receive([first]).quarantined == {"forged": 1}  # "{}" names no writer
     report = gpu.receive([second])
@@ -150,7 +160,9 @@ def test_a_flood_of_garbage_adds_a_handful_of_rows(space: Space, member: Callabl
     attacker = DeviceKeys.from_seed(os.urandom(64))
     flood = [os.urandom(200) for _ in range(2000)]
     flood += [stranger_envelope(space.keys.space_id) for _ in range(1000)]  # bad-tag, one seq each
-    flood += [flipped(stranger_envelope(space.keys.space_id, n, device=attacker), -64) for n in range(1, 2001)]
+    flood += [
+        flipped(stranger_envelope(space.keys.space_id, n, device=attacker), -64) for n in range(1, 2001)
+    ]
     for start in range(0, len(flood), 1000):
         gpu.receive(flood[start : start + 1000])
     conn = sqlite3.connect(gpu.paths.root / "syncq.db")

@@ -129,7 +129,9 @@ def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     conn.executescript(SCHEMA_1)
     conn.execute("PRAGMA application_id=0x53594E51")
     conn.execute("PRAGMA user_version=1")
-    conn.executemany("INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)", [(A, 1, b"x"), (A, 2, b"y")])
+    conn.executemany(
+        "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)", [(A, 1, b"x"), (A, 2, b"y")]
+    )
     conn.executemany("INSERT INTO rejections (reason, detail) VALUES (?, ?)", [("bad-tag", "d")] * 3)
     conn.execute("INSERT INTO meta VALUES ('k', 'v')")
     conn.commit()

@@ -191,6 +191,12 @@ class _Reader:
         return n
 
     def varuint(self) -> int:
+        # Most varuints are one byte (lengths, counts, small clocks): that path is inlined,
+        # since this is the reader's hottest function (PROTOCOL.md: checked on every receipt).
+        pos = self.pos
+        if pos < len(self.data) and self.data[pos] < 0x80:
+            self.pos = pos + 1
+            return self.data[pos]
         n = shift = 0
         while True:
             b = self.byte()
@@ -213,10 +219,16 @@ class _Reader:
         return sign * n
 
     def string(self) -> str:
+        size = self.varuint()
+        end = self.pos + size
+        if end > len(self.data):
+            raise BadUpdate("update ends early")
         try:
-            return self.take(self.varuint()).decode("utf-8")
+            text = self.data[self.pos : end].decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadUpdate("a string is not UTF-8") from exc
+        self.pos = end
+        return text
 
 
 def _json(text: str) -> object:

@@ -283,6 +283,7 @@ def status(st: SpaceStatus, as_json: bool) -> None:
                 "envelopes": st.envelopes,
                 "store_bytes": st.store_bytes,
                 "rejected": dict(st.rejected),
+                "quarantined": dict(st.quarantined),
                 "files": st.files,
                 "files_bytes": st.files_bytes,
                 "node": st.node,
@@ -318,6 +319,9 @@ def status(st: SpaceStatus, as_json: bool) -> None:
         grid.add_row("rejected", ", ".join(f"{r} {n}" for r, n in sorted(st.rejected.items())))
     if st.node_tasks:
         grid.add_row("tasks", _node_tasks(st.node_tasks))
+    if st.quarantined:
+        kept = ", ".join(f"{r} {n}" for r, n in sorted(st.quarantined.items()))
+        grid.add_row("quarantined", f"{kept} (stored, never applied)")
     _console().print(grid)
 
 

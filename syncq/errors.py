@@ -22,8 +22,11 @@ The whole tree, so a caller can see at a glance what to catch::
     │   ├── BadSignature            the author's Ed25519 signature does not verify
     │   ├── BadTag                  the AEAD tag does not verify (tampered or wrong key)
     │   ├── SeqConflict             a second, different envelope for one (author, seq)
+    │   ├── Unlisted                (at a relay) an author not on the space's device list
+    │   │   (the three below are kept as "quarantined" at a member: signed, never applied)
     │   ├── BadRoster               a device-list envelope whose entries do not chain to the root
-    │   └── Unlisted                (at a relay) an author not on the space's device list
+    │   ├── BadUpdate               the authenticated payload is not a Yjs update we can read
+    │   └── ForgedRecord            a record in it names another actor than its author
     ├── MalformedRecord             a record in the log has the wrong shape (skipped by queries)
     ├── StoreError                  local storage
     │   ├── StoreClosed             used after close() (a bug in the caller)
@@ -156,6 +159,18 @@ class Unlisted(EnvelopeRejected):
     """A relay refuses an envelope whose author is not on the space's device list."""
 
     reason = "unlisted"
+
+
+class BadUpdate(MalformedEnvelope):
+    """The authenticated payload is not a Yjs update (a broken or hostile member wrote it)."""
+
+    reason = "bad-update"
+
+
+class ForgedRecord(EnvelopeRejected):
+    """A record in the payload names another node or device than the envelope's author."""
+
+    reason = "forged"
 
 
 class MalformedRecord(SyncqError):

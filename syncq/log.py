@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pycrdt import Doc, Map, Text, TransactionEvent
 
-from syncq.errors import LocalProtocolError, MalformedEnvelope, MalformedRecord
+from syncq.errors import BadUpdate, LocalProtocolError, MalformedRecord
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status, canonical_result, derive_status
 from syncq.records import Cancel, Claim, Device, NodeInfo, Prompt, Result, Retry, Wire, decode, encode
@@ -93,12 +93,12 @@ class Log:
     # -- state in and out ------------------------------------------------------------------
 
     def apply(self, update: bytes) -> None:
-        """Merge an update (from the store or a peer). Raises ``MalformedEnvelope`` if the
+        """Merge an update (from the store or a peer). Raises ``BadUpdate`` if the
         authenticated payload is still not a Yjs update (a broken or hostile member)."""
         try:
             self._doc.apply_update(update)
         except ValueError as exc:
-            raise MalformedEnvelope(f"payload is not a valid update: {exc}") from exc
+            raise BadUpdate(f"payload is not a valid update: {exc}") from exc
         finally:
             self._captured.clear()
 

@@ -36,6 +36,7 @@ from syncq.protocol import (
 )
 
 BlobEvent = BlobWanted | BlobReceived | BlobMissing | BlobOffered | BlobKept
+MAX_DROPPED = 100  # invalid envelopes one session may send before it is closed with 4403
 
 if TYPE_CHECKING:
     from syncq.space import Space
@@ -100,6 +101,7 @@ class Peering:
         self.wants_to_send = False  # the peer's HAVE or an ACK arrived: try ``send_batch``
         self.received = 0
         self.sent = 0
+        self.dropped = 0  # envelopes of this session that failed decoding, space or signature
 
     @property
     def open(self) -> bool:
@@ -154,14 +156,20 @@ class Peering:
             self.hooks.ended(self, event)
 
     def _store(self, event: EnvelopesReceived) -> None:
+        # Each envelope is judged on its own and the batch is acknowledged (PROTOCOL.md,
+        # "Envelope"): one a member cannot open is quarantined, so a relay holding a stranger's
+        # garbage costs a counter, not every session with it. Only a peer that keeps sending
+        # envelopes nobody could have signed (they are dropped, never stored, so no relay
+        # forwards them) is cut off.
         try:
-            report = self.space.receive(event.envelopes, atomic=True)
+            report = self.space.receive(event.envelopes)
         except StoreError as exc:
             self.fail(CloseCode.UNAVAILABLE, f"cannot store envelopes here: {exc}")
             return
-        if report.rejected:
+        self.dropped += sum(report.rejected.values())
+        if self.dropped > MAX_DROPPED:
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(report.rejected.items()))
-            self.fail(CloseCode.BAD_ENVELOPE, f"envelopes rejected: {reasons}")
+            self.fail(CloseCode.BAD_ENVELOPE, f"too many invalid envelopes: {reasons}")
             return
         for author, seq in report.accepted:
             self.session.note_peer_has(author, seq)

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from syncq.blobs import MAX_FILES, BlobRef
 from syncq.errors import InvalidInput, MalformedRecord
@@ -176,13 +176,14 @@ class Claim:
     def from_wire(cls, key: str, wire: object) -> Claim:
         """Check and convert a stored dict. Raises ``MalformedRecord``."""
         w = _mapping(wire)
-        return cls(
+        claim = cls(
             prompt_id=PromptId(key.split("/", 1)[0]),
             node=DeviceId(_str(w, "node")),
             attempt=_int(w, "attempt"),
             heartbeat=_int(w, "heartbeat"),
             running=_bool(w, "running"),
         )
+        return _keyed(claim, key)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -247,7 +248,7 @@ class Result:
         observer = w.get("observer")
         if observer is not None and not isinstance(observer, str):
             raise MalformedRecord(f"field 'observer' of {key} is not text")
-        return cls(
+        result = cls(
             prompt_id=PromptId(key.split("/", 1)[0]),
             node=DeviceId(_str(w, "node")),
             node_name=_str(w, "node_name"),
@@ -262,6 +263,7 @@ class Result:
             files=_files(w),
             counts=_bool(w, "counts") if "counts" in w else True,
         )
+        return _keyed(result, key)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -331,6 +333,7 @@ class NodeInfo:
     def to_wire(self) -> Wire:
         """The record stored under ``nodes[id]``."""
         return {
+            "node": self.id,  # the writer: PROTOCOL.md "CRDT schema", syncq.authorship
             "name": self.name,
             "version": self.version,
             "last_seen": self.last_seen,
@@ -342,6 +345,8 @@ class NodeInfo:
     def from_wire(cls, key: str, wire: object) -> NodeInfo:
         """Check and convert a stored record. Raises ``MalformedRecord``."""
         w = _mapping(wire)
+        if w.get("node", key) != key:
+            raise MalformedRecord(f"presence under {key[:12]} names another node")
         return cls(
             id=DeviceId(key),
             name=_str(w, "name"),
@@ -556,6 +561,16 @@ def _unknown_param(key: str, kind: PromptKind, guessed_for: str | None) -> str:
 
 
 # -- field readers for from_wire (raise MalformedRecord) --------------------------------------
+
+
+_Keyed = TypeVar("_Keyed", "Claim", "Result")
+
+
+def _keyed(record: _Keyed, key: str) -> _Keyed:
+    # A record under another's key (a member overwrote it naming itself) is not that one's.
+    if record.key != key:
+        raise MalformedRecord(f"record under {key[:40]!r} does not match its key")
+    return record
 
 
 def _mapping(wire: object) -> Mapping[str, Any]:

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syncq import crypto, roster
+from syncq import authorship, crypto, roster
 from syncq.crypto import DeviceKeys, Kind, SpaceKeys
-from syncq.errors import BadRoster, EnvelopeRejected, SeqConflict, Unlisted
+from syncq.errors import BadRoster, EnvelopeRejected, SeqConflict, UnknownEpoch, Unlisted
 from syncq.store import Checkpoint, Row, Store
 
 if TYPE_CHECKING:
@@ -42,9 +42,10 @@ def new_client_id(entropy: Callable[[int], bytes]) -> int:
 class ReceiveReport:
     """What ``Space.receive`` did with a batch of envelopes from elsewhere."""
 
-    added: int = 0
+    added: int = 0  # stored now, quarantined ones included
     duplicates: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # dropped, never stored
+    quarantined: dict[str, int] = field(default_factory=dict)  # stored, never applied (or held)
     accepted: list[tuple[bytes, int]] = field(default_factory=list)  # stored now or before
     # A relay's refusals that do not fail the batch (PROTOCOL.md, "Device list"): envelopes of
     # authors not on the list, and device lists that do not chain to the root. A member may
@@ -66,6 +67,7 @@ class Replica:
         self._applied: dict[bytes, int] = {}  # per author: highest seq applied, gapless
         self._root: bytes | None = None
         self._listed: set[bytes] = set()  # a relay's cache of listed members (only grows)
+        self._waiting: dict[bytes, int] = {}  # per author held for a key: the epoch it needs
 
     @property
     def log(self) -> Log:
@@ -128,54 +130,82 @@ class Replica:
         return batch
 
     def receive(self, datas: Iterable[bytes], *, atomic: bool = False) -> ReceiveReport:
-        """Verify, store and apply envelopes from elsewhere.
+        """Verify, store and apply envelopes from elsewhere, each on its own (PROTOCOL.md,
+        "Envelope", checks on receipt).
 
-        Rejected envelopes are counted by reason and never stored or applied; with ``atomic``,
-        one rejection stores none of the batch (what the sync protocol wants: a peer that sends
-        one forged envelope is not trusted with the rest). A relay checks space and signature
-        only: it cannot decrypt. Raises ``StoreBroken`` only.
+        One that fails decoding, its space or its signature is dropped: counted in ``rejected``,
+        never stored. One its author signed but that cannot be applied (a bad AEAD tag, a payload
+        that is not a Yjs update, a forged record) is stored quarantined: never applied, but it
+        spends its author's seq, so that author's later envelopes are not held behind it. One
+        sealed under an epoch not held here is stored and held, with its author's later ones,
+        until the key comes. A relay checks space and signature only: it cannot decrypt. With
+        ``atomic``, one dropped envelope stores none of the batch. Raises ``StoreBroken`` only.
         """
         report = ReceiveReport()
-        rows = []
-        payloads: dict[tuple[bytes, int], bytes] = {}
+        rows: list[Row] = []
+        payloads: dict[tuple[bytes, int], bytes | None] = {}
+        details: dict[str, str] = {}
         for data in datas:
             try:
-                envelope, payload = self._verify(data)
+                envelope = crypto.verify_envelope(data, self.keys.space_id)
+                if self.keys.is_relay:
+                    self._admit_at_relay(envelope)
             except (Unlisted, BadRoster) as exc:
-                if not self.keys.is_relay:
-                    self._reject(report, exc)
-                    continue
-                report.refused[exc.reason] = report.refused.get(exc.reason, 0) + 1
-                self.store.record_rejection(exc.reason, str(exc))
+                # A relay's refusal (PROTOCOL.md, "Device list"): a member may pass such an
+                # envelope on in good faith (it quarantined it), so it does not count towards
+                # closing the session, but it is counted.
+                _count(report.refused, details, exc)
                 continue
             except EnvelopeRejected as exc:
-                self._reject(report, exc)
+                _count(report.rejected, details, exc)
                 continue
-            rows.append(Row(envelope.author, envelope.seq, data))
-            if payload is not None:
+            if self.keys.is_relay:
+                rows.append(Row(envelope.author, envelope.seq, data))
+                continue
+            payload, verdict = self._inspect(envelope)
+            reason = verdict.reason if verdict is not None else None
+            rows.append(Row(envelope.author, envelope.seq, data, reason))
+            if verdict is not None:
+                details[verdict.reason] = str(verdict)
+            if reason != UnknownEpoch.reason:  # held: it stays for the key, not applied now
                 payloads[(envelope.author, envelope.seq)] = payload
         if atomic and report.rejected:
+            self._record(report.rejected, details)
             return report
         with self._lock:
             put = self.store.put(rows)
             for row in put.conflicts:
-                self._reject(report, SeqConflict(f"seq {row.seq} of {row.author.hex()[:12]} reused"))
+                conflict = SeqConflict(f"seq {row.seq} of {row.author.hex()[:12]} reused")
+                _count(report.rejected, details, conflict)
+            for row in put.added:
+                if row.quarantined is not None:
+                    report.quarantined[row.quarantined] = report.quarantined.get(row.quarantined, 0) + 1
             report.added += len(put.added)
             report.duplicates += put.duplicates
             report.accepted = [(r.author, r.seq) for r in rows if r not in put.conflicts]
+            self._record({**report.rejected, **report.quarantined, **report.refused}, details)
             if self._log is not None and put.added:
                 added = {(r.author, r.seq) for r in put.added}
                 self._catch_up(self._log, {k: v for k, v in payloads.items() if k in added})
         return report
 
-    def _verify(self, data: bytes) -> tuple[crypto.Envelope, bytes | None]:
-        if self.keys.is_relay:
-            return self._admit_at_relay(crypto.verify_envelope(data, self.keys.space_id)), None
-        if len(data) > 3 and data[3] == Kind.ROSTER:
-            envelope = crypto.verify_envelope(data, self.keys.space_id)
-            roster.open_roster(envelope, self.keys.space_id, self.root)
-            return envelope, None  # nothing for the Doc: stored and passed on only
-        return crypto.open_envelope(data, self.keys)
+    def _inspect(self, envelope: crypto.Envelope) -> tuple[bytes | None, EnvelopeRejected | None]:
+        """Open a member's envelope whose signature verified and check what it writes: the
+        payload (None for a device list: nothing for the Doc), or why it must not be applied."""
+        try:
+            if envelope.kind is Kind.ROSTER:
+                roster.open_roster(envelope, self.keys.space_id, self.root)
+                return None, None
+            payload = crypto.open_payload(envelope, self.keys)
+            authorship.check_update(payload, envelope.author_id)
+        except EnvelopeRejected as exc:
+            return None, exc
+        return payload, None
+
+    def _record(self, counts: Mapping[str, int], details: Mapping[str, str]) -> None:
+        # One row per reason, however many came: a flood of garbage costs a counter.
+        for reason, count in sorted(counts.items()):
+            self.store.record_rejection(reason, details.get(reason, ""), count)
 
     # -- the device list (PROTOCOL.md, "Device list (roster)") ---------------------------------
 
@@ -252,6 +282,7 @@ class Replica:
 
         log = Log(client_id=new_client_id(self._entropy))
         self._applied = {}
+        self._waiting = {}
         found = self.store.load_checkpoint()
         if found is not None:
             vv, sealed = dict(found.vv), found.data
@@ -270,57 +301,92 @@ class Replica:
             self.checkpoint()
         return log
 
-    def _catch_up(self, log: Log, fresh: Mapping[tuple[bytes, int], bytes] | None = None) -> int:
-        """Apply stored envelopes the Doc lacks, per author in seq order, stopping at gaps.
+    def _catch_up(self, log: Log, fresh: Mapping[tuple[bytes, int], bytes | None] | None = None) -> int:
+        """Apply stored envelopes the Doc lacks, per author in seq order, stopping at gaps and
+        at envelopes held for an epoch's key.
 
-        ``fresh`` holds payloads just verified and stored by ``receive``: they are applied from
-        memory, and only their authors are looked up in the store (for envelopes held behind a
-        gap they filled), which spares reading back and decrypting again what just arrived.
+        ``fresh`` holds payloads just verified and stored by ``receive`` (``None`` for one
+        quarantined there): they are applied from memory, and only their authors are looked up
+        in the store (for envelopes held behind a gap they filled), which spares reading back
+        and decrypting again what just arrived.
         """
         applied = 0
         if fresh is not None:
             for author, seq in sorted(fresh):
                 if seq == self._applied.get(author, 0) + 1:
-                    self._apply(log, seq, fresh[(author, seq)])
+                    payload = fresh[(author, seq)]
+                    if payload is not None:
+                        self._apply(log, author, seq, payload)
                     self._applied[author] = seq
                     applied += 1
         if fresh is not None:
             authors = sorted({a for a, _ in fresh})
         else:
-            authors = [a for a, top in self.store.tops().items() if top > self._applied.get(a, 0)]
+            # An author held for a key is looked at again only once that key is here: a stranger
+            # with many keys must not make every read of the log scan their envelopes.
+            missing = {e for e in self._waiting.values() if e not in self.keys.secrets}
+            authors = [
+                a
+                for a, top in self.store.tops().items()
+                if top > self._applied.get(a, 0) and self._waiting.get(a) not in missing
+            ]
         for author in authors:
             done = self._applied.get(author, 0)
             for row in self.store.rows(author, done):
-                if row.seq != done + 1:
-                    break  # a gap: hold the rest until the missing envelope arrives
-                self._apply_row(log, row)
+                if row.seq != done + 1 or not self._apply_row(log, row):
+                    break  # a gap or a missing key: hold the rest until it comes
                 done = row.seq
                 applied += 1
             self._applied[author] = done
         return applied
 
-    def _apply_row(self, log: Log, row: Row) -> None:
-        # Stored envelopes were verified on the way in (or written here); the AEAD tag still
-        # guards against a damaged file, so only the signature check is skipped.
+    def _apply_row(self, log: Log, row: Row) -> bool:
+        """Apply one stored envelope, or skip it if quarantined; False if it waits for a key."""
+        if row.quarantined is not None and row.quarantined != UnknownEpoch.reason:
+            return True  # quarantined: its seq is spent, it is never applied
         try:
             envelope = crypto.decode(row.data)
-            if envelope.kind is Kind.ROSTER:
-                return  # a device list: nothing for the Doc
-            payload = crypto.open_payload(envelope, self.keys)
-        except EnvelopeRejected as exc:
-            self.store.record_rejection(exc.reason, f"stored envelope {row.seq}: {exc}")
-            return
-        self._apply(log, row.seq, payload)
+        except EnvelopeRejected as exc:  # a damaged file
+            self._quarantine(row.author, row.seq, exc)
+            return True
+        if envelope.kind is Kind.ROSTER:
+            return True  # a device list: nothing for the Doc
+        if envelope.epoch not in self.keys.secrets:
+            self._waiting[row.author] = envelope.epoch
+            return False
+        self._waiting.pop(row.author, None)
+        if row.quarantined is None:
+            # Stored envelopes were verified on the way in (or written here); the AEAD tag still
+            # guards against a damaged file, so only the signature check is skipped.
+            try:
+                payload: bytes | None = crypto.open_payload(envelope, self.keys)
+            except EnvelopeRejected as exc:
+                self._quarantine(row.author, row.seq, exc)
+                return True
+        else:
+            # Held for its epoch's key, which is here now: the checks it waited for.
+            payload, verdict = self._inspect(envelope)
+            self.store.mark(row.author, row.seq, verdict.reason if verdict is not None else None)
+            if verdict is not None:
+                self.store.record_rejection(verdict.reason, str(verdict))
+        if payload is not None:
+            self._apply(log, row.author, row.seq, payload)
+        return True
 
-    def _apply(self, log: Log, seq: int, payload: bytes) -> None:
+    def _apply(self, log: Log, author: bytes, seq: int, payload: bytes) -> None:
         try:
             log.apply(payload)
         except EnvelopeRejected as exc:
-            self.store.record_rejection(exc.reason, f"envelope {seq}: {exc}")
+            self._quarantine(author, seq, exc)
 
-    def _reject(self, report: ReceiveReport, exc: EnvelopeRejected) -> None:
-        report.rejected[exc.reason] = report.rejected.get(exc.reason, 0) + 1
-        self.store.record_rejection(exc.reason, str(exc))
+    def _quarantine(self, author: bytes, seq: int, exc: EnvelopeRejected) -> None:
+        self.store.mark(author, seq, exc.reason)
+        self.store.record_rejection(exc.reason, f"envelope {seq} of {author.hex()[:12]}: {exc}")
+
+
+def _count(counts: dict[str, int], details: dict[str, str], exc: EnvelopeRejected) -> None:
+    counts[exc.reason] = counts.get(exc.reason, 0) + 1
+    details[exc.reason] = str(exc)
 
 
 def _vv_aad(vv: Mapping[bytes, int]) -> bytes:

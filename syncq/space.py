@@ -121,6 +121,8 @@ class SpaceStatus:
     # The running node's tasks that crashed and were restarted: name -> {restarts, last_error,
     # last_error_at} (node/supervise.py writes it to the ``node.tasks`` metadata).
     node_tasks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Envelopes stored but never applied, by reason ("unknown-epoch": held for a key to come).
+    quarantined: Mapping[str, int] = field(default_factory=dict)
 
 
 class Space:
@@ -607,6 +609,7 @@ class Space:
             envelopes=self.store.count(),
             store_bytes=self.store.size_bytes(),
             rejected=self.store.rejections(),
+            quarantined=self.store.quarantined(),
             files=files,
             files_bytes=files_bytes,
             **self._mesh_status(),

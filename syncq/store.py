@@ -4,8 +4,8 @@ A store holds opaque sealed envelopes keyed by (author, seq), an encrypted check
 state with the version vector it covers, a few metadata strings and a count of rejected
 envelopes. It never sees plaintext: the database must hold no prompt or result.
 
-``SqliteStore`` is the real one; ``MemoryStore`` backs in-process tests. Both pass the same
-acceptance suite (``tests/syncq/test_store.py``).
+``SqliteStore`` is the real one; ``MemoryStore`` (``syncq.memstore``) backs in-process tests.
+Both pass the same acceptance suite (``tests/syncq/test_store.py``).
 
 Why plain ``sqlite3`` and not sqlite-utils (which DESIGN.md names): importing sqlite-utils costs
 about 115 ms, most of the 150 ms budget of a cold ``syncq add``, and every query here is a
@@ -17,60 +17,29 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections import Counter
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from syncq.errors import StoreBroken, StoreClosed
+from syncq.schema import SCHEMA, SCHEMA_VERSION, upgrade
 
 APPLICATION_ID = 0x53594E51  # "SYNQ": tells our database from any other SQLite file
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS envelopes (
-    pos    INTEGER PRIMARY KEY,          -- arrival order on this device
-    author BLOB    NOT NULL,             -- 32-byte Ed25519 public key
-    seq    INTEGER NOT NULL,             -- per author, gapless from 1
-    data   BLOB    NOT NULL,             -- the sealed envelope, exactly as signed
-    UNIQUE (author, seq)
-);
-CREATE TABLE IF NOT EXISTS checkpoint (
-    id     INTEGER PRIMARY KEY CHECK (id = 1),
-    vv     TEXT    NOT NULL,             -- JSON {author hex: seq} covered by the state
-    data   BLOB    NOT NULL              -- the Doc state, sealed with a local key
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key    TEXT PRIMARY KEY,
-    value  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS peers (
-    url       TEXT PRIMARY KEY,          -- ws://host:port, or "inbound:<node id>"
-    source    TEXT NOT NULL,             -- config | invite | mdns | inbound
-    node_id   TEXT,
-    name      TEXT,
-    connected INTEGER NOT NULL DEFAULT 0,
-    last_seen INTEGER,                   -- ms since the epoch
-    behind    INTEGER,                   -- envelopes we hold that the peer lacks
-    error     TEXT
-);
-CREATE TABLE IF NOT EXISTS rejections (
-    id     INTEGER PRIMARY KEY,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-"""
+MAX_DETAIL = 200  # characters of a rejection's last detail kept
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One stored envelope."""
+    """One stored envelope; ``quarantined`` says why it is never applied (PROTOCOL.md,
+    "Envelope"), ``None`` for one that is."""
 
     author: bytes
     seq: int
     data: bytes
+    quarantined: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +82,16 @@ class Store(Protocol):
         ...
 
     def put(self, rows: Sequence[Row]) -> PutReport:
-        """Store envelopes from elsewhere; exact duplicates are dropped, conflicts refused."""
+        """Store envelopes from elsewhere (with their quarantine marks); exact duplicates are
+        dropped, conflicts refused."""
+        ...
+
+    def mark(self, author: bytes, seq: int, reason: str | None) -> None:
+        """Quarantine a stored envelope for ``reason``, or release it (``None``)."""
+        ...
+
+    def quarantined(self) -> dict[str, int]:
+        """Quarantined envelopes counted by reason."""
         ...
 
     def tops(self) -> dict[bytes, int]:
@@ -152,8 +130,8 @@ class Store(Protocol):
         """Set a metadata string."""
         ...
 
-    def record_rejection(self, reason: str, detail: str) -> None:
-        """Count an envelope that was refused."""
+    def record_rejection(self, reason: str, detail: str, count: int = 1) -> None:
+        """Count ``count`` envelopes refused for ``reason``; keeps ``detail`` as the last one."""
         ...
 
     def rejections(self) -> dict[str, int]:
@@ -210,7 +188,7 @@ class SqliteStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             conn.close()
@@ -239,6 +217,12 @@ class SqliteStore:
         if version > SCHEMA_VERSION:
             conn.close()
             raise StoreBroken(f"{path} was written by a newer syncq (schema {version}); upgrade")
+        if version < SCHEMA_VERSION:
+            try:
+                upgrade(conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise StoreBroken(f"cannot upgrade {path} to schema {SCHEMA_VERSION}: {exc}") from exc
         return cls(conn, path)
 
     def append_own(self, author: bytes, seals: Sequence[Callable[[int], bytes]]) -> list[int]:
@@ -276,6 +260,11 @@ class SqliteStore:
                         "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)",
                         (row.author, row.seq, row.data),
                     )
+                    if row.quarantined is not None:
+                        conn.execute(
+                            "INSERT OR REPLACE INTO quarantine (author, seq, reason) VALUES (?, ?, ?)",
+                            (row.author, row.seq, row.quarantined),
+                        )
                     report.added.append(row)
                 elif found[0] == row.data:
                     report.duplicates += 1
@@ -295,11 +284,13 @@ class SqliteStore:
         """The author's envelopes after ``after``, in seq order (fetched in pages)."""
         while True:
             page = self._read(
-                "SELECT seq, data FROM envelopes WHERE author = ? AND seq > ? ORDER BY seq LIMIT 1000",
+                "SELECT e.seq, e.data, q.reason FROM envelopes e LEFT JOIN quarantine q"
+                " ON q.author = e.author AND q.seq = e.seq"
+                " WHERE e.author = ? AND e.seq > ? ORDER BY e.seq LIMIT 1000",
                 (author, after),
             )
-            for seq, data in page:
-                yield Row(author, seq, data)
+            for seq, data, reason in page:
+                yield Row(author, seq, data, reason)
             if len(page) < 1000:
                 return
             after = page[-1][0]
@@ -354,14 +345,42 @@ class SqliteStore:
         with self._write(durable=False) as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    def record_rejection(self, reason: str, detail: str) -> None:
-        """Count an envelope that was refused."""
+    def mark(self, author: bytes, seq: int, reason: str | None) -> None:
+        """Quarantine a stored envelope for ``reason``, or release it (``None``)."""
         with self._write(durable=False) as conn:
-            conn.execute("INSERT INTO rejections (reason, detail) VALUES (?, ?)", (reason, detail))
+            if reason is None:
+                conn.execute("DELETE FROM quarantine WHERE author = ? AND seq = ?", (author, seq))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO quarantine (author, seq, reason) VALUES (?, ?, ?)",
+                    (author, seq, reason),
+                )
+
+    def quarantined(self) -> dict[str, int]:
+        """Quarantined envelopes counted by reason."""
+        return dict(self._read("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason"))
+
+    def record_rejection(self, reason: str, detail: str, count: int = 1) -> None:
+        """Count refused envelopes: one row per reason, however many arrive."""
+        now = int(time.time() * 1000)
+        with self._write(durable=False) as conn:
+            conn.execute(
+                "INSERT INTO rejections (reason, count, first_seen, last_seen, detail)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (reason) DO UPDATE SET"
+                " count = count + excluded.count, last_seen = excluded.last_seen,"
+                " detail = excluded.detail",
+                (reason[:64], count, now, now, escaped(detail)),
+            )
 
     def rejections(self) -> dict[str, int]:
         """Refused envelopes counted by reason."""
-        return dict(self._read("SELECT reason, COUNT(*) FROM rejections GROUP BY reason"))
+        return dict(self._read("SELECT reason, count FROM rejections"))
+
+    def rejection_details(self) -> list[tuple[str, int, int | None, int | None, str]]:
+        """Per reason: (reason, count, first seen ms, last seen ms, last detail)."""
+        return self._read(
+            "SELECT reason, count, first_seen, last_seen, detail FROM rejections ORDER BY reason"
+        )
 
     def size_bytes(self) -> int:
         """Bytes of the database file and its WAL."""
@@ -457,6 +476,15 @@ class _WriteTransaction:
             raise StoreBroken(f"cannot write {self._path}: {exc}") from exc
 
 
+def escaped(detail: str) -> str:
+    """``detail`` fit to keep: control and non-ASCII characters escaped, at most ``MAX_DETAIL``
+    characters (a rejection's message may quote what a peer sent)."""
+    return detail.encode("ascii", "backslashreplace").decode().translate(_CONTROLS)[:MAX_DETAIL]
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -468,121 +496,3 @@ def _connect(path: Path) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise StoreBroken(f"{path} is not a syncq database or is corrupt ({exc})") from exc
     return conn
-
-
-class MemoryStore:
-    """The store in memory, for tests and in-process meshes; same behaviour as ``SqliteStore``."""
-
-    def __init__(self) -> None:
-        self._rows: dict[bytes, dict[int, bytes]] | None = {}
-        self._checkpoint: Checkpoint | None = None
-        self._meta: dict[str, str] = {}
-        self._rejections: Counter[str] = Counter()
-        self._peers: dict[str, Peer] = {}
-
-    def append_own(self, author: bytes, seals: Sequence[Callable[[int], bytes]]) -> list[int]:
-        """Allocate seqs and store each ``seal(seq)``."""
-        rows = self._all().setdefault(author, {})
-        last = max(rows, default=0)
-        seqs = list(range(last + 1, last + 1 + len(seals)))
-        datas = [seal(seq) for seq, seal in zip(seqs, seals, strict=True)]  # all or nothing
-        rows.update(zip(seqs, datas, strict=True))
-        return seqs
-
-    def put(self, rows: Sequence[Row]) -> PutReport:
-        """Store envelopes from elsewhere."""
-        report = PutReport()
-        for row in rows:
-            mine = self._all().setdefault(row.author, {})
-            found = mine.get(row.seq)
-            if found is None:
-                mine[row.seq] = row.data
-                report.added.append(row)
-            elif found == row.data:
-                report.duplicates += 1
-            else:
-                report.conflicts.append(row)
-        return report
-
-    def tops(self) -> dict[bytes, int]:
-        """Per author with at least one envelope, the highest seq stored."""
-        return {a: max(rows) for a, rows in sorted(self._all().items()) if rows}
-
-    def rows(self, author: bytes, after: int = 0) -> Iterator[Row]:
-        """The author's envelopes after ``after``, in seq order."""
-        mine = self._all().get(author, {})
-        return iter([Row(author, s, mine[s]) for s in sorted(mine) if s > after])
-
-    def gapless_seqs(self) -> dict[bytes, int]:
-        """Per author, the highest seq with every seq from 1 to it stored."""
-        found = {}
-        for author, rows in self._all().items():
-            top = 0
-            while top + 1 in rows:
-                top += 1
-            if top:
-                found[author] = top
-        return found
-
-    def count(self) -> int:
-        """How many envelopes are stored."""
-        return sum(len(rows) for rows in self._all().values())
-
-    def load_checkpoint(self) -> Checkpoint | None:
-        """The latest checkpoint, if any."""
-        self._all()
-        return self._checkpoint
-
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Replace the checkpoint."""
-        self._all()
-        self._checkpoint = Checkpoint(vv=dict(checkpoint.vv), data=checkpoint.data)
-
-    def get_meta(self, key: str) -> str | None:
-        """A metadata string."""
-        self._all()
-        return self._meta.get(key)
-
-    def set_meta(self, key: str, value: str) -> None:
-        """Set a metadata string."""
-        self._all()
-        self._meta[key] = value
-
-    def record_rejection(self, reason: str, detail: str) -> None:
-        """Count an envelope that was refused."""
-        self._all()
-        self._rejections[reason] += 1
-
-    def rejections(self) -> dict[str, int]:
-        """Refused envelopes counted by reason."""
-        self._all()
-        return dict(self._rejections)
-
-    def size_bytes(self) -> int:
-        """Nothing on disk."""
-        self._all()
-        return 0
-
-    def save_peer(self, peer: Peer) -> None:
-        """Insert or replace a peer."""
-        self._all()
-        self._peers[peer.url] = peer
-
-    def peers(self) -> list[Peer]:
-        """Every known peer, by url."""
-        self._all()
-        return [self._peers[url] for url in sorted(self._peers)]
-
-    def data_version(self) -> int:
-        """Always the same: no other process can write to memory."""
-        self._all()
-        return 0
-
-    def close(self) -> None:
-        """Drop everything; later calls raise ``StoreClosed``."""
-        self._rows = None
-
-    def _all(self) -> dict[bytes, dict[int, bytes]]:
-        if self._rows is None:
-            raise StoreClosed("the store is closed")
-        return self._rows

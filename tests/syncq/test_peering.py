@@ -13,7 +13,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from syncq.peering import NoHooks, Peering
+from syncq.peering import MAX_DROPPED, NoHooks, Peering
 from syncq.protocol import Frame, Role
 from syncq.space import Space
 
@@ -159,7 +159,7 @@ def connected_pair(tmp_path: Path) -> tuple[Space, Space, Link]:
     return a, b, link
 
 
-def test_a_batch_with_one_forged_envelope_stores_none_of_it(tmp_path: Path) -> None:
+def test_a_forged_envelope_is_dropped_and_the_rest_of_its_batch_stored(tmp_path: Path) -> None:
     a, b, link = connected_pair(tmp_path)
     a.add("good", model="echo")
     a.add("also good", model="echo")
@@ -170,10 +170,24 @@ def test_a_batch_with_one_forged_envelope_stores_none_of_it(tmp_path: Path) -> N
     link.a.session.send_envelopes([(bytes(32), 1, good[0]), (bytes(32), 2, bytes(forged))])
     for frame in link.a.data_to_send():
         link.b.receive(frame)
-    assert b.store.count() == before
-    assert not link.b.open
-    assert link.b.session.close_code == 4403
+    assert b.store.count() == before + 1  # the good one; the forged one never stored
+    assert link.b.open
+    assert [msgpack.unpackb(f)[0] for f in link.b.data_to_send()] == [Frame.ACK]
     assert b.status().rejected == {"bad-signature": 1}
+    a.close()
+    b.close()
+
+
+def test_a_peer_sending_only_invalid_envelopes_is_cut_off(tmp_path: Path) -> None:
+    a, b, link = connected_pair(tmp_path)
+    a.add("good", model="echo")
+    forged = bytearray(next(iter(a.envelopes(b.version_vector()))))
+    forged[-1] ^= 1
+    link.a.session.send_envelopes([(bytes(32), n, bytes(forged)) for n in range(1, MAX_DROPPED + 2)])
+    for frame in link.a.data_to_send():
+        link.b.receive(frame)
+    assert link.b.session.close_code == 4403
+    assert b.status().rejected == {"bad-signature": MAX_DROPPED + 1}
     a.close()
     b.close()
 

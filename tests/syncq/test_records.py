@@ -267,3 +267,26 @@ def test_good_llm_params_and_other_kinds_pass() -> None:
     }
     assert check_params(good, PromptKind.LLM) == good
     assert check_params({"language": "en"}, PromptKind.ASR) == {"language": "en"}
+
+
+def test_records_under_another_writers_key_are_malformed() -> None:
+    """A member that overwrites another's claim, result or presence naming itself deletes that
+    record for every reader; it does not take it over (PROTOCOL.md, "Who may write what")."""
+    other = DeviceId("cd" * 32)
+    claim = Claim(prompt_id=PID, node=DEV, attempt=1, heartbeat=1)
+    result = Result(
+        prompt_id=PID, node=DEV, node_name="n", attempt=1, status=RunStatus.DONE, started_at=1, finished_at=2
+    )
+    expiry = dataclasses.replace(result, status=RunStatus.FAILED, observer=other)
+    for convert, record in [(Claim.from_wire, claim), (Result.from_wire, result), (Result.from_wire, expiry)]:
+        assert convert(record.key, through_crdt(record.to_wire())) == record
+        with pytest.raises(MalformedRecord):
+            convert(record.key.replace(DEV, other), through_crdt(record.to_wire()))
+    with pytest.raises(MalformedRecord):
+        Result.from_wire(f"{result.key}/lease-{other}", through_crdt(result.to_wire()))
+    node = NodeInfo(id=DEV, name="gpu", version="1", last_seen=3)
+    assert NodeInfo.from_wire(DEV, through_crdt(node.to_wire())) == node
+    with pytest.raises(MalformedRecord):
+        NodeInfo.from_wire(other, through_crdt(node.to_wire()))
+    old_presence = {k: v for k, v in node.to_wire().items() if k != "node"}
+    assert NodeInfo.from_wire(DEV, through_crdt(old_presence)) == node  # older nodes still read

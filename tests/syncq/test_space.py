@@ -190,7 +190,7 @@ def test_broken_payloads_and_records_from_a_member_do_not_break_the_log(
     gpu.add("local", model="echo")
     assert [e.prompt.input for e in gpu.entries()] == ["local"]
     assert gpu.status().prompts == 2  # the malformed record exists, but no query shows it
-    assert gpu.status().rejected == {"malformed": 1}
+    assert gpu.status().rejected == {"bad-update": 1}
     assert later.id not in ids(gpu)
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from syncq.errors import StoreBroken, StoreClosed
-from syncq.store import Checkpoint, MemoryStore, Peer, Row, SqliteStore, Store
+from syncq.memstore import MemoryStore
+from syncq.schema import SCHEMA_VERSION
+from syncq.store import MAX_DETAIL, Checkpoint, Peer, Row, SqliteStore, Store
 
 A, B = b"a" * 32, b"b" * 32
 
@@ -79,6 +81,74 @@ def test_checkpoint_meta_and_rejections(store: Store) -> None:
     store.record_rejection("malformed", "z")
     assert store.rejections() == {"bad-tag": 2, "malformed": 1}
     assert store.size_bytes() >= 0
+
+
+def test_quarantine_marks_travel_with_their_rows(store: Store) -> None:
+    store.put([Row(A, 1, b"one"), Row(A, 2, b"two", "bad-tag"), Row(A, 3, b"three", "unknown-epoch")])
+    assert [r.quarantined for r in store.rows(A)] == [None, "bad-tag", "unknown-epoch"]
+    assert store.put([Row(A, 2, b"two", "bad-tag")]).duplicates == 1
+    store.mark(A, 3, None)  # its key came and it applied
+    store.mark(A, 1, "bad-update")
+    assert [r.quarantined for r in store.rows(A)] == ["bad-update", "bad-tag", None]
+    assert store.quarantined() == {"bad-update": 1, "bad-tag": 1}
+    assert store.gapless_seqs() == {A: 3}  # quarantined envelopes are held like any other
+
+
+def test_rejections_are_one_row_per_reason(tmp_path: Path) -> None:
+    store = SqliteStore.create(tmp_path / "s.db")
+    for n in range(500):
+        store.record_rejection("malformed", f"junk {n}")
+    store.record_rejection("bad-tag", "\x1b[31mred\n" + "é" * 500, count=7)
+    assert store.rejections() == {"malformed": 500, "bad-tag": 7}
+    rows = {r[0]: r for r in store.rejection_details()}
+    assert rows["malformed"][4] == "junk 499"
+    assert rows["malformed"][2] is not None and rows["malformed"][2] <= rows["malformed"][3]
+    detail = rows["bad-tag"][4]
+    assert detail.startswith("\\x1b[31mred\\x0a\\xe9") and len(detail) == MAX_DETAIL
+    assert detail.isascii() and detail.isprintable()
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0] == 2
+    conn.close()
+    store.close()
+
+
+SCHEMA_1 = """
+CREATE TABLE envelopes (pos INTEGER PRIMARY KEY, author BLOB NOT NULL, seq INTEGER NOT NULL,
+    data BLOB NOT NULL, UNIQUE (author, seq));
+CREATE TABLE checkpoint (id INTEGER PRIMARY KEY CHECK (id = 1), vv TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE peers (url TEXT PRIMARY KEY, source TEXT NOT NULL, node_id TEXT, name TEXT,
+    connected INTEGER NOT NULL DEFAULT 0, last_seen INTEGER, behind INTEGER, error TEXT);
+CREATE TABLE rejections (id INTEGER PRIMARY KEY, reason TEXT NOT NULL, detail TEXT NOT NULL);
+"""
+
+
+def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_1)
+    conn.execute("PRAGMA application_id=0x53594E51")
+    conn.execute("PRAGMA user_version=1")
+    conn.executemany(
+        "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)", [(A, 1, b"x"), (A, 2, b"y")]
+    )
+    conn.executemany("INSERT INTO rejections (reason, detail) VALUES (?, ?)", [("bad-tag", "d")] * 3)
+    conn.execute("INSERT INTO meta VALUES ('k', 'v')")
+    conn.commit()
+    conn.close()
+    store = SqliteStore.open(path)
+    assert store.rejections() == {"bad-tag": 3}
+    assert [(r.seq, r.data, r.quarantined) for r in store.rows(A)] == [(1, b"x", None), (2, b"y", None)]
+    assert store.get_meta("k") == "v"
+    store.record_rejection("bad-tag", "new")
+    assert store.rejections() == {"bad-tag": 4}
+    store.put([Row(B, 1, b"q", "forged")])
+    assert store.quarantined() == {"forged": 1}
+    store.close()
+    again = SqliteStore.open(path)  # a second open finds nothing to do
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert again.rejections() == {"bad-tag": 4}
+    again.close()
 
 
 def test_closed_store_refuses_use(store: Store) -> None:

@@ -1,0 +1,147 @@
+"""The store in memory: the ``Store`` port without SQLite, for tests and in-process meshes.
+
+It passes the same acceptance suite as ``SqliteStore`` (``tests/syncq/test_store.py``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+
+from syncq.errors import StoreClosed
+from syncq.store import Checkpoint, Peer, PutReport, Row
+
+
+class MemoryStore:
+    """The store in memory, for tests and in-process meshes; same behaviour as ``SqliteStore``."""
+
+    def __init__(self) -> None:
+        self._rows: dict[bytes, dict[int, bytes]] | None = {}
+        self._checkpoint: Checkpoint | None = None
+        self._meta: dict[str, str] = {}
+        self._rejections: Counter[str] = Counter()
+        self._marks: dict[tuple[bytes, int], str] = {}
+        self._peers: dict[str, Peer] = {}
+
+    def append_own(self, author: bytes, seals: Sequence[Callable[[int], bytes]]) -> list[int]:
+        """Allocate seqs and store each ``seal(seq)``."""
+        rows = self._all().setdefault(author, {})
+        last = max(rows, default=0)
+        seqs = list(range(last + 1, last + 1 + len(seals)))
+        datas = [seal(seq) for seq, seal in zip(seqs, seals, strict=True)]  # all or nothing
+        rows.update(zip(seqs, datas, strict=True))
+        return seqs
+
+    def put(self, rows: Sequence[Row]) -> PutReport:
+        """Store envelopes from elsewhere."""
+        report = PutReport()
+        for row in rows:
+            mine = self._all().setdefault(row.author, {})
+            found = mine.get(row.seq)
+            if found is None:
+                mine[row.seq] = row.data
+                if row.quarantined is not None:
+                    self._marks[(row.author, row.seq)] = row.quarantined
+                report.added.append(row)
+            elif found == row.data:
+                report.duplicates += 1
+            else:
+                report.conflicts.append(row)
+        return report
+
+    def tops(self) -> dict[bytes, int]:
+        """Per author with at least one envelope, the highest seq stored."""
+        return {a: max(rows) for a, rows in sorted(self._all().items()) if rows}
+
+    def rows(self, author: bytes, after: int = 0) -> Iterator[Row]:
+        """The author's envelopes after ``after``, in seq order."""
+        mine = self._all().get(author, {})
+        marks = self._marks
+        return iter([Row(author, s, mine[s], marks.get((author, s))) for s in sorted(mine) if s > after])
+
+    def gapless_seqs(self) -> dict[bytes, int]:
+        """Per author, the highest seq with every seq from 1 to it stored."""
+        found = {}
+        for author, rows in self._all().items():
+            top = 0
+            while top + 1 in rows:
+                top += 1
+            if top:
+                found[author] = top
+        return found
+
+    def count(self) -> int:
+        """How many envelopes are stored."""
+        return sum(len(rows) for rows in self._all().values())
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        """The latest checkpoint, if any."""
+        self._all()
+        return self._checkpoint
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Replace the checkpoint."""
+        self._all()
+        self._checkpoint = Checkpoint(vv=dict(checkpoint.vv), data=checkpoint.data)
+
+    def get_meta(self, key: str) -> str | None:
+        """A metadata string."""
+        self._all()
+        return self._meta.get(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a metadata string."""
+        self._all()
+        self._meta[key] = value
+
+    def mark(self, author: bytes, seq: int, reason: str | None) -> None:
+        """Quarantine a stored envelope for ``reason``, or release it (``None``)."""
+        self._all()
+        if reason is None:
+            self._marks.pop((author, seq), None)
+        else:
+            self._marks[(author, seq)] = reason
+
+    def quarantined(self) -> dict[str, int]:
+        """Quarantined envelopes counted by reason."""
+        self._all()
+        return dict(Counter(self._marks.values()))
+
+    def record_rejection(self, reason: str, detail: str, count: int = 1) -> None:
+        """Count refused envelopes."""
+        self._all()
+        self._rejections[reason] += count
+
+    def rejections(self) -> dict[str, int]:
+        """Refused envelopes counted by reason."""
+        self._all()
+        return dict(self._rejections)
+
+    def size_bytes(self) -> int:
+        """Nothing on disk."""
+        self._all()
+        return 0
+
+    def save_peer(self, peer: Peer) -> None:
+        """Insert or replace a peer."""
+        self._all()
+        self._peers[peer.url] = peer
+
+    def peers(self) -> list[Peer]:
+        """Every known peer, by url."""
+        self._all()
+        return [self._peers[url] for url in sorted(self._peers)]
+
+    def data_version(self) -> int:
+        """Always the same: no other process can write to memory."""
+        self._all()
+        return 0
+
+    def close(self) -> None:
+        """Drop everything; later calls raise ``StoreClosed``."""
+        self._rows = None
+
+    def _all(self) -> dict[bytes, dict[int, bytes]]:
+        if self._rows is None:
+            raise StoreClosed("the store is closed")
+        return self._rows

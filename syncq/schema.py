@@ -1,0 +1,96 @@
+"""The tables of ``syncq.db`` and the steps that upgrade an older database in place.
+
+``SqliteStore`` creates a new database at ``SCHEMA_VERSION`` and runs ``upgrade`` on every
+open: each step is one ``BEGIN IMMEDIATE`` transaction that re-reads ``user_version`` inside it,
+so two processes opening an old home at once upgrade it once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS envelopes (
+    pos    INTEGER PRIMARY KEY,          -- arrival order on this device
+    author BLOB    NOT NULL,             -- 32-byte Ed25519 public key
+    seq    INTEGER NOT NULL,             -- per author, gapless from 1
+    data   BLOB    NOT NULL,             -- the sealed envelope, exactly as signed
+    UNIQUE (author, seq)
+);
+CREATE TABLE IF NOT EXISTS checkpoint (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    vv     TEXT    NOT NULL,             -- JSON {author hex: seq} covered by the state
+    data   BLOB    NOT NULL              -- the Doc state, sealed with a local key
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peers (
+    url       TEXT PRIMARY KEY,          -- ws://host:port, or "inbound:<node id>"
+    source    TEXT NOT NULL,             -- config | invite | mdns | inbound
+    node_id   TEXT,
+    name      TEXT,
+    connected INTEGER NOT NULL DEFAULT 0,
+    last_seen INTEGER,                   -- ms since the epoch
+    behind    INTEGER,                   -- envelopes we hold that the peer lacks
+    error     TEXT
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    reason     TEXT PRIMARY KEY,         -- malformed, bad-tag, forged ... (PROTOCOL.md)
+    count      INTEGER NOT NULL,
+    first_seen INTEGER,                  -- ms since the epoch (NULL: counted before schema 2)
+    last_seen  INTEGER,
+    detail     TEXT NOT NULL             -- the last one's message, escaped and truncated
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    author BLOB    NOT NULL,             -- an envelope of ``envelopes`` that is never applied
+    seq    INTEGER NOT NULL,
+    reason TEXT    NOT NULL,             -- why; "unknown-epoch" is held, not given up
+    PRIMARY KEY (author, seq)
+);
+"""
+
+# Schema 1 kept one row per rejection: a peer sending garbage grew the table without bound.
+_TO_2 = """
+ALTER TABLE rejections RENAME TO rejections_1;
+CREATE TABLE rejections (
+    reason     TEXT PRIMARY KEY,
+    count      INTEGER NOT NULL,
+    first_seen INTEGER,
+    last_seen  INTEGER,
+    detail     TEXT NOT NULL
+);
+INSERT INTO rejections (reason, count, detail)
+    SELECT reason, COUNT(*), '' FROM rejections_1 GROUP BY reason;
+DROP TABLE rejections_1;
+CREATE TABLE IF NOT EXISTS quarantine (
+    author BLOB    NOT NULL,
+    seq    INTEGER NOT NULL,
+    reason TEXT    NOT NULL,
+    PRIMARY KEY (author, seq)
+);
+"""
+
+_STEPS = {1: _TO_2}  # from version: the statements that bring it to version + 1
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring the database up to ``SCHEMA_VERSION``, step by step. Raises ``sqlite3.Error``."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                conn.execute("COMMIT")
+                return
+            for statement in _STEPS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

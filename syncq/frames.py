@@ -48,11 +48,11 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     MALFORMED = 4400  # not msgpack, unknown type, wrong shape
-    AUTH_FAILED = 4401  # wrong space, bad mac or signature: not one of us
+    AUTH_FAILED = 4401  # wrong space, bad key or signature: not one of us
     BAD_ENVELOPE = 4403  # an envelope failed verification
     TIMEOUT = 4408  # the handshake did not finish in time (driver)
     OUT_OF_ORDER = 4409  # a frame the current state does not accept
-    BAD_MAC = 4412  # a frame after AUTH failed its MAC: forged, dropped, reordered or replayed
+    BAD_TAG = 4412  # a frame after AUTH failed its tag: forged, dropped, reordered or replayed
     TOO_LARGE = 4413  # a frame or a field over its limit
     VERSION = 4426  # another protocol version
     BUSY = 4429  # too many connections are still in their handshake (driver)

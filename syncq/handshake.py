@@ -10,11 +10,14 @@ state machine in ``syncq.protocol`` so each stays readable:
   ChaCha20-Poly1305 key for the AUTH payload (node id, signature, name, relay flag) and an
   HMAC key for every later frame. Opening the peer's AUTH proves it knows ``auth_key`` *and*
   that it wrote this AUTH for the other direction, so a reflected AUTH fails.
-- ``FrameMac``: after AUTH every frame is ``msgpack || HMAC-SHA256(k_dir, counter u64 ||
-  msgpack)[:16]`` with an implicit counter per direction starting at 0, so a forged, dropped,
-  reordered or replayed frame fails its check. 16 bytes (128 bits) because a session dies at the
-  first bad tag: a forger gets one guess per handshake, at 2^-128 odds, and every frame (a
-  4-byte ACK most of all) stays small.
+- ``FrameSeal``: after AUTH every frame is ``ChaCha20-Poly1305(k_dir, nonce = counter u64,
+  msgpack)``, the counter implicit per direction from 0, so a forged, dropped, reordered or
+  replayed frame fails its 16-byte tag. An AEAD rather than the HMAC-only ``msgpack ||
+  HMAC(k, counter || msgpack)[:16]``: the same 16 bytes a frame and no slower (ChaCha20 runs at
+  over 1 GB/s, faster than HMAC-SHA256), and it also hides the envelope headers (space id,
+  authors, seqs) and blob ids from whoever watches the wire, which a MAC alone would leave in
+  clear and so undo what the HELLO hides. 16 bytes (128 bits) suffice because a session dies at
+  the first bad tag: a forger gets one guess per handshake.
 """
 
 from __future__ import annotations
@@ -71,17 +74,18 @@ def _derive(auth_key: bytes, transcript: bytes, label: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """One direction's keys of one session: ``role`` is the sender's role."""
+    """One direction's keys of one session (``role`` is the sender's): ``seal`` for its AUTH,
+    ``frames`` for every frame after it."""
 
     seal: bytes
-    mac: bytes
+    frames: bytes
 
     @classmethod
     def derive(cls, auth_key: bytes, transcript: bytes, role: bytes) -> Keys:
         """Keys for the frames that ``role`` sends."""
         return cls(
             seal=_derive(auth_key, transcript, b"auth " + role),
-            mac=_derive(auth_key, transcript, b"mac " + role),
+            frames=_derive(auth_key, transcript, b"frames " + role),
         )
 
 
@@ -106,32 +110,34 @@ def open_auth(keys: Keys, transcript: bytes, sealed: bytes) -> bytes | None:
     return padded[2 : 2 + length] if length <= AUTH_PLAINTEXT_SIZE - 2 else None
 
 
-class FrameMac:
-    """The MAC of one direction's frames after AUTH, with its implicit counter."""
+class FrameSeal:
+    """One direction's frames after AUTH: sealed with ChaCha20-Poly1305 under that direction's
+    key, the nonce an implicit counter from 0. A forged, altered, dropped, reordered or replayed
+    frame fails its tag (compared in constant time by the AEAD)."""
 
-    __slots__ = ("_counter", "_key")
+    __slots__ = ("_aead", "_counter")
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
+        self._aead = ChaCha20Poly1305(key)
         self._counter = 0
 
-    def _tag(self, body: bytes) -> bytes:
-        counted = struct.pack(">Q", self._counter) + body
-        return hmac.new(self._key, counted, hashlib.sha256).digest()[:FRAME_TAG_SIZE]
+    def _nonce(self) -> bytes:
+        return struct.pack(">4xQ", self._counter)
 
     def seal(self, body: bytes) -> bytes:
-        """``body`` with its tag; the counter moves on."""
-        frame = body + self._tag(body)
+        """``body`` sealed; the counter moves on."""
+        frame = self._aead.encrypt(self._nonce(), body, None)
         self._counter += 1
         return frame
 
     def open(self, frame: bytes) -> bytes | None:
-        """The body of the next frame, or None if its tag is not the next one (compared in
-        constant time); the counter moves on only for a good frame."""
+        """The body of the next frame, or None if it is not the next one the peer sealed; the
+        counter moves on only for a good frame."""
         if len(frame) < FRAME_TAG_SIZE:
             return None
-        body, tag = frame[:-FRAME_TAG_SIZE], frame[-FRAME_TAG_SIZE:]
-        if not hmac.compare_digest(self._tag(body), tag):
+        try:
+            body = self._aead.decrypt(self._nonce(), frame, None)
+        except InvalidTag:
             return None
         self._counter += 1
         return body

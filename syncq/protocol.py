@@ -30,9 +30,9 @@ one key per direction: opening it proves the peer knows ``auth_key`` and wrote i
 direction (a reflected AUTH fails). Inside are the node id, its Ed25519 signature over the role
 and transcript (so no member can claim another's id), the name and the relay flag.
 
-After AUTH every frame carries a MAC under a per-direction key and an implicit counter: a man in
-the middle cannot forge a HAVE or an ACK to withhold data, nor drop, reorder or replay a frame,
-without the session closing with 4412.
+After AUTH every frame is sealed (ChaCha20-Poly1305) under a per-direction key with an implicit
+counter as its nonce: a man in the middle cannot read it, nor forge a HAVE or an ACK to withhold
+data, nor drop, reorder or replay a frame, without the session closing with 4412.
 
 Flow control: at most ``WINDOW`` ENVELOPES batches are unacknowledged at once, and a batch is
 acknowledged only after the receiver has stored it, so a 100k backlog never sits in memory and
@@ -68,7 +68,7 @@ from syncq.frames import (
 )
 from syncq.handshake import (
     HELLO_TAG_SIZE,
-    FrameMac,
+    FrameSeal,
     Keys,
     hello_epoch,
     hello_tag,
@@ -271,8 +271,8 @@ class SyncSession:
     _have_part: dict[bytes, int] = field(default_factory=dict)
     _hold: bool = False
     _peer_keys: Keys | None = None  # the peer's direction, known once both HELLOs are
-    _mac_out: FrameMac | None = None  # set once this side has sent its AUTH
-    _mac_in: FrameMac | None = None  # set once the peer's AUTH is verified
+    _seal_out: FrameSeal | None = None  # set once this side has sent its AUTH
+    _seal_in: FrameSeal | None = None  # set once the peer's AUTH is verified
 
     def __post_init__(self) -> None:
         if len(self.challenge) != CHALLENGE_SIZE:
@@ -300,11 +300,11 @@ class SyncSession:
             return [self.fail(v.code, str(v))]
 
     def encode(self, message: list[Any]) -> bytes:
-        """``message`` as this session would put it on the wire now (packed, and MACed after its
+        """``message`` as this session would put it on the wire now (packed, and sealed after its
         AUTH): the session's own sends use it, and so do tests that speak the protocol by hand.
         The counter moves on: the frame must be sent."""
         body = fr.pack(message)
-        return body if self._mac_out is None else self._mac_out.seal(body)
+        return body if self._seal_out is None else self._seal_out.seal(body)
 
     @property
     def peer_relay(self) -> bool:
@@ -315,7 +315,7 @@ class SyncSession:
     def authenticated(self) -> bool:
         """Whether the peer's AUTH was verified: from now on it may send frames up to
         ``MAX_FRAME_SIZE`` (the driver raises its websocket's limit)."""
-        return self._mac_in is not None
+        return self._seal_in is not None
 
     @property
     def can_send(self) -> bool:
@@ -410,14 +410,14 @@ class SyncSession:
         return events
 
     def _open(self, frame: bytes) -> tuple[Frame, list[Any]]:
-        """Check the frame's MAC (after the peer's AUTH) and size, then decode it."""
-        if self._mac_in is None:
+        """Open the frame (after the peer's AUTH: its tag and counter), then decode it."""
+        if self._seal_in is None:
             return fr.unpack(frame, MAX_HANDSHAKE_FRAME)  # a stranger's frames stay small
         if not isinstance(frame, bytes):
             raise Violation(CloseCode.MALFORMED, "frames are binary")
-        body = self._mac_in.open(frame)
+        body = self._seal_in.open(frame)
         if body is None:
-            raise Violation(CloseCode.BAD_MAC, "a frame failed its MAC (forged, lost, reordered or replayed)")
+            raise Violation(CloseCode.BAD_TAG, "a frame failed its tag (forged, lost, reordered or replayed)")
         return fr.unpack(body, MAX_FRAME_SIZE)
 
     def _on_hello(self, body: list[Any], frame: bytes) -> list[Event]:
@@ -443,7 +443,7 @@ class SyncSession:
         proof = self.node.sign(signed_text(self.role.value, self._transcript))
         inner = fr.pack([self.node.public_key, proof, self.name[:MAX_NAME], self.relay])
         self._send([Frame.AUTH, seal_auth(mine, self._transcript, inner)])
-        self._mac_out = FrameMac(mine.mac)
+        self._seal_out = FrameSeal(mine.frames)
         return []
 
     def _on_auth(self, body: list[Any], frame: bytes) -> list[Event]:
@@ -462,7 +462,7 @@ class SyncSession:
             raise Violation(CloseCode.AUTH_FAILED, "bad node signature")
         self.peer_id = DeviceId(node_id.hex())
         self._peer_name, self._peer_relay = name, relay
-        self._mac_in = FrameMac(self._peer_keys.mac)
+        self._seal_in = FrameSeal(self._peer_keys.frames)
         return [Authenticated(peer_id=self.peer_id, peer_name=name, peer_relay=relay)]
 
     def _on_have(self, body: list[Any], frame: bytes) -> list[Event]:

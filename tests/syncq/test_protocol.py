@@ -208,10 +208,10 @@ def test_frames_after_auth_need_their_mac() -> None:
     a.send_envelopes([(b"A" * 32, 1, b"one")])
     a.data_to_send()  # lost: the forger sends its own frame in its place
     forged = msgpack.packb([Frame.HAVE, {b"A" * 32: 10**6}, False]) + bytes(16)
-    assert b.receive(forged)[0].code is CloseCode.BAD_MAC  # type: ignore[union-attr]
+    assert b.receive(forged)[0].code is CloseCode.BAD_TAG  # type: ignore[union-attr]
     assert b.state is State.CLOSED
     _, b = connected()
-    assert b.receive(msgpack.packb([Frame.ACK, 1]))[0].code is CloseCode.BAD_MAC  # type: ignore[union-attr]
+    assert b.receive(msgpack.packb([Frame.ACK, 1]))[0].code is CloseCode.BAD_TAG  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("fault", ["replay", "drop", "reorder", "flip"])
@@ -230,11 +230,11 @@ def test_a_replayed_dropped_reordered_or_altered_frame_closes(fault: str) -> Non
     events = [e for frame in sequence for e in b.receive(frame)]
     assert events == [
         SessionFailed(
-            code=CloseCode.BAD_MAC, reason="a frame failed its MAC (forged, lost, reordered or replayed)"
+            code=CloseCode.BAD_TAG, reason="a frame failed its tag (forged, lost, reordered or replayed)"
         )
     ]
     assert a.receive(b.data_to_send()[-1]) == [
-        PeerClosed(code=4412, reason="a frame failed its MAC (forged, lost, reordered or replayed)")
+        PeerClosed(code=4412, reason="a frame failed its tag (forged, lost, reordered or replayed)")
     ]
 
 

@@ -211,7 +211,7 @@ def test_the_state_machine_never_raises_and_never_accepts_a_bad_mac(seed: int) -
             before = b.state
             events = b.receive(frame)
             if forged and before is not State.CLOSED:
-                assert events == [SessionFailed(code=CloseCode.BAD_MAC, reason=events[0].reason)]
+                assert events == [SessionFailed(code=CloseCode.BAD_TAG, reason=events[0].reason)]
             if not forged and not b.authenticated and events:
                 _decoded_check(before, events, frame, b)
             assert isinstance(b.state, State)

@@ -169,7 +169,9 @@ class Connection:
             self.error = f"closed by the peer: {wire_text(reason)} ({code})"
 
     def _handshake_timeout(self) -> None:
-        if self.session.peer_id is None and self.peering.open:
+        # Until SYNCING, not just AUTH: a HAVE lost on the way (a man in the middle dropping it,
+        # with nothing after it to fail its tag) would leave the session waiting for ever.
+        if self.session.state is not State.SYNCING and self.peering.open:
             self.peering.fail(CloseCode.TIMEOUT, "handshake took too long")
             self.node.spawn(self.close())
 

@@ -4,6 +4,12 @@ Two tasks per connection: the reader feeds every message to the peering (which v
 stores envelopes, then acknowledges them); the sender waits to be woken (the peer's HAVE, an
 acknowledgement, a new local envelope) and sends batches while the flow-control window allows.
 A stalled peer only ever blocks its own tasks.
+
+Until the peer's AUTH verifies, the websocket admits messages of at most 64 KiB
+(``MAX_HANDSHAKE_FRAME``, set where the daemon opens it): a stranger cannot make the node buffer
+8 MiB per connection. The limit rises to ``MAX_FRAME_SIZE`` the moment the session says the peer
+is authenticated. Everything the peer says (its ERROR reason, its name) is logged through
+``wire_text``: one line, no control characters.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from websockets.asyncio.connection import Connection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
 from syncq.peering import BlobEvent, Peering
-from syncq.protocol import CloseCode, PeerClosed, Role, SessionFailed, State
+from syncq.protocol import MAX_FRAME_SIZE, CloseCode, PeerClosed, Role, SessionFailed, State
+
+from .logs import printable
 
 if TYPE_CHECKING:
     from syncq.node.daemon import Node
@@ -39,6 +47,16 @@ class Connection:
         self._last_progress = 0.0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.error: str | None = None  # why a session that never got past AUTH ended
+
+    @property
+    def address(self) -> str:
+        """The peer's ip:port, as this socket sees it."""
+        try:
+            host, port = self.ws.remote_address[:2]
+        except (TypeError, ValueError):
+            return "?"
+        return f"{host}:{port}"
 
     @property
     def key(self) -> str:
@@ -49,8 +67,8 @@ class Connection:
     def label(self) -> str:
         """A short human name for log lines."""
         peer = self.session.peer_id
-        who = self.peering.peer_name or (peer[:12] if peer else "?")
-        return f"{who} ({self.url})" if self.url else who
+        who = wire_text(self.peering.peer_name) or (peer[:12] if peer else "unknown peer")
+        return f"{who} ({self.url or self.address})"
 
     async def run(self) -> None:
         """Run the session until either side ends it; always closes the websocket."""
@@ -72,7 +90,7 @@ class Connection:
                 if not self.peering.open:
                     break
         except ConnectionClosed:
-            pass
+            self._closed_early()
         finally:
             timer.cancel()
             sender.cancel()
@@ -90,7 +108,9 @@ class Connection:
     # -- hooks of the peering --------------------------------------------------------------
 
     def authenticated(self, peering: Peering) -> bool:
-        """Register with the node; False for a duplicate connection to the same peer."""
+        """Register with the node; False for a duplicate connection to the same peer. The peer
+        proved itself: its frames may now be as large as ``MAX_FRAME_SIZE``."""
+        self.ws.protocol.max_message_size = MAX_FRAME_SIZE
         return self.node.connected(self)
 
     def stored(self, peering: Peering, added: int) -> None:
@@ -102,10 +122,21 @@ class Connection:
         self.node.transfers.on_event(self, event)
 
     def ended(self, peering: Peering, event: SessionFailed | PeerClosed) -> None:
-        """Log why the session ended."""
-        kind = "peer-failed" if isinstance(event, SessionFailed) else "peer-closed"
-        level = "warning" if isinstance(event, SessionFailed) else "info"
-        self.node.log.event(kind, level=level, peer=self.label, code=int(event.code), reason=event.reason)
+        """Log why the session ended (with the peer's address), and remember why a session
+        that never got past AUTH ended, for `syncq peers` on this side."""
+        failed = isinstance(event, SessionFailed)
+        reason = wire_text(event.reason)
+        self.node.log.event(
+            "peer-failed" if failed else "peer-closed",
+            level="warning" if failed else "info",
+            peer=self.label,
+            address=self.address,
+            code=int(event.code),
+            reason=reason,
+        )
+        if self.session.peer_id is None and event.code != CloseCode.NORMAL:
+            who = "refused the peer" if failed else "refused by the peer"
+            self.error = f"{who}: {reason} ({int(event.code)})"
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -131,7 +162,21 @@ class Connection:
                 except ConnectionClosed:
                     return
 
+    def _closed_early(self) -> None:
+        """The websocket closed before the session did (no ERROR frame came)."""
+        code, reason = self.ws.close_code, self.ws.close_reason or "connection closed"
+        if self.session.peer_id is None and self.error is None and code not in (None, 1000):
+            self.error = f"closed by the peer: {wire_text(reason)} ({code})"
+
     def _handshake_timeout(self) -> None:
-        if self.session.peer_id is None and self.peering.open:
+        # Until SYNCING, not just AUTH: a HAVE lost on the way (a man in the middle dropping it,
+        # with nothing after it to fail its tag) would leave the session waiting for ever.
+        if self.session.state is not State.SYNCING and self.peering.open:
             self.peering.fail(CloseCode.TIMEOUT, "handshake took too long")
             self.node.spawn(self.close())
+
+
+def wire_text(text: str) -> str:
+    """Text from the wire as one printable line: control characters and newlines escaped, so a
+    peer cannot forge log lines or drive the terminal."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")

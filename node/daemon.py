@@ -33,7 +33,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 from syncq import __version__
 from syncq.errors import StoreError, UserError
 from syncq.keys import make_tree_private
-from syncq.protocol import MAX_FRAME_SIZE, CloseCode, Role
+from syncq.protocol import MAX_HANDSHAKE_FRAME, CloseCode, Role
 from syncq.records import ModelAd, NodeInfo
 from syncq.space import Space, wall_clock_ms
 from syncq.store import Peer
@@ -57,6 +57,7 @@ BACKOFF_MAX_S = 60.0
 PING_S = 20.0
 RELAY_BLOB_DAYS = 30.0  # a relay forgets a kept file nobody stored or read for this long
 FORGET_EVERY_S = 6 * 3600.0
+MAX_HANDSHAKING = 32  # inbound connections not yet past AUTH; more are closed at once (4429)
 
 
 class Node:
@@ -85,6 +86,7 @@ class Node:
         self.discovery = discovery
         self.discovery_interfaces = discovery_interfaces
         self.connections: dict[str, Connection] = {}  # by peer id, once authenticated
+        self._inbound_conns: set[Connection] = set()  # to count those still in their handshake
         self._dialers: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -116,7 +118,7 @@ class Node:
             self._inbound,
             self.host,
             self.port,
-            max_size=MAX_FRAME_SIZE,
+            max_size=MAX_HANDSHAKE_FRAME,  # raised per connection once the peer's AUTH verifies
             compression=None,  # ciphertext does not compress; deflate cost 7x throughput
             ping_interval=PING_S,
             ping_timeout=PING_S,
@@ -230,7 +232,7 @@ class Node:
         try:
             async with connect(
                 url,
-                max_size=MAX_FRAME_SIZE,
+                max_size=MAX_HANDSHAKE_FRAME,  # raised once the peer's AUTH verifies
                 compression=None,
                 open_timeout=10,
                 ping_interval=PING_S,
@@ -244,7 +246,16 @@ class Node:
             return False
 
     async def _inbound(self, ws: ServerConnection) -> None:
-        await Connection(self, ws, Role.RESPONDER, None).run()
+        # Strangers cost memory until they prove themselves: only so many at once.
+        if sum(1 for c in self._inbound_conns if c.session.peer_id is None) >= MAX_HANDSHAKING:
+            await ws.close(CloseCode.BUSY, "too many connections in their handshake")
+            return
+        conn = Connection(self, ws, Role.RESPONDER, None)
+        self._inbound_conns.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._inbound_conns.discard(conn)
 
     def connected(self, conn: Connection) -> bool:
         """Register an authenticated connection; False if it duplicates one to the same peer.
@@ -270,6 +281,8 @@ class Node:
     def disconnected(self, conn: Connection) -> None:
         """Forget a connection that ended."""
         peer = conn.session.peer_id
+        if peer is None and conn.url and conn.error:  # refused: `syncq peers` says why
+            self._remember(conn.url, error=conn.error)
         if peer is not None and self.connections.get(peer) is conn:
             del self.connections[peer]
             self._remember(conn.key, node_id=peer, name=conn.peering.peer_name, connected=False)

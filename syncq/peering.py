@@ -39,7 +39,13 @@ BlobEvent = BlobWanted | BlobReceived | BlobMissing | BlobOffered | BlobKept
 MAX_DROPPED = 100  # invalid envelopes one session may send before it is closed with 4403
 
 if TYPE_CHECKING:
+    from syncq.crypto import SpaceKeys
     from syncq.space import Space
+
+
+def admission_keys(keys: SpaceKeys) -> dict[int, bytes]:
+    """The ``auth_key`` of every epoch these keys know (a member's secrets, a relay's keys)."""
+    return {epoch: keys.auth_key(epoch) for epoch in sorted({*keys.secrets, *keys.relay_auth})}
 
 
 class Hooks(Protocol):
@@ -90,8 +96,8 @@ class Peering:
         self.hooks: Hooks = hooks or NoHooks()
         self.session = SyncSession(
             role=role,
-            space_id=bytes.fromhex(space.keys.space_id),
-            auth_key=space.keys.auth_key(space.keys.epoch),
+            auth_keys=admission_keys(space.keys),
+            epoch=space.keys.epoch,
             node=space.device,
             name=space.name,
             challenge=challenge if challenge is not None else os.urandom(32),

@@ -9,9 +9,10 @@ websocket close code to use.
 Every state transition lives in ``TRANSITIONS`` (h11's habit)::
 
     state           frame received          next state      and then
-    AWAIT_HELLO     HELLO (valid)           AWAIT_AUTH      send AUTH
-    AWAIT_AUTH      AUTH (valid)            AWAIT_HAVE      emit Authenticated; driver sends HAVE
-    AWAIT_HAVE      HAVE                    SYNCING         emit HaveReceived
+    AWAIT_HELLO     HELLO (valid tag)       AWAIT_AUTH      send AUTH
+    AWAIT_AUTH      AUTH (opens, signed)    AWAIT_HAVE      emit Authenticated; driver sends HAVE
+    AWAIT_HAVE      HAVE (more to come)     AWAIT_HAVE      keep the part
+    AWAIT_HAVE      HAVE (the last part)    SYNCING         emit HaveReceived
     SYNCING         ENVELOPES               SYNCING         emit EnvelopesReceived; driver ACKs
     SYNCING         ACK                     SYNCING         emit WindowOpen
     SYNCING         WANT_BLOB               SYNCING         emit BlobWanted; driver sends BLOB/NO_BLOB
@@ -22,10 +23,16 @@ Every state transition lives in ``TRANSITIONS`` (h11's habit)::
     any open        ERROR                   CLOSED          emit PeerClosed
     any             anything else           CLOSED          emit SessionFailed (4409)
 
-Admission: both sides prove knowledge of the space's ``auth_key`` with an HMAC over the
-transcript of both HELLOs (bound to their role, so a reply cannot be reflected) and sign the
-same transcript with their node key, so a node id cannot be claimed by another member. Macs are
-compared in constant time.
+Admission (``syncq.handshake``): HELLO carries a fresh challenge and a tag keyed by the space's
+``auth_key``, nothing else, so a stranger learns neither the space, nor the device, nor its
+name. AUTH is sealed (ChaCha20-Poly1305) under a key derived from ``auth_key`` and both HELLOs,
+one key per direction: opening it proves the peer knows ``auth_key`` and wrote it for this
+direction (a reflected AUTH fails). Inside are the node id, its Ed25519 signature over the role
+and transcript (so no member can claim another's id), the name and the relay flag.
+
+After AUTH every frame is sealed (ChaCha20-Poly1305) under a per-direction key with an implicit
+counter as its nonce: a man in the middle cannot read it, nor forge a HAVE or an ACK to withhold
+data, nor drop, reorder or replay a frame, without the session closing with 4412.
 
 Flow control: at most ``WINDOW`` ENVELOPES batches are unacknowledged at once, and a batch is
 acknowledged only after the receiver has stored it, so a 100k backlog never sits in memory and
@@ -35,59 +42,57 @@ an ACK means "durable here".
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from syncq.blobs import ID_SIZE, RELAY_TAG_SIZE, chunk_count, chunk_length
+from syncq import frames as fr
+from syncq.blobs import ID_SIZE, RELAY_TAG_SIZE, chunk_length
 from syncq.crypto import MAX_ENVELOPE_SIZE, TAG_SIZE, DeviceKeys, verify_signature
+from syncq.frames import (
+    MAX_AUTHORS,
+    MAX_BATCH_ENVELOPES,
+    MAX_BLOB_BYTES,
+    MAX_FRAME_SIZE,
+    MAX_HANDSHAKE_FRAME,
+    MAX_HAVE_AUTHORS,
+    MAX_HOPS,
+    MAX_NAME,
+    MAX_WANT,
+    PROTOCOL_VERSION,
+    CloseCode,
+    Frame,
+    Violation,
+)
+from syncq.handshake import (
+    HELLO_TAG_SIZE,
+    FrameSeal,
+    Keys,
+    hello_epoch,
+    hello_tag,
+    open_auth,
+    seal_auth,
+    signed_text,
+    transcript_hash,
+)
 from syncq.ids import DeviceId
 
-PROTOCOL_VERSION = 1
-MAX_FRAME_SIZE = 8 * 1024 * 1024  # websocket max_size; ENVELOPES batches stay below it
-MAX_BATCH_ENVELOPES = 1000
+__all__ = [
+    "MAX_AUTHORS",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_ENVELOPES",
+    "MAX_FRAME_SIZE",
+    "MAX_HANDSHAKE_FRAME",
+    "PROTOCOL_VERSION",
+    "CloseCode",
+    "Frame",
+]
+
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # what a sender puts in one batch
-MAX_AUTHORS = 100_000
-MAX_NAME = 64
 WINDOW = 4
 CHALLENGE_SIZE = 32
-MAX_WANT = 16  # chunk indices per WANT_BLOB / NO_BLOB
-MAX_HOPS = 3  # how far a WANT_BLOB may travel through nodes that lack the blob
-MAX_BLOB_BYTES = 1 << 40  # what the wire admits; each node refuses more than its own blob_limit
-
-
-class Frame(enum.IntEnum):
-    """Frame types: the first element of every msgpack array on the wire."""
-
-    HELLO = 1
-    AUTH = 2
-    HAVE = 3
-    ENVELOPES = 4
-    ACK = 5
-    ERROR = 6
-    WANT_BLOB = 7
-    BLOB = 8
-    NO_BLOB = 9
-    KEEP_BLOB = 10
-    KEPT_BLOB = 11
-
-
-class CloseCode(enum.IntEnum):
-    """Websocket close codes a session fails with."""
-
-    NORMAL = 1000
-    MALFORMED = 4400  # not msgpack, unknown type, wrong shape
-    AUTH_FAILED = 4401  # wrong space, bad mac or signature: not one of us
-    BAD_ENVELOPE = 4403  # an envelope failed verification
-    TIMEOUT = 4408  # the handshake did not finish in time (driver)
-    OUT_OF_ORDER = 4409  # a frame the current state does not accept
-    TOO_LARGE = 4413  # a frame or a field over its limit
-    VERSION = 4426  # another protocol version
-    UNAVAILABLE = 4503  # local storage failed: nothing acknowledged (driver)
 
 
 class Role(enum.Enum):
@@ -110,7 +115,7 @@ class State(enum.Enum):
 TRANSITIONS: Mapping[tuple[State, Frame], State] = {
     (State.AWAIT_HELLO, Frame.HELLO): State.AWAIT_AUTH,
     (State.AWAIT_AUTH, Frame.AUTH): State.AWAIT_HAVE,
-    (State.AWAIT_HAVE, Frame.HAVE): State.SYNCING,
+    (State.AWAIT_HAVE, Frame.HAVE): State.SYNCING,  # its handler holds AWAIT_HAVE for a part
     (State.SYNCING, Frame.ENVELOPES): State.SYNCING,
     (State.SYNCING, Frame.ACK): State.SYNCING,
     (State.SYNCING, Frame.WANT_BLOB): State.SYNCING,
@@ -235,21 +240,18 @@ Event = (
 )
 
 
-class _Violation(Exception):
-    """Internal: a peer's frame broke the protocol (never escapes the session)."""
-
-    def __init__(self, code: CloseCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
 @dataclass(slots=True)
 class SyncSession:
-    """One side of one connection. Feed it frames; send what it queues."""
+    """One side of one connection. Feed it frames; send what it queues.
+
+    ``auth_keys`` holds the admission key of every epoch this node knows; ``epoch`` is the one
+    it speaks (its newest). Raises ``ValueError`` for a challenge that is not 32 bytes or an
+    epoch it has no key for.
+    """
 
     role: Role
-    space_id: bytes
-    auth_key: bytes
+    auth_keys: Mapping[int, bytes]
+    epoch: int
     node: DeviceKeys
     name: str
     challenge: bytes
@@ -261,26 +263,24 @@ class SyncSession:
     close_reason: str = ""
     _outgoing: list[bytes] = field(default_factory=list)
     _my_hello: bytes = b""
-    _peer_hello: bytes = b""
-    _peer_key: bytes = b""
+    _transcript: bytes = b""
     _peer_name: str = ""
     _peer_relay: bool = False
     _next_batch: int = 1
     _unacked: int = 0
+    _have_part: dict[bytes, int] = field(default_factory=dict)
+    _hold: bool = False
+    _peer_keys: Keys | None = None  # the peer's direction, known once both HELLOs are
+    _seal_out: FrameSeal | None = None  # set once this side has sent its AUTH
+    _seal_in: FrameSeal | None = None  # set once the peer's AUTH is verified
 
     def __post_init__(self) -> None:
         if len(self.challenge) != CHALLENGE_SIZE:
             raise ValueError("a challenge is 32 random bytes")
-        hello = [
-            Frame.HELLO,
-            PROTOCOL_VERSION,
-            self.space_id,
-            self.node.public_key,
-            self.challenge,
-            self.name[:MAX_NAME],
-            self.relay,
-        ]
-        self._my_hello = _pack(hello)
+        if self.epoch not in self.auth_keys:
+            raise ValueError(f"no admission key for epoch {self.epoch}")
+        tag = hello_tag(self.auth_keys[self.epoch], self.challenge)
+        self._my_hello = fr.pack([Frame.HELLO, PROTOCOL_VERSION, self.challenge, tag])
         self._outgoing.append(self._my_hello)
 
     # -- driver API ------------------------------------------------------------------------
@@ -296,8 +296,15 @@ class SyncSession:
             return []
         try:
             return self._receive(frame)
-        except _Violation as v:
+        except Violation as v:
             return [self.fail(v.code, str(v))]
+
+    def encode(self, message: list[Any]) -> bytes:
+        """``message`` as this session would put it on the wire now (packed, and sealed after its
+        AUTH): the session's own sends use it, and so do tests that speak the protocol by hand.
+        The counter moves on: the frame must be sent."""
+        body = fr.pack(message)
+        return body if self._seal_out is None else self._seal_out.seal(body)
 
     @property
     def peer_relay(self) -> bool:
@@ -305,14 +312,24 @@ class SyncSession:
         return self._peer_relay
 
     @property
+    def authenticated(self) -> bool:
+        """Whether the peer's AUTH was verified: from now on it may send frames up to
+        ``MAX_FRAME_SIZE`` (the driver raises its websocket's limit)."""
+        return self._seal_in is not None
+
+    @property
     def can_send(self) -> bool:
         """Whether the flow-control window allows another ENVELOPES batch."""
         return self.state is State.SYNCING and self._unacked < WINDOW
 
     def send_have(self, vv: Mapping[bytes, int]) -> None:
-        """Tell the peer what this side holds (after ``Authenticated``)."""
+        """Tell the peer what this side holds (after ``Authenticated``), in parts of at most
+        ``MAX_HAVE_AUTHORS``: the peer may not have raised its size limit yet."""
         self._require(State.AWAIT_HAVE, State.SYNCING)
-        self._outgoing.append(_pack([Frame.HAVE, dict(vv)]))
+        items = sorted(vv.items())
+        parts = [items[i : i + MAX_HAVE_AUTHORS] for i in range(0, len(items), MAX_HAVE_AUTHORS)] or [[]]
+        for i, part in enumerate(parts):
+            self._send([Frame.HAVE, dict(part), i < len(parts) - 1])
 
     def send_envelopes(self, envelopes: Sequence[tuple[bytes, int, bytes]]) -> None:
         """Send (author, seq, data) envelopes the peer lacks, per author in seq order.
@@ -324,7 +341,7 @@ class SyncSession:
             raise ValueError("the flow-control window is closed")
         if not envelopes or len(envelopes) > MAX_BATCH_ENVELOPES:
             raise ValueError("a batch holds 1 to MAX_BATCH_ENVELOPES envelopes")
-        self._outgoing.append(_pack([Frame.ENVELOPES, self._next_batch, [data for _, _, data in envelopes]]))
+        self._send([Frame.ENVELOPES, self._next_batch, [data for _, _, data in envelopes]])
         self._next_batch += 1
         self._unacked += 1
         for author, seq, _ in envelopes:
@@ -333,7 +350,7 @@ class SyncSession:
     def ack(self, batch: int) -> None:
         """Acknowledge a received batch once it is stored."""
         if self.state is State.SYNCING:
-            self._outgoing.append(_pack([Frame.ACK, batch]))
+            self._send([Frame.ACK, batch])
 
     def note_peer_has(self, author: bytes, seq: int) -> None:
         """Record that the peer holds (author, seq): only gapless runs count."""
@@ -343,236 +360,219 @@ class SyncSession:
     def want_blob(self, blob_id: bytes, size: int, epoch: int, indices: Sequence[int], hops: int) -> None:
         """Ask the peer for chunks of a blob (at most ``MAX_WANT`` indices)."""
         self._require(State.SYNCING)
-        self._outgoing.append(_pack([Frame.WANT_BLOB, blob_id, size, epoch, list(indices[:MAX_WANT]), hops]))
+        self._send([Frame.WANT_BLOB, blob_id, size, epoch, list(indices[:MAX_WANT]), hops])
 
     def send_chunk(
         self, blob_id: bytes, size: int, epoch: int, index: int, sealed: bytes, tag: bytes
     ) -> None:
         """Send one sealed chunk."""
         self._require(State.SYNCING)
-        self._outgoing.append(_pack([Frame.BLOB, blob_id, size, epoch, index, sealed, tag]))
+        self._send([Frame.BLOB, blob_id, size, epoch, index, sealed, tag])
 
     def keep_blob(self, blob_id: bytes, size: int, epoch: int) -> None:
         """Ask the peer (a relay) to fetch this blob from us and keep it."""
         self._require(State.SYNCING)
-        self._outgoing.append(_pack([Frame.KEEP_BLOB, blob_id, size, epoch]))
+        self._send([Frame.KEEP_BLOB, blob_id, size, epoch])
 
     def kept_blob(self, blob_id: bytes) -> None:
         """Tell the member that its KEEP_BLOB is recorded here, so it need not send it again."""
         self._require(State.SYNCING)
-        self._outgoing.append(_pack([Frame.KEPT_BLOB, blob_id]))
+        self._send([Frame.KEPT_BLOB, blob_id])
 
     def no_blob(self, blob_id: bytes, indices: Sequence[int]) -> None:
         """Tell the peer these chunks are not to be had here."""
         self._require(State.SYNCING)
-        self._outgoing.append(_pack([Frame.NO_BLOB, blob_id, list(indices[:MAX_WANT])]))
+        self._send([Frame.NO_BLOB, blob_id, list(indices[:MAX_WANT])])
 
     def fail(self, code: CloseCode, reason: str) -> SessionFailed:
         """End the session from this side: queue an ERROR frame and close."""
         if self.state is not State.CLOSED:
-            self._outgoing.append(_pack([Frame.ERROR, int(code), reason[:200]]))
+            self._send([Frame.ERROR, int(code), reason[:200]])
             self.state = State.CLOSED
             self.close_code, self.close_reason = code, reason
         return SessionFailed(code=code, reason=reason)
 
     # -- frame handling --------------------------------------------------------------------
 
+    def _send(self, message: list[Any]) -> None:
+        self._outgoing.append(self.encode(message))
+
     def _receive(self, frame: bytes) -> list[Event]:
-        kind, body = _unpack(frame)
+        kind, body = self._open(frame)
         following = TRANSITIONS.get((self.state, kind))
         if following is None:
-            raise _Violation(CloseCode.OUT_OF_ORDER, f"{kind.name} not allowed in {self.state.value}")
+            raise Violation(CloseCode.OUT_OF_ORDER, f"{kind.name} not allowed in {self.state.value}")
+        self._hold = False
         handler = getattr(self, f"_on_{kind.name.lower()}")
         events: list[Event] = handler(body, frame)
-        if self.state is not State.CLOSED:
+        if self.state is not State.CLOSED and not self._hold:
             self.state = following
         return events
 
+    def _open(self, frame: bytes) -> tuple[Frame, list[Any]]:
+        """Open the frame (after the peer's AUTH: its tag and counter), then decode it."""
+        if self._seal_in is None:
+            return fr.unpack(frame, MAX_HANDSHAKE_FRAME)  # a stranger's frames stay small
+        if not isinstance(frame, bytes):
+            raise Violation(CloseCode.MALFORMED, "frames are binary")
+        body = self._seal_in.open(frame)
+        if body is None:
+            raise Violation(CloseCode.BAD_TAG, "a frame failed its tag (forged, lost, reordered or replayed)")
+        return fr.unpack(body, MAX_FRAME_SIZE)
+
     def _on_hello(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 6)
-        version, space_id, node_id, challenge, name, relay = body
-        if version != PROTOCOL_VERSION:
-            raise _Violation(CloseCode.VERSION, f"peer speaks protocol {version}, not {PROTOCOL_VERSION}")
-        _bytes(space_id, 16, "space id")
-        _bytes(node_id, 32, "node id")
-        _bytes(challenge, CHALLENGE_SIZE, "challenge")
-        if not isinstance(name, str) or len(name) > MAX_NAME or not isinstance(relay, bool):
-            raise _Violation(CloseCode.MALFORMED, "bad name or relay flag")
-        if not hmac.compare_digest(space_id, self.space_id):
-            raise _Violation(CloseCode.AUTH_FAILED, "peer belongs to another space")
-        if node_id == self.node.public_key:
-            raise _Violation(CloseCode.AUTH_FAILED, "peer claims this node's own id")
-        self._peer_hello, self._peer_key = frame, node_id
-        self._peer_name, self._peer_relay = name, relay
-        transcript = self._transcript(self.role)
-        mac = hmac.new(self.auth_key, transcript, hashlib.sha256).digest()
-        self._outgoing.append(_pack([Frame.AUTH, mac, self.node.sign(transcript)]))
+        if not body or body[0] != PROTOCOL_VERSION:
+            version = body[0] if body and fr.whole(body[0]) else "?"
+            raise Violation(CloseCode.VERSION, f"peer speaks protocol {version}, not {PROTOCOL_VERSION}")
+        fr.shape(body, 3)
+        _, challenge, tag = body
+        fr.check_bytes(challenge, CHALLENGE_SIZE, "challenge")
+        fr.check_bytes(tag, HELLO_TAG_SIZE, "hello tag")
+        epoch = hello_epoch(self.auth_keys, challenge, tag)
+        if epoch is None:
+            raise Violation(CloseCode.AUTH_FAILED, "peer belongs to another space")
+        if epoch != self.epoch:
+            raise Violation(CloseCode.AUTH_FAILED, f"peer is at key epoch {epoch}, this node at {self.epoch}")
+        if challenge == self.challenge:
+            raise Violation(CloseCode.AUTH_FAILED, "peer sent this node's own HELLO back")
+        first, second = (self._my_hello, frame) if self.role is Role.INITIATOR else (frame, self._my_hello)
+        self._transcript = transcript_hash(first, second)
+        key = self.auth_keys[self.epoch]
+        mine = Keys.derive(key, self._transcript, self.role.value)
+        self._peer_keys = Keys.derive(key, self._transcript, _other(self.role).value)
+        proof = self.node.sign(signed_text(self.role.value, self._transcript))
+        inner = fr.pack([self.node.public_key, proof, self.name[:MAX_NAME], self.relay])
+        self._send([Frame.AUTH, seal_auth(mine, self._transcript, inner)])
+        self._seal_out = FrameSeal(mine.frames)
         return []
 
     def _on_auth(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 2)
-        mac, signature = body
-        _bytes(mac, 32, "mac")
-        _bytes(signature, 64, "signature")
-        peer_role = Role.RESPONDER if self.role is Role.INITIATOR else Role.INITIATOR
-        transcript = self._transcript(peer_role)
-        expected = hmac.new(self.auth_key, transcript, hashlib.sha256).digest()
-        if not hmac.compare_digest(mac, expected):
-            raise _Violation(CloseCode.AUTH_FAILED, "wrong space key")
-        if not verify_signature(self._peer_key, signature, transcript):
-            raise _Violation(CloseCode.AUTH_FAILED, "bad node signature")
-        self.peer_id = DeviceId(self._peer_key.hex())
-        return [Authenticated(peer_id=self.peer_id, peer_name=self._peer_name, peer_relay=self._peer_relay)]
+        fr.shape(body, 1)
+        (sealed,) = body
+        if not isinstance(sealed, bytes):
+            raise Violation(CloseCode.MALFORMED, "bad AUTH")
+        assert self._peer_keys is not None  # AWAIT_AUTH comes only after our HELLO handler
+        inner = open_auth(self._peer_keys, self._transcript, sealed)
+        if inner is None:
+            raise Violation(CloseCode.AUTH_FAILED, "wrong space key")
+        node_id, signature, name, relay = _auth_fields(inner)
+        if node_id == self.node.public_key:
+            raise Violation(CloseCode.AUTH_FAILED, "peer claims this node's own id")
+        if not verify_signature(node_id, signature, signed_text(_other(self.role).value, self._transcript)):
+            raise Violation(CloseCode.AUTH_FAILED, "bad node signature")
+        self.peer_id = DeviceId(node_id.hex())
+        self._peer_name, self._peer_relay = name, relay
+        self._seal_in = FrameSeal(self._peer_keys.frames)
+        return [Authenticated(peer_id=self.peer_id, peer_name=name, peer_relay=relay)]
 
     def _on_have(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 1)
-        (vv,) = body
-        if not isinstance(vv, dict) or len(vv) > MAX_AUTHORS:
-            raise _Violation(CloseCode.MALFORMED, "HAVE needs a map of at most MAX_AUTHORS authors")
+        fr.shape(body, 2)
+        vv, more = body
+        if len(frame) > MAX_HANDSHAKE_FRAME + 16 or not isinstance(more, bool):
+            raise Violation(CloseCode.TOO_LARGE, "a HAVE part over 64 KiB")
+        if not isinstance(vv, dict) or len(vv) > MAX_HAVE_AUTHORS:
+            raise Violation(CloseCode.MALFORMED, "HAVE needs a map of at most MAX_HAVE_AUTHORS authors")
         for author, seq in vv.items():
-            _bytes(author, 32, "author")
-            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 1 << 63:
-                raise _Violation(CloseCode.MALFORMED, "HAVE seqs must be whole numbers")
-        self.peer_vv = dict(vv)
-        return [HaveReceived(vv=dict(vv))]
+            fr.check_bytes(author, 32, "author")
+            if not fr.whole(seq) or seq >= 1 << 63:
+                raise Violation(CloseCode.MALFORMED, "HAVE seqs must be whole numbers")
+        self._have_part.update(vv)
+        if len(self._have_part) > MAX_AUTHORS:
+            raise Violation(CloseCode.TOO_LARGE, "HAVE of more than MAX_AUTHORS authors")
+        if more:
+            self._hold = True
+            return []
+        self.peer_vv, self._have_part = self._have_part, {}
+        return [HaveReceived(vv=dict(self.peer_vv))]
 
     def _on_envelopes(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 2)
+        fr.shape(body, 2)
         batch, envelopes = body
         if not isinstance(batch, int) or isinstance(batch, bool):
-            raise _Violation(CloseCode.MALFORMED, "bad batch number")
+            raise Violation(CloseCode.MALFORMED, "bad batch number")
         if not isinstance(envelopes, list) or not 0 < len(envelopes) <= MAX_BATCH_ENVELOPES:
-            raise _Violation(CloseCode.MALFORMED, "a batch holds 1 to MAX_BATCH_ENVELOPES envelopes")
+            raise Violation(CloseCode.MALFORMED, "a batch holds 1 to MAX_BATCH_ENVELOPES envelopes")
         for data in envelopes:
             if not isinstance(data, bytes) or len(data) > MAX_ENVELOPE_SIZE:
-                raise _Violation(CloseCode.TOO_LARGE, "an envelope is not bytes or is too large")
+                raise Violation(CloseCode.TOO_LARGE, "an envelope is not bytes or is too large")
         return [EnvelopesReceived(batch=batch, envelopes=envelopes)]
 
     def _on_ack(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 1)
+        fr.shape(body, 1)
         if self._unacked == 0:
-            raise _Violation(CloseCode.OUT_OF_ORDER, "ACK with nothing outstanding")
+            raise Violation(CloseCode.OUT_OF_ORDER, "ACK with nothing outstanding")
         self._unacked -= 1
         return [WindowOpen()]
 
     def _on_want_blob(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 5)
+        fr.shape(body, 5)
         blob_id, size, epoch, indices, hops = body
-        _blob_header(blob_id, size, epoch)
-        _indices(indices, size)
-        if not _whole(hops) or hops > MAX_HOPS:
-            raise _Violation(CloseCode.MALFORMED, "bad hop count")
+        fr.blob_header(blob_id, size, epoch)
+        fr.indices(indices, size)
+        if not fr.whole(hops) or hops > MAX_HOPS:
+            raise Violation(CloseCode.MALFORMED, "bad hop count")
         return [BlobWanted(blob_id=blob_id, size=size, epoch=epoch, indices=indices, hops=hops)]
 
     def _on_blob(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 6)
+        fr.shape(body, 6)
         blob_id, size, epoch, index, sealed, tag = body
-        _blob_header(blob_id, size, epoch)
-        _indices([index], size)
+        fr.blob_header(blob_id, size, epoch)
+        fr.indices([index], size)
         if not isinstance(sealed, bytes) or len(sealed) != chunk_length(size, index) + TAG_SIZE:
-            raise _Violation(CloseCode.TOO_LARGE, "a chunk's length does not fit its blob")
-        _bytes(tag, RELAY_TAG_SIZE, "chunk tag")
+            raise Violation(CloseCode.TOO_LARGE, "a chunk's length does not fit its blob")
+        fr.check_bytes(tag, RELAY_TAG_SIZE, "chunk tag")
         return [BlobReceived(blob_id=blob_id, size=size, epoch=epoch, index=index, sealed=sealed, tag=tag)]
 
     def _on_no_blob(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 2)
+        fr.shape(body, 2)
         blob_id, indices = body
-        _bytes(blob_id, ID_SIZE, "blob id")
-        _indices(indices, MAX_BLOB_BYTES)
+        fr.check_bytes(blob_id, ID_SIZE, "blob id")
+        fr.indices(indices, MAX_BLOB_BYTES)
         return [BlobMissing(blob_id=blob_id, indices=indices)]
 
     def _on_keep_blob(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 3)
+        fr.shape(body, 3)
         blob_id, size, epoch = body
-        _blob_header(blob_id, size, epoch)
+        fr.blob_header(blob_id, size, epoch)
         return [BlobOffered(blob_id=blob_id, size=size, epoch=epoch)]
 
     def _on_kept_blob(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 1)
+        fr.shape(body, 1)
         (blob_id,) = body
-        _bytes(blob_id, ID_SIZE, "blob id")
+        fr.check_bytes(blob_id, ID_SIZE, "blob id")
         return [BlobKept(blob_id=blob_id)]
 
     def _on_error(self, body: list[Any], frame: bytes) -> list[Event]:
-        _shape(body, 2)
+        fr.shape(body, 2)
         code, reason = body
         self.state = State.CLOSED
-        self.close_code = code if isinstance(code, int) else CloseCode.MALFORMED
+        self.close_code = code if fr.whole(code) else CloseCode.MALFORMED
         self.close_reason = reason[:200] if isinstance(reason, str) else ""
         return [PeerClosed(code=self.close_code, reason=self.close_reason)]
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _transcript(self, role: Role) -> bytes:
-        first, second = (
-            (self._my_hello, self._peer_hello)
-            if self.role is Role.INITIATOR
-            else (self._peer_hello, self._my_hello)
-        )
-        return (
-            b"syncq-auth-v1\x00"
-            + role.value
-            + hashlib.sha256(first).digest()
-            + hashlib.sha256(second).digest()
-        )
 
     def _require(self, *states: State) -> None:
         if self.state not in states:
             raise ValueError(f"not allowed in state {self.state.value}")
 
 
-def _pack(message: list[Any]) -> bytes:
-    packed: bytes = msgpack.packb(message, use_bin_type=True)
-    return packed
+def _other(role: Role) -> Role:
+    return Role.RESPONDER if role is Role.INITIATOR else Role.INITIATOR
 
 
-def _unpack(frame: bytes) -> tuple[Frame, list[Any]]:
-    if not isinstance(frame, bytes):
-        raise _Violation(CloseCode.MALFORMED, "frames are binary")
-    if len(frame) > MAX_FRAME_SIZE:
-        raise _Violation(CloseCode.TOO_LARGE, f"frame of {len(frame)} bytes")
+def _auth_fields(inner: bytes) -> tuple[bytes, bytes, str, bool]:
+    """The node id, signature, name and relay flag sealed in an AUTH. Raises ``Violation``."""
     try:
-        message = msgpack.unpackb(
-            frame,
-            raw=False,
-            strict_map_key=False,
-            max_bin_len=MAX_ENVELOPE_SIZE,
-            max_str_len=1024,
-            max_array_len=MAX_BATCH_ENVELOPES + 8,
-            max_map_len=MAX_AUTHORS,
-        )
-    except Exception as exc:  # any decoder failure on untrusted bytes is the peer's fault
-        raise _Violation(CloseCode.MALFORMED, f"not a msgpack frame: {exc}") from exc
-    if not isinstance(message, list) or not message or message[0] not in Frame._value2member_map_:
-        raise _Violation(CloseCode.MALFORMED, "unknown frame type")
-    if isinstance(message[0], bool):
-        raise _Violation(CloseCode.MALFORMED, "unknown frame type")
-    return Frame(message[0]), message[1:]
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _blob_header(blob_id: object, size: object, epoch: object) -> None:
-    _bytes(blob_id, ID_SIZE, "blob id")
-    if not _whole(size) or size > MAX_BLOB_BYTES or not _whole(epoch) or epoch >= 1 << 32:  # type: ignore[operator]
-        raise _Violation(CloseCode.TOO_LARGE, "bad blob size or epoch")
-
-
-def _indices(indices: object, size: int) -> None:
-    if not isinstance(indices, list) or not 0 < len(indices) <= MAX_WANT:
-        raise _Violation(CloseCode.MALFORMED, f"1 to {MAX_WANT} chunk indices")
-    count = chunk_count(size)
-    if not all(_whole(i) and i < count for i in indices):
-        raise _Violation(CloseCode.MALFORMED, "a chunk index out of range")
-
-
-def _shape(body: list[Any], n: int) -> None:
-    if len(body) != n:
-        raise _Violation(CloseCode.MALFORMED, f"expected {n} fields, got {len(body)}")
-
-
-def _bytes(value: object, size: int, what: str) -> None:
-    if not isinstance(value, bytes) or len(value) != size:
-        raise _Violation(CloseCode.MALFORMED, f"bad {what}")
+        fields = msgpack.unpackb(inner, raw=False, max_str_len=1024, max_bin_len=1024)
+    except Exception as exc:  # sealed by a holder of auth_key, yet still untrusted bytes
+        raise Violation(CloseCode.MALFORMED, "AUTH holds no msgpack array") from exc
+    if not isinstance(fields, list):
+        raise Violation(CloseCode.MALFORMED, "AUTH holds no msgpack array")
+    fr.shape(fields, 4)
+    node_id, signature, name, relay = fields
+    fr.check_bytes(node_id, 32, "node id")
+    fr.check_bytes(signature, 64, "signature")
+    if not isinstance(name, str) or len(name) > MAX_NAME or not isinstance(relay, bool):
+        raise Violation(CloseCode.MALFORMED, "bad name or relay flag")
+    return node_id, signature, name, relay

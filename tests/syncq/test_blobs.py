@@ -6,7 +6,6 @@ import os
 import time
 from pathlib import Path
 
-import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -210,16 +209,16 @@ def test_a_prompt_carries_its_files_through_the_log(tmp_path: Path) -> None:
 def syncing_pair(*, b_relay: bool = False) -> tuple[SyncSession, SyncSession]:
     a = SyncSession(
         role=Role.INITIATOR,
-        space_id=bytes.fromhex(KEYS.space_id),
-        auth_key=KEYS.auth_key(0),
+        auth_keys={0: KEYS.auth_key(0)},
+        epoch=0,
         node=DeviceKeys.from_seed(b"a" * 64),
         name="a",
         challenge=b"1" * 32,
     )
     b = SyncSession(
         role=Role.RESPONDER,
-        space_id=bytes.fromhex(KEYS.space_id),
-        auth_key=KEYS.auth_key(0),
+        auth_keys={0: KEYS.auth_key(0)},
+        epoch=0,
         node=DeviceKeys.from_seed(b"b" * 64),
         name="b",
         challenge=b"2" * 32,
@@ -252,14 +251,14 @@ def test_blob_frames_travel_between_sessions() -> None:
 
 def test_a_member_asks_a_relay_to_keep_a_blob_and_it_answers() -> None:
     a, relay = syncing_pair(b_relay=True)
-    assert a.peer_relay and not relay.peer_relay  # from the HELLOs
+    assert a.peer_relay and not relay.peer_relay  # from the AUTHs
     a.keep_blob(bytes(32), 5 * CHUNK_SIZE, 1)
     (event,) = relay.receive(a.data_to_send()[0])
     assert event == BlobOffered(blob_id=bytes(32), size=5 * CHUNK_SIZE, epoch=1)
     relay.kept_blob(bytes(32))
     (event,) = a.receive(relay.data_to_send()[0])
     assert event == BlobKept(blob_id=bytes(32))
-    (event,) = a.receive(msgpack.packb([Frame.KEPT_BLOB, bytes(31)], use_bin_type=True))
+    (event,) = a.receive(relay.encode([Frame.KEPT_BLOB, bytes(31)]))
     assert isinstance(event, SessionFailed) and event.code == CloseCode.MALFORMED
 
 
@@ -274,8 +273,8 @@ def test_a_member_asks_a_relay_to_keep_a_blob_and_it_answers() -> None:
     ],
 )
 def test_bad_keep_frames_close_the_session(body: list[object], code: CloseCode) -> None:
-    _, relay = syncing_pair(b_relay=True)
-    (event,) = relay.receive(msgpack.packb([Frame.KEEP_BLOB, *body], use_bin_type=True))
+    member, relay = syncing_pair(b_relay=True)
+    (event,) = relay.receive(member.encode([Frame.KEEP_BLOB, *body]))
     assert isinstance(event, SessionFailed) and event.code == code
 
 
@@ -290,18 +289,18 @@ def test_bad_keep_frames_close_the_session(body: list[object], code: CloseCode) 
     ],
 )
 def test_bad_blob_frames_close_the_session(body: list[object], code: CloseCode) -> None:
-    a, _ = syncing_pair()
-    (event,) = a.receive(msgpack.packb([Frame.BLOB, *body], use_bin_type=True))
+    a, b = syncing_pair()
+    (event,) = a.receive(b.encode([Frame.BLOB, *body]))
     assert isinstance(event, SessionFailed) and event.code == code
 
 
 def test_a_want_for_too_many_chunks_or_too_many_hops_is_refused() -> None:
-    a, _ = syncing_pair()
-    frame = msgpack.packb([Frame.WANT_BLOB, bytes(32), 100 * CHUNK_SIZE, 0, list(range(17)), 1])
+    a, b = syncing_pair()
+    frame = b.encode([Frame.WANT_BLOB, bytes(32), 100 * CHUNK_SIZE, 0, list(range(17)), 1])
     (event,) = a.receive(frame)
     assert isinstance(event, SessionFailed) and event.code == CloseCode.MALFORMED
-    a, _ = syncing_pair()
-    (event,) = a.receive(msgpack.packb([Frame.WANT_BLOB, bytes(32), 10, 0, [0], 9]))
+    a, b = syncing_pair()
+    (event,) = a.receive(b.encode([Frame.WANT_BLOB, bytes(32), 10, 0, [0], 9]))
     assert isinstance(event, SessionFailed) and "hop" in event.reason
 
 

@@ -106,7 +106,11 @@ def test_a_rooted_member_refuses_a_list_that_does_not_chain_to_the_root(
         seq=1,
         entries=roster.founding_chain(attacker, founder.keys.space_id),
     )
-    assert founder.receive([bogus]).rejected == {"bad-roster": 1}
+    report = founder.receive([bogus])
+    # Signed by its author, so kept quarantined (never applied, never listed): dropping it would
+    # count towards closing the session of the relay that passed it on (PROTOCOL.md, "Envelope").
+    assert (report.rejected, report.quarantined) == ({}, {"bad-roster": 1})
+    assert founder.replica.listed(attacker.public_key) is False
 
 
 def test_a_failed_init_leaves_no_half_built_home(tmp_path: Path) -> None:

@@ -238,6 +238,7 @@ class _Api:
     ) -> Response:
         model = served_model(self.space, body.get("model"), PromptKind.LLM)
         stream = flag(body, "stream")
+        cancel_on_disconnect = header_flag(request, "x-syncq-cancel-on-disconnect")
         params: dict[str, Any] = {k: v for k, v in body.items() if k in PARAMS and v is not None}
         refuse_knobs(self.space, self.settings, model, params)
         if isinstance(params.get("stop"), list):
@@ -246,7 +247,6 @@ class _Api:
             added = self.space.add(text, model=model, params={**params, "mode": mode})
         except InvalidInput as exc:
             raise ApiError(400, str(exc), code="invalid_parameter") from exc
-        cancel_on_disconnect = header_flag(request, "x-syncq-cancel-on-disconnect")
         if stream:
             return StreamingResponse(
                 self._stream(request, added.id, model, kind, cancel_on_disconnect),

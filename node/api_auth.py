@@ -1,6 +1,6 @@
 """Who may use the local HTTP API: its settings, its key, and the web page's one-time login.
 
-The key. Every home has one (``api.key``, mode 0600, made by ``syncq.keys.api_key``), asked of
+The key. Every home has one (``api.key``, mode 0600, made by ``syncq.keys.load_api_key``), asked of
 every request even on loopback: another user of this machine can reach 127.0.0.1 but cannot read
 the home, so the key is what tells the owner's clients from theirs. Clients send it as
 ``Authorization: Bearer KEY`` (what ``OpenAI(api_key=...)`` does). Where it comes from, first
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncq.errors import InvalidInput
-from syncq.keys import HomePaths, api_key
+from syncq.keys import HomePaths, load_api_key
 
 KEY_ENV = "SYNCQ_API_KEY"
 LEGACY_KEY_ENV = "SYNCQ_API_TOKEN"
@@ -95,7 +95,7 @@ def _key(home: Path, environ: Mapping[str, str], config: Mapping[str, object], w
         if not isinstance(legacy, str) or not legacy:
             raise InvalidInput(f"{where}: api_token must be a non-empty string")
         return legacy
-    return api_key(HomePaths(home))
+    return load_api_key(HomePaths(home))
 
 
 def _strings(config: Mapping[str, object], name: str, where: str) -> list[str]:

@@ -64,6 +64,9 @@ class ApiError(Exception):
 async def json_body(request: Request) -> dict[str, Any]:
     """The body as a JSON object, of at most ``MAX_BODY_BYTES`` and nested at most
     ``MAX_JSON_DEPTH`` deep. Raises ``ApiError``."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind not in ("", "application/json"):  # "": no body at all (``api_guard`` saw to it)
+        raise ApiError(415, "the body must be JSON (application/json)", code="unsupported_media_type")
     refuse_declared(request, MAX_BODY_BYTES)
     raw = bytearray()
     async for part in request.stream():

@@ -5,7 +5,7 @@ Layout of ``$SYNCQ_HOME`` (default: the platformdirs user data dir, e.g. ``~/.lo
     identity.key   this device's Ed25519 + X25519 seeds and name   mode 0600
     space.key      the space id and its secret per key epoch       mode 0600
     syncq.db       the SQLite store (envelopes, checkpoint)        ciphertext only
-    api.key        the local HTTP API's key (``api_key``)          mode 0600
+    api.key        the local HTTP API's key (``load_api_key``)     mode 0600
 
 Key files are written atomically (temporary file created with mode 0600, fsync, rename) and
 refused on read when other users could read or write them: a leaked space secret exposes every
@@ -72,7 +72,7 @@ class HomePaths:
 
     @property
     def api_key(self) -> Path:
-        """The local HTTP API's key (``api_key()``)."""
+        """The local HTTP API's key (``load_api_key``)."""
         return self.root / "api.key"
 
     @property
@@ -148,7 +148,13 @@ def load_space(paths: HomePaths) -> SpaceKeys:
     return keys
 
 
-def api_key(paths: HomePaths) -> str:
+def api_key(home: str | os.PathLike[str] | None = None) -> str:
+    """The key of the HTTP API of the home (``home`` > ``$SYNCQ_HOME`` > the default), for a
+    client of it: ``OpenAI(base_url=..., api_key=syncq.api_key())``. Raises as ``load_api_key``."""
+    return load_api_key(HomePaths(resolve_home(home, os.environ)))
+
+
+def load_api_key(paths: HomePaths) -> str:
     """The home's HTTP API key, made (random, 256 bits, mode 0600) the first time it is asked
     for. Clients send it as ``Authorization: Bearer KEY``. Raises ``InsecureKeyFile``,
     ``NotInitialized`` or ``HomeError``."""

@@ -139,10 +139,9 @@ class NodeProcess:
 
 def api_key(home: Path) -> str:
     """The key of the HTTP API of ``home``'s node."""
-    from syncq.keys import HomePaths
-    from syncq.keys import api_key as read_key
+    import syncq
 
-    return read_key(HomePaths(home))
+    return syncq.api_key(home)
 
 
 def api_headers(home: Path, **more: str) -> dict[str, str]:

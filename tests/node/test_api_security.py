@@ -4,6 +4,7 @@ the parser, uploads, slow and many connections, and echo's test knobs."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -468,6 +469,12 @@ def test_uploads_land_under_the_home_after_the_model_check_and_never_in_tmp(
         whole = form(("model", "whisper-tiny.en"))
         conn.sendall(head + whole[: len(whole) // 2])
         spooled = wait_until(lambda: [p for p in work.rglob("talk.wav")], what="the upload in the home")
+        # Starlette's parser spooled past 1 MiB into an unlinked file of TMPDIR: no name to list,
+        # but the node would hold it open.
+        assert served.node.proc is not None
+        opened = open_files(served.node.proc.pid)
+        assert not [target for target in opened if target.startswith(str(tmpdir))]
+        assert str(spooled[0]) in opened
         folder = spooled[0].parent
         assert stat.S_IMODE(spooled[0].stat().st_mode) == 0o600
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.parent == work
@@ -491,6 +498,15 @@ def read_response(conn: socket.socket) -> bytes:
     while len(body) < length:
         body += conn.recv(65536)
     return head + b"\r\n\r\n" + body
+
+
+def open_files(pid: int) -> list[str]:
+    """What the process ``pid`` holds open."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed since it was listed
+            found.append(os.readlink(fd))
+    return found
 
 
 def test_a_slow_header_client_is_cut_off(api: Served) -> None:

@@ -77,6 +77,9 @@ class Guard:
         self._local = _local_addresses() if not loopback else set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # the API serves none: refused before any check
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

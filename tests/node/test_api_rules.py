@@ -186,3 +186,33 @@ def test_the_test_knobs_rule(
 ) -> None:
     found = knob_problem(model, backend, params, enabled)
     assert found == problem if problem is None else problem in (found or "")
+
+
+def test_a_bug_behind_the_guard_is_answered_as_json_and_reported_in_one_line() -> None:
+    import asyncio
+
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    reported: list[BaseException] = []
+    sent: list[dict[str, Any]] = []
+    app = Guard(
+        broken, ApiSettings(key=None), listen=("127.0.0.1", 7331), loopback=True, report=reported.append
+    )
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/prompts",
+        "headers": [(b"host", b"127.0.0.1:7331")],
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 500 and [type(e) for e in reported] == [RecursionError]
+    body = json.loads(sent[1]["body"])
+    assert body["error"]["code"] == "internal_error" and "recursion" not in body["error"]["message"]

@@ -22,9 +22,12 @@ expiry against its clock, and keeps the nonces it has seen until they expire: a 
 once (within one run of the node; a restart inside the two minutes forgets the used set, a
 window we accept: the token was only ever shown to the owner's terminal). The answer sets the
 session cookie (``SESSION_COOKIE``: HttpOnly, so no script reads it, SameSite=Strict, so no
-other site's link, form or script sends it) and redirects to ``/``. The cookie holds its own
-expiry and a MAC of it under the key (again not the key itself): changing the key logs every
-browser out.
+other site's link, form or script sends it) and redirects to ``/``. Strict rather than Lax:
+Lax would still send it when another site links to an API URL (a top-level GET), and Strict
+costs the page nothing, as the login link is opened from the terminal (no site starts that
+navigation, so the cookie is set and sent) and every later request of the page is its own.
+The cookie holds its own expiry and a MAC of it under the key (again not the key itself):
+changing the key logs every browser out.
 """
 
 from __future__ import annotations

@@ -85,6 +85,11 @@ class Guard:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host, origin = headers.get("host", ""), headers.get("origin")
+        named = [k for k, _ in scope["headers"] if k in (b"host", b"origin", b"authorization")]
+        if len(named) != len(set(named)):  # two Hosts: which one would a proxy or the app read?
+            return await _answer(
+                send, 400, "a Host, Origin or Authorization header is repeated", "bad_request"
+            )
         if not self.allowed_host(host):
             return await _answer(send, 403, f"the Host {host!r} is not this API's", "forbidden")
         cors = self._cors(origin, host)

@@ -8,9 +8,11 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -311,9 +313,11 @@ def test_without_a_key_the_api_is_open_and_the_node_warns(tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user (uid 65534)")
-def test_another_unix_user_gets_401_and_cannot_read_the_key(tmp_path_factory: pytest.TempPathFactory) -> None:
-    shared = tmp_path_factory.mktemp("shared")
-    shared.chmod(0o755)  # what /home is: anyone may pass through to a user's home
+def test_another_unix_user_gets_401_and_cannot_read_the_key() -> None:
+    # Not under pytest's own folder (0700): the other user must reach the key file for its mode
+    # to be what stops them. This folder is what /home is: anyone may pass through.
+    shared = Path(tempfile.mkdtemp(prefix="syncq-shared-"))
+    shared.chmod(0o755)
     home = shared / "home"
     Space.init(home, name="gpu").close()
     node = NodeProcess(home, "--api", "127.0.0.1:0").start()
@@ -324,8 +328,8 @@ def test_another_unix_user_gets_401_and_cannot_read_the_key(tmp_path_factory: py
             space.add("a private prompt", model="echo")
         home.chmod(0o711)  # even where the home can be passed through, the key file is the owner's
         probe = f"""
-import http.client, json
-found = {{}}
+import http.client, json, os
+found = {{"sees_key": os.path.exists({str(home / "api.key")!r})}}
 try:
     open({str(home / "api.key")!r}).read()
     found["read_key"] = True
@@ -357,10 +361,12 @@ print(json.dumps(found))
         )
         assert done.returncode == 0, done.stderr
         found = json.loads(done.stdout)
-        assert found["read_key"] is False and found["statuses"] == [401, 401]
+        assert found["sees_key"] is True and found["read_key"] is False
+        assert found["statuses"] == [401, 401]
         assert not any("a private prompt" in body or key in body for body in found["bodies"])
     finally:
         node.stop()
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_bad_requests_get_json_errors_and_no_traceback_anywhere(api: Served) -> None:

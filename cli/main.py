@@ -25,6 +25,7 @@ KINDS = ("llm", "asr", "image")
 
 # Commands whose module is imported only when they run: `syncq add` must start fast.
 LAZY = {name: "syncq.cli.mesh" for name in ("node", "invite", "join", "peers", "portal")}
+LAZY |= {"api-key": "syncq.cli.web", "web": "syncq.cli.web"}
 
 
 class SyncqGroup(click.Group):
@@ -37,7 +38,7 @@ class SyncqGroup(click.Group):
         if name in LAZY:
             import importlib
 
-            command: click.Command = getattr(importlib.import_module(LAZY[name]), name)
+            command: click.Command = getattr(importlib.import_module(LAZY[name]), name.replace("-", "_"))
             return command
         return super().get_command(ctx, name)
 
@@ -177,6 +178,7 @@ def add(
     if keep_alive is not None:
         parsed["keep_alive"] = keep_alive
     space = _open(ctx)
+    _refuse_knobs(space, model, parsed)
     from syncq.cli import progress
 
     if files:
@@ -203,6 +205,16 @@ def add(
             err=True,
         )
         raise click.Abort() from None
+
+
+def _refuse_knobs(space: Any, model: str, params: dict[str, Any]) -> None:
+    """Refuse echo's test knobs outside the test suite and on other models."""
+    from syncq.executors.echo import knob_problem, knobs_enabled
+
+    backend = (space.mesh_models() or {}).get(model)
+    problem = knob_problem(model, backend, params, knobs_enabled(os.environ))
+    if problem is not None:
+        raise SyncqUserError(problem)
 
 
 def _after_add(

@@ -64,6 +64,7 @@ def node(
 
     from syncq.executors.models import node_config, relay_blob_days
     from syncq.node.api import is_loopback
+    from syncq.node.api_auth import api_settings
     from syncq.node.daemon import RELAY_BLOB_DAYS, Node
     from syncq.node.lock import NodeLock
     from syncq.node.logs import NodeLog
@@ -82,11 +83,11 @@ def node(
     config = node_config(space.paths.root)
     portals = portal_roots(space.paths.root, config)
     api = None if no_api else _parse_listen(api_address or DEFAULT_API)
-    token = os.environ.get("SYNCQ_API_TOKEN") or config.get("api_token")
-    if api is not None and not is_loopback(api[0]) and not token:
+    settings = None if api is None else api_settings(space.paths.root, os.environ)
+    if api is not None and settings is not None and settings.key is None and not is_loopback(api[0]):
         raise InvalidInput(
-            f"--api {api[0]}:{api[1]} accepts connections from other machines: set SYNCQ_API_TOKEN "
-            "(or api_token in config.toml's [node]) first"
+            f"--api {api[0]}:{api[1]} accepts connections from other machines, and config.toml's "
+            '[node] has api_key = "": remove it (the home\'s key is then asked) or listen on loopback'
         )
     the_node = Node(
         space,
@@ -98,7 +99,7 @@ def node(
         scheduler=scheduler,
         portals=portals,
         api=api,
-        api_token=str(token) if token else None,
+        api_settings=settings,
         relay_blob_days=relay_blob_days(space.paths.root, RELAY_BLOB_DAYS),
     )
 

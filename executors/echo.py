@@ -6,6 +6,11 @@ cancel before each word, like a diffusion step), ``fail`` (raise with this messa
 ``crash`` (end the worker process by a signal: ``true`` for SIGKILL, or a name such as
 ``"SIGSEGV"``) and ``hang`` (sleep, deaf to cancel): the last two test isolation.
 
+The knobs (``TEST_KNOBS``) are for tests only: they are refused (``knob_problem``) unless the
+process runs for tests (``SYNCQ_TEST_KNOBS=1``, which the test suite sets) and the model is an
+echo one. The API, `syncq add` and this executor all ask, so that neither a web caller nor a
+prompt synced from another device can hang or crash a user's workers.
+
 Options (models.toml): ``gpu_memory`` (bytes, or a size such as ``"1G"``) makes the model hold
 that much GPU memory while loaded, allocated through the CUDA driver, so that the manager's GPU
 memory budget can be checked on a machine with a GPU without a GPU build of any backend.
@@ -20,11 +25,37 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from syncq.records import TEST_KNOBS
 
 from .base import ExecutorError, Job, ModelSpec, Output
 from .memory import parse_size
+
+KNOBS_ENV = "SYNCQ_TEST_KNOBS"
+
+
+def knobs_enabled(environ: Mapping[str, str]) -> bool:
+    """Whether this process runs for tests (``SYNCQ_TEST_KNOBS=1``)."""
+    return environ.get(KNOBS_ENV, "") == "1"
+
+
+def knob_problem(model: str, backend: str | None, params: Mapping[str, object], enabled: bool) -> str | None:
+    """Why ``params`` may not be used for ``model`` (of ``backend``, None if not known here):
+    a test knob outside tests (``enabled`` false), or on a model that is not echo. None if
+    they may."""
+    knobs = sorted(TEST_KNOBS & set(params))
+    if not knobs:
+        return None
+    said = (
+        f"{', '.join(knobs)} {'is a test knob' if len(knobs) == 1 else 'are test knobs'} of the echo executor"
+    )
+    if not enabled:
+        return f"{said}: refused outside the test suite ({KNOBS_ENV}=1)"
+    if backend != "echo" and not (backend is None and model == "echo"):
+        return f"{said}, and {model!r} is not an echo model"
+    return None
 
 
 class EchoExecutor:
@@ -41,7 +72,11 @@ class EchoExecutor:
             self._gpu = _CudaBlock(parse_size(spec.options["gpu_memory"]))
 
     def run(self, job: Job, emit: Callable[[str], None], cancelled: Callable[[], bool]) -> Output:
-        """Emit the input word by word, taking ``delay`` seconds in total."""
+        """Emit the input word by word, taking ``delay`` seconds in total. Raises
+        ``ExecutorError`` for a test knob outside the test suite."""
+        problem = knob_problem("echo", "echo", job.params, knobs_enabled(os.environ))
+        if problem is not None:
+            raise ExecutorError(problem)
         if job.params.get("crash"):
             _die(job.params["crash"])
         if job.params.get("fail"):

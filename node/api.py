@@ -25,18 +25,19 @@ prompt's ``max_attempts``: the official clients would otherwise run it three tim
 
 The endpoints whose input or output is a file (audio, images, attachments) live in
 ``media.py``; what both halves share (``ApiError``, the JSON body, the model check, awaiting an
-outcome) in ``http_common.py``. This module wires them all into one app behind one token check
+outcome) in ``http_common.py``. This module wires them all into one app behind one guard
 and one error mapping, and serves the rest.
 
-Served on 127.0.0.1:7331 by default (``syncq node --api HOST:PORT``, ``--no-api``). Beyond
-loopback it needs a token (``SYNCQ_API_TOKEN`` or ``api_token`` in config.toml's ``[node]``),
-checked in constant time on every request.
+Served on 127.0.0.1:7331 by default (``syncq node --api HOST:PORT``, ``--no-api``), behind
+``api_guard.Guard``: the Host and Origin checks, the home's API key (``api_auth``: a Bearer
+header, or the web page's session cookie from ``syncq web``'s login link) and the body's
+content type, on every request; ``api_guard.guarded_protocol`` times out slow headers and caps
+the connections.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import ipaddress
 import json
 import socket
@@ -47,6 +48,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -57,10 +59,28 @@ from syncq.lifecycle import Status
 from syncq.log import Entry
 from syncq.records import LLM_PARAMS, PromptKind, messages_input
 
-from .http_common import ApiError, await_outcome, json_body, served_model, unusable
+from .api_auth import ApiSettings
+from .api_guard import Guard, guarded_protocol
+from .http_common import (
+    ApiError,
+    await_outcome,
+    flag,
+    header_flag,
+    json_body,
+    refuse_knobs,
+    served_model,
+    unusable,
+)
 from .media import Media, file_links, output_files
 
 PARAMS = set(LLM_PARAMS) - {"mode"}  # OpenAI's names where they exist; keep_alive etc. as extra_body
+STATUSES = tuple(s.value for s in Status)
+# The page's own script and styles only: a prompt's text is shown as text, and should anything
+# slip, it can neither load nor send anywhere else.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -98,10 +118,22 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-async def serve_api(space: syncq.AsyncClient, sock: socket.socket, token: str | None) -> None:
-    """Serve the API on ``sock`` until cancelled."""
-    app = build_app(space, token)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+async def serve_api(
+    space: syncq.AsyncClient,
+    sock: socket.socket,
+    settings: ApiSettings,
+    *,
+    listen: tuple[str, int],
+    report: Callable[[BaseException], None],
+) -> None:
+    """Serve the API on ``sock`` (bound to ``listen``) until cancelled; ``report`` is told of
+    our own errors (answered 500)."""
+    app = Guard(
+        build_app(space, settings), settings, listen=listen, loopback=is_loopback(listen[0]), report=report
+    )
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", access_log=False, http=guarded_protocol(settings)
+    )
     server = _QuietServer(config)
     try:
         await server.serve(sockets=[sock])
@@ -109,23 +141,19 @@ async def serve_api(space: syncq.AsyncClient, sock: socket.socket, token: str | 
         server.should_exit = True
 
 
-def build_app(space: syncq.AsyncClient, token: str | None) -> Starlette:
-    """The ASGI app over one space."""
-    api, media = _Api(space), Media(space)
+def build_app(space: syncq.AsyncClient, settings: ApiSettings) -> Starlette:
+    """The ASGI app over one space; ``Guard`` checks who may call it."""
+    api, media = _Api(space, settings), Media(space, settings)
     html = resources.files("syncq.node").joinpath("web/index.html").read_text(encoding="utf-8")
 
     async def page(request: Request) -> Response:
-        # The page holds no data, so it needs no token; what it fetches does.
-        return HTMLResponse(html)
+        # The page holds no data, so it needs no key; what it fetches does (the session cookie).
+        return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY"})
 
     def guarded(
         handler: Callable[[Request], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            if token is not None:
-                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if not hmac.compare_digest(given.encode(), token.encode()):
-                    return ApiError(401, "a valid API token is required (Bearer)", "auth_error").response()
             try:
                 return await handler(request)
             except ApiError as exc:
@@ -140,6 +168,19 @@ def build_app(space: syncq.AsyncClient, token: str | None) -> Starlette:
                 return ApiError(500, str(exc), "server_error", "internal_error").response()
 
         return endpoint
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = (
+            "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else ""
+        )
+        message = f"no such endpoint: {request.method} {request.url.path}" if kind else str(exc.detail)
+        return ApiError(exc.status_code, message, code=kind or "http_error").response()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return ApiError(
+            500, "internal error: see the node's log", "server_error", "internal_error"
+        ).response()
 
     return Starlette(
         routes=[
@@ -157,15 +198,16 @@ def build_app(space: syncq.AsyncClient, token: str | None) -> Starlette:
             Route("/api/prompts/{prompt_id}/retry", guarded(api.retry), methods=["POST"]),
             Route("/api/events", guarded(api.events), methods=["GET"]),
             Route("/", page, methods=["GET"]),
-        ]
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
     )
 
 
 class _Api:
     """The chat, completion and log endpoints over one space, each a starlette handler."""
 
-    def __init__(self, space: syncq.AsyncClient) -> None:
-        self.space = space
+    def __init__(self, space: syncq.AsyncClient, settings: ApiSettings) -> None:
+        self.space, self.settings = space, settings
 
     async def models(self, request: Request) -> Response:
         data = [
@@ -195,15 +237,17 @@ class _Api:
         self, request: Request, body: Mapping[str, Any], text: str, mode: str, kind: str
     ) -> Response:
         model = served_model(self.space, body.get("model"), PromptKind.LLM)
+        stream = flag(body, "stream")
+        cancel_on_disconnect = header_flag(request, "x-syncq-cancel-on-disconnect")
         params: dict[str, Any] = {k: v for k, v in body.items() if k in PARAMS and v is not None}
+        refuse_knobs(self.space, self.settings, model, params)
         if isinstance(params.get("stop"), list):
             params["stop"] = params["stop"][0] if params["stop"] else None
         try:
             added = self.space.add(text, model=model, params={**params, "mode": mode})
         except InvalidInput as exc:
             raise ApiError(400, str(exc), code="invalid_parameter") from exc
-        cancel_on_disconnect = request.headers.get("x-syncq-cancel-on-disconnect", "").lower() == "true"
-        if body.get("stream"):
+        if stream:
             return StreamingResponse(
                 self._stream(request, added.id, model, kind, cancel_on_disconnect),
                 media_type="text/event-stream",
@@ -274,7 +318,13 @@ class _Api:
             limit = int(request.query_params.get("limit", "100"))
         except ValueError as exc:
             raise ApiError(400, "limit must be a whole number") from exc
+        if limit < 0:
+            raise ApiError(400, "limit must be 0 or more", param="limit")
         status = request.query_params.get("status")
+        if status is not None and status not in STATUSES:
+            raise ApiError(
+                400, f"status must be one of {', '.join(STATUSES)}", code="invalid_status", param="status"
+            )
         return JSONResponse({"data": [_entry(e) for e in self.space.log(limit=limit, status=status)]})
 
     async def prompt(self, request: Request) -> Response:
@@ -288,6 +338,7 @@ class _Api:
         text, model, params = body.get("text"), body.get("model"), body.get("params", {})
         if not isinstance(text, str) or not isinstance(model, str) or not isinstance(params, dict):
             raise ApiError(400, "give text (a string), model (a string) and optionally params (an object)")
+        refuse_knobs(self.space, self.settings, model, params)
         prompt = self.space.add(text, model=model, params=params)
         return JSONResponse(_entry(self.space.get(prompt.id)), status_code=201)
 

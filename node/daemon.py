@@ -46,6 +46,7 @@ from .supervise import Supervisor, TaskHealth
 from .transfers import Transfers
 
 if TYPE_CHECKING:
+    from .api_auth import ApiSettings
     from .scheduler import Scheduler
 
 WATCH_INTERVAL_S = 0.005  # without inotify: how often to look for other processes' writes
@@ -75,7 +76,7 @@ class Node:
         scheduler: Callable[[Node], Scheduler] | None = None,
         portals: Sequence[Path] = (),
         api: tuple[str, int] | None = None,
-        api_token: str | None = None,
+        api_settings: ApiSettings | None = None,
         relay_blob_days: float = RELAY_BLOB_DAYS,
     ) -> None:
         self.space = space
@@ -94,7 +95,7 @@ class Node:
         self.scheduler = scheduler(self) if scheduler is not None and not space.is_relay else None
         self.portals = [] if space.is_relay else [Portal(self, root) for root in portals]
         self.api = None if space.is_relay else api
-        self.api_token = api_token
+        self.api_settings = api_settings  # None: the API's defaults, the home's key
         self._advertised: tuple[object, ...] | None = None
         self._served: list[str] | None = None  # the model names last logged
         self.transfers = Transfers(self)
@@ -187,6 +188,7 @@ class Node:
         import syncq
 
         from .api import bind, serve_api
+        from .api_auth import api_settings
 
         try:
             sock = bind(host, port)
@@ -194,9 +196,17 @@ class Node:
             self.log.event("api-unavailable", level="error", reason=str(exc))
             return
         bound = sock.getsockname()
+        settings = self.api_settings or api_settings(self.space.paths.root, {})
+        if settings.key is None:
+            self.log.event("api-without-key", level="warning", reason='api_key = "" in config.toml')
         self.log.event("api-listening", url=f"http://{host}:{bound[1]}")
+        self.space.store.set_meta("node.api", f"http://{host}:{bound[1]}")  # for `syncq web`
+
+        def report(exc: BaseException) -> None:
+            self.log.event("api-error", level="error", error=f"{type(exc).__name__}: {exc}"[:500])
+
         async with syncq.aopen(self.space.paths.root) as client:
-            await serve_api(client, sock, self.api_token)
+            await serve_api(client, sock, settings, listen=(host, bound[1]), report=report)
 
     # -- peers -----------------------------------------------------------------------------
 

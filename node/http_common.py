@@ -10,11 +10,15 @@ other's half to share these.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from syncq.executors.echo import knob_problem
 
 import syncq
 from syncq.client import Outcome
@@ -23,7 +27,13 @@ from syncq.lifecycle import Status
 from syncq.records import PromptKind
 from syncq.space import BACKEND_KINDS
 
+from .api_auth import ApiSettings
+
 MAX_BODY_BYTES = 4 << 20
+MAX_JSON_DEPTH = 32  # OpenAI's bodies nest 5 deep (a tool's JSON schema, a few more)
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STEP = [1 if chr(b) in "[{" else -1 for b in range(256)]
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 class ApiError(Exception):
@@ -52,13 +62,19 @@ class ApiError(Exception):
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, of at most ``MAX_BODY_BYTES``. Raises ``ApiError``."""
+    """The body as a JSON object, of at most ``MAX_BODY_BYTES`` and nested at most
+    ``MAX_JSON_DEPTH`` deep. Raises ``ApiError``."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind not in ("", "application/json"):  # "": no body at all (``api_guard`` saw to it)
+        raise ApiError(415, "the body must be JSON (application/json)", code="unsupported_media_type")
     refuse_declared(request, MAX_BODY_BYTES)
-    raw = b""
+    raw = bytearray()
     async for part in request.stream():
         raw += part
         if len(raw) > MAX_BODY_BYTES:
             raise too_large(MAX_BODY_BYTES)
+    if json_depth(bytes(raw)) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the body is nested deeper than {MAX_JSON_DEPTH} levels", code="too_deep")
     try:
         body = json.loads(raw)
     except ValueError as exc:
@@ -66,6 +82,44 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
     return body
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep the arrays and objects of the JSON text ``raw`` nest, counted before decoding:
+    ``json.loads`` recurses once per level and a 50,000-deep body blew the stack (a
+    RecursionError, answered 500 with a traceback). Strings are cut out first (their brackets
+    are text), then the running count of the brackets alone is taken, all of it in C."""
+    brackets = _STRINGS.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def flag(body: Mapping[str, Any], name: str) -> bool:
+    """A boolean field of the body (absent or null: false). Raises ``ApiError`` for anything
+    but true or false: ``"no"`` is a non-empty string, which Python would take as true."""
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{name} must be true or false, not {json.dumps(value)[:40]}", param=name)
+    return value
+
+
+def header_flag(request: Request, name: str) -> bool:
+    """A true/false header (absent: false). Raises ``ApiError`` for other values."""
+    value = request.headers.get(name, "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ApiError(400, f"the header {name} must be true or false", param=name)
+    return value == "true"
+
+
+def refuse_knobs(
+    space: syncq.AsyncClient, settings: ApiSettings, model: str, params: Mapping[str, Any]
+) -> None:
+    """Refuse echo's test knobs (``executors.echo.knob_problem``). Raises ``ApiError``."""
+    backend = {m.name: m.backend for m in space.models()}.get(model)
+    problem = knob_problem(model, backend, params, settings.test_knobs)
+    if problem is not None:
+        raise ApiError(400, problem, code="test_knob")
 
 
 def too_large(limit: int) -> ApiError:

@@ -29,6 +29,8 @@ _HUMAN = {
     "lease-expired": "took over {prompt} from node {node:.12}, which stopped",
     "api-listening": "web page and OpenAI-compatible API: {url}/  (API under {url}/v1)",
     "api-unavailable": "no HTTP API: {reason}",
+    "api-without-key": "warning: the HTTP API asks no key ({reason}): every user of this machine can use it",
+    "api-error": "HTTP API error (answered 500): {error}",
     "server-unreachable": "not serving the models of server {server}: {reason}",
     "portal": "file portal: {path}/inbox",
     "blobs-forgotten": "forgot {count} kept files nobody used for {days:g} days",

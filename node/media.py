@@ -14,8 +14,12 @@ removed: plaintext never outlives the request. An upload is limited to 25 MiB as
 refused from its Content-Length before a byte is read (and counted as it streams, for a body
 sent in chunks).
 
-``api.py`` routes these requests here, through the same token check and error mapping as the
-rest of the API, and lists a prompt's files with ``file_links``.
+The upload is read by ``uploads.read_upload``: written (mode 0600) into a folder of the home's
+``work/`` (0700) only once its model was found served, never into the system's temporary
+folder, and removed with the request.
+
+``api.py`` routes these requests here, through the same guard and error mapping as the rest of
+the API, and lists a prompt's files with ``file_links``.
 """
 
 from __future__ import annotations
@@ -31,16 +35,12 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
 
 from starlette.background import BackgroundTask
-from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.types import Message
 
 import syncq
 from syncq.blobs import BlobRef
@@ -50,7 +50,9 @@ from syncq.lifecycle import Status
 from syncq.log import Entry
 from syncq.records import IMAGE_PARAMS, Prompt, PromptKind, check_params
 
-from .http_common import ApiError, await_outcome, json_body, refuse_declared, served_model, too_large
+from .api_auth import ApiSettings
+from .http_common import ApiError, await_outcome, json_body, refuse_knobs, served_model
+from .uploads import read_upload
 
 MAX_UPLOAD_BYTES = 25 << 20  # an audio file, as OpenAI limits it
 FORM_SLACK_BYTES = 64 << 10  # the multipart framing and the small fields beside the file
@@ -63,32 +65,48 @@ SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
 class Media:
     """The media endpoints over one space, each a starlette handler."""
 
-    def __init__(self, space: syncq.AsyncClient) -> None:
-        self.space = space
+    def __init__(self, space: syncq.AsyncClient, settings: ApiSettings) -> None:
+        self.space, self.settings = space, settings
         for left in self._work().glob("api-*"):  # plaintext a kill -9 left behind
             shutil.rmtree(left, ignore_errors=True)
 
     async def transcribe(self, request: Request) -> Response:
         """``POST /v1/audio/transcriptions``. Raises ``ApiError``."""
-        with self._scratch() as scratch:
-            form = await _form(request, MAX_UPLOAD_BYTES + FORM_SLACK_BYTES)
-            try:
-                model = served_model(self.space, _field(form, "model"), PromptKind.ASR)
-                fmt = _field(form, "response_format") or "json"
-                if fmt not in TRANSCRIPT_FORMATS:
-                    raise ApiError(
-                        400,
-                        f"response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}, not {fmt!r}",
-                        code="invalid_response_format",
-                        param="response_format",
-                    )
-                params = _asr_params(form)
-                audio = await _save_upload(form.get("file"), Path(scratch))
-            finally:
-                await form.close()
-            ref = await asyncio.to_thread(self.space.space.attach, audio)  # reads it twice: off the loop
+        scratch: Path | None = None
+
+        def place(fields: Mapping[str, str], filename: str) -> Path:
+            # Called once the model is known: an upload for a model nobody serves is never written.
+            nonlocal scratch
+            served_model(self.space, fields.get("model") or None, PromptKind.ASR)
+            scratch = self._scratch_folder()
+            return scratch / _upload_name(filename)
+
+        try:
+            form = await read_upload(request, MAX_UPLOAD_BYTES + FORM_SLACK_BYTES, place)
+            model = served_model(self.space, form.fields.get("model") or None, PromptKind.ASR)
+            fmt = form.fields.get("response_format") or "json"
+            if fmt not in TRANSCRIPT_FORMATS:
+                raise ApiError(
+                    400,
+                    f"response_format must be one of {', '.join(TRANSCRIPT_FORMATS)}, not {fmt!r}",
+                    code="invalid_response_format",
+                    param="response_format",
+                )
+            params = _asr_params(form.fields)
+            if form.path is None or scratch is None:
+                raise ApiError(
+                    400,
+                    "file is required: the audio, as a file in the form",
+                    code="missing_file",
+                    param="file",
+                )
+            refuse_knobs(self.space, self.settings, model, params)
+            ref = await asyncio.to_thread(self.space.space.attach, form.path)  # reads it twice: off the loop
             added = self._add("", model, PromptKind.ASR, params, files=[ref])
-            return _transcript(await self._finished(added.id, Path(scratch) / "out"), fmt)
+            return _transcript(await self._finished(added.id, scratch / "out"), fmt)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     async def draw(self, request: Request) -> Response:
         """``POST /v1/images/generations``. Raises ``ApiError``."""
@@ -113,6 +131,7 @@ class Media:
                 400, "output_format must be png", code="invalid_output_format", param="output_format"
             )
         params = {k: v for k, v in body.items() if k in IMAGE_EXTRAS and v is not None}
+        refuse_knobs(self.space, self.settings, model, params)
         added = self._add(prompt, model, PromptKind.IMAGE, params | _size(body.get("size")))
         with self._scratch() as scratch:
             outcome = await self._finished(added.id, Path(scratch))
@@ -194,16 +213,18 @@ class Media:
         return await self.space.save_files(refs, folder, timeout=FETCH_TIMEOUT_S)
 
     def _scratch(self) -> tempfile.TemporaryDirectory[str]:
-        """A private folder for plaintext (uploads, fetched outputs), removed on exit."""
+        """A private folder (0700) for plaintext (fetched outputs), removed on exit."""
         return tempfile.TemporaryDirectory(prefix="api-", dir=self._work(), ignore_cleanup_errors=True)
 
     def _scratch_folder(self) -> Path:
+        """A private folder (0700) for plaintext; the caller removes it."""
         return Path(tempfile.mkdtemp(prefix="api-", dir=self._work()))
 
     def _work(self) -> Path:
         # Under the home (private to its owner), not /tmp: the files are decrypted.
         work = self.space.space.paths.root / "work"
-        work.mkdir(exist_ok=True)
+        work.mkdir(mode=0o700, exist_ok=True)
+        work.chmod(0o700)  # made by an older version with the umask's mode
         return work
 
 
@@ -226,58 +247,19 @@ def file_links(prompt_id: str, refs: Sequence[BlobRef], source: str) -> list[dic
     ]
 
 
-async def _form(request: Request, limit: int) -> FormData:
-    """The multipart form, read with at most ``limit`` bytes of body. Raises ``ApiError``."""
-    refuse_declared(request, limit)
-    seen = 0
-
-    async def receive() -> Message:  # a body sent in chunks has no Content-Length to check
-        nonlocal seen
-        message = await request.receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise too_large(limit)
-        return message
-
-    try:
-        return await Request(request.scope, receive).form(max_files=1, max_fields=32)
-    except (MultiPartException, HTTPException) as exc:
-        reason = exc.detail if isinstance(exc, HTTPException) else exc.message
-        raise ApiError(400, f"the form could not be read: {reason}", code="invalid_form") from exc
+def _upload_name(filename: str) -> str:
+    """The upload's own name, sanitised: no folders, no leading dot, at most 200 bytes."""
+    name = Path(filename.replace("\\", "/")).name.lstrip(".") or "audio"
+    return name if len(name.encode()) <= 200 else "audio" + Path(name).suffix[:16]
 
 
-def _field(form: FormData, name: str) -> str | None:
-    value = form.get(name)
-    if value is None or isinstance(value, str):
-        return value or None
-    raise ApiError(400, f"{name} must be a text field, not a file", param=name)
-
-
-async def _save_upload(upload: object, folder: Path) -> Path:
-    """Write the form's ``file`` into ``folder`` under its own (sanitised) name."""
-    if not isinstance(upload, UploadFile):
-        raise ApiError(
-            400, "file is required: the audio, as a file in the form", code="missing_file", param="file"
-        )
-    name = Path((upload.filename or "").replace("\\", "/")).name.lstrip(".") or "audio"
-    path = folder / (name if len(name.encode()) <= 200 else "audio" + Path(name).suffix[:16])
-    await asyncio.to_thread(_copy, upload.file, path)
-    return path
-
-
-def _copy(source: IO[bytes], path: Path) -> None:
-    source.seek(0)
-    with open(path, "wb") as out:
-        shutil.copyfileobj(source, out)
-
-
-def _asr_params(form: FormData) -> dict[str, Any]:
+def _asr_params(fields: Mapping[str, str]) -> dict[str, Any]:
     """The speech params in the form: OpenAI's ``language``, syncq's ``vad_filter``."""
     params: dict[str, Any] = {}
-    language = _field(form, "language")
+    language = fields.get("language") or None
     if language is not None:
         params["language"] = language
-    vad = _field(form, "vad_filter")
+    vad = fields.get("vad_filter") or None
     if vad is not None:
         if vad.lower() not in ("true", "false"):
             raise ApiError(400, "vad_filter must be true or false", param="vad_filter")

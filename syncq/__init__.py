@@ -11,6 +11,8 @@ The Python API (``syncq.client``), blocking and asyncio::
     async with syncq.aopen() as space:
         print((await space.run("Why is the sky blue?", model="gemma3-270m")).text)
 
+    key = syncq.api_key()  # the local HTTP API's key, for OpenAI(api_key=...)
+
 Beneath it, the library: a pure core (``ids``, ``yjs``, ``crypto``, ``records``, ``lifecycle``,
 ``log``, ``claims``, ``protocol``, ``errors``) beside its local storage (``store``, ``keys``,
 ``space``). The names below are imported on first use, so that ``import syncq`` (and the CLI)
@@ -35,6 +37,7 @@ _EXPORTS = {
     "SyncqError": "syncq.errors",
     "UserError": "syncq.errors",
     "WaitTimeout": "syncq.errors",
+    "api_key": "syncq.keys",
 }
 
 __all__ = [
@@ -48,12 +51,14 @@ __all__ = [
     "WaitTimeout",
     "__version__",
     "aopen",
+    "api_key",
     "open",
 ]
 
 if TYPE_CHECKING:
     from syncq.client import AsyncClient, Client, MeshModel, Outcome, aopen, open
     from syncq.errors import SyncqError, UserError, WaitTimeout
+    from syncq.keys import api_key
     from syncq.lifecycle import Status
 
 

@@ -5,6 +5,7 @@ Layout of ``$SYNCQ_HOME`` (default: the platformdirs user data dir, e.g. ``~/.lo
     identity.key   this device's Ed25519 + X25519 seeds and name   mode 0600
     space.key      the space id and its secret per key epoch       mode 0600
     syncq.db       the SQLite store (envelopes, checkpoint)        ciphertext only
+    api.key        the local HTTP API's key (``load_api_key``)     mode 0600
 
 Key files are written atomically (temporary file created with mode 0600, fsync, rename) and
 refused on read when other users could read or write them: a leaked space secret exposes every
@@ -68,6 +69,11 @@ class HomePaths:
     def blobs(self) -> Path:
         """The attachments' database (``syncq.blobstore``)."""
         return self.root / "blobs.db"
+
+    @property
+    def api_key(self) -> Path:
+        """The local HTTP API's key (``load_api_key``)."""
+        return self.root / "api.key"
 
     @property
     def node_lock(self) -> Path:
@@ -189,6 +195,42 @@ def load_space(paths: HomePaths) -> SpaceKeys:
     if not (secrets or relay) or any(len(s) != 32 for s in [*secrets.values(), *relay.values()]):
         raise HomeError(f"{paths.space_key} is damaged: bad secrets")
     return keys
+
+
+def api_key(home: str | os.PathLike[str] | None = None) -> str:
+    """The key of the HTTP API of the home (``home`` > ``$SYNCQ_HOME`` > the default), for a
+    client of it: ``OpenAI(base_url=..., api_key=syncq.api_key())``. Raises as ``load_api_key``."""
+    return load_api_key(HomePaths(resolve_home(home, os.environ)))
+
+
+def load_api_key(paths: HomePaths) -> str:
+    """The home's HTTP API key, made (random, 256 bits, mode 0600) the first time it is asked
+    for. Clients send it as ``Authorization: Bearer KEY``. Raises ``InsecureKeyFile``,
+    ``NotInitialized`` or ``HomeError``."""
+    paths.check_initialized()
+    if not paths.api_key.exists():
+        import secrets  # here: only the node and `syncq api-key` need it
+
+        made = "sk-syncq-" + secrets.token_urlsafe(32)
+        tmp = paths.api_key.with_name(f"api.key.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(made + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            # link, not rename: of two processes making it at once, the first one's key stays
+            # and nobody ever reads a half-written file.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, paths.api_key)
+        except OSError as exc:
+            raise HomeError(f"cannot write {paths.api_key}: {exc.strerror}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = read_secret(paths.api_key).decode("utf-8", "replace").strip()
+    if len(key) < 16:
+        raise HomeError(f"{paths.api_key} is damaged (too short): remove it and a new key is made")
+    return key
 
 
 def write_secret(path: Path, data: bytes) -> None:

@@ -17,6 +17,11 @@ from syncq.space import Space
 
 SYNCQ = [sys.executable, "-m", "syncq.cli"]
 
+# The echo executor's test knobs (delay, fail, crash, hang) work only in processes started for
+# tests: every node and command the suite starts inherits this. tests/node/test_api_security.py
+# starts one without it.
+os.environ["SYNCQ_TEST_KNOBS"] = "1"
+
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:

@@ -78,7 +78,7 @@ def test_the_openai_client_streams_gemma_through_the_local_api(tmp_path: Path, n
 
     Space.init(tmp_path / "gpu", name="gpu").close()
     node = nodes(tmp_path / "gpu", "--api", "127.0.0.1:0")
-    client = openai.OpenAI(base_url=f"{node.wait_event('api-listening')['url']}/v1", api_key="unused")
+    client = openai.OpenAI(base_url=f"{node.api_url}/v1", api_key=node.api_key)
     stream = client.chat.completions.create(
         model="gemma3-270m",
         messages=[{"role": "user", "content": "Why is the sky blue?"}],

@@ -74,6 +74,16 @@ class NodeProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def api_url(self) -> str:
+        """The HTTP API's URL (once it listens)."""
+        return str(self.wait_event("api-listening")["url"])
+
+    @property
+    def api_key(self) -> str:
+        """The HTTP API's key: the home's own, as clients read it (``syncq api-key``)."""
+        return api_key(self.home)
+
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -125,6 +135,18 @@ class NodeProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
+
+
+def api_key(home: Path) -> str:
+    """The key of the HTTP API of ``home``'s node."""
+    import syncq
+
+    return syncq.api_key(home)
+
+
+def api_headers(home: Path, **more: str) -> dict[str, str]:
+    """Headers that authenticate to ``home``'s API, with ``more``."""
+    return {"Authorization": f"Bearer {api_key(home)}", **more}
 
 
 def member(tmp_path: Path, first: Any, name: str) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from harness import SYNCQ, laptop_and_gpu, wait_until
+from harness import SYNCQ, api_key, laptop_and_gpu, wait_until
 
 from syncq.space import Space
 
@@ -25,8 +25,8 @@ def api(tmp_path: Path, nodes) -> str:
     return hub.wait_event("api-listening")["url"]
 
 
-def test_models_chat_completion_streaming_and_errors(api: str) -> None:
-    client = openai.OpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0)
+def test_models_chat_completion_streaming_and_errors(api: str, tmp_path: Path) -> None:
+    client = openai.OpenAI(base_url=f"{api}/v1", api_key=api_key(tmp_path / "laptop"), max_retries=0)
     assert "echo" in [m.id for m in client.models.list().data]
 
     chat = client.chat.completions.create(
@@ -56,12 +56,13 @@ def test_models_chat_completion_streaming_and_errors(api: str) -> None:
         )
 
 
-def test_bad_bodies_get_openai_style_errors_and_the_log_is_readable(api: str) -> None:
+def test_bad_bodies_get_openai_style_errors_and_the_log_is_readable(api: str, tmp_path: Path) -> None:
     host, port = api.removeprefix("http://").rsplit(":", 1)
+    auth = {"Authorization": f"Bearer {api_key(tmp_path / 'laptop')}"}
 
     def call(method: str, path: str, data: bytes | None = None) -> tuple[int, dict]:
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **auth})
         response = conn.getresponse()
         found = response.status, json.loads(response.read())
         conn.close()
@@ -78,6 +79,7 @@ def test_bad_bodies_get_openai_style_errors_and_the_log_is_readable(api: str) ->
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     conn.putrequest("POST", "/v1/completions")
     conn.putheader("Content-Type", "application/json")
+    conn.putheader("Authorization", auth["Authorization"])
     conn.putheader("Content-Length", str(10 << 30))
     conn.endheaders()
     refused = conn.getresponse()
@@ -96,7 +98,7 @@ def test_a_client_that_hangs_up_cancels_its_prompt_only_when_it_asked_to(api: st
     def hang_up_after_first_chunk(cancel: bool) -> str:
         client = openai.OpenAI(
             base_url=f"{api}/v1",
-            api_key="unused",
+            api_key=api_key(tmp_path / "laptop"),
             max_retries=0,
             default_headers={"X-Syncq-Cancel-On-Disconnect": "true"} if cancel else None,
         )
@@ -120,9 +122,10 @@ def test_a_client_that_hangs_up_cancels_its_prompt_only_when_it_asked_to(api: st
     wait_until(lambda: status(kept) == "done", timeout=30, what="the prompt whose client just left to finish")
 
 
-def test_beyond_loopback_the_api_needs_a_token(tmp_path: Path) -> None:
+def test_beyond_loopback_the_api_refuses_to_run_without_a_key(tmp_path: Path) -> None:
     Space.init(tmp_path / "a", name="a").close()
-    env = {k: v for k, v in os.environ.items() if k != "SYNCQ_API_TOKEN"} | {
+    (tmp_path / "a" / "config.toml").write_text('[node]\napi_key = ""\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("SYNCQ_API_TOKEN", "SYNCQ_API_KEY")} | {
         "SYNCQ_HOME": str(tmp_path / "a")
     }
     refused = subprocess.run(
@@ -132,4 +135,4 @@ def test_beyond_loopback_the_api_needs_a_token(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert refused.returncode == 1 and "SYNCQ_API_TOKEN" in refused.stderr + refused.stdout
+    assert refused.returncode == 1 and 'api_key = ""' in refused.stderr + refused.stdout

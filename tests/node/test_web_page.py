@@ -24,17 +24,27 @@ def test_the_page_shows_the_queue_live_and_adds_prompts(tmp_path: Path, nodes) -
     Space.init(home, name="gpu").close()
     node = nodes(home, "--api", "127.0.0.1:0")
     url = node.wait_event("api-listening")["url"]
+    env = {**os.environ, "SYNCQ_HOME": str(home)}
+    login = subprocess.run(
+        [SYNCQ, "web", "--no-browser"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert login.startswith(f"{url}/login?token=")
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=chromium,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         page = browser.new_page(viewport={"width": 420, "height": 800})  # a phone's width
-        page.goto(url)
+        page.goto(url)  # no cookie yet: the page says how to log in, and shows no data
+        expect(page.locator("#login")).to_be_visible()
+        page.goto(login)  # the one-time link: it sets the cookie and sends the browser to /
+        assert page.url == f"{url}/"
+        cookie = next(c for c in page.context.cookies() if c["name"] == "syncq_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         expect(page.locator("#live")).to_have_text("live")
+        expect(page.locator("#login")).to_be_hidden()
         expect(page.locator("#model option", has_text="echo")).to_have_count(1)
 
-        env = {**os.environ, "SYNCQ_HOME": str(home)}
         subprocess.run([SYNCQ, "add", "added from the command line", "-m", "echo"], env=env, check=True)
         # The issue asks for it within a second of the add: the page is told by /api/events.
         expect(page.locator(".prompt .input", has_text="added from the command line")).to_be_visible(
@@ -54,5 +64,10 @@ def test_the_page_shows_the_queue_live_and_adds_prompts(tmp_path: Path, nodes) -
         page.select_option("#filter", "")
         expect(page.locator(".prompt")).to_have_count(2)
         page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
+        # The link was used: a second browser that opens it is not let in.
+        other = browser.new_page()
+        again = other.goto(login)
+        assert again is not None and again.status == 401
+        assert not [c for c in other.context.cookies() if c["name"] == "syncq_session"]
         browser.close()
     assert (ARTIFACTS / "web-page.png").stat().st_size > 1000

@@ -51,7 +51,7 @@ def test_a_model_whose_worker_dies_by_sigill_stops_being_served_and_its_prompt_w
     (a / "config.toml").write_text(FAST)
     node_a = nodes(a, "--api", "127.0.0.1:0")
     api = node_a.wait_event("api-listening")["url"]
-    client = openai.OpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{api}/v1", api_key=node_a.api_key, max_retries=0)
 
     # The first request loads the model, whose worker dies by SIGILL: the request's wait ends
     # with the reason, and the prompt it added is cancelled (nobody would read a later answer).

@@ -43,7 +43,7 @@ def check_update(update: bytes, author: str) -> None:
     """
     for inserted in inserted_values(update):
         if not isinstance(inserted.value, str) or not inserted.value.startswith("{"):
-            continue
+            continue  # no record: ``records.decode`` refuses it by the same rule
         try:
             record = json.loads(inserted.value)
         except ValueError:

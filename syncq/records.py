@@ -310,6 +310,11 @@ def decode(stored: object) -> Wire:
     """Parse a stored value. Raises ``MalformedRecord`` if it is not a JSON object."""
     if not isinstance(stored, str):
         raise MalformedRecord(f"expected JSON text, got {type(stored).__name__}")
+    if not stored.startswith("{"):
+        # What ``encode`` writes starts with "{"; json.loads would also take leading whitespace,
+        # which ``syncq.authorship`` (the writer check before applying) must then also read.
+        # One rule for both: a value that does not start with "{" is no record.
+        raise MalformedRecord("stored value is not a JSON object")
     try:
         wire = json.loads(stored)
     except ValueError as exc:

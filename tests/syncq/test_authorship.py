@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from syncq import yjs
 from syncq.authorship import check_update
 from syncq.claims import expiry_record
-from syncq.errors import BadUpdate, ForgedRecord
+from syncq.errors import BadUpdate, ForgedRecord, MalformedRecord
 from syncq.ids import DeviceId, PromptId
 from syncq.log import Log
 from syncq.records import (
@@ -24,6 +24,7 @@ from syncq.records import (
     Result,
     Retry,
     RunStatus,
+    decode,
     encode,
 )
 
@@ -114,3 +115,29 @@ def test_a_record_naming_no_writer_is_forged_and_non_records_pass() -> None:
     check_update(log.append_stream(PID, "streamed text naming " + "bb" * 32), me)
     with pytest.raises(BadUpdate):
         check_update(b"\x01\x02garbage", me)
+
+
+@given(pad=st.text(alphabet=" \t\r\n\ufeff", min_size=1, max_size=4))
+def test_what_the_writer_check_passes_as_no_record_no_reader_takes_as_one(pad: str) -> None:
+    # A forged result padded so that it does not start with "{": json.loads would read it, so
+    # the check and the readers must agree that it is no record at all.
+    me, other = DeviceId("aa" * 32), DeviceId("bb" * 32)
+    forged = encode(
+        Result(
+            prompt_id=PID,
+            node=other,
+            node_name="beta",
+            attempt=1,
+            status=RunStatus.DONE,
+            started_at=1,
+            finished_at=2,
+        ).to_wire()
+    )
+    update = yjs.encode_map_inserts(3, 0, "results", [(f"{PID}/{other}/1", pad + forged)])
+    check_update(update, me)  # not a record to the check ...
+    log = Log(client_id=14)
+    log.apply(prompt_update(me))
+    log.apply(update)
+    assert log.entry(PID).results == ()  # ... nor to any reader
+    with pytest.raises(MalformedRecord):
+        decode(pad + forged)

@@ -292,6 +292,9 @@ class Portal:
         is_folder = folder.is_dir() and not folder.is_symlink()
         lines = _read_id_file(folder / ID_FILE) if is_folder else [""]
         name = lines[1] if len(lines) > 1 and lines[1] else folder.name
+        if not _one_component(name):
+            # The client wrote .syncq-id: an absolute path or ".." would move the folder out.
+            name = folder.name
         target = _free(self.folders["errors"] / safe_name(name).removeprefix("."))
         rejected = folder
         if not is_folder:
@@ -434,6 +437,11 @@ def _write_durably(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _one_component(name: str) -> bool:
+    """Whether ``name`` names an entry of a folder, and nothing above or beside it."""
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
 
 
 def _read_id_file(path: Path) -> list[str]:

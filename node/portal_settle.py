@@ -42,7 +42,9 @@ def snapshot(folder: Path, limit: int) -> Tree:
                     entries.append((os.path.relpath(entry.path, folder), is_dir, st.st_size, st.st_mtime_ns))
                     if is_dir:
                         stack.append(Path(entry.path))
-        except FileNotFoundError:  # removed while we looked: the next look tells
+        except OSError:
+            # Removed, swapped for a file or unreadable while we looked: the next look tells,
+            # and a folder that stays so is taken and refused by the guarded work (errors/).
             entries.append((os.path.relpath(here, folder), True, -1, -1))
     return tuple(sorted(entries))
 

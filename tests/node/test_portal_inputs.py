@@ -164,3 +164,34 @@ with open(os.path.join(folder, "big.bin"), "wb") as f:
         f.flush()
         time.sleep(0.02)  # a slow writer (a download, a recorder): the case under test
 """
+
+
+@pytest.mark.parametrize("recorded", ["absolute", "dotdot"])
+def test_a_recorded_name_cannot_move_a_rejected_folder_out_of_errors(
+    tmp_path: Path, nodes, recorded: str
+) -> None:
+    # .syncq-id is written by the portal, but a client may ship one: its second line (the name
+    # the folder came with) must not make a path outside errors/.
+    home = tmp_path / "a"
+    Space.init(home, name="a").close()
+    node = nodes(home)
+    node.wait_event("portal")
+    outside = tmp_path / "escaped"
+    name = str(outside) if recorded == "absolute" else "../../../escaped"
+    staging = tmp_path / "staging" / "sneaky"
+    staging.mkdir(parents=True)
+    (staging / "request.yaml").write_bytes(b"model: echo\nprompt: hi\nparams: [1, 2]\n")
+    (staging / ".syncq-id").write_text(f"\n{name}\n")
+    os.rename(staging, home / "portal" / "inbox" / "sneaky")
+    found = wait_until(lambda: errors(home), what="the request in errors/")
+    assert list(found) == [b"sneaky"]
+    assert not outside.exists()
+    served(home, node, "still serving")
+
+
+def test_a_folder_that_turns_into_a_file_while_it_settles_is_looked_at_again(tmp_path: Path) -> None:
+    from syncq.node.portal_settle import snapshot
+
+    thing = tmp_path / "was-a-folder"
+    thing.write_bytes(b"x")
+    assert snapshot(thing, 10) == ((".", True, -1, -1),)  # no NotADirectoryError out of the portal

@@ -82,5 +82,18 @@ def printable(text: str) -> str:
 
 
 def _readable(fields: dict[str, object]) -> dict[str, object]:
-    """Lists as ``a, b, c`` for people (JSON lines keep them as lists)."""
-    return {k: (", ".join(map(str, v)) or "none") if isinstance(v, list) else v for k, v in fields.items()}
+    """Lists as ``a, b, c`` for people (JSON lines keep them as lists), and every text on one
+    line: a folder name, a peer's words or a model's error with a newline in it could otherwise
+    forge a whole log line ("12:00:00 connected to laptop"). A traceback keeps its lines, each
+    indented, so none of them can pass for an event."""
+    readable: dict[str, object] = {}
+    for key, value in fields.items():
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or "none"
+        if isinstance(value, str):
+            if key == "traceback":
+                value = "\n".join("    " + line for line in value.splitlines())
+            else:
+                value = value.replace("\r", "\\r").replace("\n", "\\n")
+        readable[key] = value
+    return readable

@@ -148,12 +148,11 @@ class Replica:
         for data in datas:
             try:
                 envelope = crypto.verify_envelope(data, self.keys.space_id)
-                if self.keys.is_relay:
-                    self._admit_at_relay(envelope)
+                self._admit(envelope)
             except (Unlisted, BadRoster) as exc:
-                # A relay's refusal (PROTOCOL.md, "Device list"): a member may pass such an
-                # envelope on in good faith (it quarantined it), so it does not count towards
-                # closing the session, but it is counted.
+                # Refused by the device list (PROTOCOL.md, "Device list"): a peer may pass such
+                # an envelope on in good faith (an older relay stores what anyone sends), so it
+                # does not count towards closing the session, but it is counted, never stored.
                 _count(report.refused, details, exc)
                 continue
             except EnvelopeRejected as exc:
@@ -232,12 +231,18 @@ class Replica:
         envelope (a new home: seq 1), so that relays store what it writes from then on."""
         self.set_root(root)
         self.store.set_meta(CHAIN_META, roster.encode_entries(chain).hex())
+        for entry in chain:  # the devices this one's chain lists are members here from the start
+            self._list(entry.device, entry.role)
         space_id, epoch = self.keys.space_id, self.keys.epoch
 
         def seal(seq: int) -> bytes:
             return roster.seal_roster(device=device, space_id=space_id, epoch=epoch, seq=seq, entries=chain)
 
         self.store.append_own(device.public_key, [seal])
+
+    def _list(self, device: bytes, role: roster.Role) -> None:
+        if self.store.get_meta(LISTED_META + device.hex()) is None:
+            self.store.set_meta(LISTED_META + device.hex(), role.value)
 
     def listed(self, device: bytes) -> bool:
         """Whether ``device`` may write (and ask a relay to keep files): on the list as a member,
@@ -249,17 +254,18 @@ class Replica:
             return True
         return False
 
-    def _admit_at_relay(self, envelope: crypto.Envelope) -> crypto.Envelope:
-        """A relay with a root stores a device list that chains to the root (recording whom it
-        lists) and an envelope of a listed member; it refuses anything else."""
+    def _admit(self, envelope: crypto.Envelope) -> crypto.Envelope:
+        """In a space with a root, relays and members alike store a device list that chains to
+        the root (recording whom it lists) and an envelope of a listed member, and refuse
+        anything else: a holder of a relay code, who can sign with a key of its own, gets
+        nothing stored anywhere (a member that stored it would keep it and pass it on)."""
         if self.root is None:
-            return envelope  # a code from before device lists: the relay cannot tell
+            return envelope  # a space from before device lists: nobody can tell
         if envelope.kind is Kind.ROSTER:
             for device, role in roster.open_roster(envelope, self.keys.space_id, self.root).items():
                 # Before the envelope is stored: a listed entry is a signed fact on its own,
                 # so a write that outlives a failed store of its envelope does no harm.
-                if self.store.get_meta(LISTED_META + device.hex()) is None:
-                    self.store.set_meta(LISTED_META + device.hex(), role.value)
+                self._list(device, role)
             return envelope
         if not self.listed(envelope.author):
             raise Unlisted(f"{envelope.author.hex()[:12]} is not on the space's device list")

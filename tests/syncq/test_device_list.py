@@ -107,10 +107,29 @@ def test_a_rooted_member_refuses_a_list_that_does_not_chain_to_the_root(
         entries=roster.founding_chain(attacker, founder.keys.space_id),
     )
     report = founder.receive([bogus])
-    # Signed by its author, so kept quarantined (never applied, never listed): dropping it would
-    # count towards closing the session of the relay that passed it on (PROTOCOL.md, "Envelope").
-    assert (report.rejected, report.quarantined) == ({}, {"bad-roster": 1})
+    # Counted, never stored, and not towards closing the session of whoever passed it on.
+    assert (report.rejected, report.quarantined, report.refused) == ({}, {}, {"bad-roster": 1})
     assert founder.replica.listed(attacker.public_key) is False
+
+
+def test_a_rooted_member_stores_nothing_a_relay_code_holder_signs(tmp_path: Path, founder: Space) -> None:
+    # A relay code holds the admission key, so its holder can dial members directly: what it
+    # signs with a key of its own (garbage, or "sealed" under an epoch nobody holds, which a
+    # member would otherwise keep for a key to come) must not be stored, or it would pile up
+    # and be gossiped to every member.
+    stranger = DeviceKeys.from_seed(os.urandom(64))
+    later_epoch = crypto.sign_clear(
+        device=stranger, space_id=founder.keys.space_id, epoch=7, seq=1, kind=Kind.UPDATE, payload=b"x" * 64
+    )
+    before = founder.store.count()
+    report = founder.receive([forged(founder, stranger, seq=2), later_epoch])
+    assert report.refused == {"unlisted": 2} and report.added == 0
+    assert founder.store.count() == before
+    with invited(tmp_path, founder, "gpu") as gpu:  # a listed member's envelopes still land
+        gpu.add("from the gpu", model="echo")
+        landed = founder.receive(gpu.envelopes(founder.version_vector()))
+        assert landed.added > 0 and (landed.refused, landed.rejected) == ({}, {})
+    assert [e.prompt.input for e in founder.entries()] == ["from the gpu"]
 
 
 def test_a_failed_init_leaves_no_half_built_home(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ BACKOFF_MAX_S = 60.0
 PING_S = 20.0
 RELAY_BLOB_DAYS = 30.0  # a relay forgets a kept file nobody stored or read for this long
 FORGET_EVERY_S = 6 * 3600.0
-MAX_HANDSHAKING = 32  # inbound connections not yet past AUTH; more are closed at once (4429)
+MAX_HANDSHAKING = 32  # inbound connections not yet past AUTH; past it the oldest is closed (4429)
 
 
 class Node:
@@ -87,7 +87,8 @@ class Node:
         self.discovery = discovery
         self.discovery_interfaces = discovery_interfaces
         self.connections: dict[str, Connection] = {}  # by peer id, once authenticated
-        self._inbound_conns: set[Connection] = set()  # to count those still in their handshake
+        # Inbound connections in the order they came, to cap those still in their handshake.
+        self._inbound_conns: dict[Connection, None] = {}
         self._dialers: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -256,16 +257,20 @@ class Node:
             return False
 
     async def _inbound(self, ws: ServerConnection) -> None:
-        # Strangers cost memory until they prove themselves: only so many at once.
-        if sum(1 for c in self._inbound_conns if c.session.peer_id is None) >= MAX_HANDSHAKING:
-            await ws.close(CloseCode.BUSY, "too many connections in their handshake")
-            return
+        # Strangers cost memory until they prove themselves: only so many at once. Past the
+        # cap the *oldest* goes, not the newcomer: a member's handshake takes a round trip, so
+        # silent strangers holding the cap cannot lock members out for their 10 s timeout.
+        strangers = [c for c in self._inbound_conns if c.session.peer_id is None and c.peering.open]
+        if len(strangers) >= MAX_HANDSHAKING:
+            oldest = strangers[0]
+            oldest.session.fail(CloseCode.BUSY, "too many connections in their handshake")
+            self.spawn(oldest.close())
         conn = Connection(self, ws, Role.RESPONDER, None)
-        self._inbound_conns.add(conn)
+        self._inbound_conns[conn] = None
         try:
             await conn.run()
         finally:
-            self._inbound_conns.discard(conn)
+            self._inbound_conns.pop(conn, None)
 
     def connected(self, conn: Connection) -> bool:
         """Register an authenticated connection; False if it duplicates one to the same peer.

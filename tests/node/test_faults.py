@@ -371,21 +371,27 @@ def test_a_flood_of_strangers_with_8_mib_frames_costs_the_node_little(tmp_path: 
     wait_until(lambda: inputs(b_home) == ["after the flood"], what="a to sync after the flood")
 
 
-def test_strangers_still_in_their_handshake_are_capped(tmp_path: Path, nodes) -> None:
+def test_strangers_in_their_handshake_are_capped_and_cannot_lock_members_out(tmp_path: Path, nodes) -> None:
     with Space.init(tmp_path / "a", name="a") as first:
-        a = nodes(first.paths.root)
+        a_home, b_home = first.paths.root, member(tmp_path, first, "b")
+    add(a_home, "while strangers wait")
+    a = nodes(a_home)
 
     async def strangers() -> int | None:
         held = []
         try:
-            for _ in range(32):  # each gets the node's HELLO, then says nothing
+            for _ in range(32):  # each gets the node's HELLO, then says nothing: the cap is full
                 ws = await connect(a.url, compression=None)
                 held.append(ws)
                 await asyncio.wait_for(ws.recv(), timeout=10)
-            extra = await connect(a.url, compression=None)
+            # A member dials in now: the oldest stranger makes room, not the member.
+            await asyncio.to_thread(lambda: (dial(b_home, a.url), nodes(b_home)))
+            await asyncio.to_thread(
+                wait_until, lambda: inputs(b_home) == ["while strangers wait"], what="b to sync past the cap"
+            )
             with contextlib.suppress(ConnectionClosed):
-                await asyncio.wait_for(extra.recv(), timeout=5)
-            return extra.close_code
+                await asyncio.wait_for(held[0].recv(), timeout=10)
+            return held[0].close_code
         finally:
             for ws in held:
                 await ws.close()

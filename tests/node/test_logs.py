@@ -6,7 +6,6 @@ import io
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from syncq.node.logs import NodeLog
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Protocol
 
-from syncq.errors import StoreError
+from syncq.errors import SeqConflict, StoreError
 from syncq.protocol import (
     MAX_BATCH_BYTES,
     MAX_BATCH_ENVELOPES,
@@ -172,7 +172,9 @@ class Peering:
         except StoreError as exc:
             self.fail(CloseCode.UNAVAILABLE, f"cannot store envelopes here: {exc}")
             return
-        self.dropped += sum(report.rejected.values())
+        # A seq conflict is signed by its author (a member that wrote two envelopes for one
+        # seq): an honest peer may pass the other one on, so it does not count against it.
+        self.dropped += sum(n for r, n in report.rejected.items() if r != SeqConflict.reason)
         if self.dropped > MAX_DROPPED:
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(report.rejected.items()))
             self.fail(CloseCode.BAD_ENVELOPE, f"too many invalid envelopes: {reasons}")

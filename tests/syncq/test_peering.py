@@ -209,3 +209,35 @@ def test_a_store_that_cannot_write_fails_the_session_without_acknowledging(tmp_p
     assert [e.prompt.input for e in b.entries()] == []
     a.close()
     b.close()
+
+
+def test_seq_conflicts_signed_by_their_author_do_not_cut_off_the_peer_that_passes_them_on(
+    tmp_path: Path,
+) -> None:
+    # A member that signs two envelopes for one seq harms nobody: the stored one stays. The peer
+    # that forwards the other in good faith must not lose its session over it.
+    from syncq import crypto
+    from syncq.crypto import Kind
+
+    a, b, link = connected_pair(tmp_path)
+    a.add("the stored one", model="echo")
+    link.settle()
+    seq = b.version_vector()[a.device.public_key]
+    twins = [
+        crypto.sign_clear(
+            device=a.device,
+            space_id=a.keys.space_id,
+            epoch=0,
+            seq=seq,
+            kind=Kind.UPDATE,
+            payload=bytes([n]) * 40,
+        )
+        for n in range(MAX_DROPPED + 2)
+    ]
+    link.a.session.send_envelopes([(bytes(32), n, twin) for n, twin in enumerate(twins, 1)])
+    for frame in link.a.data_to_send():
+        link.b.receive(frame)
+    assert link.b.open
+    assert b.status().rejected == {"seq-conflict": MAX_DROPPED + 2}
+    a.close()
+    b.close()

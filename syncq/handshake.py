@@ -15,6 +15,8 @@ state machine in ``syncq.protocol`` so each stays readable:
   reused), and it is domain-separated from Ed25519's own use of the seed (SHA-512 of it).
 - ``shared_secret``: X25519 of this side's ephemeral and the peer's; an all-zero result (a
   small-order point) is refused, so a peer cannot force a secret everyone knows.
+- ``decoy_key``: a refused HELLO is answered with an AUTH sealed under this secret instead of
+  ``auth_key``, as long and as costly as a real one, so a refusal at HELLO says nothing.
 - ``Keys``: HKDF over ``shared || auth_key[e]``, salted with the hash of both HELLOs (and so of
   both ephemerals), gives, per direction, a ChaCha20-Poly1305 key for the AUTH payload (node
   id, signature, name, relay flag) and one for every later frame. Opening the peer's AUTH
@@ -74,6 +76,12 @@ def hello_epoch(auth_keys: Mapping[int, bytes], challenge: bytes, ephemeral: byt
 def ephemeral_private(signing_seed: bytes, challenge: bytes) -> bytes:
     """This session's X25519 private key: secret as the seed, fresh as the challenge."""
     return hmac.new(signing_seed, b"syncq-ephemeral-v1" + challenge, hashlib.sha256).digest()
+
+
+def decoy_key(signing_seed: bytes, challenge: bytes) -> bytes:
+    """What stands for ``auth_key`` when the peer's HELLO is refused: the AUTH sealed with it
+    looks like a real one, and nobody can open it."""
+    return hmac.new(signing_seed, b"syncq-decoy-v1" + challenge, hashlib.sha256).digest()
 
 
 def ephemeral_public(private: bytes) -> bytes:

@@ -25,15 +25,16 @@ Every state transition lives in ``TRANSITIONS`` (h11's habit)::
 
 Admission (``syncq.handshake``): HELLO carries a fresh challenge, an X25519 ephemeral key and
 a tag keyed by the space's ``auth_key`` over both, nothing else, so a stranger learns neither
-the space, nor the device, nor its name; a stranger is told one refusal whether its tag is bad,
-of another space or of another epoch (the detail is logged here only). AUTH is sealed
+the space, nor the device, nor its name. A refused HELLO (bad tag, other space, other epoch) is
+answered like a good one, with a decoy AUTH, and refused at the peer's AUTH in the same words
+as a wrong key (the detail is logged here only): nobody, not even one replaying a member's
+HELLO, learns whether this node is of that space or how often its keys rotated. AUTH is sealed
 (ChaCha20-Poly1305) under a key derived from the ephemeral secret, ``auth_key`` and both HELLOs,
 one key per direction: opening it proves the peer knows ``auth_key`` and wrote it for this
 direction (a reflected AUTH fails). Inside are the node id, its Ed25519 signature over the role
-and transcript (so no member can claim another's id), the name and the relay flag. The
-ephemeral secret is why ``auth_key`` alone (a relay's, a member's) neither opens a recorded
-session nor lets an insider in the path swap the ephemerals unnoticed: the two transcripts then
-differ, and each side's signature fails at the other.
+and transcript (so no member can claim another's id), the name and the relay flag. So
+``auth_key`` alone (a relay's, a member's) neither opens a recorded session nor lets an insider
+in the path swap the ephemerals: the transcripts then differ, so each signature fails.
 
 After AUTH every frame is sealed (ChaCha20-Poly1305) under a per-direction key with an implicit
 counter as its nonce: a man in the middle cannot read it, nor forge a HAVE or an ACK to withhold
@@ -76,6 +77,7 @@ from syncq.handshake import (
     HELLO_TAG_SIZE,
     FrameSeal,
     Keys,
+    decoy_key,
     ephemeral_private,
     ephemeral_public,
     hello_epoch,
@@ -281,6 +283,7 @@ class SyncSession:
     _have_part: dict[bytes, int] = field(default_factory=dict)
     _hold: bool = False
     _peer_keys: Keys | None = None  # the peer's direction, known once both HELLOs are
+    _refusal: str = ""  # why the peer's HELLO is refused, said once its AUTH comes
     _seal_out: FrameSeal | None = None  # set once this side has sent its AUTH
     _seal_in: FrameSeal | None = None  # set once the peer's AUTH is verified
 
@@ -443,19 +446,19 @@ class SyncSession:
         fr.check_bytes(ephemeral, EPHEMERAL_SIZE, "ephemeral key")
         fr.check_bytes(tag, HELLO_TAG_SIZE, "hello tag")
         epoch = hello_epoch(self.auth_keys, challenge, ephemeral, tag)
-        if epoch is None:
-            raise Violation(CloseCode.AUTH_FAILED, "peer belongs to another space", told=REFUSED)
-        if epoch != self.epoch:
-            detail = f"peer is at key epoch {epoch}, this node at {self.epoch}"
-            raise Violation(CloseCode.AUTH_FAILED, detail, told=REFUSED)  # members' count of rotations
         if challenge == self.challenge:
             raise Violation(CloseCode.AUTH_FAILED, "peer sent this node's own HELLO back")
+        key = self.auth_keys[self.epoch]
+        if epoch != self.epoch:  # a decoy AUTH all the same, so a replayed HELLO tests nothing
+            other = f"is at key epoch {epoch}, this node at {self.epoch}" if epoch is not None else ""
+            self._refusal = f"peer {other or 'belongs to another space'}"
+            key = decoy_key(self.node.signing_seed, self.challenge)
         shared = shared_secret(ephemeral_private(self.node.signing_seed, self.challenge), ephemeral)
-        if shared is None:
+        if shared is None and not self._refusal:  # a good tag: an insider's doing
             raise Violation(CloseCode.AUTH_FAILED, "peer's ephemeral key is a small-order point")
+        shared = shared or bytes(32)
         first, second = (self._my_hello, frame) if self.role is Role.INITIATOR else (frame, self._my_hello)
         self._transcript = transcript_hash(first, second)
-        key = self.auth_keys[self.epoch]
         mine = Keys.derive(key, shared, self._transcript, self.role.value)
         self._peer_keys = Keys.derive(key, shared, self._transcript, _other(self.role).value)
         proof = self.node.sign(signed_text(self.role.value, self._transcript))
@@ -471,8 +474,8 @@ class SyncSession:
             raise Violation(CloseCode.MALFORMED, "bad AUTH")
         assert self._peer_keys is not None  # AWAIT_AUTH comes only after our HELLO handler
         inner = open_auth(self._peer_keys, self._transcript, sealed)
-        if inner is None:
-            raise Violation(CloseCode.AUTH_FAILED, "wrong space key")
+        if inner is None or self._refusal:  # the detail is logged here, never told
+            raise Violation(CloseCode.AUTH_FAILED, self._refusal or "wrong space key", told=REFUSED)
         node_id, signature, name, relay = _auth_fields(inner)
         if node_id == self.node.public_key:
             raise Violation(CloseCode.AUTH_FAILED, "peer claims this node's own id")

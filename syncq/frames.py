@@ -60,11 +60,13 @@ class CloseCode(enum.IntEnum):
 
 
 class Violation(Exception):
-    """A peer's frame broke the protocol (caught by the session; never escapes it)."""
+    """A peer's frame broke the protocol (caught by the session; never escapes it). ``told`` is
+    what the peer is told, where that must say less than ``reason`` (logged here)."""
 
-    def __init__(self, code: CloseCode, reason: str) -> None:
+    def __init__(self, code: CloseCode, reason: str, told: str | None = None) -> None:
         super().__init__(reason)
         self.code = code
+        self.told = told
 
 
 def pack(message: list[Any]) -> bytes:

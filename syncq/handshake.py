@@ -1,15 +1,30 @@
-"""The handshake's cryptography and the per-frame MAC of a session (PROTOCOL.md, "Sync").
+"""The handshake's cryptography and the per-frame seal of a session (PROTOCOL.md, "Sync").
 
 Pure functions of their inputs (no randomness: the challenge is given in), kept apart from the
 state machine in ``syncq.protocol`` so each stays readable:
 
-- ``hello_tag``: HELLO carries ``HMAC(auth_key[e], "syncq-hello-v1" || challenge)[:16]``
-  instead of the space id, so a stranger who connects learns nothing that links two HELLOs
-  (or a HELLO and an mDNS record) to one space; a member checks it against every epoch it knows.
-- ``Keys``: HKDF over ``auth_key[e]`` and the hash of both HELLOs gives, per direction, a
-  ChaCha20-Poly1305 key for the AUTH payload (node id, signature, name, relay flag) and an
-  HMAC key for every later frame. Opening the peer's AUTH proves it knows ``auth_key`` *and*
-  that it wrote this AUTH for the other direction, so a reflected AUTH fails.
+- ``hello_tag``: HELLO carries a fresh challenge, an X25519 ephemeral public key and
+  ``HMAC(auth_key[e], "syncq-hello-v1" || challenge || ephemeral)[:16]`` instead of the space
+  id, so a stranger who connects learns nothing that links two HELLOs (or a HELLO and an mDNS
+  record) to one space, and nobody without ``auth_key`` can change the ephemeral; a member
+  checks the tag against every epoch it knows.
+- ``ephemeral_private``: the session's X25519 key is ``HMAC-SHA256(signing_seed,
+  "syncq-ephemeral-v1" || challenge)``, so the state machine needs no randomness of its own.
+  That is sound because HMAC under a secret key is a PRF: the output is secret (only this
+  device holds its seed) and fresh (the challenge is 32 fresh random bytes per session, never
+  reused), and it is domain-separated from Ed25519's own use of the seed (SHA-512 of it).
+- ``shared_secret``: X25519 of this side's ephemeral and the peer's; an all-zero result (a
+  small-order point) is refused, so a peer cannot force a secret everyone knows.
+- ``decoy_key``: a refused HELLO is answered with an AUTH sealed under this secret instead of
+  ``auth_key``, as long and as costly as a real one, so a refusal at HELLO says nothing.
+- ``Keys``: HKDF over ``shared || auth_key[e]``, salted with the hash of both HELLOs (and so of
+  both ephemerals), gives, per direction, a ChaCha20-Poly1305 key for the AUTH payload (node
+  id, signature, name, relay flag) and one for every later frame. Opening the peer's AUTH
+  proves it knows ``auth_key`` *and* that it wrote this AUTH for the other direction, so a
+  reflected AUTH fails. Without the ephemeral secret, ``auth_key`` alone (every member's, every
+  relay's, a removed device's until the keys rotate) opens nothing: a recorded session stays
+  sealed, and an insider in the path who swaps the ephemerals for its own makes the two sides'
+  transcripts differ, so each side's signature fails at the other.
 - ``FrameSeal``: after AUTH every frame is ``ChaCha20-Poly1305(k_dir, nonce = counter u64,
   msgpack)``, the counter implicit per direction from 0, so a forged, dropped, reordered or
   replayed frame fails its 16-byte tag. An AEAD rather than the HMAC-only ``msgpack ||
@@ -29,29 +44,62 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 HELLO_TAG_SIZE = 16
 FRAME_TAG_SIZE = 16
+EPHEMERAL_SIZE = 32
 AUTH_PLAINTEXT_SIZE = 512  # padded: the ciphertext's length says nothing about the name
 _NONCE = b"\x00" * 12  # each AUTH key seals exactly one message
 
 
-def hello_tag(auth_key: bytes, challenge: bytes) -> bytes:
-    """The HELLO's proof of membership, bound to its fresh challenge."""
-    return hmac.new(auth_key, b"syncq-hello-v1" + challenge, hashlib.sha256).digest()[:HELLO_TAG_SIZE]
+def hello_tag(auth_key: bytes, challenge: bytes, ephemeral: bytes) -> bytes:
+    """The HELLO's proof of membership, bound to its fresh challenge and ephemeral key."""
+    message = b"syncq-hello-v1" + challenge + ephemeral
+    return hmac.new(auth_key, message, hashlib.sha256).digest()[:HELLO_TAG_SIZE]
 
 
-def hello_epoch(auth_keys: Mapping[int, bytes], challenge: bytes, tag: bytes) -> int | None:
+def hello_epoch(auth_keys: Mapping[int, bytes], challenge: bytes, ephemeral: bytes, tag: bytes) -> int | None:
     """The epoch whose key made ``tag``, or None. Every epoch is checked, in constant time each,
     so the time taken does not say which one matched."""
     found = None
     for epoch, key in sorted(auth_keys.items()):
-        if hmac.compare_digest(hello_tag(key, challenge), tag):
+        if hmac.compare_digest(hello_tag(key, challenge, ephemeral), tag):
             found = epoch
     return found
+
+
+def ephemeral_private(signing_seed: bytes, challenge: bytes) -> bytes:
+    """This session's X25519 private key: secret as the seed, fresh as the challenge."""
+    return hmac.new(signing_seed, b"syncq-ephemeral-v1" + challenge, hashlib.sha256).digest()
+
+
+def decoy_key(signing_seed: bytes, challenge: bytes) -> bytes:
+    """What stands for ``auth_key`` when the peer's HELLO is refused: the AUTH sealed with it
+    looks like a real one, and nobody can open it."""
+    return hmac.new(signing_seed, b"syncq-decoy-v1" + challenge, hashlib.sha256).digest()
+
+
+def ephemeral_public(private: bytes) -> bytes:
+    """The raw 32-byte X25519 public key of ``private``."""
+    key = X25519PrivateKey.from_private_bytes(private).public_key()
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def shared_secret(private: bytes, peer_public: bytes) -> bytes | None:
+    """The X25519 secret of this side's key and the peer's, or None for a small-order point (an
+    all-zero secret, which anyone could compute)."""
+    try:
+        shared = X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(peer_public)
+        )
+    except ValueError:  # OpenSSL refuses a small-order point itself
+        return None
+    return None if hmac.compare_digest(shared, bytes(32)) else shared
 
 
 def transcript_hash(initiator_hello: bytes, responder_hello: bytes) -> bytes:
@@ -68,8 +116,8 @@ def signed_text(role: bytes, transcript: bytes) -> bytes:
     return b"syncq-auth-v2-sig\x00" + role + transcript
 
 
-def _derive(auth_key: bytes, transcript: bytes, label: bytes) -> bytes:
-    return HKDF(algorithm=SHA256(), length=32, salt=transcript, info=b"syncq-v2 " + label).derive(auth_key)
+def _derive(secret: bytes, transcript: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=SHA256(), length=32, salt=transcript, info=b"syncq-v2 " + label).derive(secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +129,13 @@ class Keys:
     frames: bytes
 
     @classmethod
-    def derive(cls, auth_key: bytes, transcript: bytes, role: bytes) -> Keys:
-        """Keys for the frames that ``role`` sends."""
+    def derive(cls, auth_key: bytes, shared: bytes, transcript: bytes, role: bytes) -> Keys:
+        """Keys for the frames that ``role`` sends: both the ephemeral secret ``shared`` and
+        ``auth_key`` go in, so neither alone opens anything."""
+        secret = shared + auth_key
         return cls(
-            seal=_derive(auth_key, transcript, b"auth " + role),
-            frames=_derive(auth_key, transcript, b"frames " + role),
+            seal=_derive(secret, transcript, b"auth " + role),
+            frames=_derive(secret, transcript, b"frames " + role),
         )
 
 

@@ -23,12 +23,18 @@ Every state transition lives in ``TRANSITIONS`` (h11's habit)::
     any open        ERROR                   CLOSED          emit PeerClosed
     any             anything else           CLOSED          emit SessionFailed (4409)
 
-Admission (``syncq.handshake``): HELLO carries a fresh challenge and a tag keyed by the space's
-``auth_key``, nothing else, so a stranger learns neither the space, nor the device, nor its
-name. AUTH is sealed (ChaCha20-Poly1305) under a key derived from ``auth_key`` and both HELLOs,
+Admission (``syncq.handshake``): HELLO carries a fresh challenge, an X25519 ephemeral key and
+a tag keyed by the space's ``auth_key`` over both, nothing else, so a stranger learns neither
+the space, nor the device, nor its name. A refused HELLO (bad tag, other space, other epoch) is
+answered like a good one, with a decoy AUTH, and refused at the peer's AUTH in the same words
+as a wrong key (the detail is logged here only): nobody, not even one replaying a member's
+HELLO, learns whether this node is of that space or how often its keys rotated. AUTH is sealed
+(ChaCha20-Poly1305) under a key derived from the ephemeral secret, ``auth_key`` and both HELLOs,
 one key per direction: opening it proves the peer knows ``auth_key`` and wrote it for this
 direction (a reflected AUTH fails). Inside are the node id, its Ed25519 signature over the role
-and transcript (so no member can claim another's id), the name and the relay flag.
+and transcript (so no member can claim another's id), the name and the relay flag. So
+``auth_key`` alone (a relay's, a member's) neither opens a recorded session nor lets an insider
+in the path swap the ephemerals: the transcripts then differ, so each signature fails.
 
 After AUTH every frame is sealed (ChaCha20-Poly1305) under a per-direction key with an implicit
 counter as its nonce: a man in the middle cannot read it, nor forge a HAVE or an ACK to withhold
@@ -67,13 +73,18 @@ from syncq.frames import (
     Violation,
 )
 from syncq.handshake import (
+    EPHEMERAL_SIZE,
     HELLO_TAG_SIZE,
     FrameSeal,
     Keys,
+    decoy_key,
+    ephemeral_private,
+    ephemeral_public,
     hello_epoch,
     hello_tag,
     open_auth,
     seal_auth,
+    shared_secret,
     signed_text,
     transcript_hash,
 )
@@ -93,6 +104,7 @@ __all__ = [
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # what a sender puts in one batch
 WINDOW = 4
 CHALLENGE_SIZE = 32
+REFUSED = "not admitted (another space, or another key epoch)"  # all a stranger is told
 
 
 class Role(enum.Enum):
@@ -271,6 +283,7 @@ class SyncSession:
     _have_part: dict[bytes, int] = field(default_factory=dict)
     _hold: bool = False
     _peer_keys: Keys | None = None  # the peer's direction, known once both HELLOs are
+    _refusal: str = ""  # why the peer's HELLO is refused, said once its AUTH comes
     _seal_out: FrameSeal | None = None  # set once this side has sent its AUTH
     _seal_in: FrameSeal | None = None  # set once the peer's AUTH is verified
 
@@ -279,8 +292,9 @@ class SyncSession:
             raise ValueError("a challenge is 32 random bytes")
         if self.epoch not in self.auth_keys:
             raise ValueError(f"no admission key for epoch {self.epoch}")
-        tag = hello_tag(self.auth_keys[self.epoch], self.challenge)
-        self._my_hello = fr.pack([Frame.HELLO, PROTOCOL_VERSION, self.challenge, tag])
+        ephemeral = ephemeral_public(ephemeral_private(self.node.signing_seed, self.challenge))
+        tag = hello_tag(self.auth_keys[self.epoch], self.challenge, ephemeral)
+        self._my_hello = fr.pack([Frame.HELLO, PROTOCOL_VERSION, self.challenge, ephemeral, tag])
         self._outgoing.append(self._my_hello)
 
     # -- driver API ------------------------------------------------------------------------
@@ -297,7 +311,7 @@ class SyncSession:
         try:
             return self._receive(frame)
         except Violation as v:
-            return [self.fail(v.code, str(v))]
+            return [self.fail(v.code, str(v), told=v.told)]
 
     def encode(self, message: list[Any]) -> bytes:
         """``message`` as this session would put it on the wire now (packed, and sealed after its
@@ -384,12 +398,14 @@ class SyncSession:
         self._require(State.SYNCING)
         self._send([Frame.NO_BLOB, blob_id, list(indices[:MAX_WANT])])
 
-    def fail(self, code: CloseCode, reason: str) -> SessionFailed:
-        """End the session from this side: queue an ERROR frame and close."""
+    def fail(self, code: CloseCode, reason: str, *, told: str | None = None) -> SessionFailed:
+        """End the session from this side: queue an ERROR frame and close. The peer is told
+        ``told`` where given (in the ERROR and the close frame), ``reason`` otherwise."""
         if self.state is not State.CLOSED:
-            self._send([Frame.ERROR, int(code), reason[:200]])
+            told = reason if told is None else told
+            self._send([Frame.ERROR, int(code), told[:200]])
             self.state = State.CLOSED
-            self.close_code, self.close_reason = code, reason
+            self.close_code, self.close_reason = code, told
         return SessionFailed(code=code, reason=reason)
 
     # -- frame handling --------------------------------------------------------------------
@@ -424,22 +440,27 @@ class SyncSession:
         if not body or body[0] != PROTOCOL_VERSION:
             version = body[0] if body and fr.whole(body[0]) else "?"
             raise Violation(CloseCode.VERSION, f"peer speaks protocol {version}, not {PROTOCOL_VERSION}")
-        fr.shape(body, 3)
-        _, challenge, tag = body
+        fr.shape(body, 4)
+        _, challenge, ephemeral, tag = body
         fr.check_bytes(challenge, CHALLENGE_SIZE, "challenge")
+        fr.check_bytes(ephemeral, EPHEMERAL_SIZE, "ephemeral key")
         fr.check_bytes(tag, HELLO_TAG_SIZE, "hello tag")
-        epoch = hello_epoch(self.auth_keys, challenge, tag)
-        if epoch is None:
-            raise Violation(CloseCode.AUTH_FAILED, "peer belongs to another space")
-        if epoch != self.epoch:
-            raise Violation(CloseCode.AUTH_FAILED, f"peer is at key epoch {epoch}, this node at {self.epoch}")
+        epoch = hello_epoch(self.auth_keys, challenge, ephemeral, tag)
         if challenge == self.challenge:
             raise Violation(CloseCode.AUTH_FAILED, "peer sent this node's own HELLO back")
+        key = self.auth_keys[self.epoch]
+        if epoch != self.epoch:  # a decoy AUTH all the same, so a replayed HELLO tests nothing
+            other = f"is at key epoch {epoch}, this node at {self.epoch}" if epoch is not None else ""
+            self._refusal = f"peer {other or 'belongs to another space'}"
+            key = decoy_key(self.node.signing_seed, self.challenge)
+        shared = shared_secret(ephemeral_private(self.node.signing_seed, self.challenge), ephemeral)
+        if shared is None and not self._refusal:  # a good tag: an insider's doing
+            raise Violation(CloseCode.AUTH_FAILED, "peer's ephemeral key is a small-order point")
+        shared = shared or bytes(32)
         first, second = (self._my_hello, frame) if self.role is Role.INITIATOR else (frame, self._my_hello)
         self._transcript = transcript_hash(first, second)
-        key = self.auth_keys[self.epoch]
-        mine = Keys.derive(key, self._transcript, self.role.value)
-        self._peer_keys = Keys.derive(key, self._transcript, _other(self.role).value)
+        mine = Keys.derive(key, shared, self._transcript, self.role.value)
+        self._peer_keys = Keys.derive(key, shared, self._transcript, _other(self.role).value)
         proof = self.node.sign(signed_text(self.role.value, self._transcript))
         inner = fr.pack([self.node.public_key, proof, self.name[:MAX_NAME], self.relay])
         self._send([Frame.AUTH, seal_auth(mine, self._transcript, inner)])
@@ -453,8 +474,8 @@ class SyncSession:
             raise Violation(CloseCode.MALFORMED, "bad AUTH")
         assert self._peer_keys is not None  # AWAIT_AUTH comes only after our HELLO handler
         inner = open_auth(self._peer_keys, self._transcript, sealed)
-        if inner is None:
-            raise Violation(CloseCode.AUTH_FAILED, "wrong space key")
+        if inner is None or self._refusal:  # the detail is logged here, never told
+            raise Violation(CloseCode.AUTH_FAILED, self._refusal or "wrong space key", told=REFUSED)
         node_id, signature, name, relay = _auth_fields(inner)
         if node_id == self.node.public_key:
             raise Violation(CloseCode.AUTH_FAILED, "peer claims this node's own id")

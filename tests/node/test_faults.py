@@ -117,7 +117,7 @@ def test_a_node_of_another_space_cannot_connect_and_others_still_sync(tmp_path: 
     a = nodes(a_home)
     dial(tmp_path / "x", a.url)
     x = nodes(tmp_path / "x")
-    assert x.wait_event("peer-failed", code=4401)  # each side refuses the other's HELLO
+    assert x.wait_event("peer-failed", code=4401)  # each side refuses the other (at its AUTH)
     refused = a.wait_event("peer-failed", code=4401)
     assert refused["address"].startswith("127.0.0.1:") and refused["peer"].endswith(f"({refused['address']})")
     assert refused["reason"] == "peer belongs to another space"

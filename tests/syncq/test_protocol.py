@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import msgpack
 import pytest
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
 from syncq.crypto import DeviceKeys, SpaceKeys
-from syncq.handshake import Keys, seal_auth, signed_text
+from syncq.handshake import (
+    FrameSeal,
+    Keys,
+    ephemeral_public,
+    hello_tag,
+    open_auth,
+    seal_auth,
+    shared_secret,
+    signed_text,
+    transcript_hash,
+)
 from syncq.protocol import (
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_FRAME,
     PROTOCOL_VERSION,
+    REFUSED,
     TRANSITIONS,
     WINDOW,
     Authenticated,
@@ -117,15 +131,62 @@ def test_wrong_space_is_refused_with_4401() -> None:
     a, b = session(Role.INITIATOR), session(Role.RESPONDER, OTHER_SPACE)
     events_a, events_b = pump(a, b)
     refused = SessionFailed(code=CloseCode.AUTH_FAILED, reason="peer belongs to another space")
-    assert events_a == events_b == [refused]  # each side refuses the other's HELLO
+    assert events_a == events_b == [refused]  # each side answers with a decoy AUTH, then refuses
     assert a.state is b.state is State.CLOSED
 
 
-def test_the_peer_learns_why_it_was_refused() -> None:
+def test_the_peer_learns_it_was_refused_and_no_more() -> None:
     a, b = session(Role.INITIATOR), session(Role.RESPONDER, OTHER_SPACE)
-    b.receive(a.data_to_send()[0])
-    _, error = b.data_to_send()  # its HELLO, then the ERROR saying why
-    assert a.receive(error) == [PeerClosed(code=4401, reason="peer belongs to another space")]
+    pump(a, b)
+    assert (a.close_code, a.close_reason) == (b.close_code, b.close_reason) == (4401, REFUSED)
+
+
+def stranger_sees(member: SyncSession, hello: bytes) -> tuple[object, ...]:
+    """Everything a stranger who sends ``hello`` (then an AUTH of random bytes) sees of
+    ``member``: the frames' types and lengths (the AUTH and ERROR are sealed), the close frame."""
+    before = member.data_to_send()[0]
+    assert member.receive(hello) == []
+    answer = member.data_to_send()
+    events = member.receive(msgpack.packb([Frame.AUTH, os.urandom(528)]))
+    error = member.data_to_send()
+    assert len(events) == 1 and isinstance(events[0], SessionFailed)
+    seen = (len(before), [(f[:4], len(f)) for f in answer], [len(f) for f in error])
+    return (*seen, member.close_code, member.close_reason, events[0].reason)
+
+
+def test_a_stranger_cannot_tell_another_space_a_bad_tag_another_epoch_or_a_replayed_hello() -> None:
+    keys = {0: SPACE.auth_key(0), 1: b"e" * 32}
+    member = SyncSession(
+        role=Role.INITIATOR,
+        auth_keys=keys,
+        epoch=1,
+        node=DeviceKeys.from_seed(os.urandom(64)),
+        name="m",
+        challenge=os.urandom(32),
+    )
+    genuine = member.data_to_send()[0]  # recorded where it was sent, and replayed here
+    strangers = [
+        ("peer belongs to another space", session(Role.INITIATOR, OTHER_SPACE).data_to_send()[0]),
+        ("peer belongs to another space", genuine[:-1] + bytes([genuine[-1] ^ 1])),  # a bad tag
+        ("peer is at key epoch 0, this node at 1", session(Role.INITIATOR).data_to_send()[0]),
+        ("wrong space key", genuine),  # a member of this space: it answers, then cannot open
+    ]
+    seen = set()
+    for detail, frame in strangers:
+        b = SyncSession(
+            role=Role.RESPONDER,
+            auth_keys=keys,
+            epoch=1,
+            node=DeviceKeys.from_seed(os.urandom(64)),
+            name="b",
+            challenge=os.urandom(32),
+        )
+        *told, logged = stranger_sees(b, frame)
+        assert logged == detail  # the detail stays here
+        seen.add(tuple(map(repr, told)))
+    assert len(seen) == 1  # no count of rotations, no "same space as that HELLO's sender"
+    (told,) = seen
+    assert told[-1] == repr(REFUSED)
 
 
 def test_wrong_auth_key_is_refused_with_4401() -> None:
@@ -154,28 +215,164 @@ def test_a_reflected_hello_is_refused() -> None:
     ]
 
 
-def test_a_stolen_node_id_is_refused() -> None:
+# -- an insider: holds auth_key (a relay code, a member's secrets, a removed device's) -------
+
+KEY = SPACE.auth_key(0)
+
+
+def hello(challenge: bytes, ephemeral: bytes, key: bytes = KEY) -> bytes:
+    """A HELLO as anyone holding ``key`` can make it."""
+    tag = hello_tag(key, challenge, ephemeral)
+    return msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, challenge, ephemeral, tag])
+
+
+def ephemeral_of(frame: bytes) -> bytes:
+    return msgpack.unpackb(frame)[3]
+
+
+class Insider:
+    """In the path between a and b, with the space's auth_key and a node key of its own: it
+    passes each HELLO on with its own ephemeral in place of the sender's (re-tagged)."""
+
+    def __init__(self) -> None:
+        self.private = os.urandom(32)
+        self.node = DeviceKeys.from_seed(os.urandom(64))
+
+    def swap(self, frame: bytes) -> bytes:
+        return hello(msgpack.unpackb(frame)[2], ephemeral_public(self.private))
+
+    def keys(
+        self, initiator_hello: bytes, responder_hello: bytes, victim_hello: bytes
+    ) -> tuple[bytes, Keys, Keys]:
+        """The transcript of the side that sent ``victim_hello``, and the keys of both of that
+        session's directions (initiator's, responder's), as the insider derives them."""
+        transcript = transcript_hash(initiator_hello, responder_hello)
+        shared = shared_secret(self.private, ephemeral_of(victim_hello))
+        assert shared is not None
+        return (
+            transcript,
+            Keys.derive(KEY, shared, transcript, Role.INITIATOR.value),
+            Keys.derive(KEY, shared, transcript, Role.RESPONDER.value),
+        )
+
+
+@pytest.mark.parametrize("auth", ["unchanged", "resealed", "own-signature"])
+def test_an_insider_who_swaps_the_ephemerals_is_refused_by_both(auth: str) -> None:
+    a, b, m = session(Role.INITIATOR, name="a"), session(Role.RESPONDER, name="b"), Insider()
+    (hello_a,), (hello_b,) = a.data_to_send(), b.data_to_send()
+    to_b, to_a = m.swap(hello_a), m.swap(hello_b)
+    assert a.receive(to_a) == b.receive(to_b) == []  # the tags are good: m holds auth_key
+    (auth_a,), (auth_b,) = a.data_to_send(), b.data_to_send()
+    t_a, a_sends, b_would_send_a = m.keys(hello_a, to_a, hello_a)  # a's session with "b"
+    t_b, a_would_send_b, b_sends = m.keys(to_b, hello_b, hello_b)  # b's session with "a"
+    inner_a = open_auth(a_sends, t_a, msgpack.unpackb(auth_a)[1])
+    inner_b = open_auth(b_sends, t_b, msgpack.unpackb(auth_b)[1])
+    assert inner_a is not None and inner_b is not None  # m reads both AUTHs...
+    if auth == "unchanged":
+        to_a_auth, to_b_auth = auth_b, auth_a
+    elif auth == "resealed":  # ...and seals each for the other side, signatures and all
+        to_a_auth = msgpack.packb([Frame.AUTH, seal_auth(b_would_send_a, t_a, inner_b)])
+        to_b_auth = msgpack.packb([Frame.AUTH, seal_auth(a_would_send_b, t_b, inner_a)])
+    else:  # claims the other's node id, signing each side's own transcript with its own key
+        proof_to_a = m.node.sign(signed_text(Role.RESPONDER.value, t_a))
+        proof_to_b = m.node.sign(signed_text(Role.INITIATOR.value, t_b))
+        claim_b = msgpack.packb([b.node.public_key, proof_to_a, "b", False])
+        claim_a = msgpack.packb([a.node.public_key, proof_to_b, "a", False])
+        to_a_auth = msgpack.packb([Frame.AUTH, seal_auth(b_would_send_a, t_a, claim_b)])
+        to_b_auth = msgpack.packb([Frame.AUTH, seal_auth(a_would_send_b, t_b, claim_a)])
+    reason = "wrong space key" if auth == "unchanged" else "bad node signature"
+    refused = [SessionFailed(code=CloseCode.AUTH_FAILED, reason=reason)]
+    assert a.receive(to_a_auth) == refused  # b signed b's transcript, not a's
+    assert b.receive(to_b_auth) == refused
+    assert a.peer_id is b.peer_id is None and a.state is b.state is State.CLOSED
+
+
+def old_key(transcript: bytes, label: bytes) -> bytes:
+    """A key as protocol 2 derived it before the ephemerals: from auth_key and the HELLOs only."""
+    return HKDF(algorithm=SHA256(), length=32, salt=transcript, info=b"syncq-v2 " + label).derive(KEY)
+
+
+def test_an_insider_who_records_a_session_opens_nothing_and_forges_nothing() -> None:
     a, b = session(Role.INITIATOR), session(Role.RESPONDER)
-    impostor = session(Role.RESPONDER)
-    b.receive(a.data_to_send()[0])
-    hello_b, _ = b.data_to_send()
-    a.receive(hello_b)
-    # The impostor knows the space key but not b's node key: it seals an AUTH that claims b's
-    # id with its own signature over the same transcript.
-    impostor.receive(a._my_hello)  # type: ignore[attr-defined]
-    impostor._transcript = a._transcript  # type: ignore[attr-defined]
-    keys = Keys.derive(SPACE.auth_key(0), a._transcript, Role.RESPONDER.value)  # type: ignore[attr-defined]
-    proof = impostor.node.sign(signed_text(Role.RESPONDER.value, a._transcript))  # type: ignore[attr-defined]
-    inner = msgpack.packb([b.node.public_key, proof, "b", False])
-    forged = msgpack.packb([Frame.AUTH, seal_auth(keys, a._transcript, inner)])  # type: ignore[attr-defined]
-    assert a.receive(forged) == [SessionFailed(code=CloseCode.AUTH_FAILED, reason="bad node signature")]
+    wire: dict[Role, list[bytes]] = {Role.INITIATOR: [], Role.RESPONDER: []}
+    author = b"A" * 32
+    for step in range(4):
+        if step == 2:
+            a.send_have({author: 7})
+            b.send_have({})
+        if step == 3:
+            a.send_envelopes([(author, 1, b"a sealed envelope")])
+        to_b, to_a = a.data_to_send(), b.data_to_send()
+        wire[Role.INITIATOR] += to_b
+        wire[Role.RESPONDER] += to_a
+        for frame in to_b:
+            b.receive(frame)
+        for frame in to_a:
+            a.receive(frame)
+    assert a.state is b.state is State.SYNCING
+    hello_a, auth_a, *after_a = wire[Role.INITIATOR]
+    hello_b, auth_b, *after_b = wire[Role.RESPONDER]
+    assert [len(after_a), len(after_b)] == [2, 1]  # a's HAVE and batch; b's HAVE
+    # The recorder holds auth_key and every byte; its transcript is the sessions' own.
+    transcript = hashlib.sha256(
+        b"syncq-auth-v2\x00" + hashlib.sha256(hello_a).digest() + hashlib.sha256(hello_b).digest()
+    ).digest()
+    for role, auth, after in ((Role.INITIATOR, auth_a, after_a), (Role.RESPONDER, auth_b, after_b)):
+        seal = Keys(seal=old_key(transcript, b"auth " + role.value), frames=b"")
+        assert open_auth(seal, transcript, msgpack.unpackb(auth)[1]) is None
+        frames = FrameSeal(old_key(transcript, b"frames " + role.value))
+        assert frames.open(after[0]) is None  # the HAVE stays sealed
+    # Nor can it slip in a frame of its own: an ACK, in b's name, for the batch b has not stored.
+    forger = FrameSeal(old_key(transcript, b"frames responder"))
+    for _ in after_b:
+        forger.seal(b"")  # the counter where b's next frame would be
+    forged = forger.seal(msgpack.packb([Frame.ACK, 1]))
+    assert a.receive(forged) == [
+        SessionFailed(
+            code=CloseCode.BAD_TAG, reason="a frame failed its tag (forged, lost, reordered or replayed)"
+        )
+    ]
+
+
+def test_a_hello_with_another_ephemeral_fails_its_tag() -> None:
+    a, b = session(Role.INITIATOR), session(Role.RESPONDER)
+    _, version, challenge, _, tag = msgpack.unpackb(a.data_to_send()[0])
+    changed = msgpack.packb([Frame.HELLO, version, challenge, ephemeral_public(os.urandom(32)), tag])
+    b.receive(changed)
+    a.receive(b.data_to_send()[0])
+    assert b.receive(a.data_to_send()[0]) == [
+        SessionFailed(code=CloseCode.AUTH_FAILED, reason="peer belongs to another space")
+    ]
+
+
+SMALL_ORDER = [
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),  # order 8
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),  # order 8
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),  # p - 1
+]
+
+
+@pytest.mark.parametrize("point", SMALL_ORDER, ids=lambda p: p[:4].hex())
+def test_a_small_order_ephemeral_is_refused(point: bytes) -> None:
+    b = session(Role.RESPONDER)
+    b.data_to_send()
+    events = b.receive(hello(os.urandom(32), point))  # well tagged: only an insider can send it
+    assert events == [
+        SessionFailed(code=CloseCode.AUTH_FAILED, reason="peer's ephemeral key is a small-order point")
+    ]
+    assert [msgpack.unpackb(f)[0] for f in b.data_to_send()] == [Frame.ERROR]  # no AUTH
+    assert shared_secret(os.urandom(32), point) is None
+    stranger = session(Role.RESPONDER)  # badly tagged: the decoy, as for any stranger
+    assert stranger.receive(hello(os.urandom(32), point, b"k" * 32)) == []
 
 
 def test_a_hello_says_nothing_a_stranger_can_link() -> None:
     a = session(Role.INITIATOR, name="alice-laptop")
     (hello,) = a.data_to_send()
     fields = msgpack.unpackb(hello)
-    assert fields[:2] == [Frame.HELLO, PROTOCOL_VERSION] and len(fields) == 4
+    assert fields[:2] == [Frame.HELLO, PROTOCOL_VERSION] and len(fields) == 5
     for secret in (bytes.fromhex(SPACE.space_id), a.node.public_key, b"alice-laptop"):
         assert secret not in hello
     b = session(Role.RESPONDER, name="alice-laptop")
@@ -185,7 +382,7 @@ def test_a_hello_says_nothing_a_stranger_can_link() -> None:
         assert secret not in auth  # sealed
 
 
-def test_a_peer_at_another_epoch_is_told_so() -> None:
+def test_a_peer_at_another_epoch_is_refused_and_only_this_side_logs_why() -> None:
     both = {0: SPACE.auth_key(0), 1: b"e" * 32}
     a = SyncSession(
         role=Role.INITIATOR,
@@ -197,7 +394,7 @@ def test_a_peer_at_another_epoch_is_told_so() -> None:
     )
     b = session(Role.RESPONDER)
     events_a, events_b = pump(a, b)
-    assert events_a == [
+    assert events_a == [  # logged at a; b is told only that it is refused
         SessionFailed(code=CloseCode.AUTH_FAILED, reason="peer is at key epoch 0, this node at 1")
     ]
     assert events_b == [SessionFailed(code=CloseCode.AUTH_FAILED, reason="peer belongs to another space")]
@@ -299,8 +496,9 @@ def test_nothing_but_hello_before_auth() -> None:
         (msgpack.packb([99]), CloseCode.MALFORMED),
         (msgpack.packb([True]), CloseCode.MALFORMED),
         (msgpack.packb([Frame.HELLO, 1, b"", b"", b"", "x", False]), CloseCode.VERSION),
-        (msgpack.packb([Frame.HELLO, 2, b"short", bytes(16)]), CloseCode.MALFORMED),
-        (msgpack.packb([Frame.HELLO, 2, bytes(32), bytes(16)]), CloseCode.AUTH_FAILED),
+        (msgpack.packb([Frame.HELLO, 2, b"short", bytes(32), bytes(16)]), CloseCode.MALFORMED),
+        (msgpack.packb([Frame.HELLO, 2, bytes(32), b"short", bytes(16)]), CloseCode.MALFORMED),
+        (msgpack.packb([Frame.HELLO, 2, bytes(32), bytes(16)]), CloseCode.MALFORMED),  # no ephemeral
         (msgpack.packb([Frame.HELLO, 2]), CloseCode.MALFORMED),
         (msgpack.packb([Frame.HELLO]), CloseCode.VERSION),
         (b"\x00" * (MAX_FRAME_SIZE + 1), CloseCode.TOO_LARGE),

@@ -1,7 +1,7 @@
 """Fuzz targets of the sync session: the frame decoder, each frame's shape checks, and the state
 machine fed random mixes of genuine, malformed, forged, replayed and lost frames in any state.
 
-About 7,000 cases together, derandomized so CI sees the same ones every run (a failure found
+7,500 cases together, derandomized so CI sees the same ones every run (a failure found
 once is found again); they take well under a minute on one core.
 """
 
@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncq.crypto import DeviceKeys, SpaceKeys
-from syncq.frames import MAX_HANDSHAKE_FRAME, Frame, Violation, unpack
+from syncq.frames import MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION, Frame, Violation, unpack
+from syncq.handshake import ephemeral_public, hello_tag
 from syncq.protocol import (
     TRANSITIONS,
     Authenticated,
@@ -151,7 +152,21 @@ def check(before: State, events: list[Any], body: bytes, b: SyncSession) -> None
         assert msgpack.unpackb(body, strict_map_key=False)[0] == kind
 
 
-OPS = ["deliver"] * 4 + ["act"] * 3 + ["junk", "raw", "mac", "mac", "flip", "replay", "drop"]
+OPS = ["deliver"] * 4 + ["act"] * 3 + ["junk", "raw", "mac", "mac", "flip", "replay", "drop", "hello"]
+# What an insider (or a stranger) may put in a HELLO's ephemeral: a good key, or a small-order point.
+EPHEMERALS = [None, bytes(32), (1).to_bytes(32, "little"), b"\xff" * 32]
+
+
+def made_hello(rng: random.Random) -> bytes:
+    """A HELLO of the new shape made by hand: a good or bad tag over any ephemeral."""
+    challenge = rng.randbytes(32)
+    ephemeral = rng.choice(EPHEMERALS) or ephemeral_public(rng.randbytes(32))
+    key = rng.choice([SPACE.auth_key(0), rng.randbytes(32)])
+    return msgpack.packb(
+        [Frame.HELLO, PROTOCOL_VERSION, challenge, ephemeral, hello_tag(key, challenge, ephemeral)]
+    )
+
+
 ACTS = ["have", "envelopes", "want", "keep", "kept", "error"]
 
 
@@ -169,6 +184,8 @@ def random_steps(rng: random.Random) -> list[tuple[str, Any]]:
             steps.append((op, rng.choice(ACTS)))
         elif op == "junk":
             steps.append((op, rng.randbytes(rng.randint(0, 60))))
+        elif op == "hello":
+            steps.append((op, made_hello(rng)))
         elif op in ("raw", "mac"):
             kind = rng.choice([*Frame, 0, 12, True])
             steps.append((op, [kind, *(rng.choice(VALUES) for _ in range(rng.randint(0, 7)))]))
@@ -200,14 +217,14 @@ def test_the_state_machine_never_raises_and_never_accepts_a_bad_mac(seed: int) -
             frames, queue = [queue[0][:-1] + bytes([queue[0][-1] ^ 1])], queue[1:]
         elif op == "replay" and last is not None:
             frames = [last]
-        elif op == "junk":
+        elif op in ("junk", "hello"):
             frames = [arg]
         elif op in ("raw", "mac"):
             frames = [a.encode(arg) if op == "mac" else msgpack.packb(arg, use_bin_type=True)]
         else:
             continue
         for frame in frames:
-            forged = op in ("flip", "replay", "junk", "raw") and b.authenticated
+            forged = op in ("flip", "replay", "junk", "raw", "hello") and b.authenticated
             before = b.state
             events = b.receive(frame)
             if forged and before is not State.CLOSED:

@@ -165,29 +165,25 @@ def node_config(home: Path) -> Mapping[str, Any]:
 def blob_limit(home: Path) -> int | None:
     """``blob_limit`` of config.toml's ``[node]`` (bytes, or a size such as ``"2G"``): the
     largest attachment this home accepts. None if unset. Raises ``InvalidInput``."""
-    from .memory import parse_size
-
-    value = node_config(home).get("blob_limit")
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise InvalidInput(f"{home / 'config.toml'}: bad blob_limit in [node]: {exc}") from exc
+    return _size_setting(home, "blob_limit")
 
 
 def relay_quota(home: Path) -> int | None:
     """``relay_quota`` of config.toml's ``[node]`` (bytes, or a size such as ``"2G"``): what a
     relay keeps for each member at most. None if unset. Raises ``InvalidInput``."""
+    return _size_setting(home, "relay_quota")
+
+
+def _size_setting(home: Path, key: str) -> int | None:
     from .memory import parse_size
 
-    value = node_config(home).get("relay_quota")
+    value = node_config(home).get(key)
     if value is None:
         return None
     try:
         return parse_size(value)
     except ValueError as exc:
-        raise InvalidInput(f"{home / 'config.toml'}: bad relay_quota in [node]: {exc}") from exc
+        raise InvalidInput(f"{home / 'config.toml'}: bad {key} in [node]: {exc}") from exc
 
 
 def relay_blob_days(home: Path, default: float) -> float:

@@ -54,7 +54,7 @@ OPEN_PATHS = ("/", "/login")  # the page holds no data; the login checks its own
 CORS_MAX_AGE_S = 600
 
 
-def error_body(status: int, message: str, kind: str, code: str) -> bytes:
+def error_body(message: str, kind: str, code: str) -> bytes:
     """An error in OpenAI's shape, as bytes."""
     return json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()
 
@@ -75,6 +75,7 @@ class Guard:
         self.port, self.loopback = listen[1], loopback
         self.logins = Logins(settings.key) if settings.key is not None else None
         self._local = _local_addresses() if not loopback else set()
+        self._hostname = socket.gethostname().lower()  # once: Hosts are checked per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":  # the API serves none: refused before any check
@@ -139,8 +140,7 @@ class Guard:
                 or address.is_unspecified
                 or str(address) in self._local
             )
-        hostname = socket.gethostname().lower()
-        return name in (hostname, f"{hostname}.local") or name.endswith(LOCAL_SUFFIXES)
+        return name in (self._hostname, f"{self._hostname}.local") or name.endswith(LOCAL_SUFFIXES)
 
     def _cors(self, origin: str | None, host: str) -> list[tuple[bytes, bytes]] | None:
         """The CORS headers for ``origin`` ([] for the API's own page), None if it may not call."""
@@ -218,7 +218,7 @@ async def _answer(
     code: str = "",
     cors: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    body = error_body(status, message, kind, code or kind)
+    body = error_body(message, kind, code or kind)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -273,9 +273,7 @@ def guarded_protocol(settings: ApiSettings) -> type[H11Protocol]:
             super().connection_made(transport)
             self._headers_by: asyncio.TimerHandle | None = None
             if len(self.connections) > settings.max_connections:
-                body = error_body(
-                    503, "too many connections to this API", "server_error", "too_many_connections"
-                )
+                body = error_body("too many connections to this API", "server_error", "too_many_connections")
                 transport.write(
                     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
                     b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
@@ -301,7 +299,7 @@ def guarded_protocol(settings: ApiSettings) -> type[H11Protocol]:
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
-            body = error_body(400, msg, "invalid_request_error", "bad_http")
+            body = error_body(msg, "invalid_request_error", "bad_http")
             event = h11.Response(
                 status_code=400,
                 headers=[(b"content-type", b"application/json"), (b"connection", b"close")],

@@ -9,7 +9,7 @@ Until the peer's AUTH verifies, the websocket admits messages of at most 64 KiB
 (``MAX_HANDSHAKE_FRAME``, set where the daemon opens it): a stranger cannot make the node buffer
 8 MiB per connection. The limit rises to ``MAX_FRAME_SIZE`` the moment the session says the peer
 is authenticated. Everything the peer says (its ERROR reason, its name) is logged through
-``wire_text``: one line, no control characters.
+``logs.one_line``: one line, no control characters.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from syncq.peering import BlobEvent, Peering
 from syncq.protocol import MAX_FRAME_SIZE, CloseCode, PeerClosed, Role, SessionFailed, State
 
-from .logs import printable
+from .logs import one_line
 
 if TYPE_CHECKING:
     from syncq.node.daemon import Node
@@ -67,7 +67,7 @@ class Connection:
     def label(self) -> str:
         """A short human name for log lines."""
         peer = self.session.peer_id
-        who = wire_text(self.peering.peer_name) or (peer[:12] if peer else "unknown peer")
+        who = one_line(self.peering.peer_name) or (peer[:12] if peer else "unknown peer")
         return f"{who} ({self.url or self.address})"
 
     async def run(self) -> None:
@@ -125,7 +125,7 @@ class Connection:
         """Log why the session ended (with the peer's address), and remember why a session
         that never got past AUTH ended, for `syncq peers` on this side."""
         failed = isinstance(event, SessionFailed)
-        reason = wire_text(event.reason)
+        reason = one_line(event.reason)
         self.node.log.event(
             "peer-failed" if failed else "peer-closed",
             level="warning" if failed else "info",
@@ -166,7 +166,7 @@ class Connection:
         """The websocket closed before the session did (no ERROR frame came)."""
         code, reason = self.ws.close_code, self.ws.close_reason or "connection closed"
         if self.session.peer_id is None and self.error is None and code not in (None, 1000):
-            self.error = f"closed by the peer: {wire_text(reason)} ({code})"
+            self.error = f"closed by the peer: {one_line(reason)} ({code})"
 
     def _handshake_timeout(self) -> None:
         # Until SYNCING, not just AUTH: a HAVE lost on the way (a man in the middle dropping it,
@@ -174,9 +174,3 @@ class Connection:
         if self.session.state is not State.SYNCING and self.peering.open:
             self.peering.fail(CloseCode.TIMEOUT, "handshake took too long")
             self.node.spawn(self.close())
-
-
-def wire_text(text: str) -> str:
-    """Text from the wire as one printable line: control characters and newlines escaped, so a
-    peer cannot forge log lines or drive the terminal."""
-    return printable(text).replace("\n", "\\n").replace("\t", "\\t")

@@ -81,6 +81,12 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 
 
+def one_line(text: str) -> str:
+    """``printable``, and on one line: newlines (and tabs) escaped too, so that text from
+    elsewhere (a peer's words, a folder's name) cannot forge a log line or a table row."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def _readable(fields: dict[str, object]) -> dict[str, object]:
     """Lists as ``a, b, c`` for people (JSON lines keep them as lists), and every text on one
     line: a folder name, a peer's words or a model's error with a newline in it could otherwise
@@ -94,6 +100,6 @@ def _readable(fields: dict[str, object]) -> dict[str, object]:
             if key == "traceback":
                 value = "\n".join("    " + line for line in value.splitlines())
             else:
-                value = value.replace("\r", "\\r").replace("\n", "\\n")
+                value = one_line(value)
         readable[key] = value
     return readable

@@ -67,7 +67,9 @@ class Media:
 
     def __init__(self, space: syncq.AsyncClient, settings: ApiSettings) -> None:
         self.space, self.settings = space, settings
-        for left in self._work().glob("api-*"):  # plaintext a kill -9 left behind
+        work = self._work()
+        work.chmod(0o700)  # once: a work/ made by an older version has the umask's mode
+        for left in work.glob("api-*"):  # plaintext a kill -9 left behind
             shutil.rmtree(left, ignore_errors=True)
 
     async def transcribe(self, request: Request) -> Response:
@@ -224,7 +226,6 @@ class Media:
         # Under the home (private to its owner), not /tmp: the files are decrypted.
         work = self.space.space.paths.root / "work"
         work.mkdir(mode=0o700, exist_ok=True)
-        work.chmod(0o700)  # made by an older version with the umask's mode
         return work
 
 

@@ -129,7 +129,7 @@ class Replica:
                 break
         return batch
 
-    def receive(self, datas: Iterable[bytes], *, atomic: bool = False) -> ReceiveReport:
+    def receive(self, datas: Iterable[bytes]) -> ReceiveReport:
         """Verify, store and apply envelopes from elsewhere, each on its own (PROTOCOL.md,
         "Envelope", checks on receipt).
 
@@ -138,8 +138,8 @@ class Replica:
         that is not a Yjs update, a forged record) is stored quarantined: never applied, but it
         spends its author's seq, so that author's later envelopes are not held behind it. One
         sealed under an epoch not held here is stored and held, with its author's later ones,
-        until the key comes. A relay checks space and signature only: it cannot decrypt. With
-        ``atomic``, one dropped envelope stores none of the batch. Raises ``StoreBroken`` only.
+        until the key comes. A relay checks space and signature only: it cannot decrypt. Raises
+        ``StoreBroken`` only.
         """
         report = ReceiveReport()
         rows: list[Row] = []
@@ -168,9 +168,6 @@ class Replica:
                 details[verdict.reason] = str(verdict)
             if reason != UnknownEpoch.reason:  # held: it stays for the key, not applied now
                 payloads[(envelope.author, envelope.seq)] = payload
-        if atomic and report.rejected:
-            self._record(report.rejected, details)
-            return report
         with self._lock:
             put = self.store.put(rows)
             for row in put.conflicts:
@@ -193,7 +190,8 @@ class Replica:
         payload (None for a device list: nothing for the Doc), or why it must not be applied."""
         try:
             if envelope.kind is Kind.ROSTER:
-                roster.open_roster(envelope, self.keys.space_id, self.root)
+                if self.root is None:  # with a root, ``_admit`` has checked its chain already
+                    roster.open_roster(envelope, self.keys.space_id, None)
                 return None, None
             payload = crypto.open_payload(envelope, self.keys)
             authorship.check_update(payload, envelope.author_id)

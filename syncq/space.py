@@ -660,9 +660,9 @@ class Space:
         """A batch of envelopes the holder of ``peer_vv`` lacks (``Replica.envelopes_for``)."""
         return self.replica.envelopes_for(peer_vv, max_count, max_bytes)
 
-    def receive(self, datas: Iterable[bytes], *, atomic: bool = False) -> ReceiveReport:
+    def receive(self, datas: Iterable[bytes]) -> ReceiveReport:
         """Verify, store and apply envelopes from elsewhere (``Replica.receive``)."""
-        return self.replica.receive(datas, atomic=atomic)
+        return self.replica.receive(datas)
 
     def checkpoint(self) -> None:
         """Seal the Doc's state into the store, so the next open need not replay envelopes."""

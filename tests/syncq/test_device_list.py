@@ -63,8 +63,8 @@ def test_a_rooted_relay_stores_members_and_refuses_everyone_else(tmp_path: Path,
     founder.add("from the founder", model="echo")
     with invited(tmp_path, founder, "gpu") as gpu, relay_of(tmp_path, founder) as relay:
         gpu.add("the gpu's first prompt", model="echo")
-        assert relay.receive(founder.envelopes(), atomic=True).added == founder.store.count()
-        got = relay.receive(gpu.envelopes(), atomic=True)
+        assert relay.receive(founder.envelopes()).added == founder.store.count()
+        got = relay.receive(gpu.envelopes())
         assert got.added == gpu.store.count() == 3 and not got.rejected  # list, device, prompt
 
         before = relay.store.count()
@@ -76,7 +76,7 @@ def test_a_rooted_relay_stores_members_and_refuses_everyone_else(tmp_path: Path,
             seq=1,
             entries=roster.founding_chain(attacker, relay.keys.space_id),
         )
-        report = relay.receive([self_listed, forged(relay, attacker, 2)], atomic=True)
+        report = relay.receive([self_listed, forged(relay, attacker, 2)])
         assert report.added == 0 and not report.rejected  # the batch is not failed ...
         assert report.refused == {"bad-roster": 1, "unlisted": 1}  # ... but nothing is stored
         assert relay.store.count() == before
@@ -84,14 +84,14 @@ def test_a_rooted_relay_stores_members_and_refuses_everyone_else(tmp_path: Path,
 
         # What the relay holds reaches a new member whole, and reads.
         with invited(tmp_path, founder, "phone") as phone:
-            phone.receive(relay.envelopes(phone.version_vector()), atomic=True)
+            phone.receive(relay.envelopes(phone.version_vector()))
             texts = {e.prompt.input for e in phone.entries(limit=None)}
             assert texts == {"from the founder", "the gpu's first prompt"}
 
 
 def test_a_relay_from_an_old_code_stores_from_anyone(tmp_path: Path, founder: Space) -> None:
     with relay_of(tmp_path, founder, rooted=False) as relay:
-        report = relay.receive([forged(relay, DeviceKeys.from_seed(os.urandom(64)))], atomic=True)
+        report = relay.receive([forged(relay, DeviceKeys.from_seed(os.urandom(64)))])
         assert report.added == 1  # as before device lists: it cannot tell (and warns at start)
 
 
@@ -151,6 +151,6 @@ def test_a_device_invited_by_a_joined_member_is_listed_at_the_relay(tmp_path: Pa
         )
         with Space.join(tmp_path / "phone", name="phone", keys=gpu.keys, invitation=invitation) as phone:
             phone.add("from the phone", model="echo")
-            report = relay.receive(phone.envelopes(), atomic=True)
+            report = relay.receive(phone.envelopes())
             assert report.added == 3 and not report.refused  # list (5 entries), device, prompt
             assert len(phone.replica.own_chain()) == 5

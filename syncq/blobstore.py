@@ -277,9 +277,7 @@ class BlobStore:
         with self._lock:
             if self._conn.execute("SELECT 1 FROM kept WHERE id = ?", (ref.raw_id,)).fetchone():
                 return None
-            used: int = self._conn.execute(
-                "SELECT COALESCE(SUM(size), 0) FROM kept WHERE peer = ?", (peer,)
-            ).fetchone()[0]
+            used = self._kept_bytes(peer)
             if used + ref.size > quota:
                 return used
             self._conn.execute("INSERT INTO kept VALUES (?, ?, ?, ?)", (ref.raw_id, peer, ref.size, now))
@@ -288,9 +286,12 @@ class BlobStore:
     def kept_bytes(self, peer: bytes) -> int:
         """The bytes of the files kept here for the member ``peer``."""
         with self._lock:
-            used: int = self._conn.execute(
-                "SELECT COALESCE(SUM(size), 0) FROM kept WHERE peer = ?", (peer,)
-            ).fetchone()[0]
+            return self._kept_bytes(peer)
+
+    def _kept_bytes(self, peer: bytes) -> int:  # the lock held
+        used: int = self._conn.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM kept WHERE peer = ?", (peer,)
+        ).fetchone()[0]
         return used
 
     def drop_chunk(self, blob_id: bytes, index: int) -> None:

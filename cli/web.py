@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import click
 from syncq.cli.main import _home, _open
@@ -18,7 +19,6 @@ DEFAULT_API_URL = "http://127.0.0.1:7331"
 def _key(ctx: click.Context) -> str | None:
     from syncq.node.api_auth import api_settings
 
-    _open(ctx)  # the home must hold a space: a key for no space would be a key to nothing
     return api_settings(_home(ctx), os.environ).key
 
 
@@ -35,11 +35,12 @@ def api_key(ctx: click.Context, as_json: bool) -> None:
       syncq api-key
       OPENAI_API_KEY=$(syncq api-key) OPENAI_BASE_URL=http://127.0.0.1:7331/v1 python app.py
     """
+    space = _open(ctx)  # the home must hold a space: a key for no space would be a key to nothing
     key = _key(ctx)
     if key is None:
         raise UserError('the HTTP API asks no key: config.toml\'s [node] has api_key = ""')
     if as_json:
-        click.echo(json.dumps({"api_key": key, "url": _api_url(ctx)}))
+        click.echo(json.dumps({"api_key": key, "url": _api_url(space)}))
     else:
         click.echo(key)
 
@@ -61,8 +62,9 @@ def web(ctx: click.Context, no_browser: bool, as_json: bool) -> None:
     """
     from syncq.node.api_auth import login_token
 
+    space = _open(ctx)
     key = _key(ctx)
-    base = _api_url(ctx)
+    base = _api_url(space)
     url = f"{base}/" if key is None else f"{base}/login?token={login_token(key, time.time())}"
     if as_json:
         click.echo(json.dumps({"url": url}))
@@ -74,9 +76,8 @@ def web(ctx: click.Context, no_browser: bool, as_json: bool) -> None:
         webbrowser.open(url)
 
 
-def _api_url(ctx: click.Context) -> str:
+def _api_url(space: Any) -> str:
     """Where this home's node serves the API, as a browser of this machine reaches it."""
-    space = _open(ctx)
     url = space.store.get_meta("node.api") or DEFAULT_API_URL
     host, _, port = url.removeprefix("http://").rpartition(":")
     host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}.get(host, host)  # noqa: S104 - a URL, no bind

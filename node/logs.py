@@ -27,6 +27,7 @@ _HUMAN = {
     "cancelled": "cancelled {prompt}",
     "job-crashed": "a job failed inside the scheduler (a bug): {reason}",
     "lease-expired": "took over {prompt} from node {node:.12}, which stopped",
+    "claim-void": "took over {prompt} from node {node:.12}, which was removed from the space",
     "api-listening": "web page and OpenAI-compatible API: {url}/  (API under {url}/v1)",
     "api-unavailable": "no HTTP API: {reason}",
     "api-without-key": "warning: the HTTP API asks no key ({reason}): every user of this machine can use it",

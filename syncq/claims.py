@@ -13,6 +13,11 @@ The protocol every node follows (DESIGN.md section 7)::
                observer records the run as failed ("lease expired") and, if attempts remain,
                claims the next attempt
     6. retry   a failed run is retried after ``backoff_ms`` (doubling) until ``max_attempts``
+    7. void    a claim of a device removed from the space (``void``) is stale at once: the
+               removed device can write nothing more (its later envelopes are refused), so
+               waiting a lease for its heartbeat would only delay the takeover. A removal is
+               recorded like an expired lease (one attempt), since the run may have half
+               happened there, as when a node dies.
 
 No duplicate runs among connected nodes (they all see the same claims before running); at least
 once across partitions, where two winners may each run an attempt and both results are kept.
@@ -20,7 +25,7 @@ once across partitions, where two winners may each run an attempt and both resul
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from syncq.ids import DeviceId, PromptId
@@ -108,13 +113,19 @@ def candidate(
     watch: HeartbeatWatch,
     policy: Policy,
     holding: bool = True,
+    void: Collection[str] = (),
 ) -> Candidate | None:
     """Whether this node may claim the prompt now, and at which attempt.
 
     ``holding`` says whether this node still runs (or waits to run) its own claim on the prompt.
     A claim of this node that it does not hold was left by an earlier life of the node (killed
     before it could finish): nobody else would take it over before the lease runs out, so the
-    node takes it over at once."""
+    node takes it over at once.
+
+    ``void`` holds the ids of devices removed from the space: their claims are stale at once
+    (step 7), and a node that is itself void claims nothing (nobody would accept its claim)."""
+    if me in void:
+        return None
     if status is Status.QUEUED:
         if wall_ms < retry_at(facts, policy):
             return None
@@ -126,7 +137,7 @@ def candidate(
         if current.node == me:
             if holding:
                 return None
-        elif not watch.stale(current, monotonic_ms, policy):
+        elif current.node not in void and not watch.stale(current, monotonic_ms, policy):
             return None
         return Candidate(
             prompt_id=prompt_id, model=model, priority=priority, attempt=facts.next_attempt(), expired=current
@@ -152,10 +163,18 @@ def won(claims: Sequence[Claim], me: DeviceId, attempt: int) -> bool:
     return current is not None and current.node == me and current.attempt == attempt
 
 
-def expiry_record(stale: Claim, *, observer: DeviceId, observer_name: str, now_ms: int) -> Result:
+def expiry_record(
+    stale: Claim, *, observer: DeviceId, observer_name: str, now_ms: int, void: Collection[str] = ()
+) -> Result:
     """The failed run an observer records for a claim whose lease expired (or, when the
-    observer is the claim's own node, that it left behind when it stopped)."""
-    if stale.node == observer:
+    observer is the claim's own node, that it left behind when it stopped; or whose node was
+    removed from the space, when it is in ``void``)."""
+    if stale.node in void:
+        error = (
+            f"node {stale.node[:12]} was removed from the space while it held this prompt"
+            f" (seen by {observer_name})"
+        )
+    elif stale.node == observer:
         error = f"node {observer_name} stopped (killed or crashed) while it held this prompt"
     else:
         error = f"lease expired: node {stale.node[:12]} stopped sending heartbeats (seen by {observer_name})"

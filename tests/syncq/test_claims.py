@@ -231,3 +231,70 @@ def test_a_node_takes_back_its_own_claim_only_when_it_no_longer_holds_it(
     assert taken is not None and taken.attempt == attempt + 1 and taken.expired == mine
     record = expiry_record(mine, observer=me, observer_name="gpu", now_ms=5)
     assert record.status is RunStatus.FAILED and "gpu stopped" in (record.error or "")
+
+
+@given(nodes, st.integers(1, 3), st.integers(0, 10**9), st.booleans())
+def test_a_claim_of_a_removed_device_is_taken_over_at_once(
+    names: list[DeviceId], attempt: int, mono: int, running: bool
+) -> None:
+    """Whatever the heartbeats say, a claim of a void device (removed from the space) is stale
+    the moment the removal is known: the removed device can write nothing more, so nobody waits
+    a lease for it; other devices' claims still wait for their lease."""
+    removed, others = names[0], names[1:]
+    held = claim(removed, attempt=attempt, beat=9, running=running)
+    facts = Facts(max_attempts=attempt + 2, claims=[held])
+    watch = HeartbeatWatch()
+    watch.observe([held], mono)  # just seen beating: no lease has run out
+    common = dict(
+        prompt_id=PID,
+        model="m",
+        priority=0,
+        status=derive_status(facts),
+        facts=facts,
+        wall_ms=0,
+        monotonic_ms=mono,
+        watch=watch,
+        policy=POLICY,
+    )
+    for me in [*others, DeviceId("f" * 9)]:
+        assert candidate(**common, me=me) is None  # not void: its lease still runs
+        taken = candidate(**common, me=me, void={removed})
+        assert taken is not None and taken.attempt == attempt + 1 and taken.expired == held
+        record = expiry_record(held, observer=me, observer_name="gpu", now_ms=5, void={removed})
+        assert record.status is RunStatus.FAILED and "removed from the space" in (record.error or "")
+    # A removed device claims nothing: not its own left-overs, not a fresh prompt.
+    assert candidate(**common, me=removed, holding=False, void={removed}) is None
+    fresh = dict(common, status=Status.QUEUED, facts=Facts(max_attempts=3))
+    assert candidate(**fresh, me=removed, void={removed}) is None
+    assert candidate(**fresh, me=removed, void={"someone-else"}) is not None
+
+
+@given(nodes, st.sets(st.text("abcdef0123456789", min_size=4, max_size=8)), st.integers(0, 10**9))
+def test_void_claims_of_other_devices_never_free_a_live_claim(
+    names: list[DeviceId], void: set[str], mono: int
+) -> None:
+    """Only the winning claim's own device being void frees a prompt: a void set that does not
+    hold the holder changes nothing."""
+    holder = names[0]
+    held = claim(holder, beat=3, running=True)
+    facts = Facts(max_attempts=3, claims=[held])
+    watch = HeartbeatWatch()
+    watch.observe([held], mono)
+    void.discard(holder)
+    for me in names[1:]:
+        if me in void:
+            continue
+        found = candidate(
+            prompt_id=PID,
+            model="m",
+            priority=0,
+            status=derive_status(facts),
+            facts=facts,
+            me=me,
+            wall_ms=0,
+            monotonic_ms=mono,
+            watch=watch,
+            policy=POLICY,
+            void=void,
+        )
+        assert found is None

@@ -24,8 +24,9 @@ KINDS = ("llm", "asr", "image")
 
 
 # Commands whose module is imported only when they run: `syncq add` must start fast.
-LAZY = {name: "syncq.cli.mesh" for name in ("node", "invite", "join", "peers", "portal")}
+LAZY = {name: "syncq.cli.mesh" for name in ("node", "join", "peers", "portal")}
 LAZY |= {"api-key": "syncq.cli.web", "web": "syncq.cli.web"}
+LAZY |= {"invite": "syncq.cli.devices", "devices": "syncq.cli.devices"}
 
 
 class SyncqGroup(click.Group):

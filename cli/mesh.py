@@ -11,7 +11,7 @@ from typing import Any
 import click
 from syncq.cli.main import _home, _open
 
-from syncq.errors import InvalidInput, RelayOnly, UserError
+from syncq.errors import InvalidInput, UserError
 
 DEFAULT_LISTEN = "0.0.0.0:7330"
 DEFAULT_API = "127.0.0.1:7331"
@@ -115,62 +115,6 @@ def node(
         asyncio.run(serve())
     except OSError as exc:
         raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-
-
-@click.command()
-@click.option("--relay", is_flag=True, help="A code for a relay: it can forward, never read.")
-@click.option(
-    "--address",
-    "addresses",
-    multiple=True,
-    metavar="URL",
-    help="Where the new device can reach this one (default: this machine's addresses).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-@click.pass_context
-def invite(ctx: click.Context, relay: bool, addresses: tuple[str, ...], as_json: bool) -> None:
-    """Print a code that adds another device (or a relay) to this space.
-
-    The code is a secret: whoever has a member code can read every prompt of the space.
-
-    \b
-    Example:
-      syncq invite                 # then, on the new device: syncq join CODE
-      syncq invite --relay --address ws://relay.example.net:7330
-    """
-    from syncq.invite import encode_invite, peer_url
-
-    space = _open(ctx)
-    if space.is_relay:
-        raise RelayOnly("a relay cannot invite: run `syncq invite` on a member device")
-    urls = [peer_url(a) for a in addresses] or _own_addresses(space)
-    code = encode_invite(space.keys.for_relay() if relay else space.keys, urls, **_roster(space, relay))
-    if as_json:
-        click.echo(json.dumps({"code": code, "relay": relay, "addresses": urls}))
-        return
-    click.echo(code)
-    what = "store and forward this space's encrypted data" if relay else "read every prompt of this space"
-    click.echo(
-        f"This code is a secret: whoever has it can {what}. Share it only over a channel "
-        "you trust, then run `syncq join CODE` on the new device.",
-        err=True,
-    )
-
-
-def _roster(space: Any, relay: bool) -> dict[str, Any]:
-    """What an invite code carries of the device list: the root, and for a member code a fresh
-    one-time invite key chained to this device's entries (nothing in a space without a list)."""
-    from syncq import roster
-
-    root, chain = space.replica.root, space.replica.own_chain()
-    if root is None or not chain:
-        return {}
-    if relay:
-        return {"root": root}
-    return {
-        "root": root,
-        "invitation": roster.invite(space.device, space.keys.space_id, root, chain, os.urandom(32)),
-    }
 
 
 @click.command()

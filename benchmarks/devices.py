@@ -1,0 +1,178 @@
+"""Device removal benchmark; prints one JSON object.
+
+Five real `syncq node` processes of one space on loopback: the founder ``a`` (the hub), members
+``b``, ``c``, ``d`` and the device to remove, ``x``; every other node dials ``a``. Each round
+joins a fresh ``x`` (a one-time invite, admitted by ``a``), waits until every node admits it,
+then runs ``syncq devices remove x --yes`` in ``a``'s home and measures:
+
+- ``admit_ms``: from the start of the command until no node admits ``x`` any more: each node's
+  home is polled (``Space.peer_refusal``, what the sync handshake asks) every few ms, so the
+  figure is an upper bound by about the poll period;
+- ``closed_ms``: until ``x``'s node logs that its session with ``a`` was closed with 4410;
+- ``rotation_bytes``: what the removal added to ``a``'s store (the device-list envelope, the
+  keys envelope sealing the new epoch to every remaining device, and the log envelope that
+  revokes pending invites), in envelopes and bytes as stored: what every replica then holds
+  and every peer is sent once.
+
+Usage: python benchmarks/devices.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from nodes import BIN, node_command, stop_node
+
+from syncq.space import Space
+
+MEMBERS = ("b", "c", "d")
+POLL_S = 0.005
+
+
+class Node:
+    """A `syncq node` process whose JSON log lines are kept (read by a thread)."""
+
+    def __init__(self, home: Path, *args: str) -> None:
+        self.home = home
+        self.events: list[dict[str, Any]] = []
+        self.proc = subprocess.Popen(
+            node_command(home, "--no-executors", *args), stdout=subprocess.PIPE, text=True
+        )
+        self._listening = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._listening.wait(60):
+            raise RuntimeError(f"node in {home} did not start")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            event = json.loads(line)
+            self.events.append(event)
+            if event["event"] == "listening":
+                self.url = str(event["url"])
+                self._listening.set()
+
+    def closed_4410(self) -> bool:
+        return any(e.get("code") == 4410 for e in list(self.events))
+
+
+def syncq(home: Path, *args: str) -> str:
+    done = subprocess.run(
+        [str(BIN / "syncq"), "--home", str(home), *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"syncq {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def join(home: Path, hub: Node, name: str) -> None:
+    code = json.loads(syncq(hub.home, "invite", "--address", hub.url, "--json"))["code"]
+    syncq(home, "join", code, "--name", name)
+
+
+def wait(condition: Any, what: str, timeout: float = 60) -> float:
+    """Poll ``condition`` every POLL_S; the time.perf_counter() at which it first held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(POLL_S)
+    return time.perf_counter()
+
+
+def refused_everywhere(homes: list[Path], device: bytes) -> bool:
+    for home in homes:
+        with Space.open(home) as space:
+            if space.peer_refusal(device) is None:
+                return False
+    return True
+
+
+def admitted_everywhere(homes: list[Path], device: bytes) -> bool:
+    for home in homes:
+        with Space.open(home) as space:
+            if space.peer_refusal(device) is not None:
+                return False
+    return True
+
+
+def stored(home: Path) -> tuple[int, int]:
+    """Envelopes and their bytes in a home's store."""
+    db = sqlite3.connect(f"file:{home / 'syncq.db'}?mode=ro", uri=True)
+    try:
+        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM envelopes").fetchone()
+    finally:
+        db.close()
+    return int(count), int(size)
+
+
+def one_round(root: Path, hub: Node, members: list[Node], n: int) -> dict[str, Any]:
+    home = root / f"x{n}"
+    join(home, hub, f"x{n}")
+    with Space.open(home) as space:
+        device = space.device.public_key
+    x = Node(home, "--peer", hub.url)
+    homes = [hub.home, *(m.home for m in members)]
+    wait(lambda: admitted_everywhere(homes, device), "every node to list x")
+    before = stored(hub.home)
+    start = time.perf_counter()
+    removal = subprocess.Popen(
+        [str(BIN / "syncq"), "--home", str(hub.home), "devices", "remove", f"x{n}", "--yes"]
+    )
+    refused = wait(lambda: refused_everywhere(homes, device), "no node to admit x")
+    closed = wait(x.closed_4410, "x's session to close with 4410")
+    if removal.wait(60) != 0:
+        raise RuntimeError("syncq devices remove failed")
+    after = stored(hub.home)
+    stop_node(x.proc)
+    return {
+        "admit_ms": round((refused - start) * 1000, 1),
+        "closed_ms": round((closed - start) * 1000, 1),
+        "rotation_envelopes": after[0] - before[0],
+        "rotation_bytes": after[1] - before[1],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="syncq-devices-bench-") as tmp:
+        root = Path(tmp)
+        syncq(root / "a", "init", "--name", "a")
+        hub = Node(root / "a")
+        members: list[Node] = []
+        try:
+            for name in MEMBERS:
+                join(root / name, hub, name)
+                members.append(Node(root / name, "--peer", hub.url))
+            rounds = [one_round(root, hub, members, n) for n in range(args.rounds)]
+        finally:
+            for node in [hub, *members]:
+                stop_node(node.proc)
+    report = {
+        "benchmark": "devices",
+        "nodes": 2 + len(MEMBERS),
+        "rounds": rounds,
+        "admit_ms_median": statistics.median(r["admit_ms"] for r in rounds),
+        "closed_ms_median": statistics.median(r["closed_ms"] for r in rounds),
+        "rotation_bytes_median": statistics.median(r["rotation_bytes"] for r in rounds),
+        "poll_ms": POLL_S * 1000,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -47,6 +47,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/exec.py
 	$(BIN)/python benchmarks/api.py
 	$(BIN)/python benchmarks/portal.py
+	$(BIN)/python benchmarks/devices.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

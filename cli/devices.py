@@ -19,7 +19,7 @@ import click
 from syncq.cli.main import _open
 from syncq.node.logs import printable
 
-from syncq.errors import AmbiguousId, InvalidInput, RelayOnly, UnknownId
+from syncq.errors import InvalidInput, RelayOnly
 
 UNITS_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 DEFAULT_EXPIRES = "1d"
@@ -97,7 +97,7 @@ def invite(
     if space.is_relay:
         raise RelayOnly("a relay cannot invite: run `syncq invite` on a member device")
     if listing:
-        _list(space.invites(all=show_all), as_json)
+        _list(space.invites(everything=show_all), as_json)
         return
     if revoke is not None:
         _revoked(space.revoke_invite(revoke), as_json)
@@ -158,15 +158,15 @@ def _list(records: Sequence[Any], as_json: bool) -> None:
 
     table = Table(box=None, padding=(0, 2))
     for column in ("id", "role", "state", "expires", "made", "used by"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for record in records:
         table.add_row(
             record.id[:8],
             record.role,
             _state(record),
-            _when(record.expires_at),
-            _when(record.created_at),
-            printable(record.used_by or "") or "-",
+            _short(record.expires_at),
+            _short(record.created_at),
+            record.used_by[:12] or "-",
         )
     Console(highlight=False).print(table)
 
@@ -211,7 +211,8 @@ def device_json(view: Any) -> dict[str, Any]:
         "added_at": _iso(view.added_at) if view.added_at else None,
         "last_seen": _iso(view.last_seen) if view.last_seen else None,
         "this": view.this,
-        "removed": view.removed,
+        "removed": view.role == "removed",
+        "removed_by": view.removed_by or None,
     }
 
 
@@ -220,17 +221,17 @@ def _table(rows: Sequence[dict[str, Any]]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=None, padding=(0, 2))
+    table = Table(box=None, padding=(0, 1))
     for column in ("", "name", "id", "role", "added by", "added", "last seen"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column not in ("name", "added by"))
     for row in rows:
-        role = "removed" if row["removed"] else row["role"]
+        role = row["role"]
         cells = [
             "*" if row["this"] else "",
             printable(row["name"] or "?"),
-            row["id"][:12],
+            row["id"][:8],
             role,
-            printable(row["added_by_name"] or (row["added_by"] or "")[:12]) or "-",
+            _added_by(row),
             _local(row["added_at"]),
             "this device" if row["this"] else _local(row["last_seen"]),
         ]
@@ -238,6 +239,12 @@ def _table(rows: Sequence[dict[str, Any]]) -> None:
     console = Console(highlight=False)
     console.print(table)
     console.print("[dim]* this device[/]")
+
+
+def _added_by(row: dict[str, Any]) -> str:
+    if not row["added_by"]:
+        return "(founder)"
+    return printable(row["added_by_name"]) or row["added_by"][:12]
 
 
 @devices.command(name="rename")
@@ -276,47 +283,58 @@ def devices_remove(ctx: click.Context, device: str, yes: bool, as_json: bool) ->
       syncq devices remove phone
       syncq devices remove 3f9a01c2 --yes
     """
+    from syncq.devices import find_device
+
     space = _open(ctx)
-    target = find_device(space.devices(), device)
-    prompts = space.status().prompts
+    target = find_device(space, device)
     if not yes:
+        held = len(space.log)
         click.confirm(
-            f"Remove {printable(target.name)} ({target.id[:12]}, {target.role})? It keeps the "
-            f"{prompts} prompts written up to now, and reads nothing written after",
+            f"Remove {printable(target.name or '?')} ({target.id[:12]}, {target.role})? It keeps the "
+            f"{held} prompt{'' if held == 1 else 's'} written up to now, and reads nothing written after",
             abort=True,
             err=True,
         )
     removal = space.remove_device(target.id)
     if as_json:
-        click.echo(json.dumps({**device_json(target), "removed": True, "prompts_it_holds": prompts}))
+        click.echo(json.dumps(removal_json(removal)))
         return
-    del removal
+    name = printable(removal.name or "?")
+    n = removal.prompts
     click.echo(
-        f"Removed {printable(target.name)} ({target.id[:12]}). It still holds everything written up to "
-        f"now ({prompts} prompt{'' if prompts == 1 else 's'}, their results and files): treat those "
-        "as seen by whoever has it."
+        f"Removed {name} ({removal.device[:12]}). It still holds everything written up to now "
+        f"({n} prompt{'' if n == 1 else 's'}, their results and files): treat those as seen by "
+        "whoever has it."
     )
     click.echo(
         "From now on it reads nothing: the space moved to a new key, sealed only to the devices "
-        "that stay. It can no longer connect to any of them; every pending invite was revoked."
+        "that stay, and it can no longer connect to any of them."
     )
+    if removal.revoked_invites:
+        k = removal.revoked_invites
+        click.echo(f"{k} pending invite{'' if k == 1 else 's'} revoked (it could read them): make new ones.")
+    if removal.left_out:
+        left = ", ".join(d[:12] for d in removal.left_out)
+        click.echo(
+            f"warning: {left} got no new key (made by an older syncq, no exchange key): "
+            "remove and invite them again",
+            err=True,
+        )
     if space.node_running() is None:
-        click.echo("Run `syncq node` here so the other devices learn of it.")
+        click.echo("Run `syncq node` here so the other devices learn of it soon.")
 
 
-def find_device(views: Sequence[Any], text: str) -> Any:
-    """The device named ``text`` exactly, else the one whose id starts with it (removed ones
-    too, so the error says so). Raises UnknownId or AmbiguousId."""
-    named = [v for v in views if v.name == text]
-    if len(named) == 1:
-        return named[0]
-    found = named or [v for v in views if v.id.startswith(text.lower())]
-    if not found:
-        said = printable(text)
-        raise UnknownId(f"no device is named {said!r} or has an id starting with it: see `syncq devices`")
-    if len(found) > 1:
-        raise AmbiguousId(text, [f"{printable(v.name)} ({v.id[:12]})" for v in found])
-    return found[0]
+def removal_json(removal: Any) -> dict[str, Any]:
+    """What `syncq devices remove --json` prints."""
+    return {
+        "removed": removal.device,
+        "name": removal.name,
+        "cutoff": removal.cutoff,
+        "epoch": removal.epoch,
+        "prompts_it_holds": removal.prompts,
+        "revoked_invites": removal.revoked_invites,
+        "left_out": list(removal.left_out),
+    }
 
 
 def _iso(ms: int) -> str:
@@ -326,7 +344,13 @@ def _iso(ms: int) -> str:
 def _local(iso: str | None) -> str:
     if not iso:
         return "-"
-    return dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+    return _short(int(dt.datetime.fromisoformat(iso).timestamp() * 1000))
+
+
+def _short(ms: int) -> str:
+    """The local time of day for today, else the date and the minute."""
+    when = dt.datetime.fromtimestamp(ms / 1000)
+    return when.strftime("%H:%M:%S") if when.date() == dt.date.today() else when.strftime("%Y-%m-%d %H:%M")
 
 
 def _when(ms: int) -> str:

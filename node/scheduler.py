@@ -102,6 +102,7 @@ class Scheduler:
         self._run_s: dict[str, float] = {}  # per model: a moving average of run times
         self._rivals: dict[str, list[str]] = {}  # per model: the other nodes that serve it
         self._warm_elsewhere: set[str] = set()  # models another node has loaded
+        self._void: frozenset[str] = frozenset()  # devices removed from the space (claims.py step 7)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._model_locks: dict[str, asyncio.Lock] = {}
@@ -158,6 +159,7 @@ class Scheduler:
         self._warm_elsewhere = {
             m.name for n in nodes if n.id != me for m in n.serving() if m.loaded and m.name in serving
         }
+        self._void = self.space.void_devices()
         wall = wall_clock_ms()
         chosen = [found for model in serving for found in self._choose(model, wall, mono)]
         if chosen:
@@ -230,6 +232,7 @@ class Scheduler:
                 watch=self.watch,
                 policy=self.policy,
                 holding=False,  # jobs held here were skipped above
+                void=self._void,
             )
             if option is not None and self._warm_enough(option, mono):
                 found.append(option)
@@ -265,10 +268,15 @@ class Scheduler:
         for option in chosen:
             if option.expired is not None:
                 record = expiry_record(
-                    option.expired, observer=me, observer_name=self.space.name, now_ms=wall_clock_ms()
+                    option.expired,
+                    observer=me,
+                    observer_name=self.space.name,
+                    now_ms=wall_clock_ms(),
+                    void=self._void,
                 )
                 self.space.finish(record)
-                self.node.log.event("lease-expired", prompt=option.prompt_id, node=option.expired.node)
+                event = "claim-void" if option.expired.node in self._void else "lease-expired"
+                self.node.log.event(event, prompt=option.prompt_id, node=option.expired.node)
         claimed = [Running(chosen=option) for option in chosen]
         self._put_claims(claimed)
         for running in claimed:

@@ -121,7 +121,7 @@ def revoke_invite(space: Space, prefix: str) -> InviteRecord:
     with space.lock:
         record = _one_invite(space, prefix)
         if not record.pending(space.clock()):
-            raise InvalidState(f"invite {record.id} is {_state(record, space.clock())} already")
+            raise InvalidState(f"invite {record.id} {_state(record, space.clock())}: nothing to revoke")
         revoked = record.moved(InviteState.REVOKED, by=space.device_id, at=space.clock())
         space.write(lambda log: log.put_invite(revoked))
         return revoked

@@ -22,6 +22,7 @@ from harness import NodeProcess, wait_until
 from syncq.invite import decode_invite, encode_invite
 from syncq.lifecycle import Status
 from syncq.space import Space
+from tests.helpers import spaces
 
 pytestmark = pytest.mark.slow
 
@@ -271,14 +272,19 @@ def test_a_member_offline_through_two_rotations_catches_up(tmp_path: Path, nodes
 
 
 def test_the_running_job_of_a_removed_device_is_taken_over_at_once(tmp_path: Path, nodes) -> None:
-    """The lease is ten minutes: only the removal can free the job sooner."""
+    """The lease is ten minutes: only the removal can free the job sooner. (The homes are
+    joined in-process, with the calls the join handshake makes: this test is about claims.)"""
     config = "[node]\nlease = 600\nheartbeat = 0.3\n"
-    laptop = founder(tmp_path, nodes)
+    with Space.init(tmp_path / "laptop", name="laptop", device_list=True) as laptop:
+        for name in ("gpu1", "gpu2"):
+            with spaces.join(tmp_path / name, laptop, name) as gpu:
+                spaces.sync([laptop, gpu])
+            (tmp_path / name / "config.toml").write_text(config)
+    hub = nodes(tmp_path / "laptop", "--no-executors")
     for name in ("gpu1", "gpu2"):
-        join(laptop, tmp_path / name, name)
-        (tmp_path / name / "config.toml").write_text(config)
+        syncq(tmp_path / name, "peers", "add", hub.url)
     gpu1 = nodes(tmp_path / "gpu1")
-    job = syncq(laptop.home, "add", "a long job", "-m", "echo", "--param", "delay=120").stdout.strip()
+    job = syncq(hub.home, "add", "a long job", "-m", "echo", "--param", "delay=120").stdout.strip()
     gpu1.wait_event("running", prompt=job)
 
     def status(home: Path) -> Status:
@@ -288,10 +294,10 @@ def test_the_running_job_of_a_removed_device_is_taken_over_at_once(tmp_path: Pat
     gpu2 = nodes(tmp_path / "gpu2")
     wait_until(lambda: status(tmp_path / "gpu2") is Status.RUNNING, what="gpu2 to see gpu1 run it")
     start = time.monotonic()
-    syncq(laptop.home, "devices", "remove", "gpu1", "--yes")
+    syncq(hub.home, "devices", "remove", "gpu1", "--yes")
     gpu2.wait_event("claim-void", prompt=job, timeout=60)
     gpu2.wait_event("running", prompt=job, timeout=60)
     assert time.monotonic() - start < 60  # well inside the lease
-    with Space.open(laptop.home) as space:
+    with Space.open(hub.home) as space:
         runs = space.log.entry(job).results
     assert any(r.attempt == 1 and "removed from the space" in (r.error or "") for r in runs)

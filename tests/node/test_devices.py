@@ -56,6 +56,16 @@ def join(node: NodeProcess, home: Path, name: str, *args: str) -> Path:
     return home
 
 
+def admitted(node: NodeProcess, home: Path, name: str, role: str = "member", dial: bool = True) -> Path:
+    """``home`` admitted by ``node``'s home in-process (the calls the join handshake makes, for
+    tests about what comes after joining), dialling ``node`` unless not ``dial``."""
+    with Space.open(node.home) as member, spaces.join(home, member, name, role=role):
+        pass
+    if dial:
+        syncq(home, "peers", "add", node.url)
+    return home
+
+
 def refused(home: Path, code: str) -> str:
     """`syncq join` of a code that must fail: its last line (the error); nothing written."""
     done = syncq(home, "join", code, "--name", "intruder", check=False)
@@ -167,11 +177,11 @@ def test_a_removed_device_reads_nothing_after_and_a_relay_serves_everyone_else(t
     shown by `syncq peers`), its whole home holds no byte of what is written after, while the
     gpu, which reaches the laptop only through the relay, keeps syncing both ways."""
     laptop = founder(tmp_path, nodes)
-    join(laptop, tmp_path / "relay", "relay", "--relay")
+    admitted(laptop, tmp_path / "relay", "relay", role="relay", dial=False)
     relay = nodes(tmp_path / "relay", "--no-executors")
     syncq(laptop.home, "peers", "add", relay.url)  # a running node dials it at once
-    join(laptop, tmp_path / "gpu", "gpu")
-    join(laptop, tmp_path / "phone", "phone")
+    admitted(laptop, tmp_path / "gpu", "gpu", dial=False)  # it reaches the laptop via the relay
+    admitted(laptop, tmp_path / "phone", "phone")
     syncq(tmp_path / "gpu", "peers", "add", relay.url)
     gpu = nodes(tmp_path / "gpu", "--no-executors")
     syncq(tmp_path / "phone", "peers", "add", relay.url)
@@ -207,7 +217,7 @@ def test_a_removed_device_reads_nothing_after_and_a_relay_serves_everyone_else(t
 
 def test_a_device_removed_while_offline_is_refused_when_it_comes_back(tmp_path: Path, nodes) -> None:
     laptop = founder(tmp_path, nodes)
-    phone_home = join(laptop, tmp_path / "phone", "phone")
+    phone_home = admitted(laptop, tmp_path / "phone", "phone")
     phone = nodes(phone_home, "--no-executors")
     wait_until(lambda: "phone" in devices(laptop.home), what="the laptop to list the phone")
     phone.wait_event("peer-connected")
@@ -228,7 +238,7 @@ def test_concurrent_removals_across_a_partition_converge(tmp_path: Path, nodes, 
     both as removed, agree on the newest key epoch, and still sync."""
     a = founder(tmp_path, nodes, "a")
     for name in ("b", "c", "d"):
-        join(a, tmp_path / name, name)
+        admitted(a, tmp_path / name, name, dial=False)
     link = proxies(a.port)
     syncq(tmp_path / "b", "peers", "add", link.url)
     nodes(tmp_path / "b", "--no-executors")
@@ -257,7 +267,7 @@ def test_concurrent_removals_across_a_partition_converge(tmp_path: Path, nodes, 
 def test_a_member_offline_through_two_rotations_catches_up(tmp_path: Path, nodes) -> None:
     a = founder(tmp_path, nodes, "a")
     for name in ("b", "c", "d"):
-        join(a, tmp_path / name, name)
+        admitted(a, tmp_path / name, name)
     before = epochs(tmp_path / "b")
     syncq(a.home, "devices", "remove", "c", "--yes")
     syncq(a.home, "devices", "remove", "d", "--yes")

@@ -241,10 +241,13 @@ def load_api_key(paths: HomePaths) -> str:
 
 
 def write_secret(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only, atomically. Raises ``HomeError``."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write a file readable by its owner only, atomically. Raises ``HomeError``.
+
+    The temporary file's name is this writer's own: a node and a CLI command on one home may
+    save space.key at the same moment (both learnt a new epoch), and with one shared name the
+    second's rename found the file already moved away."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
     try:
-        tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -252,6 +255,7 @@ def write_secret(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise HomeError(f"cannot write {path}: {exc.strerror}") from exc
 
 

@@ -61,3 +61,33 @@ def test_uninitialised_and_non_directory_homes(tmp_path: Path) -> None:
         HomePaths(a_file).check_initialized()
     with pytest.raises(HomeError):
         HomePaths(a_file / "below").create()
+
+
+def test_two_processes_saving_keys_at_once_do_not_fail(tmp_path: Path) -> None:
+    """A node and a CLI command on one home both learn a new epoch and save space.key at the
+    same moment: each writes its own temporary file, so neither finds the other's moved away
+    (a fixed ``space.key.tmp`` made one of them fail with "No such file or directory")."""
+    import multiprocessing
+
+    from syncq.keys import write_secret
+
+    target = tmp_path / "space.key"
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(2) as pool:
+        results = pool.starmap(_write_many, [(target, b"a" * 4096), (target, b"b" * 4096)])
+    assert results == ["ok", "ok"]
+    assert target.read_bytes() in (b"a" * 4096, b"b" * 4096)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.key"]  # no temporary file left
+    write_secret(target, b"c")
+    assert os.stat(target).st_mode & 0o777 == 0o600
+
+
+def _write_many(target: Path, data: bytes) -> str:
+    from syncq.keys import write_secret
+
+    try:
+        for _ in range(300):
+            write_secret(target, data)
+    except HomeError as exc:
+        return str(exc)
+    return "ok"

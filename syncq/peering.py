@@ -43,9 +43,12 @@ if TYPE_CHECKING:
     from syncq.space import Space
 
 
-def admission_keys(keys: SpaceKeys) -> dict[int, bytes]:
-    """The ``auth_key`` of every epoch these keys know (a member's secrets, a relay's keys)."""
-    return {epoch: keys.auth_key(epoch) for epoch in sorted({*keys.secrets, *keys.relay_auth})}
+def admission_keys(keys: SpaceKeys) -> list[tuple[int, bytes]]:
+    """(epoch, ``auth_key``) of every epoch these keys know (a member's secrets, a relay's
+    keys), newest first: what ``SyncSession`` tags its HELLO with."""
+    return [
+        (epoch, keys.auth_key(epoch)) for epoch in sorted({*keys.secrets, *keys.relay_auth}, reverse=True)
+    ]
 
 
 class Hooks(Protocol):
@@ -97,7 +100,6 @@ class Peering:
         self.session = SyncSession(
             role=role,
             auth_keys=admission_keys(space.keys),
-            epoch=space.keys.epoch,
             node=space.device,
             name=space.name,
             challenge=challenge if challenge is not None else os.urandom(32),

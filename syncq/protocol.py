@@ -454,7 +454,7 @@ class SyncSession:
         if challenge == self.challenge:
             raise Violation(CloseCode.AUTH_FAILED, "peer sent this node's own HELLO back")
         if found is None:  # a decoy AUTH all the same, so a replayed HELLO tests nothing
-            self._refusal = "peer belongs to another space, or shares none of this node's newest key epochs"
+            self._refusal = "peer belongs to another space"  # every member of this one shares epoch 0
             key = decoy_key(self.node.signing_seed, self.challenge)
         else:
             self.epoch, key = found

@@ -47,7 +47,7 @@ from syncq.protocol import (
 
 SPACE = SpaceKeys.create(b"\x01" * 32)
 OTHER_SPACE = SpaceKeys.create(b"\x02" * 32)
-NO_COMMON = "peer belongs to another space, or shares none of this node's newest key epochs"
+NO_COMMON = "peer belongs to another space"
 
 
 def session(

@@ -87,9 +87,9 @@ def check_tags(tags: object) -> list[bytes]:
 
 
 def told_refusal(reason: str) -> str:
-    """What a peer refused by the device check is told. ``Space.peer_refusal`` says "removed
-    ..." for a removed device and something else for one not listed."""
-    return TOLD_REMOVED if reason.startswith("removed") else TOLD_UNLISTED
+    """What a peer refused by the device check is told: one of two fixed lines, whatever detail
+    ``Space.peer_refusal`` gave (it names a removed device's removal as such)."""
+    return TOLD_REMOVED if "removed" in reason else TOLD_UNLISTED
 
 
 def auth_fields(inner: bytes) -> tuple[bytes, bytes, str, bool]:

@@ -41,7 +41,7 @@ import msgpack
 
 from syncq import frames as fr
 from syncq.admission import REFUSED
-from syncq.crypto import DeviceKeys, hkdf, verify_signature
+from syncq.crypto import DeviceKeys, verify_signature
 from syncq.frames import MAX_HANDSHAKE_FRAME, MAX_NAME, PROTOCOL_VERSION, CloseCode, Frame, Violation
 from syncq.handshake import (
     EPHEMERAL_SIZE,
@@ -151,12 +151,6 @@ def find_invite(invites: Mapping[str, bytes], challenge: bytes, ephemeral: bytes
         if hmac.compare_digest(join_tag(key, challenge, ephemeral), tag) and found is None:
             found = invite_id
     return found
-
-
-def mdns_tag(invite_auth: bytes) -> str:
-    """What a member advertises on the LAN for a pending invite, so that only a holder of that
-    code finds it (``hkdf`` of the invite's auth key: every member holds it, not the secret)."""
-    return hkdf(invite_auth, "invite mdns", 8).hex()
 
 
 def signed_request(transcript: bytes) -> bytes:
@@ -441,5 +435,4 @@ __all__: Sequence[str] = [
     "Refused",
     "find_invite",
     "is_join_hello",
-    "mdns_tag",
 ]

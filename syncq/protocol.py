@@ -490,7 +490,7 @@ class SyncSession:
         self._peer_name, self._peer_relay = name, relay
         refusal = self.admit(node_id)  # only now: the peer proved it holds this device key
         if refusal is not None:
-            raise Violation(CloseCode.NOT_LISTED, f"peer {refusal}", told=ad.told_refusal(refusal))
+            raise Violation(CloseCode.NOT_LISTED, f"device list: {refusal}", told=ad.told_refusal(refusal))
         self._seal_in = FrameSeal(self._peer_keys.frames)
         return [Authenticated(peer_id=self.peer_id, peer_name=name, peer_relay=relay)]
 

@@ -24,7 +24,6 @@ from syncq.joining import (
     JoinState,
     Refused,
     is_join_hello,
-    mdns_tag,
 )
 from syncq.protocol import Role, SyncSession
 
@@ -211,11 +210,6 @@ def test_only_a_join_hello_opens_a_join() -> None:
     )
     assert not is_join_hello(sync.data_to_send()[0])
     assert not is_join_hello(b"\xc1 not msgpack")
-
-
-def test_the_lan_tag_of_an_invite_is_its_own() -> None:
-    assert mdns_tag(INVITE) == mdns_tag(INVITE) != mdns_tag(b"a" * 32)
-    assert len(mdns_tag(INVITE)) == 16 and INVITE.hex()[:16] not in mdns_tag(INVITE)
 
 
 @given(st.lists(st.binary(max_size=200), max_size=5))

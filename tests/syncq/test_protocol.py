@@ -648,7 +648,7 @@ def test_a_removed_device_is_refused_with_4410_and_told_so() -> None:
     events_a, events_b = pump(a, b)
     assert asked == [b.node.public_key]  # judged on the device key the AUTH proved
     assert events_a == [
-        SessionFailed(code=CloseCode.NOT_LISTED, reason="peer removed from the space by laptop")
+        SessionFailed(code=CloseCode.NOT_LISTED, reason="device list: removed from the space by laptop")
     ]
     assert events_b[-1] == PeerClosed(code=4410, reason="this device was removed from the space")
     assert (a.close_code, a.close_reason) == (4410, "this device was removed from the space")

@@ -221,3 +221,21 @@ def test_arbitrary_frames_never_raise(frames: list[bytes]) -> None:
         for side in (j, a):
             events = side.receive(frame)
             assert all(isinstance(e, JoinFailed) for e in events)
+
+
+@given(
+    st.dictionaries(
+        st.binary(min_size=8, max_size=8).map(bytes.hex), st.binary(min_size=32, max_size=32), max_size=8
+    ),
+    st.integers(0, 8),
+)
+def test_the_admitter_finds_exactly_the_invite_the_joiner_holds(invites: dict[str, bytes], pick: int) -> None:
+    held = list(invites.items())
+    expected, key = held[pick] if pick < len(held) else (None, os.urandom(32))
+    j, a = joiner(invite=key), admitter(invites)
+    events_j, events_a, _ = pump(j, a)
+    assert a.invite_id == expected
+    if expected is None:
+        assert [type(e) for e in events_j + events_a] == [JoinFailed, JoinFailed]
+    else:
+        assert [e.invite_id for e in events_a] == [expected]  # type: ignore[union-attr]

@@ -56,7 +56,7 @@ class Kind(enum.IntEnum):
 
     UPDATE = 1  # one Yjs update: one local transaction
     SNAPSHOT = 2  # a full state covering a version vector (reserved: sync issue)
-    KEYS = 3  # an epoch rotation (reserved: revocation)
+    KEYS = 3  # a new key epoch sealed to each device, in the clear (syncq.epochs)
     ROSTER = 4  # device-list entries in the clear, for relays to read (syncq.roster)
 
 
@@ -77,11 +77,18 @@ class SpaceKeys:
 
     A relay holds no ``secrets``, only ``relay_auth`` (the admission keys): it can verify
     signatures and forward envelopes, and can never decrypt one.
+
+    An epoch is a key id: 0 for the founding secret (the space id derives from it), a random
+    u32 for each rotation (``syncq.epochs``), with a ``generation`` (0 for epoch 0, one more
+    than the newest known for a rotation). Random ids let two members that rotate at once,
+    apart, make two epochs rather than two secrets for one id; the newest epoch is the greatest
+    (generation, id).
     """
 
     space_id: SpaceId
     secrets: Mapping[int, bytes]
     relay_auth: Mapping[int, bytes] = field(default_factory=dict)
+    generations: Mapping[int, int] = field(default_factory=dict)  # missing: 0
 
     @classmethod
     def create(cls, secret: bytes) -> SpaceKeys:
@@ -95,10 +102,36 @@ class SpaceKeys:
         """Whether these keys only admit to the space (no decryption)."""
         return not self.secrets
 
+    def known(self) -> set[int]:
+        """Every epoch these keys hold a key of."""
+        return {*self.secrets, *self.relay_auth}
+
+    def generation(self, epoch: int) -> int:
+        """The generation of ``epoch`` (0 for one with none recorded)."""
+        return self.generations.get(epoch, 0)
+
+    def ordered(self) -> list[int]:
+        """The epochs held, newest first."""
+        return sorted(self.known(), key=lambda e: (self.generation(e), e), reverse=True)
+
     @property
     def epoch(self) -> int:
         """The newest epoch: new envelopes are sealed under it."""
-        return max(self.secrets or self.relay_auth)
+        return self.ordered()[0]
+
+    def with_epoch(
+        self, epoch: int, generation: int, *, secret: bytes | None = None, auth: bytes | None = None
+    ) -> SpaceKeys:
+        """These keys and one more epoch: a member's ``secret``, or a relay's ``auth`` key."""
+        secrets, relay_auth = dict(self.secrets), dict(self.relay_auth)
+        if secret is not None:
+            secrets[epoch] = secret
+        if auth is not None:
+            relay_auth[epoch] = auth
+        generations = {**self.generations, epoch: generation} if generation else dict(self.generations)
+        return SpaceKeys(
+            space_id=self.space_id, secrets=secrets, relay_auth=relay_auth, generations=generations
+        )
 
     def for_relay(self) -> SpaceKeys:
         """The keys a relay gets: the admission keys and nothing that decrypts."""
@@ -106,6 +139,7 @@ class SpaceKeys:
             space_id=self.space_id,
             secrets={},
             relay_auth={epoch: self.auth_key(epoch) for epoch in self.secrets},
+            generations=dict(self.generations),
         )
 
     def enc_key(self, epoch: int) -> bytes:
@@ -126,7 +160,7 @@ class SpaceKeys:
 
     def local_key(self, label: str) -> bytes:
         """A key for this device's own at-rest data (checkpoints), derived from epoch 0."""
-        return hkdf(self.secrets[min(self.secrets)], f"local {label}")
+        return hkdf(self.secrets[0 if 0 in self.secrets else min(self.secrets)], f"local {label}")
 
 
 def discovery_tag(keys: SpaceKeys) -> str:

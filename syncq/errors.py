@@ -14,7 +14,8 @@ The whole tree, so a caller can see at a glance what to catch::
     │   ├── InvalidState            e.g. cancelling a prompt that is already done
     │   ├── WaitTimeout             gave up waiting for a result; the prompt stays queued
     │   ├── NodeRunning             a second `syncq node` in a home whose node runs
-    │   └── RelayOnly               a relay's home holds only ciphertext: it cannot read or write
+    │   ├── RelayOnly               a relay's home holds only ciphertext: it cannot read or write
+    │   └── InviteRefused           an invite code that was used, expired, revoked or never made
     ├── EnvelopeRejected            an envelope that must never be applied (counted, reported)
     │   ├── MalformedEnvelope       bytes that do not decode as an envelope
     │   ├── WrongSpace              sealed for another space
@@ -25,6 +26,7 @@ The whole tree, so a caller can see at a glance what to catch::
     │   ├── Unlisted                (at a relay) an author not on the space's device list
     │   │   (the three below are kept as "quarantined" at a member: signed, never applied)
     │   ├── BadRoster               a device-list envelope whose entries do not chain to the root
+    │   ├── BadKeys                 a keys envelope (a new key epoch) that is malformed
     │   ├── BadUpdate               the authenticated payload is not a Yjs update we can read
     │   └── ForgedRecord            a record in it names another actor than its author
     ├── MalformedRecord             a record in the log has the wrong shape (skipped by queries)
@@ -103,6 +105,10 @@ class RelayOnly(UserError):
     """This home is a relay: it stores and forwards ciphertext and can never read it."""
 
 
+class InviteRefused(UserError):
+    """An invite code a member will not admit: used, expired, revoked, or never made here."""
+
+
 class EnvelopeRejected(SyncqError):
     """An envelope that must never be stored or applied.
 
@@ -153,6 +159,12 @@ class BadRoster(EnvelopeRejected):
     or does not list its own author (PROTOCOL.md, "Device list")."""
 
     reason = "bad-roster"
+
+
+class BadKeys(EnvelopeRejected):
+    """A keys envelope (the start of a key epoch) that is malformed."""
+
+    reason = "bad-keys"
 
 
 class Unlisted(EnvelopeRejected):

@@ -1,76 +1,96 @@
-"""Invite codes and peer addresses (PROTOCOL.md, "Invite codes").
+"""Invite codes, the grant a joining device receives, and peer addresses (PROTOCOL.md,
+"Invites").
 
-A member invite carries the space secrets: whoever holds it can read every prompt, so the CLI
-says to treat it like a password. A relay invite carries only the admission key: its holder can
-store and forward envelopes and can never decrypt one. Both carry the inviting node's addresses
-and the space's root (the founder's public key, which a relay checks the device list against);
-a member code also carries the chain of device-list entries up to a fresh one-time invite key,
-and that key (``syncq.roster``).
+An invite code carries no key of the space. It names a one-time invite: a fresh random secret
+whose hash is recorded, with its role and expiry, in the space's encrypted log by the member that
+made it (``syncq.devices``). To join, the new device connects to a member, proves it holds the
+secret (the join handshake is keyed by ``auth_key``), and the member, if the invite is still
+pending, lists the device, marks the invite used and sends back a ``Grant``: the space's keys
+sealed to the new device's X25519 key. So a code seen after it was used, or after it expired,
+opens nothing; a code seen before that is as good as the device it was meant for, which is why
+it expires (default 24 h) and the CLI says to pass it only to that device::
 
-    code = "syncq1-" base64url( msgpack [2, space_id 16B, {epoch: secret}, {epoch: auth_key}, [url...],
-                                         root 32B, [entry...], invite_seed 32B or empty] )
+    code = "syncq1-" base64url( msgpack [3, space_id 16B, role str, invite_secret 32B,
+                                         expires_at ms, [url...], root 32B] )
 
-Version 1 codes (the first five fields, from before device lists) are still read: they carry
-no root, and a space joined with one has no device list.
+Codes of versions 1 and 2 carried the space secret itself and are refused with a message.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import msgpack
 
-from syncq.crypto import SECRET_SIZE, SpaceKeys, space_id_for
+from syncq.crypto import SECRET_SIZE, hkdf
 from syncq.errors import BadRoster, InvalidInput
 from syncq.ids import SpaceId
-from syncq.roster import KEY_SIZE, MAX_ENTRIES, Entry, Invitation, Role, check_chain, entries_from_wire
+from syncq.roster import KEY_SIZE, MAX_ENTRIES, Entry, Role, entries_from_wire
 
 PREFIX = "syncq1-"
-VERSION = 2
+VERSION = 3
 DEFAULT_PORT = 7330
-MAX_CODE = 8192  # a chain of 32 entries (about 4.4 KB) fits, base64 and all
+MAX_CODE = 4096
 MAX_ADDRESSES = 16
 MAX_ADDRESS = 255  # characters of one address (a host name is at most 253)
-# Epochs count key rotations (one per device removal): a million is far beyond any real space
-# and keeps every derived label and the envelope header's u32 safe.
-MAX_EPOCH = 1 << 20
-MAX_EPOCHS = 64
+MAX_GRANT = 64 * 1024
+MAX_EPOCHS = 256
+ROLES = (Role.MEMBER, Role.RELAY)
 
 
 @dataclass(frozen=True, slots=True)
 class Invite:
     """What an invite code carries."""
 
-    keys: SpaceKeys
+    space_id: SpaceId
+    role: Role
+    secret: bytes
+    expires_at: int  # ms since the epoch (the member's own record is what counts)
     addresses: tuple[str, ...]
-    root: bytes | None = None  # None: a code from before device lists
-    invitation: Invitation | None = None  # member codes with a root
+    root: bytes
+
+    @property
+    def id(self) -> str:
+        """The invite's id (16 hex digits): what the log records and `--revoke` takes."""
+        return invite_id(self.secret)
+
+    @property
+    def auth_key(self) -> bytes:
+        """The key the join handshake is keyed by."""
+        return invite_auth_key(self.secret)
 
 
-def encode_invite(
-    keys: SpaceKeys,
-    addresses: Sequence[str],
-    *,
-    root: bytes | None = None,
-    invitation: Invitation | None = None,
-) -> str:
-    """An invite code for ``keys`` (member keys, or ``keys.for_relay()``). A space with a root
-    gives it (and, for a member code, an ``invitation``); without one, a version 1 code."""
-    body: list[object] = [
-        1,
-        bytes.fromhex(keys.space_id),
-        dict(keys.secrets),
-        dict(keys.relay_auth),
-        [peer_url(a) for a in addresses][:MAX_ADDRESSES],
+def invite_id(secret: bytes) -> str:
+    """The id of the invite with ``secret``."""
+    return hkdf(secret, "invite id", 8).hex()
+
+
+def invite_auth_key(secret: bytes) -> bytes:
+    """The join handshake's key for the invite with ``secret``."""
+    return hkdf(secret, "invite auth")
+
+
+def invite_mdns_tag(secret: bytes) -> str:
+    """What a member advertises on the LAN while the invite is pending: only a holder of the
+    code can tie it to anything."""
+    return hkdf(secret, "invite mdns", 8).hex()
+
+
+def encode_invite(invite: Invite) -> str:
+    """The code of ``invite``."""
+    body = [
+        VERSION,
+        bytes.fromhex(invite.space_id),
+        invite.role.value,
+        invite.secret,
+        invite.expires_at,
+        [peer_url(a) for a in invite.addresses][:MAX_ADDRESSES],
+        invite.root,
     ]
-    if root is not None:
-        chain = [e.to_wire() for e in invitation.chain] if invitation is not None else []
-        body[0] = VERSION
-        body += [root, chain, invitation.invite_seed if invitation is not None else b""]
     return PREFIX + base64.urlsafe_b64encode(msgpack.packb(body, use_bin_type=True)).decode().rstrip("=")
 
 
@@ -86,22 +106,42 @@ def decode_invite(code: str) -> Invite:
             raw=False,
             strict_map_key=False,
             max_bin_len=64,
-            max_str_len=512,
-            max_array_len=MAX_ENTRIES + 8,
-            max_map_len=MAX_EPOCHS,
+            max_str_len=MAX_ADDRESS,
+            max_array_len=MAX_ENTRIES,
+            max_map_len=64,
         )
     except (binascii.Error, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise InvalidInput("the invite code is damaged (was it copied whole?)") from exc
-    if not isinstance(body, list) or not body or not isinstance(body[0], int) or isinstance(body[0], bool):
+    if not isinstance(body, list) or not body or not _whole(body[0]):
         raise InvalidInput("the invite code is damaged (was it copied whole?)")
-    if body[0] not in (1, VERSION):
+    if body[0] in (1, 2):
+        raise InvalidInput(
+            "this invite code is from an older syncq and carries the space's key: "
+            "ask for a new one (`syncq invite` on a member)"
+        )
+    if body[0] != VERSION:
         raise InvalidInput("this invite code is from a newer syncq: upgrade first")
-    if len(body) != (5 if body[0] == 1 else 8):
+    if len(body) != 7:
         raise InvalidInput("the invite code is damaged (wrong number of fields)")
-    _, space_id, secrets, relay_auth, addresses = body[:5]
-    keys = _keys(space_id, secrets, relay_auth)
-    root, invitation = _roster(body[5:], keys) if body[0] == VERSION else (None, None)
-    return Invite(keys=keys, addresses=_addresses(addresses), root=root, invitation=invitation)
+    _, space_id, role, secret, expires_at, addresses, root = body
+    if not isinstance(space_id, bytes) or len(space_id) != 16:
+        raise InvalidInput("the invite code is damaged (bad space id)")
+    if role not in [r.value for r in ROLES]:
+        raise InvalidInput("the invite code is damaged (bad role)")
+    if not isinstance(secret, bytes) or len(secret) != SECRET_SIZE:
+        raise InvalidInput("the invite code is damaged (bad invite secret)")
+    if not _whole(expires_at) or expires_at >= 1 << 53:
+        raise InvalidInput("the invite code is damaged (bad expiry)")
+    if not isinstance(root, bytes) or len(root) != KEY_SIZE:
+        raise InvalidInput("the invite code is damaged (bad root key)")
+    return Invite(
+        space_id=SpaceId(space_id.hex()),
+        role=Role(role),
+        secret=secret,
+        expires_at=expires_at,
+        addresses=_addresses(addresses),
+        root=root,
+    )
 
 
 def _addresses(addresses: object) -> tuple[str, ...]:
@@ -114,47 +154,108 @@ def _addresses(addresses: object) -> tuple[str, ...]:
     return tuple(peer_url(a) for a in addresses)
 
 
-def _roster(fields: list[object], keys: SpaceKeys) -> tuple[bytes, Invitation | None]:
-    root, chain, seed = fields
-    if not isinstance(root, bytes) or len(root) != KEY_SIZE:
-        raise InvalidInput("the invite code is damaged (bad root key)")
-    if keys.is_relay:
-        if chain != [] or seed != b"":
-            raise InvalidInput("the invite code is damaged (a relay code carries no invite key)")
-        return root, None
-    if not isinstance(seed, bytes) or len(seed) != KEY_SIZE:
-        raise InvalidInput("the invite code is damaged (bad invite key)")
+# -- the grant: what the admitting member sends back -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grant:
+    """A joining device's way in: its role, the space's root, its own chain of device-list
+    entries (the admitter's, then the one listing it), the generation of every epoch, and the
+    keys of every epoch (a member's secrets, a relay's admission keys) in one box sealed to its
+    X25519 key (``epochs.box``, epoch 0): only the device that asked can open them."""
+
+    space_id: SpaceId
+    role: Role
+    root: bytes
+    chain: tuple[Entry, ...]
+    generations: Mapping[int, int]
+    ephemeral: bytes
+    sealed_keys: bytes
+    admitter_name: str = ""
+
+
+def pack_keys(keys: Mapping[int, bytes]) -> bytes:
+    """The msgpack map of epoch -> key that a grant's box holds."""
+    packed: bytes = msgpack.packb(dict(sorted(keys.items())), use_bin_type=True)
+    return packed
+
+
+def unpack_keys(data: bytes) -> dict[int, bytes]:
+    """What ``pack_keys`` packed. Raises ``InvalidInput``."""
     try:
-        entries: tuple[Entry, ...] = entries_from_wire(chain)
-        listed = check_chain(entries, keys.space_id, root)
+        keys = msgpack.unpackb(data, raw=False, strict_map_key=False, max_bin_len=64, max_map_len=MAX_EPOCHS)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise InvalidInput("the grant's keys are damaged") from exc
+    if not isinstance(keys, dict) or 0 not in keys:
+        raise InvalidInput("the grant's keys are damaged (no epoch 0)")
+    for epoch, key in keys.items():
+        if not _whole(epoch) or epoch >= 1 << 32 or not isinstance(key, bytes) or len(key) != SECRET_SIZE:
+            raise InvalidInput("the grant's keys are damaged")
+    return keys
+
+
+def grant_to_wire(grant: Grant) -> bytes:
+    """The grant's msgpack form."""
+    body = [
+        1,
+        bytes.fromhex(grant.space_id),
+        grant.role.value,
+        grant.root,
+        [e.to_wire() for e in grant.chain],
+        dict(sorted(grant.generations.items())),
+        grant.ephemeral,
+        grant.sealed_keys,
+        grant.admitter_name[:64],
+    ]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+def grant_from_wire(data: bytes) -> Grant:
+    """A grant from its msgpack form, size- and shape-checked. Raises ``InvalidInput``."""
+    if not isinstance(data, bytes) or len(data) > MAX_GRANT:
+        raise InvalidInput("the member's grant is too large")
+    try:
+        body = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            max_bin_len=MAX_EPOCHS * 48 + 64,
+            max_str_len=64,
+            max_array_len=MAX_ENTRIES,
+            max_map_len=MAX_EPOCHS,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise InvalidInput("the member's grant is damaged") from exc
+    if not isinstance(body, list) or len(body) != 9 or body[0] != 1:
+        raise InvalidInput("the member's grant is damaged (wrong shape)")
+    _, space_id, role, root, chain, generations, ephemeral, sealed, name = body
+    if not isinstance(space_id, bytes) or len(space_id) != 16 or role not in [r.value for r in ROLES]:
+        raise InvalidInput("the member's grant is damaged (space or role)")
+    if not all(isinstance(v, bytes) and len(v) == KEY_SIZE for v in (root, ephemeral)):
+        raise InvalidInput("the member's grant is damaged (keys)")
+    if not isinstance(sealed, bytes) or not isinstance(name, str) or not isinstance(generations, dict):
+        raise InvalidInput("the member's grant is damaged")
+    if not all(_whole(e) and _whole(g) for e, g in generations.items()):
+        raise InvalidInput("the member's grant is damaged (generations)")
+    try:
+        entries = entries_from_wire(chain)
     except BadRoster as exc:
-        raise InvalidInput(f"the invite code is damaged ({exc})") from exc
-    if len(entries) >= MAX_ENTRIES:
-        raise InvalidInput("the invite code is damaged (its device list is too long)")
-    invitation = Invitation(root=root, chain=entries, invite_seed=seed)
-    if listed.get(invitation.invite_key.public_key) is not Role.INVITE:
-        raise InvalidInput("the invite code is damaged (its device list does not list its invite key)")
-    return root, invitation
+        raise InvalidInput(f"the member's grant is damaged ({exc})") from exc
+    return Grant(
+        space_id=SpaceId(space_id.hex()),
+        role=Role(role),
+        root=root,
+        chain=entries,
+        generations=generations,
+        ephemeral=ephemeral,
+        sealed_keys=sealed,
+        admitter_name=name,
+    )
 
 
-def _keys(space_id: object, secrets: object, relay_auth: object) -> SpaceKeys:
-    if not isinstance(space_id, bytes) or len(space_id) != 16:
-        raise InvalidInput("the invite code is damaged (bad space id)")
-    if not isinstance(secrets, dict) or not isinstance(relay_auth, dict):
-        raise InvalidInput("the invite code is damaged (bad keys)")
-    if bool(secrets) == bool(relay_auth):
-        raise InvalidInput("the invite code is damaged (it must carry either secrets or admission keys)")
-    for table in (secrets, relay_auth):
-        for epoch, key in table.items():
-            if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_EPOCH:
-                raise InvalidInput(f"the invite code is damaged (key epochs run from 0 to {MAX_EPOCH})")
-            if not isinstance(key, bytes) or len(key) != SECRET_SIZE:
-                raise InvalidInput(f"the invite code is damaged (a key is {SECRET_SIZE} bytes)")
-        if table and 0 not in table:
-            raise InvalidInput("the invite code is damaged (it lacks the keys of epoch 0)")
-    if secrets and space_id_for(secrets.get(0, b"")) != space_id.hex():
-        raise InvalidInput("the invite code is damaged (its secret does not match its space)")
-    return SpaceKeys(space_id=SpaceId(space_id.hex()), secrets=secrets, relay_auth=relay_auth)
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def peer_url(text: str) -> str:

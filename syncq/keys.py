@@ -179,6 +179,7 @@ def save_space(paths: HomePaths, keys: SpaceKeys) -> None:
         "role": "relay" if keys.is_relay else "member",
         "secrets": {str(epoch): _b64(secret) for epoch, secret in sorted(keys.secrets.items())},
         "relay_auth": {str(epoch): _b64(key) for epoch, key in sorted(keys.relay_auth.items())},
+        "generations": {str(epoch): gen for epoch, gen in sorted(keys.generations.items())},
     }
     write_secret(paths.space_key, json.dumps(doc, indent=2).encode())
 
@@ -189,7 +190,13 @@ def load_space(paths: HomePaths) -> SpaceKeys:
     try:
         secrets = {int(epoch): _unb64(secret) for epoch, secret in doc["secrets"].items()}
         relay = {int(epoch): _unb64(key) for epoch, key in doc.get("relay_auth", {}).items()}
-        keys = SpaceKeys(space_id=SpaceId(str(doc["space_id"])), secrets=secrets, relay_auth=relay)
+        generations = {int(epoch): int(gen) for epoch, gen in doc.get("generations", {}).items()}
+        keys = SpaceKeys(
+            space_id=SpaceId(str(doc["space_id"])),
+            secrets=secrets,
+            relay_auth=relay,
+            generations=generations,
+        )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise HomeError(f"{paths.space_key} is damaged: {exc}") from exc
     if not (secrets or relay) or any(len(s) != 32 for s in [*secrets.values(), *relay.values()]):

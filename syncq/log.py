@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from pycrdt import Doc, Map, Text, TransactionEvent
 
+from syncq.device_records import DeviceName, InviteRecord
 from syncq.errors import BadUpdate, LocalProtocolError, MalformedRecord
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status, canonical_result, derive_status
@@ -26,7 +27,18 @@ from syncq.records import Cancel, Claim, Device, NodeInfo, Prompt, Result, Retry
 
 T = TypeVar("T")
 
-ROOTS = ("prompts", "cancels", "retries", "claims", "results", "streams", "nodes", "devices")
+ROOTS = (
+    "prompts",
+    "cancels",
+    "retries",
+    "claims",
+    "results",
+    "streams",
+    "nodes",
+    "devices",
+    "invites",
+    "names",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +188,14 @@ class Log:
         """Record (or update) a member device."""
         return self._mutate(lambda: _set(self._maps["devices"], device.id, device.to_wire()))
 
+    def put_invite(self, invite: InviteRecord) -> bytes:
+        """Record an invite, or its new state."""
+        return self._mutate(lambda: _set(self._maps["invites"], invite.id, invite.to_wire()))
+
+    def put_name(self, name: DeviceName) -> bytes:
+        """Record a name given to a device."""
+        return self._mutate(lambda: _set(self._maps["names"], name.device, name.to_wire()))
+
     def put_node(self, node: NodeInfo) -> bytes:
         """Record a node's presence."""
         return self._mutate(lambda: _set(self._maps["nodes"], node.id, node.to_wire()))
@@ -272,6 +292,14 @@ class Log:
     def devices(self) -> list[Device]:
         """Every member device known to the log, by name."""
         return sorted(self._all(Device.from_wire, "devices"), key=lambda d: (d.name, d.id))
+
+    def invites(self) -> list[InviteRecord]:
+        """Every invite made, newest first."""
+        return sorted(self._all(InviteRecord.from_wire, "invites"), key=lambda i: (-i.created_at, i.id))
+
+    def names(self) -> dict[str, str]:
+        """Device id -> the name members gave it last."""
+        return {n.device: n.name for n in self._all(DeviceName.from_wire, "names")}
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -11,11 +11,11 @@ client id (DESIGN.md section 4).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syncq import authorship, crypto, roster
+from syncq import authorship, crypto, epochs, roster
 from syncq.crypto import DeviceKeys, Kind, SpaceKeys
 from syncq.errors import BadRoster, EnvelopeRejected, SeqConflict, UnknownEpoch, Unlisted
 from syncq.store import Checkpoint, Row, Store
@@ -24,11 +24,10 @@ if TYPE_CHECKING:
     from syncq.log import Log
 
 # The device list in the store's meta table (PROTOCOL.md, "Device list (roster)"): the space's
-# root, this device's own chain of entries (what its invitations extend), and at a relay one
-# row per listed device (``roster/<device hex>`` = its role), from the roster envelopes it took.
+# root and this device's own chain of entries (what the entries it signs extend). Who is listed
+# is worked out from the device-list envelopes themselves (``listing``).
 ROOT_META = "roster.root"
 CHAIN_META = "roster.chain"
-LISTED_META = "roster/"
 CHECKPOINT_AFTER = 256  # envelopes replayed on open before a fresh checkpoint is written
 _CLIENT_ID_BITS = 53  # Yjs client ids stay below 2**53; random, fresh for every process
 
@@ -51,6 +50,7 @@ class ReceiveReport:
     # authors not on the list, and device lists that do not chain to the root. A member may
     # pass them on in good faith; they are counted as rejections but the rest is stored.
     refused: dict[str, int] = field(default_factory=dict)
+    control: bool = False  # a device list or a key epoch came: who is listed, or the keys, changed
 
 
 class Replica:
@@ -66,7 +66,9 @@ class Replica:
         self._log: Log | None = None
         self._applied: dict[bytes, int] = {}  # per author: highest seq applied, gapless
         self._root: bytes | None = None
-        self._listed: set[bytes] = set()  # a relay's cache of listed members (only grows)
+        self._control: tuple[int, list[Row]] | None = None  # (data version, device lists and keys)
+        self._listing: tuple[list[Row], roster.Listing] | None = None
+        self._rotations: tuple[list[Row], list[tuple[bytes, epochs.Rotation]]] | None = None
         self._waiting: dict[bytes, int] = {}  # per author held for a key: the epoch it needs
 
     @property
@@ -145,10 +147,15 @@ class Replica:
         rows: list[Row] = []
         payloads: dict[tuple[bytes, int], bytes | None] = {}
         details: dict[str, str] = {}
+        listing = self.listing()
+        lists: list[roster.Held] = []  # device lists of this batch: they admit what follows them
         for data in datas:
             try:
                 envelope = crypto.verify_envelope(data, self.keys.space_id)
-                self._admit(envelope)
+                held = self._admit(envelope, listing)
+                if held is not None:
+                    lists.append(held)
+                    listing = self.listing(lists)
             except (Unlisted, BadRoster) as exc:
                 # Refused by the device list (PROTOCOL.md, "Device list"): a peer may pass such
                 # an envelope on in good faith (an older relay stores what anyone sends), so it
@@ -178,6 +185,9 @@ class Replica:
                     report.quarantined[row.quarantined] = report.quarantined.get(row.quarantined, 0) + 1
             report.added += len(put.added)
             report.duplicates += put.duplicates
+            report.control = any(r.data[3] in (Kind.ROSTER, Kind.KEYS) for r in put.added)
+            if report.control:
+                self._control = None
             report.accepted = [(r.author, r.seq) for r in rows if r not in put.conflicts]
             self._record({**report.rejected, **report.quarantined, **report.refused}, details)
             if self._log is not None and put.added:
@@ -192,6 +202,9 @@ class Replica:
             if envelope.kind is Kind.ROSTER:
                 if self.root is None:  # with a root, ``_admit`` has checked its chain already
                     roster.open_roster(envelope, self.keys.space_id, None)
+                return None, None
+            if envelope.kind is Kind.KEYS:
+                epochs.open_rotation(envelope)
                 return None, None
             payload = crypto.open_payload(envelope, self.keys)
             authorship.check_update(payload, envelope.author_id)
@@ -215,7 +228,7 @@ class Replica:
         return self._root
 
     def set_root(self, root: bytes) -> None:
-        """Record the space's root (a relay's home, from its invite code)."""
+        """Record the space's root (a relay's home, from its grant)."""
         self.store.set_meta(ROOT_META, root.hex())
         self._root = root
 
@@ -229,45 +242,114 @@ class Replica:
         envelope (a new home: seq 1), so that relays store what it writes from then on."""
         self.set_root(root)
         self.store.set_meta(CHAIN_META, roster.encode_entries(chain).hex())
-        for entry in chain:  # the devices this one's chain lists are members here from the start
-            self._list(entry.device, entry.role)
-        space_id, epoch = self.keys.space_id, self.keys.epoch
+        self.write_control(device, [lambda seq: self._seal_roster(device, seq, chain)])
 
-        def seal(seq: int) -> bytes:
-            return roster.seal_roster(device=device, space_id=space_id, epoch=epoch, seq=seq, entries=chain)
+    def _seal_roster(self, device: DeviceKeys, seq: int, entries: Sequence[roster.Entry]) -> bytes:
+        return roster.seal_roster(
+            device=device, space_id=self.keys.space_id, epoch=self.keys.epoch, seq=seq, entries=entries
+        )
 
-        self.store.append_own(device.public_key, [seal])
+    def write_control(self, device: DeviceKeys, seals: Sequence[Callable[[int], bytes]]) -> list[int]:
+        """Append this device's own device-list or keys envelopes (one transaction)."""
+        seqs = self.store.append_own(device.public_key, seals)
+        self._control = None
+        return seqs
 
-    def _list(self, device: bytes, role: roster.Role) -> None:
-        if self.store.get_meta(LISTED_META + device.hex()) is None:
-            self.store.set_meta(LISTED_META + device.hex(), role.value)
+    def write_roster(self, device: DeviceKeys, entries: Sequence[roster.Entry]) -> None:
+        """Append a device-list envelope of this device: its chain, then ``entries``."""
+        chain = roster.extend(self.own_chain(), *entries)
+        self.write_control(device, [lambda seq: self._seal_roster(device, seq, chain)])
+
+    def control(self) -> list[Row]:
+        """The device-list and keys envelopes held (cached until the store changes)."""
+        version = self.store.data_version()
+        if self._control is None or self._control[0] != version:
+            self._control = (version, self.store.control_rows())
+        return self._control[1]
+
+    def listing(self, more: Sequence[roster.Held] = ()) -> roster.Listing:
+        """Who is on the device list (``roster.resolve`` over every device list held, and
+        ``more`` not stored yet)."""
+        rows = self.control()
+        if not more and self._listing is not None and self._listing[0] is rows:
+            return self._listing[1]
+        held = []
+        for row in rows:
+            if row.data[3] == Kind.ROSTER:
+                try:
+                    envelope = crypto.decode(row.data)
+                    entries = roster.decode_entries(envelope.ciphertext)
+                except EnvelopeRejected:
+                    continue  # checked when it came; a damaged file lists nobody
+                held.append(roster.Held(author=row.author, seq=row.seq, entries=entries))
+        found = roster.resolve(self.root, [*held, *more])
+        if not more:
+            self._listing = (rows, found)
+        return found
+
+    def rotations(self) -> list[tuple[bytes, epochs.Rotation]]:
+        """Every key rotation held: (author, what it says)."""
+        rows = self.control()
+        if self._rotations is not None and self._rotations[0] is rows:
+            return self._rotations[1]
+        found = []
+        for row in self.control():
+            if row.data[3] == Kind.KEYS:
+                try:
+                    found.append((row.author, epochs.open_rotation(crypto.decode(row.data))))
+                except EnvelopeRejected:
+                    continue
+        self._rotations = (rows, found)
+        return found
+
+    def void_removed(self) -> int:
+        """Quarantine what removed devices wrote after their cutoff (it reached this device
+        before the removal did), so every replica ends up without it; if the Doc held any of it,
+        it is rebuilt without it. Returns how many envelopes were voided."""
+        voided, rebuild = 0, False
+        with self._lock:
+            tops = self.store.tops()
+            for device, cutoff in self.listing().removed.items():
+                if tops.get(device, 0) <= cutoff:
+                    continue
+                for row in self.store.rows(device, cutoff):
+                    if row.data[3] == Kind.ROSTER or row.quarantined not in (None, UnknownEpoch.reason):
+                        continue  # device lists are ``resolve``'s to judge
+                    self.store.mark(device, row.seq, Unlisted.reason)
+                    voided += 1
+                    rebuild = rebuild or row.seq <= self._applied.get(device, 0)
+            if rebuild:
+                self.drop()
+        return voided
 
     def listed(self, device: bytes) -> bool:
-        """Whether ``device`` may write (and ask a relay to keep files): on the list as a member,
-        or anyone in a space without a list."""
-        if self.root is None or device in self._listed:
-            return True
-        if self.store.get_meta(LISTED_META + device.hex()) == roster.Role.MEMBER.value:
-            self._listed.add(device)
-            return True
-        return False
+        """Whether ``device`` may write (and ask a relay to keep files): a member on the list
+        now, or anyone in a space without a list."""
+        listing = self.listing()
+        return listing.root is None or listing.role(device) is roster.Role.MEMBER
 
-    def _admit(self, envelope: crypto.Envelope) -> crypto.Envelope:
+    def _admit(self, envelope: crypto.Envelope, listing: roster.Listing) -> roster.Held | None:
         """In a space with a root, relays and members alike store a device list that chains to
-        the root (recording whom it lists) and an envelope of a listed member, and refuse
-        anything else: a holder of a relay code, who can sign with a key of its own, gets
-        nothing stored anywhere (a member that stored it would keep it and pass it on)."""
+        the root, a keys envelope of a member, and an envelope of a member on the list (or of a
+        removed device, up to its cutoff), and refuse anything else: a device that was removed,
+        or one nobody listed, gets nothing stored anywhere (a member that stored it would keep
+        it and pass it on). Returns a device list's entries, which admit what follows them."""
         if self.root is None:
-            return envelope  # a space from before device lists: nobody can tell
+            return None  # a space from before device lists: nobody can tell
         if envelope.kind is Kind.ROSTER:
-            for device, role in roster.open_roster(envelope, self.keys.space_id, self.root).items():
-                # Before the envelope is stored: a listed entry is a signed fact on its own,
-                # so a write that outlives a failed store of its envelope does no harm.
-                self._list(device, role)
-            return envelope
-        if not self.listed(envelope.author):
+            # Stored even from a removed author: whether what it lists counts is ``resolve``'s
+            # to judge over the whole set, and refusing some would make replicas hold different
+            # sets (and so different lists). A removed device cannot connect anywhere, so only
+            # what it wrote before its removal was known can still be making its way around.
+            entries = roster.open_roster(envelope, self.keys.space_id, self.root)
+            return roster.Held(author=envelope.author, seq=envelope.seq, entries=entries)
+        if not listing.admits(envelope.author, envelope.seq):
+            if envelope.author in listing.removed:
+                raise Unlisted(f"{envelope.author.hex()[:12]} was removed from the space")
             raise Unlisted(f"{envelope.author.hex()[:12]} is not on the space's device list")
-        return envelope
+        if envelope.kind is Kind.KEYS:
+            epochs.open_rotation(envelope)
+        return None
 
     def checkpoint(self) -> None:
         """Seal the Doc's state into the store, so the next open need not replay envelopes."""
@@ -288,6 +370,9 @@ class Replica:
         self._applied = {}
         self._waiting = {}
         found = self.store.load_checkpoint()
+        removed = self.listing().removed if found is not None else {}
+        if found is not None and any(found.vv.get(d, 0) > cutoff for d, cutoff in removed.items()):
+            found = None  # it holds what a removed device wrote after its cutoff: replay instead
         if found is not None:
             vv, sealed = dict(found.vv), found.data
             del found
@@ -353,8 +438,8 @@ class Replica:
         except EnvelopeRejected as exc:  # a damaged file
             self._quarantine(row.author, row.seq, exc)
             return True
-        if envelope.kind is Kind.ROSTER:
-            return True  # a device list: nothing for the Doc
+        if envelope.kind in (Kind.ROSTER, Kind.KEYS):
+            return True  # a device list or a key epoch: nothing for the Doc
         if envelope.epoch not in self.keys.secrets:
             self._waiting[row.author] = envelope.epoch
             return False

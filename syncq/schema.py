@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS envelopes (
@@ -19,6 +19,10 @@ CREATE TABLE IF NOT EXISTS envelopes (
     data   BLOB    NOT NULL,             -- the sealed envelope, exactly as signed
     UNIQUE (author, seq)
 );
+-- The device list and the key epochs (envelope kinds 3 and 4) are read whole on open: few rows
+-- among many, found through this partial index without a scan.
+CREATE INDEX IF NOT EXISTS envelopes_control ON envelopes (author, seq)
+    WHERE substr(data, 4, 1) IN (x'03', x'04');
 CREATE TABLE IF NOT EXISTS checkpoint (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     vv     TEXT    NOT NULL,             -- JSON {author hex: seq} covered by the state
@@ -74,7 +78,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 """
 
-_STEPS = {1: _TO_2}  # from version: the statements that bring it to version + 1
+_TO_3 = """
+CREATE INDEX IF NOT EXISTS envelopes_control ON envelopes (author, seq)
+    WHERE substr(data, 4, 1) IN (x'03', x'04');
+"""
+
+_STEPS = {1: _TO_2, 2: _TO_3}  # from version: the statements that bring it to version + 1
 
 
 def upgrade(conn: sqlite3.Connection) -> None:

@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from syncq import crypto, roster, yjs
+from syncq import crypto, devices, roster, yjs
 from syncq.blobs import MAX_BLOB_SIZE, MAX_FILES, BlobRef, Sealer
 from syncq.blobstore import DEFAULT_RELAY_QUOTA, BlobStore
 from syncq.crypto import DeviceKeys, SpaceKeys
+from syncq.device_records import InviteRecord
+from syncq.devices import DeviceView, Removal
 from syncq.errors import (
     AlreadyInitialized,
     InvalidInput,
@@ -38,6 +40,7 @@ from syncq.errors import (
     StoreBroken,
 )
 from syncq.ids import DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
+from syncq.invite import Grant
 from syncq.keys import (
     HomePaths,
     discard_home,
@@ -143,12 +146,12 @@ class Space:
         self.paths = paths
         self.device = device
         self.name = name
-        self.keys = keys
-        self._clock = clock
-        self._entropy = entropy
+        self.clock = clock
+        self.entropy = entropy
         self._author = device.public_key
-        self._lock = threading.RLock()
-        self.replica = Replica(store, keys, entropy, self._lock)
+        self.lock = threading.RLock()
+        self.replica = Replica(store, keys, entropy, self.lock)
+        self._keys_stamp = _stamp(paths.space_key)
         self._blind_client = new_client_id(entropy)
         self._blind_clock = 0
         self._last_id: PromptId | None = None
@@ -188,35 +191,59 @@ class Space:
         keys: SpaceKeys,
         entropy: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], int] = wall_clock_ms,
-        invitation: roster.Invitation | None = None,
         founding: bool = False,
     ) -> Space:
         """Create a home for a new member device of the space of ``keys`` and record the device
-        in the log: first its device-list entry (from ``invitation``, or as the ``founding``
-        device), if the space has a list. A failure leaves no home behind. Raises
-        ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
+        in the log (as the ``founding`` device of its device list, if it founds one). A failure
+        leaves no home behind. Raises ``AlreadyInitialized``, ``HomeError`` or ``StoreBroken``."""
         if keys.is_relay:
             raise ValueError("a member needs the space secret")
 
         def setup(space: Space) -> None:
-            device = space.device.public_key
             if founding:
-                founder = roster.founding_chain(space.device, keys.space_id)
-                space.replica.start_roster(space.device, device, founder)
-            elif invitation is not None:
-                chain = roster.joining_chain(invitation, device, keys.space_id)
-                space.replica.start_roster(space.device, invitation.root, chain)
-            space.put_device(
-                Device(
-                    id=space.device_id,
-                    name=name,
-                    x25519=space.device.exchange_public_key.hex(),
-                    added_by=space.device_id,
-                    added_at=clock(),
-                )
-            )
+                chain = roster.founding_chain(space.device, keys.space_id)
+                space.replica.start_roster(space.device, space.device.public_key, chain)
+            space.put_device(space._own_record())
 
         return cls._create(home, name=name, keys=keys, entropy=entropy, clock=clock, setup=setup)
+
+    @classmethod
+    def join_granted(
+        cls,
+        home: Path,
+        *,
+        device: DeviceKeys,
+        name: str,
+        grant: Grant,
+        clock: Callable[[], int] = wall_clock_ms,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> Space:
+        """Create the home of a device a member admitted (``grant``, from the join handshake):
+        its keys, the space's root, and (a member) its device-list chain as its first envelope.
+        A failure leaves no home behind. Raises ``InvalidInput``, ``AlreadyInitialized``,
+        ``HomeError`` or ``StoreBroken``."""
+        keys = devices.granted_keys(grant, device)
+
+        def setup(space: Space) -> None:
+            if keys.is_relay:
+                space.replica.set_root(grant.root)
+                return
+            space.replica.start_roster(space.device, grant.root, grant.chain)
+            space.put_device(space._own_record())
+
+        return cls._create(
+            home, name=name, keys=keys, entropy=entropy, clock=clock, setup=setup, device=device
+        )
+
+    def _own_record(self) -> Device:
+        # ``added_by`` names the writer (syncq.authorship): who admitted it is the device list's.
+        return Device(
+            id=self.device_id,
+            name=self.name,
+            x25519=self.device.exchange_public_key.hex(),
+            added_by=self.device_id,
+            added_at=self.clock(),
+        )
 
     @classmethod
     def init_relay(
@@ -250,6 +277,7 @@ class Space:
         entropy: Callable[[int], bytes],
         clock: Callable[[], int],
         setup: Callable[[Space], None],
+        device: DeviceKeys | None = None,
     ) -> Space:
         paths = HomePaths(Path(home))  # a str works too
         if paths.space_key.exists():
@@ -263,7 +291,7 @@ class Space:
         paths.create()
         store: Store | None = None
         try:
-            device = DeviceKeys.from_seed(entropy(64))
+            device = device or DeviceKeys.from_seed(entropy(64))
             store = SqliteStore.create(paths.database)
             store.set_meta("space_id", keys.space_id)
             save_device(paths, device, name)
@@ -306,11 +334,13 @@ class Space:
             paths=paths, device=device, name=name, keys=keys, store=store, clock=clock, entropy=entropy
         )
         space.made_private = made_private
+        devices.learn_keys(space)  # a keys envelope stored before a crash, its epoch not saved
+        space.replica.void_removed()  # and a removal stored before a crash
         return space
 
     def close(self) -> None:
         """Close the store. Idempotent."""
-        with self._lock:
+        with self.lock:
             self.replica.drop()
             self.store.close()
             if self._blobs is not None:
@@ -333,6 +363,31 @@ class Space:
         self.replica.store = store
 
     @property
+    def keys(self) -> SpaceKeys:
+        """The space's keys on this device (the replica's): they grow with each key epoch."""
+        return self.replica.keys
+
+    @keys.setter
+    def keys(self, keys: SpaceKeys) -> None:
+        self.replica.keys = keys
+        self._keys_stamp = _stamp(self.paths.space_key)
+
+    def keys_changed(self) -> bool:
+        """Take a key epoch another process of this home learnt (space.key changed), or one a
+        keys envelope here holds: whether the keys changed. The node asks before it acts on a
+        change of the device list, and every write asks, so nothing is sealed under an epoch a
+        removal ended."""
+        changed = False
+        stamp = _stamp(self.paths.space_key)
+        if stamp != self._keys_stamp:
+            with self.lock:
+                self.replica.keys = load_space(self.paths)
+                self._keys_stamp = stamp
+                self.replica.catch_up()
+                changed = True
+        return devices.learn_keys(self) or changed
+
+    @property
     def device_id(self) -> DeviceId:
         """This device's id."""
         return DeviceId(self._author.hex())
@@ -342,7 +397,7 @@ class Space:
         """Whether this home is a relay (ciphertext only)."""
         return self.keys.is_relay
 
-    def _require_member(self) -> None:
+    def require_member(self) -> None:
         if self.keys.is_relay:
             raise RelayOnly(
                 f"{self.paths.root} is a relay: it stores and forwards ciphertext and can never "
@@ -394,7 +449,7 @@ class Space:
     @property
     def blobs(self) -> BlobStore:
         """This home's attachment store (opened on first use)."""
-        with self._lock:
+        with self.lock:
             if self._blobs is None:
                 self._blobs = BlobStore(self.paths.blobs)
             return self._blobs
@@ -412,7 +467,7 @@ class Space:
     ) -> BlobRef:
         """Seal a file into the attachment store, for ``add(files=...)`` or a result. Raises
         ``InvalidInput`` (missing, unreadable, over ``blob_limit``)."""
-        self._require_member()
+        self.require_member()
         return self.blobs.add_file(
             Path(path), self.sealer(), name=name, limit=self.blob_limit, progress=progress
         )
@@ -420,7 +475,7 @@ class Space:
     def save_file(self, ref: BlobRef, folder: str | os.PathLike[str], *, name: str | None = None) -> Path:
         """Decrypt an attachment held here into ``folder``. Raises ``BlobUnavailable`` while
         chunks are missing (``want`` asks the node for them) or ``BlobError``."""
-        self._require_member()
+        self.require_member()
         return self.blobs.save(ref, self.sealer(ref.epoch), Path(folder) / (name or ref.name))
 
     def mesh_models(self) -> dict[str, str] | None:
@@ -437,8 +492,8 @@ class Space:
 
     def new_prompt_id(self) -> PromptId:
         """A fresh prompt id, for a caller that must record it before adding (``add``)."""
-        with self._lock:
-            self._last_id = next_prompt_id(self._clock(), self._entropy(10), self._last_id)
+        with self.lock:
+            self._last_id = next_prompt_id(self.clock(), self.entropy(10), self._last_id)
             return self._last_id
 
     def add_many(self, new: Sequence[NewPrompt]) -> list[Prompt]:
@@ -446,7 +501,7 @@ class Space:
 
         Raises ``InvalidInput`` (nothing is stored) or ``StoreBroken``.
         """
-        self._require_member()
+        self.require_member()
         prompts = [self._make_prompt(n) for n in new]
         known = {n.id for n in new if n.id is not None and self.log.has_prompt(n.id)}
         if known:
@@ -454,7 +509,8 @@ class Space:
             fresh = self.add_many([n for n in new if n.id not in known]) if len(known) < len(new) else []
             added = iter(fresh)
             return [stored[p.id] if p.id in known else next(added) for p in prompts]
-        with self._lock:
+        with self.lock:
+            self.keys_changed()
             seals, clock = [], self._blind_clock
             for batch in _batches(prompts, MAX_UPDATE_BYTES):
                 entries = [(p.id, encode(p.to_wire())) for p in batch]
@@ -472,11 +528,11 @@ class Space:
     def cancel(self, prefix: str) -> Entry:
         """Ask every device to cancel the prompt. Raises ``UnknownId``, ``AmbiguousId`` or
         ``InvalidState`` (when it already finished or was cancelled)."""
-        with self._lock:
+        with self.lock:
             entry = self.show(prefix)
             if entry.status in TERMINAL:
                 raise InvalidState(f"prompt {entry.prompt.id} is {entry.status} already")
-            cancel = Cancel(prompt_id=entry.prompt.id, by=self.device_id, at=self._clock())
+            cancel = Cancel(prompt_id=entry.prompt.id, by=self.device_id, at=self.clock())
             self._write(lambda log: log.cancel(cancel))
             return self.log.entry(entry.prompt.id)
 
@@ -484,7 +540,7 @@ class Space:
         """Run a failed prompt again: up to its max attempts more runs, with no backoff.
 
         Raises ``UnknownId``, ``AmbiguousId`` or ``InvalidState`` (it has not failed)."""
-        with self._lock:
+        with self.lock:
             entry = self.show(prefix)
             if entry.status is Status.CANCELLED:
                 raise InvalidState(f"prompt {entry.prompt.id} was cancelled: add it again instead")
@@ -495,7 +551,7 @@ class Space:
             retry = Retry(
                 prompt_id=entry.prompt.id,
                 by=self.device_id,
-                at=self._clock(),
+                at=self.clock(),
                 max_attempts=entry.facts.failures() + entry.prompt.max_attempts,
             )
             self._write(lambda log: log.put_retry(retry))
@@ -503,45 +559,97 @@ class Space:
 
     def append_stream(self, prompt_id: str, text: str) -> None:
         """Append streamed output of a running prompt (the scheduler calls this ~10 times/s)."""
-        with self._lock:
+        with self.lock:
             self._write(lambda log: log.append_stream(prompt_id, text))
 
     def finish(self, result: Result) -> None:
         """Write a run's result and drop its stream in one transaction."""
-        with self._lock:
+        with self.lock:
             self._write(lambda log: log.finish(result))
 
     def drop_stream(self, prompt_id: str) -> None:
         """Remove the stream of a run that ended without a result (cancelled)."""
-        with self._lock:
+        with self.lock:
             if self.log.stream(prompt_id) is not None:
                 self._write(lambda log: log.drop_stream(prompt_id))
 
     def write(self, changes: Callable[[Log], object]) -> None:
         """Make several changes as one envelope (``Log.batch``): a scheduler's claims, or a
         run's "running" mark with its first output."""
-        with self._lock:
+        with self.lock:
             self._write(lambda log: log.batch(changes))
 
     def put_claim(self, claim: Claim) -> None:
         """Write a claim (used by the scheduler, and by tests of the lifecycle)."""
-        with self._lock:
+        with self.lock:
             self._write(lambda log: log.put_claim(claim))
 
     def put_result(self, result: Result) -> None:
         """Write the result of a run."""
-        with self._lock:
+        with self.lock:
             self._write(lambda log: log.put_result(result))
 
     def put_node(self, node: NodeInfo) -> None:
         """Write this node's presence record."""
-        with self._lock:
+        with self.lock:
             self._write(lambda log: log.put_node(node))
 
     def put_device(self, device: Device) -> None:
         """Record a member device."""
-        with self._lock:
+        with self.lock:
             self._write(lambda log: log.put_device(device))
+
+    # -- devices (syncq.devices) ------------------------------------------------------------
+
+    def create_invite(
+        self, *, role: str = "member", expires_ms: int = devices.DAY_MS, addresses: Sequence[str] = ()
+    ) -> tuple[str, InviteRecord]:
+        """A fresh one-time invite code, and its record (``devices.create_invite``)."""
+        return devices.create_invite(self, role=role, expires_ms=expires_ms, addresses=tuple(addresses))
+
+    def invites(self, *, everything: bool = False) -> list[InviteRecord]:
+        """Pending invites, or every one made (``devices.invites``)."""
+        return devices.invites(self, everything=everything)
+
+    def revoke_invite(self, prefix: str) -> InviteRecord:
+        """Revoke a pending invite (``devices.revoke_invite``)."""
+        return devices.revoke_invite(self, prefix)
+
+    def invite_auth_keys(self) -> dict[str, bytes]:
+        """Invite id -> its join handshake key (``devices.invite_auth_keys``)."""
+        return devices.invite_auth_keys(self)
+
+    def admit(self, invite_id: str, *, device: bytes, exchange: bytes, name: str) -> Grant:
+        """Admit the holder of an invite (``devices.admit``)."""
+        return devices.admit(self, invite_id, device=device, exchange=exchange, name=name)
+
+    def listing(self) -> roster.Listing:
+        """Who is on the device list (``Replica.listing``)."""
+        return self.replica.listing()
+
+    def peer_refusal(self, device: bytes) -> str | None:
+        """Why a peer may not sync with this node, or None (``devices.peer_refusal``)."""
+        return devices.peer_refusal(self, device)
+
+    def devices(self) -> list[DeviceView]:
+        """Every device of the space (``devices.devices``)."""
+        return devices.devices(self)
+
+    def rename_device(self, old: str, new: str) -> DeviceView:
+        """Rename a device for every member (``devices.rename_device``)."""
+        return devices.rename_device(self, old, new)
+
+    def remove_device(self, target: str) -> Removal:
+        """Remove a device and rotate the keys (``devices.remove_device``)."""
+        return devices.remove_device(self, target)
+
+    def rotate_if_needed(self) -> bool:
+        """Rotate if a removed device may hold the newest epoch (``devices.rotate_if_needed``)."""
+        return devices.rotate_if_needed(self)
+
+    def void_devices(self) -> frozenset[str]:
+        """Devices whose claims are void (``devices.void_devices``)."""
+        return devices.void_devices(self)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -549,7 +657,7 @@ class Space:
     def log(self) -> Log:
         """The Doc, loaded on first use and brought up to date with the store on every access
         (other processes may have written)."""
-        self._require_member()
+        self.require_member()
         return self.replica.log
 
     def resolve(self, prefix: str) -> PromptId:
@@ -618,7 +726,7 @@ class Space:
     def node_running(self) -> str | None:
         """The listen URL of the node running in this home, judged by its heartbeat."""
         beat = self.store.get_meta("node.heartbeat")
-        if beat is None or not beat.isdigit() or self._clock() - int(beat) > NODE_FRESH_MS:
+        if beat is None or not beat.isdigit() or self.clock() - int(beat) > NODE_FRESH_MS:
             return None
         return self.store.get_meta("node.listen") or "?"
 
@@ -661,23 +769,28 @@ class Space:
         return self.replica.envelopes_for(peer_vv, max_count, max_bytes)
 
     def receive(self, datas: Iterable[bytes]) -> ReceiveReport:
-        """Verify, store and apply envelopes from elsewhere (``Replica.receive``)."""
-        return self.replica.receive(datas)
+        """Verify, store and apply envelopes from elsewhere (``Replica.receive``), and take any
+        key epoch sealed to this device that came with them."""
+        report = self.replica.receive(datas)
+        if report.control:
+            devices.learn_keys(self)
+            self.replica.void_removed()
+        return report
 
     def checkpoint(self) -> None:
         """Seal the Doc's state into the store, so the next open need not replay envelopes."""
-        self._require_member()
+        self.require_member()
         self.replica.checkpoint()
 
     # -- internals ----------------------------------------------------------------------------
 
     def _make_prompt(self, new: NewPrompt) -> Prompt:
-        now = self._clock()
+        now = self.clock()
         if new.id is not None and not is_prompt_id(new.id):
             raise InvalidInput(f"{new.id!r} is not a prompt id")
         prompt_id = new.id
         if prompt_id is None:
-            prompt_id = self._last_id = next_prompt_id(now, self._entropy(10), self._last_id)
+            prompt_id = self._last_id = next_prompt_id(now, self.entropy(10), self._last_id)
         kind, guessed = (new.kind, False) if new.kind is not None else self._kind_of(new.model)
         if len(new.files) > MAX_FILES:
             raise InvalidInput(f"at most {MAX_FILES} files per prompt ({len(new.files)} given)")
@@ -705,12 +818,13 @@ class Space:
     def _sealer(self, payload: bytes) -> Callable[[int], bytes]:
         def seal(seq: int) -> bytes:
             return crypto.seal(
-                device=self.device, space=self.keys, seq=seq, payload=payload, nonce=self._entropy(12)
+                device=self.device, space=self.keys, seq=seq, payload=payload, nonce=self.entropy(12)
             )
 
         return seal
 
     def _write(self, mutate: Callable[[Log], bytes]) -> None:
+        self.keys_changed()  # seal under the newest epoch, even one another process learnt
         log = self.log
         update = mutate(log)
         try:
@@ -719,6 +833,14 @@ class Space:
             self.replica.drop()  # the Doc holds a change the store does not
             raise
         self.replica.catch_up()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_ino
 
 
 def _kind(kind: PromptKind | str | None) -> PromptKind | None:

@@ -110,6 +110,10 @@ class Store(Protocol):
         """
         ...
 
+    def control_rows(self) -> list[Row]:
+        """Every stored envelope of kind 3 (keys) or 4 (device list), by author and seq."""
+        ...
+
     def count(self) -> int:
         """How many envelopes are stored."""
         ...
@@ -294,6 +298,15 @@ class SqliteStore:
             if len(page) < 1000:
                 return
             after = page[-1][0]
+
+    def control_rows(self) -> list[Row]:
+        """Every stored envelope of kind 3 (keys) or 4 (device list), by author and seq (found
+        through a partial index: they are few among many)."""
+        found = self._read(
+            "SELECT author, seq, data FROM envelopes"
+            " WHERE substr(data, 4, 1) IN (x'03', x'04') ORDER BY author, seq"
+        )
+        return [Row(author, seq, data) for author, seq, data in found]
 
     def gapless_seqs(self) -> dict[bytes, int]:
         """Per author, the highest seq with every seq from 1 to it stored."""

@@ -12,6 +12,7 @@ from syncq import crypto, roster
 from syncq.crypto import DeviceKeys, Kind
 from syncq.errors import HomeError
 from syncq.space import Space
+from tests.helpers.spaces import join
 
 
 def forged(space: Space, author: DeviceKeys, seq: int = 1) -> bytes:
@@ -33,14 +34,7 @@ def founder(tmp_path: Path):
 
 
 def invited(tmp_path: Path, founder: Space, name: str) -> Space:
-    invitation = roster.invite(
-        founder.device,
-        founder.keys.space_id,
-        founder.replica.root,
-        founder.replica.own_chain(),
-        os.urandom(32),
-    )
-    return Space.join(tmp_path / name, name=name, keys=founder.keys, invitation=invitation)
+    return join(tmp_path / name, founder, name)
 
 
 def relay_of(tmp_path: Path, founder: Space, *, rooted: bool = True) -> Space:
@@ -54,8 +48,9 @@ def test_the_founder_and_invited_members_write_their_list_first(tmp_path: Path, 
         first = next(gpu.store.rows(gpu.device.public_key))
         envelope = crypto.verify_envelope(first.data, gpu.keys.space_id)
         assert first.seq == 1 and envelope.kind is Kind.ROSTER
-        listed = roster.open_roster(envelope, gpu.keys.space_id, founder.device.public_key)
-        assert set(roster.listed_members(listed)) == {founder.device.public_key, gpu.device.public_key}
+        entries = roster.open_roster(envelope, gpu.keys.space_id, founder.device.public_key)
+        listed = roster.check_chain(entries, gpu.keys.space_id, founder.device.public_key)
+        assert set(listed) == {founder.device.public_key, gpu.device.public_key}
         assert gpu.replica.root == founder.replica.root
 
 
@@ -146,11 +141,8 @@ def test_a_failed_init_leaves_no_half_built_home(tmp_path: Path) -> None:
 
 def test_a_device_invited_by_a_joined_member_is_listed_at_the_relay(tmp_path: Path, founder: Space) -> None:
     with invited(tmp_path, founder, "gpu") as gpu, relay_of(tmp_path, founder) as relay:
-        invitation = roster.invite(
-            gpu.device, gpu.keys.space_id, gpu.replica.root, gpu.replica.own_chain(), os.urandom(32)
-        )
-        with Space.join(tmp_path / "phone", name="phone", keys=gpu.keys, invitation=invitation) as phone:
+        with join(tmp_path / "phone", gpu, "phone") as phone:
             phone.add("from the phone", model="echo")
             report = relay.receive(phone.envelopes())
-            assert report.added == 3 and not report.refused  # list (5 entries), device, prompt
-            assert len(phone.replica.own_chain()) == 5
+            assert report.added == 3 and not report.refused  # list (3 entries), device, prompt
+            assert len(phone.replica.own_chain()) == 3

@@ -1,7 +1,10 @@
-"""The device-list rules (syncq.roster): chains from the root, forged signatures, wrong space,
-entries out of order, unlisted authors. Pure: keys from fixed or generated seeds."""
+"""The device-list entries (syncq.roster): chains from the root, forged signatures, wrong space,
+entries out of order, unlisted authors. Pure: keys from fixed or generated seeds. Who is listed
+once removals come (``roster.resolve``) is tests/syncq/test_resolve.py."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 from hypothesis import given, settings
@@ -9,7 +12,7 @@ from hypothesis import strategies as st
 
 from syncq import crypto, roster
 from syncq.crypto import DeviceKeys, SpaceKeys
-from syncq.errors import BadRoster, BadSignature, InvalidInput
+from syncq.errors import BadRoster, BadSignature
 from syncq.roster import Entry, Role
 
 SPACE = SpaceKeys.create(bytes(32))
@@ -26,13 +29,15 @@ ROOT = FOUNDER.public_key
 
 
 def chain_of(depth: int) -> tuple[tuple[Entry, ...], DeviceKeys]:
-    """A chain of ``depth`` invitations from the founder, and the last device on it."""
+    """A chain of ``depth`` admissions from the founder, and the last device on it."""
     chain = roster.founding_chain(FOUNDER, SID)
     last = FOUNDER
     for n in range(depth):
-        invitation = roster.invite(last, SID, ROOT, chain, bytes([100 + n]) * 32)
-        last = device(10 + n)
-        chain = roster.joining_chain(invitation, last.public_key, SID)
+        joiner = device(10 + n)
+        chain = roster.extend(
+            chain, roster.admit_entry(last, SID, joiner.public_key, Role.MEMBER, joiner.exchange_public_key)
+        )
+        last = joiner
     return chain, last
 
 
@@ -45,10 +50,11 @@ def envelope(author: DeviceKeys, entries: tuple[Entry, ...], space: SpaceKeys = 
 @given(depth=st.integers(min_value=0, max_value=6))
 def test_every_device_of_an_invitation_chain_is_listed(depth: int) -> None:
     chain, last = chain_of(depth)
-    listed = roster.open_roster(envelope(last, chain), SID, ROOT)
+    entries = roster.open_roster(envelope(last, chain), SID, ROOT)
+    listed = roster.check_chain(entries, SID, ROOT)
     assert listed[last.public_key] is Role.MEMBER
-    assert len(roster.listed_members(listed)) == depth + 1  # the founder and each joiner
-    assert sum(role is Role.INVITE for role in listed.values()) == depth
+    assert len(listed) == depth + 1  # the founder and each joiner
+    assert all(e.exchange for e in entries)  # every member can be sealed a new epoch
 
 
 @settings(max_examples=40, deadline=None)
@@ -60,9 +66,7 @@ def test_a_forged_signature_anywhere_is_refused(depth: int, data: st.DataObject)
     sig = bytearray(chain[index].signature)
     sig[bit // 8] ^= 1 << (bit % 8)
     forged = list(chain)
-    forged[index] = Entry(
-        device=chain[index].device, role=chain[index].role, signer=chain[index].signer, signature=bytes(sig)
-    )
+    forged[index] = dataclasses.replace(chain[index], signature=bytes(sig))
     with pytest.raises(BadRoster):
         roster.open_roster(envelope(last, tuple(forged)), SID, ROOT)
 
@@ -106,14 +110,30 @@ def test_an_author_not_listed_by_its_own_envelope_is_refused() -> None:
         roster.open_roster(envelope(device(77), chain), SID, ROOT)
 
 
-def test_an_invite_key_cannot_write_nor_invite() -> None:
-    invitation = roster.invite(FOUNDER, SID, ROOT, roster.founding_chain(FOUNDER, SID), bytes([5]) * 32)
-    key = invitation.invite_key
+def test_version_1_entries_are_read_and_their_invite_keys_sign_members_only() -> None:
+    key = device(5)
+    v1 = [
+        Entry(device=d.public_key, role=r, signer=s.public_key, signature=b"", version=1)
+        for d, r, s in ((key, Role.INVITE, FOUNDER), (device(6), Role.MEMBER, key))
+    ]
+    signed = tuple(
+        dataclasses.replace(
+            e, signature=(FOUNDER if i == 0 else key).sign(roster.message(SID, e.device, e.role, version=1))
+        )
+        for i, e in enumerate(v1)
+    )
+    wire = roster.decode_entries(roster.encode_entries(signed))
+    assert wire == signed and roster.check_chain(wire, SID, ROOT)[device(6).public_key] is Role.MEMBER
     with pytest.raises(BadRoster, match="does not list its author"):  # listed, but as an invite
-        roster.open_roster(envelope(key, invitation.chain), SID, ROOT)
-    onward = roster.sign_entry(key, SID, device(9).public_key, Role.INVITE)
-    with pytest.raises(BadRoster, match="member entries only"):
-        roster.open_roster(envelope(FOUNDER, (*invitation.chain, onward)), SID, ROOT)
+        roster.open_roster(envelope(key, signed[:1]), SID, ROOT)
+
+
+def test_a_relay_signs_nothing() -> None:
+    relay = device(7)
+    entry = roster.admit_entry(FOUNDER, SID, relay.public_key, Role.RELAY, relay.exchange_public_key)
+    onward = roster.admit_entry(relay, SID, device(8).public_key, Role.MEMBER, device(8).exchange_public_key)
+    with pytest.raises(BadRoster, match="not listed as a member"):
+        roster.check_chain((entry, onward), SID, ROOT)
 
 
 def test_a_device_listed_twice_and_unknown_roles_are_refused() -> None:
@@ -121,15 +141,18 @@ def test_a_device_listed_twice_and_unknown_roles_are_refused() -> None:
     with pytest.raises(BadRoster, match="twice"):
         roster.check_chain(founder * 2, SID, ROOT)
     entry = founder[0].to_wire()
-    entry[1] = "removed"  # reserved for the next version: refused, never silently ignored
+    entry[1] = "owner"  # a role of a later version: refused, never silently ignored
     with pytest.raises(BadRoster, match="unknown"):
+        roster.entries_from_wire([entry])
+    entry[1] = "removed"  # a removal carries no exchange key
+    with pytest.raises(BadRoster, match="X25519"):
         roster.entries_from_wire([entry])
 
 
 def test_without_a_root_only_the_form_is_checked() -> None:
     stranger = device(50)
-    listed = roster.open_roster(envelope(stranger, roster.founding_chain(stranger, SID)), SID, None)
-    assert listed == {stranger.public_key: Role.MEMBER}
+    entries = roster.open_roster(envelope(stranger, roster.founding_chain(stranger, SID)), SID, None)
+    assert [e.device for e in entries] == [stranger.public_key]
 
 
 def test_an_update_envelope_is_not_a_roster() -> None:
@@ -159,7 +182,10 @@ def test_the_roster_envelope_is_signed_and_its_payload_is_in_the_clear() -> None
         crypto.verify_envelope(bytes(tampered), SID)
 
 
-def test_a_chain_too_long_to_extend_is_refused_when_inviting() -> None:
-    chain, last = chain_of((roster.MAX_ENTRIES - 1) // 2)
-    with pytest.raises(InvalidInput, match="nearer"):
-        roster.invite(last, SID, ROOT, chain, bytes(32))
+def test_a_chain_too_long_to_extend_is_refused_when_admitting() -> None:
+    chain, last = chain_of(roster.MAX_ENTRIES - 1)
+    joiner = device(99)
+    with pytest.raises(BadRoster, match="nearer"):
+        roster.extend(
+            chain, roster.admit_entry(last, SID, joiner.public_key, Role.MEMBER, joiner.exchange_public_key)
+        )

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import stat
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,17 +242,23 @@ def load_api_key(paths: HomePaths) -> str:
 
 
 def write_secret(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only, atomically. Raises ``HomeError``."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write a file readable by its owner only, atomically. Raises ``HomeError``.
+
+    The temporary file is this writer's own (``mkstemp``, 0600): a node and a command of one home
+    may both save space.key at once (each learns a rotation), and with one shared name each
+    would move or delete the other's."""
+    tmp: Path | None = None
     try:
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        tmp = Path(name)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise HomeError(f"cannot write {path}: {exc.strerror}") from exc
 
 

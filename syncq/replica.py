@@ -308,11 +308,8 @@ class Replica:
         it is rebuilt without it. Returns how many envelopes were voided."""
         voided, rebuild = 0, False
         with self._lock:
-            tops = self.store.tops()
             for device, cutoff in self.listing().removed.items():
-                if tops.get(device, 0) <= cutoff:
-                    continue
-                for row in self.store.rows(device, cutoff):
+                for row in self.store.rows(device, cutoff):  # by index: nothing, usually
                     if row.data[3] == Kind.ROSTER or row.quarantined not in (None, UnknownEpoch.reason):
                         continue  # device lists are ``resolve``'s to judge
                     self.store.mark(device, row.seq, Unlisted.reason)

@@ -140,9 +140,12 @@ def test_a_failed_init_leaves_no_half_built_home(tmp_path: Path) -> None:
 
 
 def test_a_device_invited_by_a_joined_member_is_listed_at_the_relay(tmp_path: Path, founder: Space) -> None:
-    with invited(tmp_path, founder, "gpu") as gpu, relay_of(tmp_path, founder) as relay:
-        with join(tmp_path / "phone", gpu, "phone") as phone:
-            phone.add("from the phone", model="echo")
-            report = relay.receive(phone.envelopes())
-            assert report.added == 3 and not report.refused  # list (3 entries), device, prompt
-            assert len(phone.replica.own_chain()) == 3
+    with (
+        invited(tmp_path, founder, "gpu") as gpu,
+        relay_of(tmp_path, founder) as relay,
+        join(tmp_path / "phone", gpu, "phone") as phone,
+    ):
+        phone.add("from the phone", model="echo")
+        report = relay.receive(phone.envelopes())
+        assert report.added == 3 and not report.refused  # list (3 entries), device, prompt
+        assert len(phone.replica.own_chain()) == 3

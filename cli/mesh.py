@@ -176,9 +176,24 @@ def _roster(space: Any, relay: bool) -> dict[str, Any]:
 @click.command()
 @click.argument("code")
 @click.option("--name", help="A name for this device (default: the host name).")
+@click.option("--no-discovery", is_flag=True, help="Do not look for members on the LAN (mDNS).")
+@click.option(
+    "--discovery-interface",
+    "interfaces",
+    multiple=True,
+    metavar="ADDR",
+    help="Use mDNS only on the interface with this address (repeatable; default: all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_context
-def join(ctx: click.Context, code: str, name: str | None, as_json: bool) -> None:
+def join(
+    ctx: click.Context,
+    code: str,
+    name: str | None,
+    no_discovery: bool,
+    interfaces: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Join the space of a one-time invite CODE from `syncq invite`, as a new device or a relay.
 
     It dials the code's addresses in turn (and members found on the LAN): one of them must be
@@ -203,7 +218,8 @@ def join(ctx: click.Context, code: str, name: str | None, as_json: bool) -> None
         raise AlreadyInitialized(f"{home} holds a space already (see `syncq status`)")
     label = name or socket.gethostname()
     device = DeviceKeys.from_seed(os.urandom(64))
-    url, grant = asyncio.run(_ask_members(found, invite_mdns_tag(found.secret), device, label))
+    lan = None if no_discovery else (invite_mdns_tag(found.secret), list(interfaces) or None)
+    url, grant = asyncio.run(_ask_members(found, lan, device, label))
     space = Space.join_granted(home, device=device, name=label, grant=grant_from_wire(grant))
     ctx.call_on_close(space.close)
     peers = list(dict.fromkeys([url, *found.addresses]))
@@ -233,17 +249,23 @@ def join(ctx: click.Context, code: str, name: str | None, as_json: bool) -> None
     click.echo("Run `syncq node` to sync.")
 
 
-async def _ask_members(found: Any, tag: str, device: Any, name: str) -> tuple[str, bytes]:
-    """The first grant from the code's addresses, then members found by mDNS: (url, grant).
-    Prints one line per address that did not admit; raises ``UserError`` with the most telling
-    one if none did (a member's refusal, then a forged code, then nobody reachable)."""
+async def _ask_members(
+    found: Any, lan: tuple[str, list[str] | None] | None, device: Any, name: str
+) -> tuple[str, bytes]:
+    """The first grant from the code's addresses, then members found by mDNS (``lan``: the
+    invite's tag and the interfaces, None for none): (url, grant). If none admits, prints one
+    line per address that failed and raises ``UserError`` with the most telling one (a member's
+    refusal at once; else a forged code, then nobody reachable)."""
     from syncq.node.discovery import find_members
     from syncq.node.joins import request_grant
 
     tried: set[str] = set()
     worst: list[tuple[int, str]] = []
     for pass_ in range(2):
-        urls = list(found.addresses) if pass_ == 0 else await find_members(tag)
+        if pass_ == 0:
+            urls = list(found.addresses)
+        else:
+            urls = [] if lan is None else await find_members(lan[0], interfaces=lan[1])
         for url in (u for u in urls if u not in tried):
             tried.add(url)
             outcome = await request_grant(url, invite_auth=found.auth_key, device=device, name=name)
@@ -251,14 +273,17 @@ async def _ask_members(found: Any, tag: str, device: Any, name: str) -> tuple[st
                 return url, outcome.grant
             if outcome.refused is not None:  # the member knows the code: every member would say so
                 raise UserError(outcome.refused)
-            click.echo(f"{url}: {outcome.failure}", err=True)
             worst.append((1 if outcome.forged else 0, outcome.failure or ""))
     if not worst:
         raise UserError(
             "the code names no address and no member was found on the LAN: "
             "ask for a code with `syncq invite --address URL`"
         )
-    raise UserError(max(worst)[1])
+    chosen = max(worst)
+    for _, line in worst:
+        if line != chosen[1]:
+            click.echo(line, err=True)
+    raise UserError(chosen[1])
 
 
 @click.group(invoke_without_command=True)

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow
 
 def run_syncq(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SYNCQ_HOME": str(home), "COLUMNS": "200"}
+    if args[0] == "join":  # mDNS on loopback only: the tests send nothing beyond this machine
+        args = (*args, "--discovery-interface", "127.0.0.1")
     return subprocess.run([SYNCQ, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
@@ -72,11 +74,14 @@ def test_a_used_code_is_refused_in_one_line_and_nothing_is_written(tmp_path: Pat
 
 def test_a_code_of_another_space_meets_a_decoy(tmp_path: Path, founder) -> None:
     Space.init(tmp_path / "other", name="other", device_list=True).close()
-    code = invite(tmp_path / "other", founder.url)  # names this node, which knows no such invite
+    dead = f"ws://127.0.0.1:{free_port()}"
+    code = invite(tmp_path / "other", dead, founder.url)  # the live one knows no such invite
     out = run_syncq(tmp_path / "phone", "join", code)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
-    assert lines[-1].endswith(
+    assert len(lines) == 2  # one line per address that failed, the most telling one last
+    assert lines[0] == f"no member reachable at {dead}: start `syncq node` on the inviting device"
+    assert lines[1].endswith(
         f"no member at {founder.url} accepted this code: it is forged or from another space"
     )
     assert files_under(tmp_path / "phone") == []

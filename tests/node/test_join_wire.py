@@ -112,6 +112,9 @@ def test_a_removed_device_is_cut_off_with_4410_and_sees_why(tmp_path: Path, node
     founder.wait_event("peer-failed", code=4410)
     closed = phone.wait_event("peer-closed", code=4410)
     assert closed["reason"] == "this device was removed from the space"
+    # The open session was closed, not only the next one refused: one connection came before.
+    before = phone.events[: phone.events.index(closed)]
+    assert len([e for e in before if e.get("event") == "peer-connected"]) == 1
 
     def refused_row() -> dict | None:
         out = run_syncq(tmp_path / "phone", "peers", "--json")
@@ -135,3 +138,11 @@ def test_a_listed_peer_still_connects_after_a_removal(tmp_path: Path, nodes, fou
         desk.store.save_peer(Peer(url=founder.url, source="config"))
     desk_node = nodes(tmp_path / "desk")
     desk_node.wait_event("peer-connected")
+
+
+def test_a_relay_code_makes_a_relay_that_holds_no_secret(tmp_path: Path, founder) -> None:
+    out = run_syncq(tmp_path / "relay", "join", invite(founder.home, founder.url, role="relay"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["relay"] is True
+    with Space.open(tmp_path / "relay") as relay:
+        assert relay.is_relay and not relay.keys.secrets and 0 in relay.keys.relay_auth

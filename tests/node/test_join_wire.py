@@ -146,3 +146,22 @@ def test_a_relay_code_makes_a_relay_that_holds_no_secret(tmp_path: Path, founder
     assert json.loads(out.stdout)["relay"] is True
     with Space.open(tmp_path / "relay") as relay:
         assert relay.is_relay and not relay.keys.secrets and 0 in relay.keys.relay_auth
+
+
+def test_a_member_on_the_lan_is_found_by_the_invites_own_tag(tmp_path: Path, nodes) -> None:
+    Space.init(tmp_path / "laptop", name="laptop", device_list=True).close()
+    laptop = nodes(tmp_path / "laptop", discovery=True)
+    dead = f"ws://127.0.0.1:{free_port()}"
+    code = invite(laptop.home, dead)  # the address is wrong: only mDNS can find the laptop
+    out = run_syncq(tmp_path / "phone", "join", code, "--name", "phone", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["admitted_by"].endswith(f":{laptop.port}")
+    laptop.wait_event("device-joined", name="phone")
+    # Used: no longer advertised, so a later holder of the code finds nobody on the LAN.
+    again = run_syncq(tmp_path / "thief", "join", code)
+    assert again.returncode == 1 and files_under(tmp_path / "thief") == []
+    assert (
+        again.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"no member reachable at {dead}: start `syncq node` on the inviting device")
+    )

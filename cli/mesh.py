@@ -120,29 +120,55 @@ def node(
 @click.command()
 @click.argument("code")
 @click.option("--name", help="A name for this device (default: the host name).")
+@click.option("--no-discovery", is_flag=True, help="Do not look for members on the LAN (mDNS).")
+@click.option(
+    "--discovery-interface",
+    "interfaces",
+    multiple=True,
+    metavar="ADDR",
+    help="Use mDNS only on the interface with this address (repeatable; default: all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_context
-def join(ctx: click.Context, code: str, name: str | None, as_json: bool) -> None:
-    """Join the space of an invite CODE from `syncq invite`, as a new device or a relay.
+def join(
+    ctx: click.Context,
+    code: str,
+    name: str | None,
+    no_discovery: bool,
+    interfaces: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Join the space of a one-time invite CODE from `syncq invite`, as a new device or a relay.
+
+    It dials the code's addresses in turn (and members found on the LAN): one of them must be
+    running `syncq node`. Nothing is written here unless a member admits this device.
 
     \b
     Example:
       syncq join syncq1-kAEQ... --name gpu-box
     """
-    from syncq.invite import decode_invite
+    import asyncio
+
+    from syncq.crypto import DeviceKeys
+    from syncq.errors import AlreadyInitialized
+    from syncq.invite import decode_invite, grant_from_wire, invite_mdns_tag
+    from syncq.keys import HomePaths
     from syncq.space import Space
     from syncq.store import Peer
 
-    found = decode_invite(code)
+    found = decode_invite(code)  # a damaged or old code: one line, before anything else
     home = _home(ctx)
+    if HomePaths(home).space_key.exists():
+        raise AlreadyInitialized(f"{home} holds a space already (see `syncq status`)")
     label = name or socket.gethostname()
-    if found.keys.is_relay:
-        space = Space.init_relay(home, name=label, keys=found.keys, root=found.root)
-    else:
-        space = Space.join(home, name=label, keys=found.keys, invitation=found.invitation)
+    device = DeviceKeys.from_seed(os.urandom(64))
+    lan = None if no_discovery else (invite_mdns_tag(found.secret), list(interfaces) or None)
+    url, grant = asyncio.run(_ask_members(found, lan, device, label))
+    space = Space.join_granted(home, device=device, name=label, grant=grant_from_wire(grant))
     ctx.call_on_close(space.close)
-    for url in found.addresses:
-        space.store.save_peer(Peer(url=url, source="invite"))
+    peers = list(dict.fromkeys([url, *found.addresses]))
+    for peer in peers:
+        space.store.save_peer(Peer(url=peer, source="invite"))
     if as_json:
         click.echo(
             json.dumps(
@@ -151,7 +177,8 @@ def join(ctx: click.Context, code: str, name: str | None, as_json: bool) -> None
                     "space_id": space.keys.space_id,
                     "device_id": space.device_id,
                     "relay": space.is_relay,
-                    "peers": list(found.addresses),
+                    "admitted_by": url,
+                    "peers": peers,
                 }
             )
         )
@@ -161,9 +188,46 @@ def join(ctx: click.Context, code: str, name: str | None, as_json: bool) -> None
         if space.is_relay
         else "a member"
     )
-    click.echo(f"Joined space {space.keys.space_id} as {label}, {role}.")
-    click.echo(f"Peers: {', '.join(found.addresses) or 'none (add one with `syncq peers add`)'}")
+    click.echo(f"Joined space {space.keys.space_id} as {label}, {role} (admitted by {url}).")
+    click.echo(f"Peers: {', '.join(peers)}")
     click.echo("Run `syncq node` to sync.")
+
+
+async def _ask_members(
+    found: Any, lan: tuple[str, list[str] | None] | None, device: Any, name: str
+) -> tuple[str, bytes]:
+    """The first grant from the code's addresses, then members found by mDNS (``lan``: the
+    invite's tag and the interfaces, None for none): (url, grant). If none admits, prints one
+    line per address that failed and raises ``UserError`` with the most telling one (a member's
+    refusal at once; else a forged code, then nobody reachable)."""
+    from syncq.node.discovery import find_members
+    from syncq.node.joins import request_grant
+
+    tried: set[str] = set()
+    worst: list[tuple[int, str]] = []
+    for pass_ in range(2):
+        if pass_ == 0:
+            urls = list(found.addresses)
+        else:
+            urls = [] if lan is None else await find_members(lan[0], interfaces=lan[1])
+        for url in (u for u in urls if u not in tried):
+            tried.add(url)
+            outcome = await request_grant(url, invite_auth=found.auth_key, device=device, name=name)
+            if outcome.grant is not None:
+                return url, outcome.grant
+            if outcome.refused is not None:  # the member knows the code: every member would say so
+                raise UserError(outcome.refused)
+            worst.append((1 if outcome.forged else 0, outcome.failure or ""))
+    if not worst:
+        raise UserError(
+            "the code names no address and no member was found on the LAN: "
+            "ask for a code with `syncq invite --address URL`"
+        )
+    chosen = max(worst)
+    for _, line in worst:
+        if line != chosen[1]:
+            click.echo(line, err=True)
+    raise UserError(chosen[1])
 
 
 @click.group(invoke_without_command=True)

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.connection import Connection as WebSocket
 from websockets.exceptions import ConnectionClosed
 
+from syncq.joining import is_join_hello
 from syncq.peering import BlobEvent, Peering
 from syncq.protocol import MAX_FRAME_SIZE, CloseCode, PeerClosed, Role, SessionFailed, State
 
+from .joins import admit_join
 from .logs import one_line
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.error: str | None = None  # why a session that never got past AUTH ended
+        self._join_close: tuple[int, str] | None = None  # set when this connection was a join
 
     @property
     def address(self) -> str:
@@ -78,6 +81,9 @@ class Connection:
             await self._flush()
             syncing = False
             async for message in self.ws:
+                if not self.bytes_in and isinstance(message, bytes) and self._is_join(message):
+                    self._join_close = await admit_join(self, message)
+                    break
                 self.bytes_in += len(message)
                 self.peering.receive(message if isinstance(message, bytes) else b"")
                 if not syncing and self.session.state is State.SYNCING:
@@ -97,8 +103,17 @@ class Connection:
             await self.close()
             self.node.disconnected(self)
 
+    def _is_join(self, message: bytes) -> bool:
+        """Whether an inbound connection opens with a JOIN_HELLO: a device with an invite code
+        (PROTOCOL.md, "Joining"), not a peer."""
+        return self.url is None and is_join_hello(message)
+
     async def close(self) -> None:
         """Send what the session queued (its ERROR, if it failed) and close the websocket."""
+        if self._join_close is not None:  # the join said its last word itself
+            code, reason = self._join_close
+            await self.ws.close(code if 4000 <= code <= 4999 else CloseCode.NORMAL, reason[:120])
+            return
         await self._flush()
         code = self.session.close_code or CloseCode.NORMAL
         if not (code == 1000 or 4000 <= code <= 4999):
@@ -134,7 +149,9 @@ class Connection:
             code=int(event.code),
             reason=reason,
         )
-        if self.session.peer_id is None and event.code != CloseCode.NORMAL:
+        # A device-list refusal (4410) comes after the peer's AUTH verified: remember it too.
+        early = self.session.peer_id is None or event.code == CloseCode.NOT_LISTED
+        if early and event.code != CloseCode.NORMAL:
             who = "refused the peer" if failed else "refused by the peer"
             self.error = f"{who}: {reason} ({int(event.code)})"
 

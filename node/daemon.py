@@ -31,7 +31,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
 from syncq import __version__
-from syncq.errors import StoreError, UserError
+from syncq.errors import StoreError, SyncqError, UserError
 from syncq.keys import make_tree_private
 from syncq.protocol import MAX_HANDSHAKE_FRAME, CloseCode, Role
 from syncq.records import ModelAd, NodeInfo
@@ -47,6 +47,7 @@ from .transfers import Transfers
 
 if TYPE_CHECKING:
     from .api_auth import ApiSettings
+    from .discovery import Discovery
     from .scheduler import Scheduler
 
 WATCH_INTERVAL_S = 0.005  # without inotify: how often to look for other processes' writes
@@ -58,6 +59,7 @@ BACKOFF_MAX_S = 60.0
 PING_S = 20.0
 RELAY_BLOB_DAYS = 30.0  # a relay forgets a kept file nobody stored or read for this long
 FORGET_EVERY_S = 6 * 3600.0
+DEVICES_EVERY_S = 0.2  # how often, at most, the node acts on a changed device list
 MAX_HANDSHAKING = 32  # inbound connections not yet past AUTH; past it the oldest is closed (4429)
 
 
@@ -100,6 +102,9 @@ class Node:
         self._advertised: tuple[object, ...] | None = None
         self._served: list[str] | None = None  # the model names last logged
         self.transfers = Transfers(self)
+        self._discovery: Discovery | None = None
+        self._devices_at = 0.0  # when the device list was last acted on (loop time)
+        self._devices_later: asyncio.TimerHandle | None = None
         self.supervisor = Supervisor(log, self._report_tasks, wall_clock_ms)
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
@@ -170,7 +175,8 @@ class Node:
         if self.discovery:
             from .discovery import Discovery
 
-            tasks.append(keep("discovery", lambda: Discovery(self, self.discovery_interfaces).run()))
+            self._discovery = Discovery(self, self.discovery_interfaces)
+            tasks.append(keep("discovery", self._discovery.run))
         return tasks
 
     async def _make_home_private(self) -> None:
@@ -251,7 +257,8 @@ class Node:
             ) as ws:
                 conn = Connection(self, ws, Role.INITIATOR, url)
                 await conn.run()
-                return conn.session.peer_id is not None
+                # A device the peer's list refuses (4410) backs off like one that never got in.
+                return conn.session.peer_id is not None and conn.session.close_code != CloseCode.NOT_LISTED
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             self._remember(url, error=str(exc) or type(exc).__name__)
             return False
@@ -296,11 +303,14 @@ class Node:
     def disconnected(self, conn: Connection) -> None:
         """Forget a connection that ended."""
         peer = conn.session.peer_id
-        if peer is None and conn.url and conn.error:  # refused: `syncq peers` says why
+        registered = peer is not None and self.connections.get(peer) is conn
+        if not registered and conn.url and conn.error:  # refused: `syncq peers` says why
             self._remember(conn.url, error=conn.error)
-        if peer is not None and self.connections.get(peer) is conn:
+        if registered:
+            assert peer is not None
             del self.connections[peer]
-            self._remember(conn.key, node_id=peer, name=conn.peering.peer_name, connected=False)
+            refused = {"error": conn.error} if conn.error else {}  # a 4410 after it was admitted
+            self._remember(conn.key, node_id=peer, name=conn.peering.peer_name, connected=False, **refused)
             self.transfers.disconnected(conn)
             self.log.event("peer-disconnected", peer=conn.label, reason=conn.session.close_reason or "closed")
 
@@ -334,11 +344,51 @@ class Node:
 
     def log_changed(self) -> None:
         """Envelopes from elsewhere (a peer, another process, this node's portal or API) reached
-        the log: look for work."""
+        the log: act on the device list (soon), look for work."""
+        self._devices_soon()
         if self.scheduler is not None:
             self.scheduler.wake()
         for portal in self.portals:
             portal.wake()
+
+    def _devices_soon(self) -> None:
+        # At most every DEVICES_EVERY_S, with a trailing call: a bulk sync stores a batch every
+        # few milliseconds, and each look resolves the device list; a removal waits 0.2 s at most.
+        if self._devices_later is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = max(0.0, self._devices_at + DEVICES_EVERY_S - loop.time())
+        self._devices_later = loop.call_later(wait, self._devices_now)
+
+    def _devices_now(self) -> None:
+        self._devices_later = None
+        self._devices_at = asyncio.get_running_loop().time()
+        try:
+            self.devices_changed()
+        except SyncqError as exc:  # a store that cannot be read or written now: said, tried again later
+            self.log.event("devices-failed", level="error", reason=str(exc))
+
+    def devices_changed(self) -> None:
+        """The device list may have changed: take keys another process of this home rotated to,
+        close every session with a peer the list now refuses (4410), rotate the keys if a
+        removal taints the newest epoch, and re-advertise pending invites."""
+        if self.space.keys_changed():
+            self.log.event("keys-changed", epoch=self.space.keys.epoch)
+        for conn in list(self.connections.values()):
+            peer = conn.session.peer_id
+            refusal = self.space.peer_refusal(bytes.fromhex(peer)) if peer is not None else None
+            if refusal is not None and conn.peering.open:
+                conn.peering.refuse(refusal)
+                self.spawn(conn.close())
+        if not self.space.is_relay and self.space.rotate_if_needed():
+            self.log.event("keys-rotated", epoch=self.space.keys.epoch)
+            self.changed()  # the keys envelope goes to every peer still admitted
+        self.invites_changed()
+
+    def invites_changed(self) -> None:
+        """Invites may have been made, used or revoked: LAN discovery re-advertises."""
+        if self._discovery is not None:
+            self._discovery.invites_changed()
 
     def progress(self, conn: Connection) -> None:
         """Record how far behind the peer is (shown by `syncq peers`)."""

@@ -15,7 +15,7 @@ import msgpack
 from syncq.blobs import ID_SIZE, chunk_count
 from syncq.crypto import MAX_ENVELOPE_SIZE
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: four HELLO tags, the device check at AUTH (4410), the join frames
 MAX_FRAME_SIZE = 8 * 1024 * 1024  # websocket max_size after AUTH; ENVELOPES batches stay below it
 MAX_HANDSHAKE_FRAME = 64 * 1024  # before AUTH (and every HAVE): a stranger's frames stay small
 MAX_BATCH_ENVELOPES = 1000
@@ -41,6 +41,10 @@ class Frame(enum.IntEnum):
     NO_BLOB = 9
     KEEP_BLOB = 10
     KEPT_BLOB = 11
+    JOIN_HELLO = 12  # the join handshake (syncq.joining), never in a sync session
+    JOIN_REQUEST = 13
+    JOIN_GRANT = 14
+    JOIN_REFUSED = 15
 
 
 class CloseCode(enum.IntEnum):
@@ -52,6 +56,7 @@ class CloseCode(enum.IntEnum):
     BAD_ENVELOPE = 4403  # an envelope failed verification
     TIMEOUT = 4408  # the handshake did not finish in time (driver)
     OUT_OF_ORDER = 4409  # a frame the current state does not accept
+    NOT_LISTED = 4410  # the peer's device is removed or not on the device list
     BAD_TAG = 4412  # a frame after AUTH failed its tag: forged, dropped, reordered or replayed
     TOO_LARGE = 4413  # a frame or a field over its limit
     VERSION = 4426  # another protocol version

@@ -3,11 +3,11 @@
 Pure functions of their inputs (no randomness: the challenge is given in), kept apart from the
 state machine in ``syncq.protocol`` so each stays readable:
 
-- ``hello_tag``: HELLO carries a fresh challenge, an X25519 ephemeral public key and
+- ``hello_tag``: HELLO carries a fresh challenge, an X25519 ephemeral public key and tags
   ``HMAC(auth_key[e], "syncq-hello-v1" || challenge || ephemeral)[:16]`` instead of the space
   id, so a stranger who connects learns nothing that links two HELLOs (or a HELLO and an mDNS
-  record) to one space, and nobody without ``auth_key`` can change the ephemeral; a member
-  checks the tag against every epoch it knows.
+  record) to one space, and nobody without ``auth_key`` can change the ephemeral; which epochs
+  get a tag and which epoch a session speaks is ``syncq.admission``'s.
 - ``ephemeral_private``: the session's X25519 key is ``HMAC-SHA256(signing_seed,
   "syncq-ephemeral-v1" || challenge)``, so the state machine needs no randomness of its own.
   That is sound because HMAC under a secret key is a PRF: the output is secret (only this
@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -61,16 +60,6 @@ def hello_tag(auth_key: bytes, challenge: bytes, ephemeral: bytes) -> bytes:
     """The HELLO's proof of membership, bound to its fresh challenge and ephemeral key."""
     message = b"syncq-hello-v1" + challenge + ephemeral
     return hmac.new(auth_key, message, hashlib.sha256).digest()[:HELLO_TAG_SIZE]
-
-
-def hello_epoch(auth_keys: Mapping[int, bytes], challenge: bytes, ephemeral: bytes, tag: bytes) -> int | None:
-    """The epoch whose key made ``tag``, or None. Every epoch is checked, in constant time each,
-    so the time taken does not say which one matched."""
-    found = None
-    for epoch, key in sorted(auth_keys.items()):
-        if hmac.compare_digest(hello_tag(key, challenge, ephemeral), tag):
-            found = epoch
-    return found
 
 
 def ephemeral_private(signing_seed: bytes, challenge: bytes) -> bytes:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import stat
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,19 +244,21 @@ def load_api_key(paths: HomePaths) -> str:
 def write_secret(path: Path, data: bytes) -> None:
     """Write a file readable by its owner only, atomically. Raises ``HomeError``.
 
-    The temporary file's name is this writer's own: a node and a CLI command on one home may
-    save space.key at the same moment (both learnt a new epoch), and with one shared name the
-    second's rename found the file already moved away."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    The temporary file is this writer's own (``mkstemp``, 0600): a node and a command of one home
+    may both save space.key at once (each learns a rotation), and with one shared name each
+    would move or delete the other's."""
+    tmp: Path | None = None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        tmp = Path(name)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise HomeError(f"cannot write {path}: {exc.strerror}") from exc
 
 

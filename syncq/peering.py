@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Protocol
 
+from syncq.admission import told_refusal
 from syncq.errors import SeqConflict, StoreError
 from syncq.protocol import (
     MAX_BATCH_BYTES,
@@ -43,9 +44,10 @@ if TYPE_CHECKING:
     from syncq.space import Space
 
 
-def admission_keys(keys: SpaceKeys) -> dict[int, bytes]:
-    """The ``auth_key`` of every epoch these keys know (a member's secrets, a relay's keys)."""
-    return {epoch: keys.auth_key(epoch) for epoch in sorted({*keys.secrets, *keys.relay_auth})}
+def admission_keys(keys: SpaceKeys) -> list[tuple[int, bytes]]:
+    """(epoch, ``auth_key``) of every epoch these keys know (a member's secrets, a relay's
+    keys), newest first: what ``SyncSession`` tags its HELLO with."""
+    return [(epoch, keys.auth_key(epoch)) for epoch in keys.ordered()]
 
 
 class Hooks(Protocol):
@@ -97,11 +99,11 @@ class Peering:
         self.session = SyncSession(
             role=role,
             auth_keys=admission_keys(space.keys),
-            epoch=space.keys.epoch,
             node=space.device,
             name=space.name,
             challenge=challenge if challenge is not None else os.urandom(32),
             relay=space.is_relay,
+            admit=space.peer_refusal,  # the device list, checked once the peer's AUTH verifies
         )
         self.peer_name = ""
         self.wants_to_send = False  # the peer's HAVE or an ACK arrived: try ``send_batch``
@@ -139,6 +141,15 @@ class Peering:
         """End the session from this side."""
         if self.open:
             self.hooks.ended(self, self.session.fail(code, reason))
+
+    def refuse(self, refusal: str) -> None:
+        """End the session because the device list now refuses the peer (``refusal``, from
+        ``Space.peer_refusal``): 4410, and the peer is told which of the two lines it is."""
+        if self.open:
+            told = told_refusal(refusal)
+            self.hooks.ended(
+                self, self.session.fail(CloseCode.NOT_LISTED, f"device list: {refusal}", told=told)
+            )
 
     def behind(self) -> int:
         """How many envelopes this side holds that the peer lacks."""

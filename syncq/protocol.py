@@ -23,9 +23,11 @@ Every state transition lives in ``TRANSITIONS`` (h11's habit)::
     any open        ERROR                   CLOSED          emit PeerClosed
     any             anything else           CLOSED          emit SessionFailed (4409)
 
-Admission (``syncq.handshake``): HELLO carries a fresh challenge, an X25519 ephemeral key and
-a tag keyed by the space's ``auth_key`` over both, nothing else, so a stranger learns neither
-the space, nor the device, nor its name. A refused HELLO (bad tag, other space, other epoch) is
+Admission (``syncq.handshake``, ``syncq.admission``): HELLO carries a fresh challenge, an
+X25519 ephemeral key and four tags over both, keyed by the ``auth_key`` of this node's three
+newest epochs and epoch 0 (fillers for the rest), nothing else, so a stranger learns neither
+the space, nor the device, nor its name. The session speaks the newest epoch both tag lists
+share. A refused HELLO (no tag in common: another space, epochs too far apart) is
 answered like a good one, with a decoy AUTH, and refused at the peer's AUTH in the same words
 as a wrong key (the detail is logged here only): nobody, not even one replaying a member's
 HELLO, learns whether this node is of that space or how often its keys rotated. AUTH is sealed
@@ -34,7 +36,9 @@ one key per direction: opening it proves the peer knows ``auth_key`` and wrote i
 direction (a reflected AUTH fails). Inside are the node id, its Ed25519 signature over the role
 and transcript (so no member can claim another's id), the name and the relay flag. So
 ``auth_key`` alone (a relay's, a member's) neither opens a recorded session nor lets an insider
-in the path swap the ephemerals: the transcripts then differ, so each signature fails.
+in the path swap the ephemerals: the transcripts then differ, so each signature fails. Once the
+signature verifies, ``admit`` judges the peer's device key against the device list: a removed or
+unlisted device is refused with 4410 and told which of the two it is.
 
 After AUTH every frame is sealed (ChaCha20-Poly1305) under a per-direction key with an implicit
 counter as its nonce: a man in the middle cannot read it, nor forge a HAVE or an ACK to withhold
@@ -48,13 +52,13 @@ an ACK means "durable here".
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
+from syncq import admission as ad
 from syncq import frames as fr
+from syncq.admission import REFUSED
 from syncq.blobs import ID_SIZE, RELAY_TAG_SIZE, chunk_length
 from syncq.crypto import MAX_ENVELOPE_SIZE, TAG_SIZE, DeviceKeys, verify_signature
 from syncq.frames import (
@@ -74,14 +78,11 @@ from syncq.frames import (
 )
 from syncq.handshake import (
     EPHEMERAL_SIZE,
-    HELLO_TAG_SIZE,
     FrameSeal,
     Keys,
     decoy_key,
     ephemeral_private,
     ephemeral_public,
-    hello_epoch,
-    hello_tag,
     open_auth,
     seal_auth,
     shared_secret,
@@ -97,6 +98,7 @@ __all__ = [
     "MAX_FRAME_SIZE",
     "MAX_HANDSHAKE_FRAME",
     "PROTOCOL_VERSION",
+    "REFUSED",
     "CloseCode",
     "Frame",
 ]
@@ -104,7 +106,6 @@ __all__ = [
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # what a sender puts in one batch
 WINDOW = 4
 CHALLENGE_SIZE = 32
-REFUSED = "not admitted (another space, or another key epoch)"  # all a stranger is told
 
 
 class Role(enum.Enum):
@@ -256,18 +257,21 @@ Event = (
 class SyncSession:
     """One side of one connection. Feed it frames; send what it queues.
 
-    ``auth_keys`` holds the admission key of every epoch this node knows; ``epoch`` is the one
-    it speaks (its newest). Raises ``ValueError`` for a challenge that is not 32 bytes or an
-    epoch it has no key for.
+    ``auth_keys`` holds (epoch, admission key) of the epochs this node knows, newest first
+    (``SpaceKeys.ordered``); the HELLO is tagged under the 3 newest and epoch 0, and ``epoch``
+    becomes the session's (``syncq.admission.session_epoch``) once the peer's HELLO is read.
+    ``admit`` judges the peer's device key once its AUTH verifies: None admits, a reason refuses
+    it with 4410. Raises ``ValueError`` for a challenge that is not 32 bytes or no keys at all.
     """
 
     role: Role
-    auth_keys: Mapping[int, bytes]
-    epoch: int
+    auth_keys: Sequence[tuple[int, bytes]]
     node: DeviceKeys
     name: str
     challenge: bytes
     relay: bool = False
+    admit: Callable[[bytes], str | None] = field(default=lambda device: None)
+    epoch: int | None = None
     state: State = State.AWAIT_HELLO
     peer_id: DeviceId | None = None
     peer_vv: dict[bytes, int] = field(default_factory=dict)
@@ -286,15 +290,17 @@ class SyncSession:
     _refusal: str = ""  # why the peer's HELLO is refused, said once its AUTH comes
     _seal_out: FrameSeal | None = None  # set once this side has sent its AUTH
     _seal_in: FrameSeal | None = None  # set once the peer's AUTH is verified
+    _tagged: list[tuple[int, bytes]] = field(default_factory=list)  # the epochs of our tags
 
     def __post_init__(self) -> None:
         if len(self.challenge) != CHALLENGE_SIZE:
             raise ValueError("a challenge is 32 random bytes")
-        if self.epoch not in self.auth_keys:
-            raise ValueError(f"no admission key for epoch {self.epoch}")
+        if not self.auth_keys:
+            raise ValueError("no admission keys")
+        self._tagged = ad.tagged_epochs(self.auth_keys)
         ephemeral = ephemeral_public(ephemeral_private(self.node.signing_seed, self.challenge))
-        tag = hello_tag(self.auth_keys[self.epoch], self.challenge, ephemeral)
-        self._my_hello = fr.pack([Frame.HELLO, PROTOCOL_VERSION, self.challenge, ephemeral, tag])
+        tags = ad.hello_tags(self._tagged, self.node.signing_seed, self.challenge, ephemeral)
+        self._my_hello = fr.pack([Frame.HELLO, PROTOCOL_VERSION, self.challenge, ephemeral, tags])
         self._outgoing.append(self._my_hello)
 
     # -- driver API ------------------------------------------------------------------------
@@ -441,18 +447,17 @@ class SyncSession:
             version = body[0] if body and fr.whole(body[0]) else "?"
             raise Violation(CloseCode.VERSION, f"peer speaks protocol {version}, not {PROTOCOL_VERSION}")
         fr.shape(body, 4)
-        _, challenge, ephemeral, tag = body
+        _, challenge, ephemeral, tags = body
         fr.check_bytes(challenge, CHALLENGE_SIZE, "challenge")
         fr.check_bytes(ephemeral, EPHEMERAL_SIZE, "ephemeral key")
-        fr.check_bytes(tag, HELLO_TAG_SIZE, "hello tag")
-        epoch = hello_epoch(self.auth_keys, challenge, ephemeral, tag)
+        found = ad.session_epoch(self._tagged, challenge, ephemeral, ad.check_tags(tags))
         if challenge == self.challenge:
             raise Violation(CloseCode.AUTH_FAILED, "peer sent this node's own HELLO back")
-        key = self.auth_keys[self.epoch]
-        if epoch != self.epoch:  # a decoy AUTH all the same, so a replayed HELLO tests nothing
-            other = f"is at key epoch {epoch}, this node at {self.epoch}" if epoch is not None else ""
-            self._refusal = f"peer {other or 'belongs to another space'}"
+        if found is None:  # a decoy AUTH all the same, so a replayed HELLO tests nothing
+            self._refusal = "peer belongs to another space"  # every member of this one shares epoch 0
             key = decoy_key(self.node.signing_seed, self.challenge)
+        else:
+            self.epoch, key = found
         shared = shared_secret(ephemeral_private(self.node.signing_seed, self.challenge), ephemeral)
         if shared is None and not self._refusal:  # a good tag: an insider's doing
             raise Violation(CloseCode.AUTH_FAILED, "peer's ephemeral key is a small-order point")
@@ -476,13 +481,16 @@ class SyncSession:
         inner = open_auth(self._peer_keys, self._transcript, sealed)
         if inner is None or self._refusal:  # the detail is logged here, never told
             raise Violation(CloseCode.AUTH_FAILED, self._refusal or "wrong space key", told=REFUSED)
-        node_id, signature, name, relay = _auth_fields(inner)
+        node_id, signature, name, relay = ad.auth_fields(inner)
         if node_id == self.node.public_key:
             raise Violation(CloseCode.AUTH_FAILED, "peer claims this node's own id")
         if not verify_signature(node_id, signature, signed_text(_other(self.role).value, self._transcript)):
             raise Violation(CloseCode.AUTH_FAILED, "bad node signature")
         self.peer_id = DeviceId(node_id.hex())
         self._peer_name, self._peer_relay = name, relay
+        refusal = self.admit(node_id)  # only now: the peer proved it holds this device key
+        if refusal is not None:
+            raise Violation(CloseCode.NOT_LISTED, f"device list: {refusal}", told=ad.told_refusal(refusal))
         self._seal_in = FrameSeal(self._peer_keys.frames)
         return [Authenticated(peer_id=self.peer_id, peer_name=name, peer_relay=relay)]
 
@@ -580,20 +588,3 @@ class SyncSession:
 
 def _other(role: Role) -> Role:
     return Role.RESPONDER if role is Role.INITIATOR else Role.INITIATOR
-
-
-def _auth_fields(inner: bytes) -> tuple[bytes, bytes, str, bool]:
-    """The node id, signature, name and relay flag sealed in an AUTH. Raises ``Violation``."""
-    try:
-        fields = msgpack.unpackb(inner, raw=False, max_str_len=1024, max_bin_len=1024)
-    except Exception as exc:  # sealed by a holder of auth_key, yet still untrusted bytes
-        raise Violation(CloseCode.MALFORMED, "AUTH holds no msgpack array") from exc
-    if not isinstance(fields, list):
-        raise Violation(CloseCode.MALFORMED, "AUTH holds no msgpack array")
-    fr.shape(fields, 4)
-    node_id, signature, name, relay = fields
-    fr.check_bytes(node_id, 32, "node id")
-    fr.check_bytes(signature, 64, "signature")
-    if not isinstance(name, str) or len(name) > MAX_NAME or not isinstance(relay, bool):
-        raise Violation(CloseCode.MALFORMED, "bad name or relay flag")
-    return node_id, signature, name, relay

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from syncq.crypto import DeviceKeys
-from syncq.protocol import MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME, Frame, Role, SyncSession
+from syncq.protocol import MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION, Frame, Role, SyncSession
 from syncq.space import Space
 from syncq.store import Peer
 
@@ -206,8 +206,7 @@ def test_wrong_auth_key_is_closed_with_4401(tmp_path: Path, nodes) -> None:
         a = nodes(first.paths.root)
         impostor = SyncSession(
             role=Role.INITIATOR,
-            auth_keys={0: os.urandom(32)},  # not the space's key
-            epoch=0,
+            auth_keys=[(0, os.urandom(32))],  # not the space's key
             node=DeviceKeys.from_seed(os.urandom(64)),
             name="impostor",
             challenge=os.urandom(32),
@@ -317,7 +316,7 @@ def test_a_hello_and_the_whole_wire_say_nothing_of_the_space_the_devices_or_thei
             return hello
 
     hello = asyncio.run(stranger())
-    assert msgpack.unpackb(hello)[:2] == [Frame.HELLO, 2]
+    assert msgpack.unpackb(hello)[:2] == [Frame.HELLO, PROTOCOL_VERSION]
     secrets = {"space id": space_id, "a's id": a_id, "b's id": b_id, "a's name": b"alice-laptop"}
     secrets |= {"b's name": b"bob-desktop", "a's id, hex": a_id.hex().encode()}
     for what, secret in secrets.items():

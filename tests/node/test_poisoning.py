@@ -52,8 +52,7 @@ async def attack(url: str, code: SpaceKeys, batches: list[list[bytes]]) -> tuple
     device = DeviceKeys.from_seed(os.urandom(64))
     session = SyncSession(
         role=Role.INITIATOR,
-        auth_keys={0: code.auth_key(0)},
-        epoch=0,
+        auth_keys=[(0, code.auth_key(0))],
         node=device,
         name="attacker",
         challenge=os.urandom(32),

@@ -171,8 +171,7 @@ class RawPeer:
         self.url = url
         self.session = SyncSession(
             role=Role.INITIATOR,
-            auth_keys={0: keys.auth_key(0)},
-            epoch=0,
+            auth_keys=[(0, keys.auth_key(0))],
             node=DeviceKeys.from_seed(os.urandom(64)),
             name="stranger",
             challenge=os.urandom(32),

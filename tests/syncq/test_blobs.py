@@ -209,16 +209,14 @@ def test_a_prompt_carries_its_files_through_the_log(tmp_path: Path) -> None:
 def syncing_pair(*, b_relay: bool = False) -> tuple[SyncSession, SyncSession]:
     a = SyncSession(
         role=Role.INITIATOR,
-        auth_keys={0: KEYS.auth_key(0)},
-        epoch=0,
+        auth_keys=[(0, KEYS.auth_key(0))],
         node=DeviceKeys.from_seed(b"a" * 64),
         name="a",
         challenge=b"1" * 32,
     )
     b = SyncSession(
         role=Role.RESPONDER,
-        auth_keys={0: KEYS.auth_key(0)},
-        epoch=0,
+        auth_keys=[(0, KEYS.auth_key(0))],
         node=DeviceKeys.from_seed(b"b" * 64),
         name="b",
         challenge=b"2" * 32,

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
+from syncq.admission import TAGS
 from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.handshake import (
     FrameSeal,
@@ -46,6 +47,7 @@ from syncq.protocol import (
 
 SPACE = SpaceKeys.create(b"\x01" * 32)
 OTHER_SPACE = SpaceKeys.create(b"\x02" * 32)
+NO_COMMON = "peer belongs to another space"
 
 
 def session(
@@ -53,11 +55,24 @@ def session(
 ) -> SyncSession:
     return SyncSession(
         role=role,
-        auth_keys={0: auth_key if auth_key is not None else space.auth_key(0)},
-        epoch=0,
+        auth_keys=[(0, auth_key if auth_key is not None else space.auth_key(0))],
         node=DeviceKeys.from_seed(os.urandom(64)),
         name=name,
         challenge=os.urandom(32),
+    )
+
+
+def tagged(
+    auth_keys: list[tuple[int, bytes]], role: Role = Role.INITIATOR, *, admit: object = None
+) -> SyncSession:
+    """A session whose node knows these epochs (newest first)."""
+    return SyncSession(
+        role=role,
+        auth_keys=auth_keys,
+        node=DeviceKeys.from_seed(os.urandom(64)),
+        name="n",
+        challenge=os.urandom(32),
+        **({"admit": admit} if admit is not None else {}),  # type: ignore[arg-type]
     )
 
 
@@ -130,7 +145,7 @@ def test_peer_vv_advances_only_on_gapless_runs() -> None:
 def test_wrong_space_is_refused_with_4401() -> None:
     a, b = session(Role.INITIATOR), session(Role.RESPONDER, OTHER_SPACE)
     events_a, events_b = pump(a, b)
-    refused = SessionFailed(code=CloseCode.AUTH_FAILED, reason="peer belongs to another space")
+    refused = SessionFailed(code=CloseCode.AUTH_FAILED, reason=NO_COMMON)
     assert events_a == events_b == [refused]  # each side answers with a decoy AUTH, then refuses
     assert a.state is b.state is State.CLOSED
 
@@ -155,20 +170,21 @@ def stranger_sees(member: SyncSession, hello: bytes) -> tuple[object, ...]:
 
 
 def test_a_stranger_cannot_tell_another_space_a_bad_tag_another_epoch_or_a_replayed_hello() -> None:
-    keys = {0: SPACE.auth_key(0), 1: b"e" * 32}
+    keys = [(1, b"e" * 32), (0, SPACE.auth_key(0))]
     member = SyncSession(
         role=Role.INITIATOR,
         auth_keys=keys,
-        epoch=1,
         node=DeviceKeys.from_seed(os.urandom(64)),
         name="m",
         challenge=os.urandom(32),
     )
     genuine = member.data_to_send()[0]  # recorded where it was sent, and replayed here
+    fields = msgpack.unpackb(genuine)  # and with every tag flipped: a bad tag
+    far = [(9, b"9" * 32), (8, b"8" * 32), (7, b"7" * 32), (0, b"z" * 32)]
     strangers = [
-        ("peer belongs to another space", session(Role.INITIATOR, OTHER_SPACE).data_to_send()[0]),
-        ("peer belongs to another space", genuine[:-1] + bytes([genuine[-1] ^ 1])),  # a bad tag
-        ("peer is at key epoch 0, this node at 1", session(Role.INITIATOR).data_to_send()[0]),
+        (NO_COMMON, session(Role.INITIATOR, OTHER_SPACE).data_to_send()[0]),
+        (NO_COMMON, msgpack.packb([*fields[:4], [t[:-1] + bytes([t[-1] ^ 1]) for t in fields[4]]])),
+        (NO_COMMON, tagged(far).data_to_send()[0]),  # no epoch in common
         ("wrong space key", genuine),  # a member of this space: it answers, then cannot open
     ]
     seen = set()
@@ -176,7 +192,6 @@ def test_a_stranger_cannot_tell_another_space_a_bad_tag_another_epoch_or_a_repla
         b = SyncSession(
             role=Role.RESPONDER,
             auth_keys=keys,
-            epoch=1,
             node=DeviceKeys.from_seed(os.urandom(64)),
             name="b",
             challenge=os.urandom(32),
@@ -222,8 +237,8 @@ KEY = SPACE.auth_key(0)
 
 def hello(challenge: bytes, ephemeral: bytes, key: bytes = KEY) -> bytes:
     """A HELLO as anyone holding ``key`` can make it."""
-    tag = hello_tag(key, challenge, ephemeral)
-    return msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, challenge, ephemeral, tag])
+    tags = [hello_tag(key, challenge, ephemeral)] + [os.urandom(16) for _ in range(TAGS - 1)]
+    return msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, challenge, ephemeral, tags])
 
 
 def ephemeral_of(frame: bytes) -> bytes:
@@ -340,9 +355,7 @@ def test_a_hello_with_another_ephemeral_fails_its_tag() -> None:
     changed = msgpack.packb([Frame.HELLO, version, challenge, ephemeral_public(os.urandom(32)), tag])
     b.receive(changed)
     a.receive(b.data_to_send()[0])
-    assert b.receive(a.data_to_send()[0]) == [
-        SessionFailed(code=CloseCode.AUTH_FAILED, reason="peer belongs to another space")
-    ]
+    assert b.receive(a.data_to_send()[0]) == [SessionFailed(code=CloseCode.AUTH_FAILED, reason=NO_COMMON)]
 
 
 SMALL_ORDER = [
@@ -380,24 +393,6 @@ def test_a_hello_says_nothing_a_stranger_can_link() -> None:
     (_, auth) = b.data_to_send()
     for secret in (b.node.public_key, b"alice-laptop"):
         assert secret not in auth  # sealed
-
-
-def test_a_peer_at_another_epoch_is_refused_and_only_this_side_logs_why() -> None:
-    both = {0: SPACE.auth_key(0), 1: b"e" * 32}
-    a = SyncSession(
-        role=Role.INITIATOR,
-        auth_keys=both,
-        epoch=1,
-        node=DeviceKeys.from_seed(os.urandom(64)),
-        name="new",
-        challenge=os.urandom(32),
-    )
-    b = session(Role.RESPONDER)
-    events_a, events_b = pump(a, b)
-    assert events_a == [  # logged at a; b is told only that it is refused
-        SessionFailed(code=CloseCode.AUTH_FAILED, reason="peer is at key epoch 0, this node at 1")
-    ]
-    assert events_b == [SessionFailed(code=CloseCode.AUTH_FAILED, reason="peer belongs to another space")]
 
 
 def test_frames_after_auth_need_their_mac() -> None:
@@ -496,10 +491,14 @@ def test_nothing_but_hello_before_auth() -> None:
         (msgpack.packb([99]), CloseCode.MALFORMED),
         (msgpack.packb([True]), CloseCode.MALFORMED),
         (msgpack.packb([Frame.HELLO, 1, b"", b"", b"", "x", False]), CloseCode.VERSION),
-        (msgpack.packb([Frame.HELLO, 2, b"short", bytes(32), bytes(16)]), CloseCode.MALFORMED),
-        (msgpack.packb([Frame.HELLO, 2, bytes(32), b"short", bytes(16)]), CloseCode.MALFORMED),
-        (msgpack.packb([Frame.HELLO, 2, bytes(32), bytes(16)]), CloseCode.MALFORMED),  # no ephemeral
-        (msgpack.packb([Frame.HELLO, 2]), CloseCode.MALFORMED),
+        (msgpack.packb([Frame.HELLO, 2, bytes(32), bytes(32), bytes(16)]), CloseCode.VERSION),
+        (msgpack.packb([Frame.HELLO, 3, b"short", bytes(32), [bytes(16)] * 4]), CloseCode.MALFORMED),
+        (msgpack.packb([Frame.HELLO, 3, bytes(32), b"short", [bytes(16)] * 4]), CloseCode.MALFORMED),
+        (msgpack.packb([Frame.HELLO, 3, bytes(32), [bytes(16)] * 4]), CloseCode.MALFORMED),  # no ephemeral
+        (msgpack.packb([Frame.HELLO, 3, bytes(32), bytes(32), bytes(16)]), CloseCode.MALFORMED),  # one tag
+        (msgpack.packb([Frame.HELLO, 3, bytes(32), bytes(32), [bytes(16)] * 3]), CloseCode.MALFORMED),
+        (msgpack.packb([Frame.HELLO, 3, bytes(32), bytes(32), [bytes(15)] * 4]), CloseCode.MALFORMED),
+        (msgpack.packb([Frame.HELLO, 3]), CloseCode.MALFORMED),
         (msgpack.packb([Frame.HELLO]), CloseCode.VERSION),
         (b"\x00" * (MAX_FRAME_SIZE + 1), CloseCode.TOO_LARGE),
     ],
@@ -543,3 +542,131 @@ def test_arbitrary_frames_after_the_handshake_never_raise(frames: list[bytes]) -
     _, b = connected()
     for frame in frames:
         b.receive(frame)
+
+
+# -- the HELLO's tags and the session epoch (PROTOCOL.md, "Sync") ---------------------------
+
+
+def epoch_key(epoch: int) -> bytes:
+    """Every node of these tests derives one auth key per epoch id."""
+    return SPACE.auth_key(0) if epoch == 0 else hashlib.sha256(b"epoch %d" % epoch).digest()
+
+
+def known(*epochs: int) -> list[tuple[int, bytes]]:
+    """(epoch, key), newest first, as ``SpaceKeys.ordered`` gives them (here: by id)."""
+    return [(e, epoch_key(e)) for e in sorted(epochs, reverse=True)]
+
+
+@pytest.mark.parametrize("epochs", [(0,), (0, 5), (0, 5, 6, 7, 8, 9)])
+def test_every_hello_carries_four_sorted_tags_whatever_its_sender_knows(epochs: tuple[int, ...]) -> None:
+    _, _, challenge, ephemeral, tags = msgpack.unpackb(tagged(known(*epochs)).data_to_send()[0])
+    assert len(tags) == TAGS and all(len(t) == 16 for t in tags) and tags == sorted(tags)
+    real = {hello_tag(epoch_key(e), challenge, ephemeral) for e in (0, 5, 6, 7, 8, 9)} & set(tags)
+    assert len(real) == min(len(epochs), 4)  # the 3 newest and epoch 0; the rest are fillers
+    newest = sorted(epochs, reverse=True)[:3]
+    assert real == {hello_tag(epoch_key(e), challenge, ephemeral) for e in {*newest, 0}}
+
+
+def meet(
+    a_epochs: list[tuple[int, bytes]], b_epochs: list[tuple[int, bytes]]
+) -> tuple[SyncSession, SyncSession, list, list]:
+    a, b = tagged(a_epochs), tagged(b_epochs, Role.RESPONDER)
+    events_a, events_b = pump(a, b)
+    return a, b, events_a, events_b
+
+
+def test_a_member_several_rotations_behind_meets_the_others_on_epoch_0() -> None:
+    a, b, events_a, events_b = meet(known(0, 1), known(0, 1, 2, 3, 4))
+    assert a.epoch == b.epoch == 0
+    assert isinstance(events_a[0], Authenticated) and isinstance(events_b[0], Authenticated)
+
+
+def test_two_concurrent_rotations_meet_on_the_last_epoch_they_share() -> None:
+    a, b, events_a, events_b = meet(known(0, 1, 2, 77), known(0, 1, 2, 99))
+    assert a.epoch == b.epoch == 2
+    assert [type(e) for e in events_a + events_b] == [Authenticated, Authenticated]
+
+
+def test_the_session_keys_are_those_of_the_chosen_epoch() -> None:
+    # b holds another key under epoch 2's id than a: the tags match on epoch 0 only, and the
+    # session speaks it; with epoch 2 agreed and b's key wrong, AUTH would not open.
+    a = tagged(known(0, 2))
+    b = tagged([(2, b"x" * 32), (0, epoch_key(0))], Role.RESPONDER)
+    events_a, events_b = pump(a, b)
+    assert a.epoch == b.epoch == 0
+    assert [type(e) for e in events_a + events_b] == [Authenticated, Authenticated]
+
+
+epoch_sets = st.sets(st.integers(1, 12), max_size=6).map(lambda s: known(0, *s))
+
+
+@given(epoch_sets, epoch_sets)
+def test_both_sides_pick_the_newest_epoch_both_tag_lists_share(
+    a_epochs: list[tuple[int, bytes]], b_epochs: list[tuple[int, bytes]]
+) -> None:
+    a, b, events_a, events_b = meet(a_epochs, b_epochs)
+    tags_of = lambda epochs: {e for e, _ in epochs[:3]} | {0}  # noqa: E731
+    assert a.epoch == b.epoch == max(tags_of(a_epochs) & tags_of(b_epochs))
+    assert [type(e) for e in events_a + events_b] == [Authenticated, Authenticated]
+
+
+@st.composite
+def partitioned_epochs(draw: st.DrawFn) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], int]:
+    """A space's epochs with random ids and generations (rotations on both sides of a
+    partition make several of one generation), and what two members each know of them."""
+    ids = draw(st.lists(st.integers(1, 2**32 - 1), unique=True, max_size=8))
+    generation = {0: 0} | {e: draw(st.integers(1, 4)) for e in ids}
+    order = sorted(generation, key=lambda e: (generation[e], e), reverse=True)  # newest first
+    a = [e for e in order if e == 0 or draw(st.booleans())]
+    b = [e for e in order if e == 0 or draw(st.booleans())]
+    tags_a, tags_b = {*a[:3], 0}, {*b[:3], 0}
+    expected = next(e for e in order if e in tags_a & tags_b)
+    return [(e, epoch_key(e)) for e in a], [(e, epoch_key(e)) for e in b], expected
+
+
+@given(partitioned_epochs())
+def test_any_two_tag_sets_make_both_sides_pick_the_same_epoch(
+    drawn: tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], int],
+) -> None:
+    a_epochs, b_epochs, expected = drawn
+    a, b, events_a, events_b = meet(a_epochs, b_epochs)
+    assert a.epoch == b.epoch == expected
+    assert [type(e) for e in events_a + events_b] == [Authenticated, Authenticated]
+
+
+# -- the device check at AUTH (4410) ----------------------------------------------------------
+
+
+def test_a_removed_device_is_refused_with_4410_and_told_so() -> None:
+    asked: list[bytes] = []
+
+    def admit(device: bytes) -> str | None:
+        asked.append(device)
+        return "removed from the space by laptop"
+
+    a, b = tagged(known(0), admit=admit), tagged(known(0), Role.RESPONDER)
+    events_a, events_b = pump(a, b)
+    assert asked == [b.node.public_key]  # judged on the device key the AUTH proved
+    assert events_a == [
+        SessionFailed(code=CloseCode.NOT_LISTED, reason="device list: removed from the space by laptop")
+    ]
+    assert events_b[-1] == PeerClosed(code=4410, reason="this device was removed from the space")
+    assert (a.close_code, a.close_reason) == (4410, "this device was removed from the space")
+    assert a.state is b.state is State.CLOSED
+
+
+def test_an_unlisted_device_is_told_to_ask_for_an_invite() -> None:
+    a = tagged(known(0), admit=lambda device: "not on the space's device list")
+    b = tagged(known(0), Role.RESPONDER)
+    _, events_b = pump(a, b)
+    assert events_b[-1] == PeerClosed(
+        code=4410, reason="this device is not on the space's device list yet: ask a member to invite it"
+    )
+
+
+def test_the_device_check_never_sees_a_peer_that_did_not_prove_its_key() -> None:
+    asked: list[bytes] = []
+    a = tagged(known(0), admit=lambda device: asked.append(device))  # type: ignore[func-returns-value]
+    b = tagged([(0, b"k" * 32)], Role.RESPONDER)
+    events_a, _ = pump(a, b)
+    assert asked == [] and events_a[0].code is CloseCode.AUTH_FAILED  # type: ignore[union-attr]

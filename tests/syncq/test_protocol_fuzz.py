@@ -84,8 +84,7 @@ messages = st.builds(
 def session(role: Role, seed: bytes) -> SyncSession:
     return SyncSession(
         role=role,
-        auth_keys={0: SPACE.auth_key(0)},
-        epoch=0,
+        auth_keys=[(0, SPACE.auth_key(0))],
         node=DeviceKeys.from_seed(seed * 64),
         name=role.name.lower(),
         challenge=os.urandom(32),
@@ -162,9 +161,8 @@ def made_hello(rng: random.Random) -> bytes:
     challenge = rng.randbytes(32)
     ephemeral = rng.choice(EPHEMERALS) or ephemeral_public(rng.randbytes(32))
     key = rng.choice([SPACE.auth_key(0), rng.randbytes(32)])
-    return msgpack.packb(
-        [Frame.HELLO, PROTOCOL_VERSION, challenge, ephemeral, hello_tag(key, challenge, ephemeral)]
-    )
+    tags = sorted([hello_tag(key, challenge, ephemeral)] + [rng.randbytes(16) for _ in range(3)])
+    return msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, challenge, ephemeral, tags])
 
 
 ACTS = ["have", "envelopes", "want", "keep", "kept", "error"]

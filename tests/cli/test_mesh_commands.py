@@ -11,38 +11,34 @@ from click.testing import CliRunner, Result
 from syncq.cli.main import cli
 
 from syncq.space import Space
+from tests.helpers.spaces import join
 
 
 def run(home: Path, *args: str, input: str | None = None) -> Result:
     return CliRunner().invoke(cli, ["--home", str(home), *args], input=input, catch_exceptions=False)
 
 
-def test_invite_then_join_makes_a_member_of_the_same_space(tmp_path: Path) -> None:
+def test_a_code_joins_nothing_while_no_member_is_reachable(tmp_path: Path) -> None:
+    """A code holds no key: joining needs the inviting member's node (joins over the network:
+    tests/node/test_devices.py, test_join_wire.py). Without one, one line and no home."""
     laptop, gpu = tmp_path / "laptop", tmp_path / "gpu"
     run(laptop, "init", "--name", "laptop")
-    invited = run(laptop, "invite", "--address", "127.0.0.1:7401")
+    invited = run(laptop, "invite", "--address", "127.0.0.1:9")
     code = invited.stdout.strip()
     assert code.startswith("syncq1-")
-    assert "secret" in invited.stderr
-    joined = json.loads(run(gpu, "join", code, "--name", "gpu", "--json").output)
-    assert joined["space_id"] == json.loads(run(laptop, "status", "--json").output)["space_id"]
-    assert joined["relay"] is False
-    assert joined["peers"] == ["ws://127.0.0.1:7401"]
-    peers = [json.loads(line) for line in run(gpu, "peers", "--json").output.splitlines()]
-    assert [(p["url"], p["source"], p["connected"]) for p in peers] == [
-        ("ws://127.0.0.1:7401", "invite", False)
-    ]
-    assert "No node is running" in run(gpu, "peers").output
-    with Space.open(gpu) as space:
-        assert [d.name for d in space.log.devices()] == ["gpu"]  # the laptop's record arrives by sync
+    assert "works once" in invited.stderr
+    joined = run(gpu, "join", code, "--name", "gpu", "--no-discovery")
+    assert joined.exit_code == 1
+    assert "no member reachable at ws://127.0.0.1:9" in joined.output
+    assert not gpu.exists()
 
 
 def test_a_relay_code_gives_a_home_that_cannot_read(tmp_path: Path) -> None:
     laptop, relay = tmp_path / "laptop", tmp_path / "relay"
     run(laptop, "init")
     run(laptop, "add", "secret prompt", "-m", "echo")
-    code = json.loads(run(laptop, "invite", "--relay", "--json").output)["code"]
-    assert "relay" in run(relay, "join", code, "--name", "relay").output
+    with Space.open(laptop) as member, join(relay, member, "relay", role="relay"):
+        pass  # what the join handshake does, in-process
     for args in (("log",), ("add", "x", "-m", "echo"), ("invite",)):
         result = run(relay, *args)
         assert result.exit_code == 1

@@ -372,16 +372,23 @@ def learn_keys(space: Space) -> bool:
     (written to space.key, so envelopes held for them are applied); whether any was new."""
     with space.lock:
         keys = space.keys
-        for _, rotation in space.replica.rotations():
+        top = max(keys.generation(e) for e in keys.known())
+        # Oldest first, and never more than one generation past the newest known here: a
+        # generation only orders epochs, and one a hostile member inflated (up to the largest a
+        # keys envelope may carry) would otherwise leave no room for the rotation that removes
+        # it (keyhive#218: nobody can rotate any more).
+        for _, rotation in sorted(space.replica.rotations(), key=lambda r: (r[1].generation, r[1].epoch)):
             if rotation.epoch in keys.known():
                 continue
             value = epochs.my_key(rotation, space.device, keys.space_id)
             if value is None:
                 continue
+            generation = min(rotation.generation, top + 1)
+            top = max(top, generation)
             if keys.is_relay:
-                keys = keys.with_epoch(rotation.epoch, rotation.generation, auth=value)
+                keys = keys.with_epoch(rotation.epoch, generation, auth=value)
             else:
-                keys = keys.with_epoch(rotation.epoch, rotation.generation, secret=value)
+                keys = keys.with_epoch(rotation.epoch, generation, secret=value)
         if keys is space.keys:
             return False
         save_space(space.paths, keys)
@@ -404,10 +411,15 @@ def rotate_if_needed(space: Space) -> bool:
         if newest == 0:
             excluded = None
         else:
-            found = [r.excluded for _, r in space.replica.rotations() if r.epoch == newest]
+            found = [(a, r) for a, r in space.replica.rotations() if r.epoch == newest]
             if not found:
                 return False  # its keys envelope has not come yet: judged when it does
-            excluded = found[0]
+            # The device that made an epoch holds it: once removed, the epoch is tainted
+            # whatever its ``excluded`` says (a thief may list itself there).
+            if any(author in removed for author, _ in found):
+                rotate(space)
+                return True
+            excluded = found[0][1].excluded
         if not epochs.tainted(excluded, removed):
             return False
         rotate(space)

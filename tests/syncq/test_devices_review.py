@@ -1,0 +1,102 @@
+"""Adversarial review of issue 14 (devices you can trust and revoke), in real homes: a removed
+device (a thief with a lost laptop's home), a hostile member, the network (reordering,
+partitions) and crashes between two writes. Each test is a finding; see the review report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from syncq import crypto, epochs, roster
+from syncq.crypto import DeviceKeys, Kind
+from syncq.errors import InviteRefused
+from syncq.invite import decode_invite
+from syncq.roster import Role
+from syncq.space import Space
+from tests.helpers.spaces import join, sync
+
+
+@pytest.fixture
+def founder(tmp_path: Path):
+    with Space.init(tmp_path / "founder", name="laptop", device_list=True) as s:
+        yield s
+
+
+def texts(space: Space) -> set[str]:
+    return {e.prompt.input for e in space.entries()}
+
+
+def write_rotation(
+    author: Space, recipients: list[Space], *, generation: int, excluded: list[bytes]
+) -> tuple[int, bytes]:
+    """A keys envelope ``author`` writes by hand (a hostile member or a thief with a removed
+    home): its epoch and the secret it chose."""
+    epoch, secret = int.from_bytes(os.urandom(4), "big") | 1, os.urandom(32)
+    boxes = {s.device.public_key: (s.device.exchange_public_key, secret) for s in recipients}
+
+    def seal(seq: int) -> bytes:
+        return epochs.seal_rotation(
+            device=author.device,
+            space_id=author.keys.space_id,
+            seq=seq,
+            generation=generation,
+            epoch=epoch,
+            excluded=excluded,
+            recipients=boxes,
+            ephemeral_seed=os.urandom(32),
+        )
+
+    author.replica.write_control(author.device, [seal])
+    return epoch, secret
+
+
+def newest_update_epoch(space: Space) -> int:
+    """The epoch of the newest Doc update this device wrote."""
+    own = [r for r in space.store.rows(space.device.public_key) if r.data[3] == Kind.UPDATE]
+    return crypto.decode(own[-1].data).epoch
+
+
+# -- 1. a thief's keys envelope, taken before its removal arrived ----------------------------
+
+
+def test_a_keys_envelope_a_removed_device_wrote_after_its_cutoff_is_not_used(
+    tmp_path: Path, founder: Space
+) -> None:
+    """The thief writes a keys envelope (a secret it knows, a high generation, itself in
+    ``excluded``) and hands it to a member that has not yet heard of the removal. Once the
+    removal arrives, that member must not seal anything under the thief's epoch."""
+    gpu, phone = join(tmp_path / "gpu", founder, "gpu"), join(tmp_path / "phone", founder, "phone")
+    sync([founder, gpu, phone])
+    gpu.remove_device("phone")  # cutoff: what gpu held of the phone
+    thief_epoch, _ = write_rotation(
+        phone, [founder, phone], generation=1000, excluded=[phone.device.public_key]
+    )
+    founder.receive(list(phone.envelopes(founder.version_vector())))  # before the removal came
+    founder.receive(list(gpu.envelopes(founder.version_vector())))  # the removal and its epoch
+    assert founder.listing().role(phone.device.public_key) is Role.REMOVED
+    founder.rotate_if_needed()
+    founder.add("after the removal", model="echo")
+    assert newest_update_epoch(founder) != thief_epoch
+    assert founder.keys.epoch != thief_epoch
+
+
+# -- 2. a hostile member's generation wedges every later rotation -----------------------------
+
+
+def test_a_hostile_members_huge_generation_does_not_wedge_removing_it(tmp_path: Path, founder: Space) -> None:
+    """A member writes a keys envelope at the highest generation there is. Removing that member
+    must still start an epoch it cannot read (keyhive#218: nobody can rotate any more)."""
+    gpu = join(tmp_path / "gpu", founder, "gpu")
+    sync([founder, gpu])
+    hostile_epoch, _ = write_rotation(
+        gpu, [founder, gpu], generation=epochs.MAX_GENERATION, excluded=[]
+    )
+    founder.receive(list(gpu.envelopes(founder.version_vector())))
+    assert founder.keys.epoch == hostile_epoch
+    removal = founder.remove_device("gpu")
+    assert removal.epoch != hostile_epoch
+    assert founder.keys.epoch == removal.epoch
+    founder.add("after the removal", model="echo")
+    assert newest_update_epoch(founder) == removal.epoch

@@ -303,12 +303,22 @@ class Replica:
         return found
 
     def void_removed(self) -> int:
-        """Quarantine what removed devices wrote after their cutoff (it reached this device
-        before the removal did), so every replica ends up without it; if the Doc held any of it,
-        it is rebuilt without it. Returns how many envelopes were voided."""
+        """Quarantine what removed devices wrote after their cutoff, and what devices no longer
+        listed wrote (it reached this device before the removal did), so every replica ends up
+        without it; if the Doc held any of it, it is rebuilt without it. Returns how many
+        envelopes were voided."""
         voided, rebuild = 0, False
         with self._lock:
-            for device, cutoff in self.listing().removed.items():
+            listing = self.listing()
+            if listing.root is None:
+                return 0
+            bounds = dict(listing.removed)
+            for author in self.store.tops():
+                # Listed when it came, by a chain the removal has since cut (a device a thief
+                # admitted after its cutoff): nothing of it counts, as where the removal came first.
+                if author not in bounds and listing.roles.get(author) is not roster.Role.MEMBER:
+                    bounds[author] = 0
+            for device, cutoff in bounds.items():
                 for row in self.store.rows(device, cutoff):  # by index: nothing, usually
                     if row.data[3] == Kind.ROSTER or row.quarantined not in (None, UnknownEpoch.reason):
                         continue  # device lists are ``resolve``'s to judge

@@ -100,3 +100,31 @@ def test_a_hostile_members_huge_generation_does_not_wedge_removing_it(tmp_path: 
     assert founder.keys.epoch == removal.epoch
     founder.add("after the removal", model="echo")
     assert newest_update_epoch(founder) == removal.epoch
+
+
+# -- 3. what a device the thief admitted wrote stays in a member's Doc ----------------------
+
+
+def test_a_device_a_thief_admitted_after_its_cutoff_leaves_nothing_in_the_doc(
+    tmp_path: Path, founder: Space
+) -> None:
+    """The thief admits a device of its own (an entry after its cutoff) and that device writes
+    a prompt; a member takes both before the removal reaches it. Once it has, the accomplice is
+    not listed, and what it wrote must be gone from the Doc, as at a member that heard of the
+    removal first (two replicas, one set of envelopes, one Doc)."""
+    gpu, phone = join(tmp_path / "gpu", founder, "gpu"), join(tmp_path / "phone", founder, "phone")
+    sync([founder, gpu, phone])
+    gpu.remove_device("phone")
+    accomplice = join(tmp_path / "acc", phone, "acc")  # the thief's admit, after its cutoff
+    accomplice.add("the thief's prompt", model="echo")
+    founder.receive(list(phone.envelopes(founder.version_vector())))
+    founder.receive(list(accomplice.envelopes(founder.version_vector())))
+    assert "the thief's prompt" in texts(founder)  # before the removal came: a member's
+    founder.receive(list(gpu.envelopes(founder.version_vector())))
+    assert founder.listing().role(accomplice.device.public_key) is None
+    assert founder.peer_refusal(accomplice.device.public_key)
+    late = join(tmp_path / "late", gpu, "late")  # heard of the removal first
+    late.receive(list(gpu.envelopes(late.version_vector())))
+    late.receive(list(founder.envelopes(late.version_vector())))
+    assert "the thief's prompt" not in texts(late)
+    assert texts(founder) == texts(late)

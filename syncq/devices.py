@@ -300,9 +300,9 @@ def remove_device(space: Space, target: str) -> Removal:
             raise InvalidInput("that is this device: remove it from another member (or delete this home)")
         if view.role == Role.REMOVED:
             raise InvalidState(f"{view.name or view.id[:12]} was removed already")
-        cutoff = space.store.tops().get(device, 0)
-        removal = roster.sign_entry(space.device, space.keys.space_id, device, Role.REMOVED, cutoff=cutoff)
-        space.replica.write_roster(space.device, [removal])
+        # Invites first: killed after the removal but before this, the home would hold pending
+        # invites whose join keys the removed device read in the log, and nothing would revoke
+        # them. Killed before the removal, the invites are revoked and removing again is safe.
         now = space.clock()
         pending = [r for r in space.log.invites() if r.pending(now)]
         if pending:
@@ -311,7 +311,10 @@ def remove_device(space: Space, target: str) -> Removal:
                     log.put_invite(r.moved(InviteState.REVOKED, by=space.device_id, at=now)) for r in pending
                 ]
             )
-        epoch, left_out = rotate(space)
+        cutoff = space.store.tops().get(device, 0)
+        removal = roster.sign_entry(space.device, space.keys.space_id, device, Role.REMOVED, cutoff=cutoff)
+        space.replica.write_roster(space.device, [removal])
+        epoch, left_out = rotate(space)  # killed before this: ``rotate_if_needed`` does it on open
         return Removal(
             device=view.id,
             name=view.name,

@@ -5,6 +5,7 @@ partitions) and crashes between two writes. Each test is a finding; see the revi
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,42 @@ def test_a_device_a_thief_admitted_after_its_cutoff_leaves_nothing_in_the_doc(
     late.receive(list(founder.envelopes(late.version_vector())))
     assert "the thief's prompt" not in texts(late)
     assert texts(founder) == texts(late)
+
+
+# -- 4. killed in the middle of `devices remove` ----------------------------------------------
+
+
+def test_no_crash_inside_a_removal_leaves_an_invite_the_thief_can_use(tmp_path: Path) -> None:
+    """`devices remove` writes several envelopes (the removal, the invites it revokes, the new
+    epoch). Killed after any prefix of them, the home must never hold the removal with the
+    invites still pending: the thief read their join keys in the log, and with them joins
+    again under a fresh identity."""
+    home = tmp_path / "founder"
+    with Space.init(home, name="laptop", device_list=True) as founder:
+        phone = join(tmp_path / "phone", founder, "phone")
+        code, _ = founder.create_invite()
+        sync([founder, phone])
+        gone = phone.device.public_key
+        assert any(r.pending(founder.clock()) for r in phone.invites())  # the thief can read it
+    before = tmp_path / "before"
+    shutil.copytree(home, before)
+    with Space.open(home) as founder:
+        mine = founder.device.public_key
+        top = founder.store.tops()[mine]
+        founder.remove_device("phone")
+        written = [r.data for r in founder.store.rows(mine, top)]
+    assert len(written) >= 2
+    for kept in range(1, len(written) + 1):
+        crashed = tmp_path / f"crashed{kept}"
+        shutil.copytree(before, crashed)
+        with Space.open(crashed) as space:  # what the disk held when the process was killed
+            space.receive(written[:kept])
+        with Space.open(crashed) as space:  # the node starting again
+            space.rotate_if_needed()
+            if space.listing().role(gone) is not Role.REMOVED:
+                continue  # not removed yet: `devices remove` is simply run again
+            thief = DeviceKeys.from_seed(os.urandom(64))
+            with pytest.raises(InviteRefused):
+                space.admit(
+                    decode_invite(code).id, device=thief.public_key, exchange=thief.exchange_public_key, name="x"
+                )

@@ -329,17 +329,18 @@ def remove_device(space: Space, target: str) -> Removal:
 # -- key epochs -----------------------------------------------------------------------------------
 
 
-def rotate(space: Space) -> tuple[int, tuple[str, ...]]:
+def rotate(space: Space, *, above: int = 0) -> tuple[int, tuple[str, ...]]:
     """Start a new key epoch: a fresh secret, sealed to every listed member (and its admission
     key to every listed relay) in a keys envelope, then learnt here. Returns the epoch and the
-    devices left out for want of an exchange key."""
+    devices left out for want of an exchange key. Its generation is past every one known here,
+    and past ``above``."""
     with space.lock:
         listing = space.replica.listing()
         keys = space.keys
         epoch = 0
         while epoch == 0 or epoch in keys.known():
             epoch = int.from_bytes(space.entropy(4), "big")
-        generation = max(keys.generation(e) for e in keys.known()) + 1
+        generation = max(above, *(keys.generation(e) for e in keys.known())) + 1
         secret = space.entropy(SECRET_SIZE)
         auth = hkdf(secret, f"auth {epoch}")
         recipients: dict[bytes, tuple[bytes, bytes]] = {}
@@ -380,13 +381,14 @@ def learn_keys(space: Space) -> bool:
         # generation only orders epochs, and one a hostile member inflated (up to the largest a
         # keys envelope may carry) would otherwise leave no room for the rotation that removes
         # it (keyhive#218: nobody can rotate any more).
-        for _, rotation in sorted(space.replica.rotations(), key=lambda r: (r[1].generation, r[1].epoch)):
+        for author, rotation in sorted(space.replica.rotations(), key=lambda r: (r[1].generation, r[1].epoch)):
             if rotation.epoch in keys.known():
                 continue
             value = epochs.my_key(rotation, space.device, keys.space_id)
             if value is None:
                 continue
-            generation = min(rotation.generation, top + 1)
+            own = author == space.device.public_key  # ``rotate`` chose it: it is past ``above``
+            generation = rotation.generation if own else min(rotation.generation, top + 1)
             top = max(top, generation)
             if keys.is_relay:
                 keys = keys.with_epoch(rotation.epoch, generation, auth=value)
@@ -410,7 +412,20 @@ def rotate_if_needed(space: Space) -> bool:
         if not removed:
             return False
         learn_keys(space)
-        newest = space.keys.epoch
+        listing, keys = space.replica.listing(), space.keys
+        top = max(keys.generation(e) for e in keys.known())
+        # An epoch as new as ours that a member sealed without us (we were admitted on the other
+        # side of a partition): it may be the newest elsewhere, and we could read nothing written
+        # under it. One more rotation, past it and sealed to every member listed here, heals it.
+        unsealed = [
+            min(r.generation, top + 1)
+            for author, r in space.replica.rotations()
+            if r.epoch not in keys.known() and listing.role(author) is Role.MEMBER
+        ]
+        if unsealed and max(unsealed) >= keys.generation(keys.epoch):
+            rotate(space, above=max(unsealed))
+            return True
+        newest = keys.epoch
         if newest == 0:
             excluded = None
         else:

@@ -168,3 +168,31 @@ def test_no_crash_inside_a_removal_leaves_an_invite_the_thief_can_use(tmp_path: 
                 space.admit(
                     decode_invite(code).id, device=thief.public_key, exchange=thief.exchange_public_key, name="x"
                 )
+
+
+# -- 5. a device admitted on one side of a partition while the other side removes one --------
+
+
+def test_a_member_admitted_while_a_removal_is_made_apart_reads_what_follows(
+    tmp_path: Path, founder: Space
+) -> None:
+    """One side removes the phone and rotates (sealed to the members it knows); the other side
+    admits a new device meanwhile. After the heal, every member must hold the newest epoch,
+    and the new device read what the others write (found by the property test of
+    test_devices.py: ops [join 0, join 0, split 2, join 0, remove 1 2])."""
+    gpu, phone = join(tmp_path / "gpu", founder, "gpu"), join(tmp_path / "phone", founder, "phone")
+    sync([founder, gpu, phone])
+    gpu.remove_device("phone")  # gpu alone on its side
+    tablet = join(tmp_path / "tablet", founder, "tablet")  # founder, phone, tablet on the other
+    sync([founder, phone, tablet], rounds=2)
+    sync([founder, gpu, phone, tablet], rounds=4)  # heal
+    members = [founder, gpu, tablet]
+    newest = tablet.keys.generation(tablet.keys.epoch)
+    as_new = {r.epoch for _, r in tablet.replica.rotations() if r.generation >= newest}
+    assert as_new <= tablet.keys.known()  # none it cannot read may be the newest elsewhere
+    assert {s.keys.epoch for s in members} == {founder.keys.epoch}
+    founder.add("after the heal", model="echo")
+    gpu.add("from the gpu", model="echo")
+    sync([founder, gpu, phone, tablet], rounds=2)
+    assert {"after the heal", "from the gpu"} <= texts(tablet)
+    assert phone.keys.known().isdisjoint({s.keys.epoch for s in members})

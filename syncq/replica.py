@@ -147,15 +147,17 @@ class Replica:
         rows: list[Row] = []
         payloads: dict[tuple[bytes, int], bytes | None] = {}
         details: dict[str, str] = {}
-        listing = self.listing()
+        listing: roster.Listing | None = None  # worked out when an envelope that is not a list needs it
         lists: list[roster.Held] = []  # device lists of this batch: they admit what follows them
         for data in datas:
             try:
                 envelope = crypto.verify_envelope(data, self.keys.space_id)
+                if envelope.kind is not Kind.ROSTER and listing is None:
+                    listing = self.listing(lists)  # once per run of lists, not once per list
                 held = self._admit(envelope, listing)
                 if held is not None:
                     lists.append(held)
-                    listing = self.listing(lists)
+                    listing = None
             except (Unlisted, BadRoster) as exc:
                 # Refused by the device list (PROTOCOL.md, "Device list"): a peer may pass such
                 # an envelope on in good faith (an older relay stores what anyone sends), so it
@@ -335,7 +337,7 @@ class Replica:
         listing = self.listing()
         return listing.root is None or listing.role(device) is roster.Role.MEMBER
 
-    def _admit(self, envelope: crypto.Envelope, listing: roster.Listing) -> roster.Held | None:
+    def _admit(self, envelope: crypto.Envelope, listing: roster.Listing | None) -> roster.Held | None:
         """In a space with a root, relays and members alike store a device list that chains to
         the root, a keys envelope of a member, and an envelope of a member on the list (or of a
         removed device, up to its cutoff), and refuse anything else: a device that was removed,
@@ -350,6 +352,7 @@ class Replica:
             # what it wrote before its removal was known can still be making its way around.
             entries = roster.open_roster(envelope, self.keys.space_id, self.root)
             return roster.Held(author=envelope.author, seq=envelope.seq, entries=entries)
+        assert listing is not None  # ``receive`` works it out for every envelope but a list
         if not listing.admits(envelope.author, envelope.seq):
             if envelope.author in listing.removed:
                 raise Unlisted(f"{envelope.author.hex()[:12]} was removed from the space")

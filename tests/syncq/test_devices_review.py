@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,44 @@ def test_a_member_admitted_while_a_removal_is_made_apart_reads_what_follows(
     sync([founder, gpu, phone, tablet], rounds=2)
     assert {"after the heal", "from the gpu"} <= texts(tablet)
     assert phone.keys.known().isdisjoint({s.keys.epoch for s in members})
+
+
+# -- 6. a flood of device lists from a hostile member ----------------------------------------
+
+
+def test_a_batch_of_device_lists_is_resolved_once_not_once_per_list(tmp_path: Path, founder: Space) -> None:
+    """A hostile member writes hundreds of device lists, each listing 30 made-up devices. Taking
+    them in one batch must cost the signature checks and about one resolve over the set, not a
+    resolve per list (quadratic: minutes at every replica for a few megabytes)."""
+    hostile = join(tmp_path / "hostile", founder, "hostile")
+    sync([founder, hostile])
+    chain, space_id = hostile.replica.own_chain(), hostile.keys.space_id
+
+    def flood(entries: list[roster.Entry]):
+        return lambda seq: roster.seal_roster(
+            device=hostile.device, space_id=space_id, epoch=0, seq=seq, entries=[*chain, *entries]
+        )
+
+    made = [
+        [
+            roster.admit_entry(hostile.device, space_id, os.urandom(32), Role.MEMBER, os.urandom(32))
+            for _ in range(roster.MAX_ENTRIES - len(chain))
+        ]
+        for _ in range(400)
+    ]
+    hostile.replica.write_control(hostile.device, [flood(m) for m in made])
+    datas = [d for _, _, d in hostile.replica.envelopes_for(founder.version_vector(), 1000, 1 << 30)]
+    assert len(datas) == 400
+    started = time.perf_counter()
+    founder.receive(datas)
+    took = time.perf_counter() - started
+    started = time.perf_counter()  # what taking them must cost: checking each, one resolve
+    held = []
+    for data in datas:
+        envelope = crypto.verify_envelope(data, space_id)
+        entries = roster.open_roster(envelope, space_id, founder.replica.root)
+        held.append(roster.Held(author=envelope.author, seq=envelope.seq, entries=entries))
+    listing = roster.resolve(founder.replica.root, held)
+    one = time.perf_counter() - started
+    assert len(listing.members()) > 400 * 29
+    assert took < 3 * one, f"{took:.2f}s to take 400 lists, {one:.2f}s to check and resolve them once"

@@ -327,9 +327,26 @@ class Replica:
                     self.store.mark(device, row.seq, Unlisted.reason)
                     voided += 1
                     rebuild = rebuild or row.seq <= self._applied.get(device, 0)
+            # A later removal of the same device with a higher cutoff (made apart) counts: what
+            # was voided under the lower one counts again, as where the higher came first.
+            restored = [(a, seq) for a, seq in self.store.marked(Unlisted.reason) if listing.admits(a, seq)]
+            for author, seq in restored:
+                self.store.mark(author, seq, UnknownEpoch.reason)  # held: checked in full on apply
             if rebuild:
                 self.drop()
+            if restored and not self.keys.is_relay:
+                self._restore(restored)
         return voided
+
+    def _restore(self, restored: Sequence[tuple[bytes, int]]) -> None:
+        """Apply envelopes no longer voided (their seqs were spent: ``_catch_up`` is past them),
+        and checkpoint, so that a rebuild from an older checkpoint does not skip them."""
+        log = self.log
+        for author, seq in restored:
+            row = next(self.store.rows(author, seq - 1), None)
+            if row is not None and row.seq == seq and row.quarantined == UnknownEpoch.reason:
+                self._apply_row(log, row)
+        self.checkpoint()
 
     def listed(self, device: bytes) -> bool:
         """Whether ``device`` may write (and ask a relay to keep files): a member on the list

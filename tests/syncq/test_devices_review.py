@@ -238,3 +238,31 @@ def test_a_batch_of_device_lists_is_resolved_once_not_once_per_list(tmp_path: Pa
     one = time.perf_counter() - started
     assert len(listing.members()) > 400 * 29
     assert took < 3 * one, f"{took:.2f}s to take 400 lists, {one:.2f}s to check and resolve them once"
+
+
+# -- 7. two removals of one device with different cutoffs ------------------------------------
+
+
+def test_a_cutoff_raised_by_a_second_removal_restores_what_the_first_voided(
+    tmp_path: Path, founder: Space
+) -> None:
+    """The founder and the gpu remove the phone apart; the gpu had taken two more prompts of
+    the phone, so its cutoff is higher, and the higher one counts (``resolve``). A member that
+    held those prompts and heard of the lower cutoff first voided them: once it hears of the
+    higher one it must hold them again, as the gpu does (one set of envelopes, one Doc)."""
+    gpu, phone = join(tmp_path / "gpu", founder, "gpu"), join(tmp_path / "phone", founder, "phone")
+    tv = join(tmp_path / "tv", founder, "tv")
+    sync([founder, gpu, phone, tv])
+    phone.add("late one", model="echo")
+    phone.add("late two", model="echo")
+    for space in (gpu, tv):
+        space.receive(list(phone.envelopes(space.version_vector())))
+    low, high = founder.remove_device("phone"), gpu.remove_device("phone")
+    assert low.cutoff < high.cutoff
+    tv.receive(list(founder.envelopes(tv.version_vector())))
+    assert tv.listing().removed[phone.device.public_key] == low.cutoff
+    assert not {"late one", "late two"} & texts(tv)  # past the cutoff it knows: voided
+    sync([founder, gpu, tv], rounds=4)
+    assert tv.listing().removed[phone.device.public_key] == high.cutoff
+    assert texts(tv) == texts(gpu) == texts(founder)
+    assert {"late one", "late two"} <= texts(tv)

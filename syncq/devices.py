@@ -381,7 +381,8 @@ def learn_keys(space: Space) -> bool:
         # generation only orders epochs, and one a hostile member inflated (up to the largest a
         # keys envelope may carry) would otherwise leave no room for the rotation that removes
         # it (keyhive#218: nobody can rotate any more).
-        for author, rotation in sorted(space.replica.rotations(), key=lambda r: (r[1].generation, r[1].epoch)):
+        held = sorted(space.replica.rotations(), key=lambda r: (r[1].generation, r[1].epoch))
+        for author, rotation in held:
             if rotation.epoch in keys.known():
                 continue
             value = epochs.my_key(rotation, space.device, keys.space_id)

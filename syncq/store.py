@@ -379,7 +379,9 @@ class SqliteStore:
 
     def marked(self, reason: str) -> list[tuple[bytes, int]]:
         """The (author, seq) of every envelope quarantined for ``reason``, in order."""
-        found = self._read("SELECT author, seq FROM quarantine WHERE reason = ? ORDER BY author, seq", (reason,))
+        found = self._read(
+            "SELECT author, seq FROM quarantine WHERE reason = ? ORDER BY author, seq", (reason,)
+        )
         return [(author, seq) for author, seq in found]
 
     def record_rejection(self, reason: str, detail: str, count: int = 1) -> None:

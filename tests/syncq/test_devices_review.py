@@ -92,9 +92,7 @@ def test_a_hostile_members_huge_generation_does_not_wedge_removing_it(tmp_path: 
     must still start an epoch it cannot read (keyhive#218: nobody can rotate any more)."""
     gpu = join(tmp_path / "gpu", founder, "gpu")
     sync([founder, gpu])
-    hostile_epoch, _ = write_rotation(
-        gpu, [founder, gpu], generation=epochs.MAX_GENERATION, excluded=[]
-    )
+    hostile_epoch, _ = write_rotation(gpu, [founder, gpu], generation=epochs.MAX_GENERATION, excluded=[])
     founder.receive(list(gpu.envelopes(founder.version_vector())))
     assert founder.keys.epoch == hostile_epoch
     removal = founder.remove_device("gpu")
@@ -165,10 +163,9 @@ def test_no_crash_inside_a_removal_leaves_an_invite_the_thief_can_use(tmp_path: 
             if space.listing().role(gone) is not Role.REMOVED:
                 continue  # not removed yet: `devices remove` is simply run again
             thief = DeviceKeys.from_seed(os.urandom(64))
+            invite = decode_invite(code).id
             with pytest.raises(InviteRefused):
-                space.admit(
-                    decode_invite(code).id, device=thief.public_key, exchange=thief.exchange_public_key, name="x"
-                )
+                space.admit(invite, device=thief.public_key, exchange=thief.exchange_public_key, name="x")
 
 
 # -- 5. a device admitted on one side of a partition while the other side removes one --------

@@ -263,3 +263,23 @@ def test_a_cutoff_raised_by_a_second_removal_restores_what_the_first_voided(
     assert tv.listing().removed[phone.device.public_key] == high.cutoff
     assert texts(tv) == texts(gpu) == texts(founder)
     assert {"late one", "late two"} <= texts(tv)
+
+
+# -- 8. a removed device's device lists past its cutoff -------------------------------------
+
+
+def test_a_removed_devices_lists_past_its_cutoff_are_not_stored(tmp_path: Path, founder: Space) -> None:
+    """What a removed device writes after its cutoff is refused everywhere (devices.md), device
+    lists included: they list nobody, and stored they would be kept and passed on for good."""
+    phone = join(tmp_path / "phone", founder, "phone")
+    sync([founder, phone])
+    cutoff = founder.remove_device("phone").cutoff
+    chain, space_id = phone.replica.own_chain(), phone.keys.space_id
+    junk = [
+        roster.admit_entry(phone.device, space_id, os.urandom(32), Role.MEMBER, os.urandom(32))
+        for _ in range(roster.MAX_ENTRIES - len(chain))
+    ]
+    phone.replica.write_roster(phone.device, junk)
+    report = founder.receive(list(phone.envelopes(founder.version_vector())))
+    assert report.refused and not report.added
+    assert list(founder.store.rows(phone.device.public_key, cutoff)) == []

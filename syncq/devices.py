@@ -423,7 +423,10 @@ def rotate_if_needed(space: Space) -> bool:
             for author, r in space.replica.rotations()
             if r.epoch not in keys.known() and listing.role(author) is Role.MEMBER
         ]
-        if unsealed and max(unsealed) >= keys.generation(keys.epoch):
+        # (Not if no rotation can be sealed to us: listed by a version 1 entry, with no X25519
+        # key, we would rotate for ever, in turn with any other such member.)
+        sealable = space.device.public_key in listing.exchange_keys
+        if sealable and unsealed and max(unsealed) >= keys.generation(keys.epoch):
             rotate(space, above=max(unsealed))
             return True
         newest = keys.epoch

@@ -14,7 +14,7 @@ import pytest
 from syncq import crypto, epochs, roster
 from syncq.crypto import DeviceKeys, Kind
 from syncq.errors import InviteRefused
-from syncq.invite import decode_invite
+from syncq.invite import Grant, decode_invite, pack_keys
 from syncq.roster import Role
 from syncq.space import Space
 from tests.helpers.spaces import join, sync
@@ -359,3 +359,56 @@ def test_a_device_admitted_by_a_member_removed_apart_learns_it_is_out(tmp_path: 
     sync([founder, gpu, tablet], rounds=4)
     assert tablet.device.public_key not in gpu.listing().roles
     assert tablet.listing() == gpu.listing()
+
+
+# -- 9. members listed by version 1 entries (no X25519 key) ----------------------------------
+
+
+def old_member(home: Path, founder: Space, name: str) -> Space:
+    """A member listed by a version 1 entry, as a space made before keys were sealed per device:
+    no rotation can be sealed to it (``Removal.left_out``)."""
+    device = DeviceKeys.from_seed(os.urandom(64))
+    space_id = founder.keys.space_id
+    entry = roster.Entry(
+        device=device.public_key,
+        role=Role.MEMBER,
+        signer=founder.device.public_key,
+        signature=founder.device.sign(roster.message(space_id, device.public_key, Role.MEMBER, version=1)),
+        version=1,
+    )
+    founder.replica.write_roster(founder.device, [entry])
+    seed = os.urandom(32)
+    grant = Grant(
+        space_id=space_id,
+        role=Role.MEMBER,
+        root=founder.device.public_key,
+        chain=(*founder.replica.own_chain(), entry),
+        generations=dict(founder.keys.generations),
+        ephemeral=epochs.public_of(seed),
+        sealed_keys=epochs.box(
+            seed,
+            device.exchange_public_key,
+            space_id=space_id,
+            epoch=0,
+            recipient=device.public_key,
+            value=pack_keys(founder.keys.secrets),
+        ),
+    )
+    return Space.join_granted(home, device=device, name=name, grant=grant)
+
+
+def test_two_members_no_rotation_can_be_sealed_to_do_not_rotate_for_ever(
+    tmp_path: Path, founder: Space
+) -> None:
+    """A rotation that leaves out a member makes that member rotate past it, so that it is
+    sealed to everyone (test 5); a member that no rotation can be sealed to must not, or two of
+    them rotate in turn for ever, each leaving out the other."""
+    first, second = old_member(tmp_path / "a", founder, "a"), old_member(tmp_path / "b", founder, "b")
+    phone = join(tmp_path / "phone", founder, "phone")
+    sync([founder, first, second, phone])
+    assert founder.remove_device("phone").left_out
+    spaces = [founder, first, second, phone]
+    sync(spaces, rounds=2)
+    made = len(founder.replica.rotations())
+    sync(spaces, rounds=4)
+    assert len(founder.replica.rotations()) == made <= 3

@@ -147,18 +147,11 @@ class Replica:
         rows: list[Row] = []
         payloads: dict[tuple[bytes, int], bytes | None] = {}
         details: dict[str, str] = {}
-        removed = self.listing().removed  # as held before this batch (cached)
         listing: roster.Listing | None = None  # worked out when an envelope that is not a list needs it
         lists: list[roster.Held] = []  # device lists of this batch: they admit what follows them
         for data in datas:
             try:
                 envelope = crypto.verify_envelope(data, self.keys.space_id)
-                if envelope.kind is Kind.ROSTER and envelope.seq > removed.get(
-                    envelope.author, roster.MAX_CUTOFF
-                ):
-                    # A removed device's list past its cutoff lists nobody (``resolve``); stored,
-                    # it would be kept and passed on for good: a flood the thief could still send.
-                    raise Unlisted(f"{envelope.author.hex()[:12]} was removed from the space")
                 if envelope.kind is not Kind.ROSTER and listing is None:
                     listing = self.listing(lists)  # once per run of lists, not once per list
                 held = self._admit(envelope, listing)

@@ -300,9 +300,9 @@ def remove_device(space: Space, target: str) -> Removal:
             raise InvalidInput("that is this device: remove it from another member (or delete this home)")
         if view.role == Role.REMOVED:
             raise InvalidState(f"{view.name or view.id[:12]} was removed already")
-        cutoff = space.store.tops().get(device, 0)
-        removal = roster.sign_entry(space.device, space.keys.space_id, device, Role.REMOVED, cutoff=cutoff)
-        space.replica.write_roster(space.device, [removal])
+        # Invites first: killed after the removal but before this, the home would hold pending
+        # invites whose join keys the removed device read in the log, and nothing would revoke
+        # them. Killed before the removal, the invites are revoked and removing again is safe.
         now = space.clock()
         pending = [r for r in space.log.invites() if r.pending(now)]
         if pending:
@@ -311,7 +311,10 @@ def remove_device(space: Space, target: str) -> Removal:
                     log.put_invite(r.moved(InviteState.REVOKED, by=space.device_id, at=now)) for r in pending
                 ]
             )
-        epoch, left_out = rotate(space)
+        cutoff = space.store.tops().get(device, 0)
+        removal = roster.sign_entry(space.device, space.keys.space_id, device, Role.REMOVED, cutoff=cutoff)
+        space.replica.write_roster(space.device, [removal])
+        epoch, left_out = rotate(space)  # killed before this: ``rotate_if_needed`` does it on open
         return Removal(
             device=view.id,
             name=view.name,
@@ -326,17 +329,18 @@ def remove_device(space: Space, target: str) -> Removal:
 # -- key epochs -----------------------------------------------------------------------------------
 
 
-def rotate(space: Space) -> tuple[int, tuple[str, ...]]:
+def rotate(space: Space, *, above: int = 0) -> tuple[int, tuple[str, ...]]:
     """Start a new key epoch: a fresh secret, sealed to every listed member (and its admission
     key to every listed relay) in a keys envelope, then learnt here. Returns the epoch and the
-    devices left out for want of an exchange key."""
+    devices left out for want of an exchange key. Its generation is past every one known here,
+    and past ``above``."""
     with space.lock:
         listing = space.replica.listing()
         keys = space.keys
         epoch = 0
         while epoch == 0 or epoch in keys.known():
             epoch = int.from_bytes(space.entropy(4), "big")
-        generation = max(keys.generation(e) for e in keys.known()) + 1
+        generation = max(above, *(keys.generation(e) for e in keys.known())) + 1
         secret = space.entropy(SECRET_SIZE)
         auth = hkdf(secret, f"auth {epoch}")
         recipients: dict[bytes, tuple[bytes, bytes]] = {}
@@ -372,16 +376,25 @@ def learn_keys(space: Space) -> bool:
     (written to space.key, so envelopes held for them are applied); whether any was new."""
     with space.lock:
         keys = space.keys
-        for _, rotation in space.replica.rotations():
+        top = max(keys.generation(e) for e in keys.known())
+        # Oldest first, and never more than one generation past the newest known here: a
+        # generation only orders epochs, and one a hostile member inflated (up to the largest a
+        # keys envelope may carry) would otherwise leave no room for the rotation that removes
+        # it (keyhive#218: nobody can rotate any more).
+        held = sorted(space.replica.rotations(), key=lambda r: (r[1].generation, r[1].epoch))
+        for author, rotation in held:
             if rotation.epoch in keys.known():
                 continue
             value = epochs.my_key(rotation, space.device, keys.space_id)
             if value is None:
                 continue
+            own = author == space.device.public_key  # ``rotate`` chose it: it is past ``above``
+            generation = rotation.generation if own else min(rotation.generation, top + 1)
+            top = max(top, generation)
             if keys.is_relay:
-                keys = keys.with_epoch(rotation.epoch, rotation.generation, auth=value)
+                keys = keys.with_epoch(rotation.epoch, generation, auth=value)
             else:
-                keys = keys.with_epoch(rotation.epoch, rotation.generation, secret=value)
+                keys = keys.with_epoch(rotation.epoch, generation, secret=value)
         if keys is space.keys:
             return False
         save_space(space.paths, keys)
@@ -400,14 +413,35 @@ def rotate_if_needed(space: Space) -> bool:
         if not removed:
             return False
         learn_keys(space)
-        newest = space.keys.epoch
+        listing, keys = space.replica.listing(), space.keys
+        top = max(keys.generation(e) for e in keys.known())
+        # An epoch as new as ours that a member sealed without us (we were admitted on the other
+        # side of a partition): it may be the newest elsewhere, and we could read nothing written
+        # under it. One more rotation, past it and sealed to every member listed here, heals it.
+        unsealed = [
+            min(r.generation, top + 1)
+            for author, r in space.replica.rotations()
+            if r.epoch not in keys.known() and listing.role(author) is Role.MEMBER
+        ]
+        # (Not if no rotation can be sealed to us: listed by a version 1 entry, with no X25519
+        # key, we would rotate for ever, in turn with any other such member.)
+        sealable = space.device.public_key in listing.exchange_keys
+        if sealable and unsealed and max(unsealed) >= keys.generation(keys.epoch):
+            rotate(space, above=max(unsealed))
+            return True
+        newest = keys.epoch
         if newest == 0:
             excluded = None
         else:
-            found = [r.excluded for _, r in space.replica.rotations() if r.epoch == newest]
+            found = [(a, r) for a, r in space.replica.rotations() if r.epoch == newest]
             if not found:
                 return False  # its keys envelope has not come yet: judged when it does
-            excluded = found[0]
+            # The device that made an epoch holds it: once removed, the epoch is tainted
+            # whatever its ``excluded`` says (a thief may list itself there).
+            if any(author in removed for author, _ in found):
+                rotate(space)
+                return True
+            excluded = found[0][1].excluded
         if not epochs.tainted(excluded, removed):
             return False
         rotate(space)

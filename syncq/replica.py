@@ -147,15 +147,17 @@ class Replica:
         rows: list[Row] = []
         payloads: dict[tuple[bytes, int], bytes | None] = {}
         details: dict[str, str] = {}
-        listing = self.listing()
+        listing: roster.Listing | None = None  # worked out when an envelope that is not a list needs it
         lists: list[roster.Held] = []  # device lists of this batch: they admit what follows them
         for data in datas:
             try:
                 envelope = crypto.verify_envelope(data, self.keys.space_id)
+                if envelope.kind is not Kind.ROSTER and listing is None:
+                    listing = self.listing(lists)  # once per run of lists, not once per list
                 held = self._admit(envelope, listing)
                 if held is not None:
                     lists.append(held)
-                    listing = self.listing(lists)
+                    listing = None
             except (Unlisted, BadRoster) as exc:
                 # Refused by the device list (PROTOCOL.md, "Device list"): a peer may pass such
                 # an envelope on in good faith (an older relay stores what anyone sends), so it
@@ -303,21 +305,48 @@ class Replica:
         return found
 
     def void_removed(self) -> int:
-        """Quarantine what removed devices wrote after their cutoff (it reached this device
-        before the removal did), so every replica ends up without it; if the Doc held any of it,
-        it is rebuilt without it. Returns how many envelopes were voided."""
+        """Quarantine what removed devices wrote after their cutoff, and what devices no longer
+        listed wrote (it reached this device before the removal did), so every replica ends up
+        without it; if the Doc held any of it, it is rebuilt without it. Returns how many
+        envelopes were voided."""
         voided, rebuild = 0, False
         with self._lock:
-            for device, cutoff in self.listing().removed.items():
+            listing = self.listing()
+            if listing.root is None:
+                return 0
+            bounds = dict(listing.removed)
+            for author in self.store.tops():
+                # Listed when it came, by a chain the removal has since cut (a device a thief
+                # admitted after its cutoff): nothing of it counts, as where the removal came first.
+                if author not in bounds and listing.roles.get(author) is not roster.Role.MEMBER:
+                    bounds[author] = 0
+            for device, cutoff in bounds.items():
                 for row in self.store.rows(device, cutoff):  # by index: nothing, usually
                     if row.data[3] == Kind.ROSTER or row.quarantined not in (None, UnknownEpoch.reason):
                         continue  # device lists are ``resolve``'s to judge
                     self.store.mark(device, row.seq, Unlisted.reason)
                     voided += 1
                     rebuild = rebuild or row.seq <= self._applied.get(device, 0)
+            # A later removal of the same device with a higher cutoff (made apart) counts: what
+            # was voided under the lower one counts again, as where the higher came first.
+            restored = [(a, seq) for a, seq in self.store.marked(Unlisted.reason) if listing.admits(a, seq)]
+            for author, seq in restored:
+                self.store.mark(author, seq, UnknownEpoch.reason)  # held: checked in full on apply
             if rebuild:
                 self.drop()
+            if restored and not self.keys.is_relay:
+                self._restore(restored)
         return voided
+
+    def _restore(self, restored: Sequence[tuple[bytes, int]]) -> None:
+        """Apply envelopes no longer voided (their seqs were spent: ``_catch_up`` is past them),
+        and checkpoint, so that a rebuild from an older checkpoint does not skip them."""
+        log = self.log
+        for author, seq in restored:
+            row = next(self.store.rows(author, seq - 1), None)
+            if row is not None and row.seq == seq and row.quarantined == UnknownEpoch.reason:
+                self._apply_row(log, row)
+        self.checkpoint()
 
     def listed(self, device: bytes) -> bool:
         """Whether ``device`` may write (and ask a relay to keep files): a member on the list
@@ -325,7 +354,7 @@ class Replica:
         listing = self.listing()
         return listing.root is None or listing.role(device) is roster.Role.MEMBER
 
-    def _admit(self, envelope: crypto.Envelope, listing: roster.Listing) -> roster.Held | None:
+    def _admit(self, envelope: crypto.Envelope, listing: roster.Listing | None) -> roster.Held | None:
         """In a space with a root, relays and members alike store a device list that chains to
         the root, a keys envelope of a member, and an envelope of a member on the list (or of a
         removed device, up to its cutoff), and refuse anything else: a device that was removed,
@@ -340,6 +369,7 @@ class Replica:
             # what it wrote before its removal was known can still be making its way around.
             entries = roster.open_roster(envelope, self.keys.space_id, self.root)
             return roster.Held(author=envelope.author, seq=envelope.seq, entries=entries)
+        assert listing is not None  # ``receive`` works it out for every envelope but a list
         if not listing.admits(envelope.author, envelope.seq):
             if envelope.author in listing.removed:
                 raise Unlisted(f"{envelope.author.hex()[:12]} was removed from the space")

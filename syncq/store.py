@@ -94,6 +94,10 @@ class Store(Protocol):
         """Quarantined envelopes counted by reason."""
         ...
 
+    def marked(self, reason: str) -> list[tuple[bytes, int]]:
+        """The (author, seq) of every envelope quarantined for ``reason``, in order."""
+        ...
+
     def tops(self) -> dict[bytes, int]:
         """Per author with at least one envelope, the highest seq stored."""
         ...
@@ -372,6 +376,13 @@ class SqliteStore:
     def quarantined(self) -> dict[str, int]:
         """Quarantined envelopes counted by reason."""
         return dict(self._read("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason"))
+
+    def marked(self, reason: str) -> list[tuple[bytes, int]]:
+        """The (author, seq) of every envelope quarantined for ``reason``, in order."""
+        found = self._read(
+            "SELECT author, seq FROM quarantine WHERE reason = ? ORDER BY author, seq", (reason,)
+        )
+        return [(author, seq) for author, seq in found]
 
     def record_rejection(self, reason: str, detail: str, count: int = 1) -> None:
         """Count refused envelopes: one row per reason, however many arrive."""

@@ -262,7 +262,11 @@ def test_any_schedule_converges_on_one_list_and_no_removed_device_holds_a_later_
                 sync([s for i, s in enumerate(spaces) if side.get(i, 0) == group], rounds=2)
         sync(spaces, rounds=4)  # heal
         gone = {d for s in spaces for d in s.listing().removed}
-        current = [s for s in spaces if s.device.public_key not in gone]
+        # An orphan (admitted, apart, by a member removed before it could) is listed by nobody
+        # else and refused by every peer (4410); it is left out of the comparison.
+        others = {d for s in spaces for d in s.listing().roles if d != s.device.public_key}
+        others.add(spaces[0].device.public_key)  # the founder: the root needs nobody to list it
+        current = [s for s in spaces if s.device.public_key not in gone and s.device.public_key in others]
         listings = {(frozenset(s.listing().roles.items()), frozenset(s.listing().removed)) for s in current}
         assert len(listings) == 1, "the replicas disagree on the device list"
         assert len({s.keys.epoch for s in current}) == 1

@@ -10,15 +10,17 @@ The rules live in the pure modules (``roster`` decides who is listed, ``epochs``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from syncq import epochs, roster
-from syncq.crypto import SECRET_SIZE, DeviceKeys, SpaceKeys, hkdf, space_id_for
+from syncq.crypto import SECRET_SIZE, DeviceKeys, Kind, SpaceKeys, decode, hkdf, space_id_for
 from syncq.device_records import DeviceName, InviteRecord, InviteState
-from syncq.errors import AmbiguousId, InvalidInput, InvalidState, InviteRefused, UnknownId
+from syncq.errors import AmbiguousId, EnvelopeRejected, InvalidInput, InvalidState, InviteRefused, UnknownId
 from syncq.ids import DeviceId
 from syncq.invite import (
+    MAX_GRANT_LISTS,
     Grant,
     Invite,
     encode_invite,
@@ -173,6 +175,7 @@ def admit(space: Space, invite: str, *, device: bytes, exchange: bytes, name: st
             ephemeral=epochs.public_of(seed),
             sealed_keys=sealed,
             admitter_name=space.name,
+            lists=_lists(space),
         )
 
 
@@ -313,8 +316,18 @@ def remove_device(space: Space, target: str) -> Removal:
             )
         cutoff = space.store.tops().get(device, 0)
         removal = roster.sign_entry(space.device, space.keys.space_id, device, Role.REMOVED, cutoff=cutoff)
-        space.replica.write_roster(space.device, [removal])
-        epoch, left_out = rotate(space)  # killed before this: ``rotate_if_needed`` does it on open
+        chain = roster.extend(space.replica.own_chain(), removal)
+        # The removal and the new epoch in one transaction: a node of this home (or a peer) that
+        # saw the removal alone would find its epoch tainted and rotate a second time.
+        me = space.device.public_key
+        listed = space.replica.listing(
+            [roster.Held(author=me, seq=space.store.tops().get(me, 0) + 1, entries=chain)]
+        )
+        seal_keys, epoch, left_out = _rotation(space, listed)
+        space.replica.write_control(
+            space.device, [lambda seq: space.replica.seal_roster(space.device, seq, chain), seal_keys]
+        )
+        learn_keys(space)
         return Removal(
             device=view.id,
             name=view.name,
@@ -335,40 +348,48 @@ def rotate(space: Space, *, above: int = 0) -> tuple[int, tuple[str, ...]]:
     devices left out for want of an exchange key. Its generation is past every one known here,
     and past ``above``."""
     with space.lock:
-        listing = space.replica.listing()
-        keys = space.keys
-        epoch = 0
-        while epoch == 0 or epoch in keys.known():
-            epoch = int.from_bytes(space.entropy(4), "big")
-        generation = max(above, *(keys.generation(e) for e in keys.known())) + 1
-        secret = space.entropy(SECRET_SIZE)
-        auth = hkdf(secret, f"auth {epoch}")
-        recipients: dict[bytes, tuple[bytes, bytes]] = {}
-        left_out = []
-        for device in [*listing.members(), *listing.relays()]:
-            exchange = listing.exchange_keys.get(device)
-            if exchange is None:
-                left_out.append(device.hex())
-                continue
-            recipients[device] = (exchange, secret if listing.roles[device] is Role.MEMBER else auth)
-        recipients[space.device.public_key] = (space.device.exchange_public_key, secret)
-        seed = space.entropy(32)
-
-        def seal(seq: int) -> bytes:
-            return epochs.seal_rotation(
-                device=space.device,
-                space_id=keys.space_id,
-                seq=seq,
-                generation=generation,
-                epoch=epoch,
-                excluded=listing.removed,
-                recipients=recipients,
-                ephemeral_seed=seed,
-            )
-
+        seal, epoch, left_out = _rotation(space, space.replica.listing(), above=above)
         space.replica.write_control(space.device, [seal])
         learn_keys(space)
-        return epoch, tuple(left_out)
+        return epoch, left_out
+
+
+def _rotation(
+    space: Space, listing: roster.Listing, *, above: int = 0
+) -> tuple[Callable[[int], bytes], int, tuple[str, ...]]:
+    """The seal of a keys envelope starting a new epoch for the devices ``listing`` lists, the
+    epoch, and the devices left out for want of an exchange key."""
+    keys = space.keys
+    epoch = 0
+    while epoch == 0 or epoch in keys.known():
+        epoch = int.from_bytes(space.entropy(4), "big")
+    generation = max(above, *(keys.generation(e) for e in keys.known())) + 1
+    secret = space.entropy(SECRET_SIZE)
+    auth = hkdf(secret, f"auth {epoch}")
+    recipients: dict[bytes, tuple[bytes, bytes]] = {}
+    left_out = []
+    for device in [*listing.members(), *listing.relays()]:
+        exchange = listing.exchange_keys.get(device)
+        if exchange is None:
+            left_out.append(device.hex())
+            continue
+        recipients[device] = (exchange, secret if listing.roles[device] is Role.MEMBER else auth)
+    recipients[space.device.public_key] = (space.device.exchange_public_key, secret)
+    seed = space.entropy(32)
+
+    def seal(seq: int) -> bytes:
+        return epochs.seal_rotation(
+            device=space.device,
+            space_id=keys.space_id,
+            seq=seq,
+            generation=generation,
+            epoch=epoch,
+            excluded=listing.removed,
+            recipients=recipients,
+            ephemeral_seed=seed,
+        )
+
+    return seal, epoch, tuple(left_out)
 
 
 def learn_keys(space: Space) -> bool:
@@ -410,8 +431,8 @@ def rotate_if_needed(space: Space) -> bool:
         return False
     with space.lock:
         removed = space.replica.listing().removed
-        if not removed:
-            return False
+        if not removed or space.device.public_key in removed:
+            return False  # nothing to do; or this device is removed: nobody reads what it seals
         learn_keys(space)
         listing, keys = space.replica.listing(), space.keys
         top = max(keys.generation(e) for e in keys.known())
@@ -444,8 +465,28 @@ def rotate_if_needed(space: Space) -> bool:
             excluded = found[0][1].excluded
         if not epochs.tainted(excluded, removed):
             return False
+        if _rotation_coming(space, set(removed) - (excluded or set())):
+            return False  # the remover's own rotation is on its way: judged when it comes
         rotate(space)
         return True
+
+
+def _rotation_coming(space: Space, devices: set[bytes]) -> bool:
+    """Whether a member that removed one of ``devices`` wrote its keys envelope right after the
+    removal (``remove_device`` writes both at once) and that envelope has not come yet: a
+    batch may end between the two, and rotating then would only add an epoch."""
+    for row in space.replica.control():
+        if row.data[3] != Kind.ROSTER:
+            continue
+        try:
+            entries = roster.decode_entries(decode(row.data).ciphertext)
+        except EnvelopeRejected:
+            continue
+        if any(e.role is Role.REMOVED and e.signer == row.author and e.device in devices for e in entries):
+            following = next(iter(space.store.rows(row.author, row.seq)), None)
+            if following is None or following.seq != row.seq + 1:
+                return True
+    return False
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -470,6 +511,17 @@ def _one_invite(space: Space, prefix: str) -> InviteRecord:
     if len(found) > 1:
         raise AmbiguousId(f"{prefix!r} names several invites: give more of the id", [r.id for r in found])
     return found[0]
+
+
+def _lists(space: Space) -> tuple[bytes, ...]:
+    """The device-list and keys envelopes held here, oldest first, up to what a grant carries."""
+    found, size = [], 0
+    for row in space.replica.control():
+        size += len(row.data)
+        if size > MAX_GRANT_LISTS:
+            break  # a space this large: the new device learns the rest when it syncs
+        found.append(row.data)
+    return tuple(found)
 
 
 def _clean_name(name: str, role: Role) -> str:

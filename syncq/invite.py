@@ -37,7 +37,8 @@ DEFAULT_PORT = 7330
 MAX_CODE = 4096
 MAX_ADDRESSES = 16
 MAX_ADDRESS = 255  # characters of one address (a host name is at most 253)
-MAX_GRANT = 64 * 1024
+MAX_GRANT = 1024 * 1024  # the join handshake's limit on a JOIN_GRANT (syncq.joining)
+MAX_GRANT_LISTS = 512 * 1024  # of which the device lists and keys envelopes it carries
 MAX_EPOCHS = 256
 ROLES = (Role.MEMBER, Role.RELAY)
 
@@ -172,6 +173,9 @@ class Grant:
     ephemeral: bytes
     sealed_keys: bytes
     admitter_name: str = ""
+    # Every device-list and keys envelope the admitter holds (up to ``MAX_GRANT_LISTS``): the
+    # new device knows the whole list (its relays, say) from the start, not only its own chain.
+    lists: tuple[bytes, ...] = ()
 
 
 def pack_keys(keys: Mapping[int, bytes]) -> bytes:
@@ -206,6 +210,7 @@ def grant_to_wire(grant: Grant) -> bytes:
         grant.ephemeral,
         grant.sealed_keys,
         grant.admitter_name[:64],
+        list(grant.lists),
     ]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
@@ -220,16 +225,18 @@ def grant_from_wire(data: bytes) -> Grant:
             data,
             raw=False,
             strict_map_key=False,
-            max_bin_len=MAX_EPOCHS * 48 + 64,
+            max_bin_len=MAX_GRANT_LISTS,
             max_str_len=64,
-            max_array_len=MAX_ENTRIES,
+            max_array_len=4096,
             max_map_len=MAX_EPOCHS,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise InvalidInput("the member's grant is damaged") from exc
-    if not isinstance(body, list) or len(body) != 9 or body[0] != 1:
+    if not isinstance(body, list) or len(body) != 10 or body[0] != 1:
         raise InvalidInput("the member's grant is damaged (wrong shape)")
-    _, space_id, role, root, chain, generations, ephemeral, sealed, name = body
+    _, space_id, role, root, chain, generations, ephemeral, sealed, name, lists = body
+    if not isinstance(lists, list) or not all(isinstance(e, bytes) for e in lists):
+        raise InvalidInput("the member's grant is damaged (device lists)")
     if not isinstance(space_id, bytes) or len(space_id) != 16 or role not in [r.value for r in ROLES]:
         raise InvalidInput("the member's grant is damaged (space or role)")
     if not all(isinstance(v, bytes) and len(v) == KEY_SIZE for v in (root, ephemeral)):
@@ -251,6 +258,7 @@ def grant_from_wire(data: bytes) -> Grant:
         ephemeral=ephemeral,
         sealed_keys=sealed,
         admitter_name=name,
+        lists=tuple(lists),
     )
 
 

@@ -244,9 +244,10 @@ class Replica:
         envelope (a new home: seq 1), so that relays store what it writes from then on."""
         self.set_root(root)
         self.store.set_meta(CHAIN_META, roster.encode_entries(chain).hex())
-        self.write_control(device, [lambda seq: self._seal_roster(device, seq, chain)])
+        self.write_control(device, [lambda seq: self.seal_roster(device, seq, chain)])
 
-    def _seal_roster(self, device: DeviceKeys, seq: int, entries: Sequence[roster.Entry]) -> bytes:
+    def seal_roster(self, device: DeviceKeys, seq: int, entries: Sequence[roster.Entry]) -> bytes:
+        """Device-list envelope ``seq`` of ``device`` holding ``entries``."""
         return roster.seal_roster(
             device=device, space_id=self.keys.space_id, epoch=self.keys.epoch, seq=seq, entries=entries
         )
@@ -260,7 +261,7 @@ class Replica:
     def write_roster(self, device: DeviceKeys, entries: Sequence[roster.Entry]) -> None:
         """Append a device-list envelope of this device: its chain, then ``entries``."""
         chain = roster.extend(self.own_chain(), *entries)
-        self.write_control(device, [lambda seq: self._seal_roster(device, seq, chain)])
+        self.write_control(device, [lambda seq: self.seal_roster(device, seq, chain)])
 
     def control(self) -> list[Row]:
         """The device-list and keys envelopes held (cached until the store changes)."""

@@ -227,9 +227,10 @@ class Space:
         def setup(space: Space) -> None:
             if keys.is_relay:
                 space.replica.set_root(grant.root)
-                return
-            space.replica.start_roster(space.device, grant.root, grant.chain)
-            space.put_device(space._own_record())
+            else:
+                space.replica.start_roster(space.device, grant.root, grant.chain)
+                space.put_device(space._own_record())
+            space.receive(grant.lists)  # checked like any envelope from a peer
 
         return cls._create(
             home, name=name, keys=keys, entropy=entropy, clock=clock, setup=setup, device=device

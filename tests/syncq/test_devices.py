@@ -264,7 +264,13 @@ def test_any_schedule_converges_on_one_list_and_no_removed_device_holds_a_later_
         gone = {d for s in spaces for d in s.listing().removed}
         # An orphan (admitted, apart, by a member removed before it could) is listed by nobody
         # else and refused by every peer (4410); it is left out of the comparison.
-        others = {d for s in spaces for d in s.listing().roles if d != s.device.public_key}
+        others = {
+            d
+            for s in spaces
+            if s.device.public_key not in gone
+            for d in s.listing().roles
+            if d != s.device.public_key
+        }
         others.add(spaces[0].device.public_key)  # the founder: the root needs nobody to list it
         current = [s for s in spaces if s.device.public_key not in gone and s.device.public_key in others]
         listings = {(frozenset(s.listing().roles.items()), frozenset(s.listing().removed)) for s in current}
@@ -280,3 +286,34 @@ def test_any_schedule_converges_on_one_list_and_no_removed_device_holds_a_later_
     finally:
         for space in spaces:
             space.close()
+
+
+def test_a_new_device_knows_the_whole_list_from_its_grant(tmp_path: Path, founder: Space) -> None:
+    relay = join(tmp_path / "relay", founder, "relay", role="relay")
+    gpu = join(tmp_path / "gpu", founder, "gpu")  # before any sync: the relay is in its grant
+    assert gpu.peer_refusal(relay.device.public_key) is None
+    assert relay.peer_refusal(gpu.device.public_key) is not None  # the relay has not heard yet
+
+
+def test_one_removal_is_one_rotation_everywhere(tmp_path: Path, founder: Space) -> None:
+    gpu, phone = join(tmp_path / "gpu", founder, "gpu"), join(tmp_path / "phone", founder, "phone")
+    sync([founder, gpu, phone])
+    founder.remove_device("phone")
+    gpu.receive(list(founder.envelopes(gpu.version_vector())))
+    assert gpu.rotate_if_needed() is False and founder.rotate_if_needed() is False
+    assert len(gpu.keys.known()) == 2
+    phone.receive(list(founder.envelopes(phone.version_vector())))  # as an older relay might
+    assert phone.rotate_if_needed() is False  # a removed device seals nothing anyone reads
+
+
+def test_a_member_that_has_the_removal_but_not_yet_its_rotation_waits_for_it(
+    tmp_path: Path, founder: Space
+) -> None:
+    gpu, phone = join(tmp_path / "gpu", founder, "gpu"), join(tmp_path / "phone", founder, "phone")
+    sync([founder, gpu, phone])
+    founder.remove_device("phone")
+    removal, rotation = list(founder.envelopes(gpu.version_vector()))[-2:]
+    gpu.receive([removal])  # a batch ended between the two
+    assert gpu.rotate_if_needed() is False and len(gpu.keys.known()) == 1
+    gpu.receive([rotation])
+    assert gpu.rotate_if_needed() is False and gpu.keys.epoch == founder.keys.epoch

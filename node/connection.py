@@ -88,6 +88,9 @@ class Connection:
                 self.peering.receive(message if isinstance(message, bytes) else b"")
                 if not syncing and self.session.state is State.SYNCING:
                     syncing = True
+                    # Only now: a peer that refuses this device (4410) does so at its AUTH, after
+                    # this side has accepted the peer's, and sends no HAVE.
+                    self.node.log.event("peer-connected", peer=self.label, relay=self.session.relay)
                     self.node.transfers.connected(self)  # blob frames are allowed from now on
                 if self.peering.wants_to_send:
                     self.wake.set()

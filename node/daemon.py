@@ -297,8 +297,7 @@ class Node:
             self.spawn(existing.close())
         self.connections[peer] = conn
         self._remember(conn.key, node_id=peer, name=conn.peering.peer_name, connected=True)
-        self.log.event("peer-connected", peer=conn.label, relay=conn.session.relay)
-        return True
+        return True  # "peer-connected" is logged once the peer's HAVE came (``Connection.run``)
 
     def disconnected(self, conn: Connection) -> None:
         """Forget a connection that ended."""

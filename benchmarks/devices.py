@@ -11,6 +11,10 @@ then runs ``syncq devices remove x --yes`` in ``a``'s home and measures:
   figure is an upper bound by about the poll period;
 - ``closed_ms``: until ``x``'s node logs that its session with ``a`` was closed with 4410;
 - ``command_ms``: until the command exits (a Python process start, about half of it);
+- ``anchor_add_ms`` (the anchor, measured in each round just before the removal): from the start
+  of a ``syncq add`` in ``a``'s home until the prompt is in every other home, polled the same
+  way: one envelope's way through the same mesh, Python start included. A removal is two
+  envelopes on that way, plus the session each node closes;
 - ``rotation_bytes``: the envelopes ``a`` wrote for the removal (the device-list envelope, the
   keys envelope sealing the new epoch to every remaining device, the log envelope that revokes
   pending invites, and ``a``'s node re-announcing itself under the new epoch), in envelopes and
@@ -133,6 +137,25 @@ def stored(home: Path, author: bytes) -> tuple[int, int]:
     return int(count), int(size)
 
 
+def holds(homes: list[Path], text: str) -> bool:
+    for home in homes:
+        with Space.open(home) as space:
+            if text not in {e.prompt.input for e in space.entries(limit=5)}:
+                return False
+    return True
+
+
+def anchor(hub: Node, members: list[Node], n: int) -> float:
+    """ms from the start of a `syncq add` in the hub's home until every member holds it."""
+    text = f"anchor {n}"
+    start = time.perf_counter()
+    subprocess.Popen(
+        [str(BIN / "syncq"), "--home", str(hub.home), "add", text, "-m", "echo"], stdout=subprocess.DEVNULL
+    )
+    done = wait(lambda: holds([m.home for m in members], text), "the anchor prompt everywhere")
+    return round((done - start) * 1000, 1)
+
+
 def one_round(root: Path, hub: Node, members: list[Node], n: int) -> dict[str, Any]:
     home = root / f"x{n}"
     join(home, hub, f"x{n}")
@@ -144,6 +167,7 @@ def one_round(root: Path, hub: Node, members: list[Node], n: int) -> dict[str, A
     try:
         homes = [hub.home, *(m.home for m in members)]
         wait(lambda: admitted_everywhere(homes, device), "every node to list x")
+        anchor_ms = anchor(hub, members, n)
         before = stored(hub.home, author)
         command = [str(BIN / "syncq"), "--home", str(hub.home), "devices", "remove", f"x{n}", "--yes"]
         start = time.perf_counter()
@@ -163,6 +187,7 @@ def one_round(root: Path, hub: Node, members: list[Node], n: int) -> dict[str, A
     finally:
         stop_node(x.proc)
     return {
+        "anchor_add_ms": anchor_ms,
         "command_ms": round((exited[0] - start) * 1000, 1),
         "admit_ms": round((refused - start) * 1000, 1),
         "closed_ms": None if closed is None else round((closed - start) * 1000, 1),
@@ -199,6 +224,12 @@ def main() -> None:
         "rounds": rounds,
         "command_ms_median": statistics.median(r["command_ms"] for r in rounds),
         "admit_ms_median": statistics.median(r["admit_ms"] for r in rounds),
+        "anchor_add_ms_median": statistics.median(r["anchor_add_ms"] for r in rounds),
+        "admit_over_anchor": round(
+            statistics.median(r["admit_ms"] for r in rounds)
+            / statistics.median(r["anchor_add_ms"] for r in rounds),
+            2,
+        ),
         "closed_ms_median": _median([r["closed_ms"] for r in rounds]),
         "rotation_bytes_median": statistics.median(r["rotation_bytes"] for r in rounds),
         "poll_ms": POLL_S * 1000,

@@ -92,16 +92,22 @@ def told_refusal(reason: str) -> str:
     return TOLD_REMOVED if "removed" in reason else TOLD_UNLISTED
 
 
-def auth_fields(inner: bytes) -> tuple[bytes, bytes, str, bool]:
-    """The node id, signature, name and relay flag sealed in an AUTH. Raises ``Violation``."""
+def sealed_fields(inner: bytes, what: str, count: int) -> list[Any]:
+    """The msgpack array of ``count`` fields sealed in an AUTH or a JOIN_REQUEST: sealed by a
+    holder of the key, yet still untrusted bytes. Raises ``Violation``."""
     try:
         fields: Any = msgpack.unpackb(inner, raw=False, max_str_len=1024, max_bin_len=1024)
-    except Exception as exc:  # sealed by a holder of auth_key, yet still untrusted bytes
-        raise Violation(CloseCode.MALFORMED, "AUTH holds no msgpack array") from exc
+    except Exception as exc:
+        raise Violation(CloseCode.MALFORMED, f"{what} holds no msgpack array") from exc
     if not isinstance(fields, list):
-        raise Violation(CloseCode.MALFORMED, "AUTH holds no msgpack array")
-    fr.shape(fields, 4)
-    node_id, signature, name, relay = fields
+        raise Violation(CloseCode.MALFORMED, f"{what} holds no msgpack array")
+    fr.shape(fields, count)
+    return fields
+
+
+def auth_fields(inner: bytes) -> tuple[bytes, bytes, str, bool]:
+    """The node id, signature, name and relay flag sealed in an AUTH. Raises ``Violation``."""
+    node_id, signature, name, relay = sealed_fields(inner, "AUTH", 4)
     fr.check_bytes(node_id, 32, "node id")
     fr.check_bytes(signature, 64, "signature")
     if not isinstance(name, str) or len(name) > MAX_NAME or not isinstance(relay, bool):

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from syncq import epochs, roster
-from syncq.crypto import SECRET_SIZE, DeviceKeys, Kind, SpaceKeys, decode, hkdf, space_id_for
+from syncq.crypto import SECRET_SIZE, DeviceKeys, SpaceKeys, hkdf, space_id_for
 from syncq.device_records import DeviceName, InviteRecord, InviteState
-from syncq.errors import AmbiguousId, EnvelopeRejected, InvalidInput, InvalidState, InviteRefused, UnknownId
+from syncq.errors import AmbiguousId, InvalidInput, InvalidState, InviteRefused, UnknownId
 from syncq.ids import DeviceId
 from syncq.invite import (
     MAX_GRANT_LISTS,
@@ -475,16 +475,12 @@ def _rotation_coming(space: Space, devices: set[bytes]) -> bool:
     """Whether a member that removed one of ``devices`` wrote its keys envelope right after the
     removal (``remove_device`` writes both at once) and that envelope has not come yet: a
     batch may end between the two, and rotating then would only add an epoch."""
-    for row in space.replica.control():
-        if row.data[3] != Kind.ROSTER:
-            continue
-        try:
-            entries = roster.decode_entries(decode(row.data).ciphertext)
-        except EnvelopeRejected:
-            continue
-        if any(e.role is Role.REMOVED and e.signer == row.author and e.device in devices for e in entries):
-            following = next(iter(space.store.rows(row.author, row.seq)), None)
-            if following is None or following.seq != row.seq + 1:
+    for held in space.replica.lists():
+        if any(
+            e.role is Role.REMOVED and e.signer == held.author and e.device in devices for e in held.entries
+        ):
+            following = next(iter(space.store.rows(held.author, held.seq)), None)
+            if following is None or following.seq != held.seq + 1:
                 return True
     return False
 

@@ -37,10 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from syncq import frames as fr
-from syncq.admission import REFUSED
+from syncq.admission import REFUSED, sealed_fields
 from syncq.crypto import DeviceKeys, verify_signature
 from syncq.frames import MAX_HANDSHAKE_FRAME, MAX_NAME, PROTOCOL_VERSION, CloseCode, Frame, Violation
 from syncq.handshake import (
@@ -406,14 +404,7 @@ class Admitter(_Side):
 
 def _request_fields(inner: bytes) -> tuple[bytes, bytes, str, bytes]:
     """The device key, signature, name and X25519 key sealed in a JOIN_REQUEST."""
-    try:
-        fields: Any = msgpack.unpackb(inner, raw=False, max_str_len=1024, max_bin_len=1024)
-    except Exception as exc:  # sealed by a holder of the code, yet still untrusted bytes
-        raise Violation(CloseCode.MALFORMED, "JOIN_REQUEST holds no msgpack array") from exc
-    if not isinstance(fields, list):
-        raise Violation(CloseCode.MALFORMED, "JOIN_REQUEST holds no msgpack array")
-    fr.shape(fields, 4)
-    device, signature, name, exchange = fields
+    device, signature, name, exchange = sealed_fields(inner, "JOIN_REQUEST", 4)
     fr.check_bytes(device, 32, "device key")
     fr.check_bytes(signature, 64, "signature")
     fr.check_bytes(exchange, 32, "X25519 key")

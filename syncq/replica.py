@@ -67,7 +67,8 @@ class Replica:
         self._applied: dict[bytes, int] = {}  # per author: highest seq applied, gapless
         self._root: bytes | None = None
         self._control: tuple[int, list[Row]] | None = None  # (data version, device lists and keys)
-        self._listing: tuple[list[Row], roster.Listing] | None = None
+        self._lists: tuple[list[Row], list[roster.Held]] | None = None
+        self._listing: tuple[list[roster.Held], roster.Listing] | None = None
         self._rotations: tuple[list[Row], list[tuple[bytes, epochs.Rotation]]] | None = None
         self._waiting: dict[bytes, int] = {}  # per author held for a key: the epoch it needs
 
@@ -270,24 +271,31 @@ class Replica:
             self._control = (version, self.store.control_rows())
         return self._control[1]
 
-    def listing(self, more: Sequence[roster.Held] = ()) -> roster.Listing:
-        """Who is on the device list (``roster.resolve`` over every device list held, and
-        ``more`` not stored yet)."""
+    def lists(self) -> list[roster.Held]:
+        """Every device-list envelope held, decoded (cached until the store changes)."""
         rows = self.control()
-        if not more and self._listing is not None and self._listing[0] is rows:
-            return self._listing[1]
+        if self._lists is not None and self._lists[0] is rows:
+            return self._lists[1]
         held = []
         for row in rows:
             if row.data[3] == Kind.ROSTER:
                 try:
-                    envelope = crypto.decode(row.data)
-                    entries = roster.decode_entries(envelope.ciphertext)
+                    entries = roster.decode_entries(crypto.decode(row.data).ciphertext)
                 except EnvelopeRejected:
                     continue  # checked when it came; a damaged file lists nobody
                 held.append(roster.Held(author=row.author, seq=row.seq, entries=entries))
+        self._lists = (rows, held)
+        return held
+
+    def listing(self, more: Sequence[roster.Held] = ()) -> roster.Listing:
+        """Who is on the device list (``roster.resolve`` over every device list held, and
+        ``more`` not stored yet)."""
+        held = self.lists()
+        if not more and self._listing is not None and self._listing[0] is held:
+            return self._listing[1]
         found = roster.resolve(self.root, [*held, *more])
         if not more:
-            self._listing = (rows, found)
+            self._listing = (held, found)
         return found
 
     def rotations(self) -> list[tuple[bytes, epochs.Rotation]]:

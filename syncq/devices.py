@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from syncq import epochs, roster
 from syncq.crypto import SECRET_SIZE, DeviceKeys, SpaceKeys, hkdf, space_id_for
 from syncq.device_records import DeviceName, InviteRecord, InviteState
-from syncq.errors import AmbiguousId, InvalidInput, InvalidState, InviteRefused, UnknownId
+from syncq.errors import AmbiguousId, BadRoster, InvalidInput, InvalidState, InviteRefused, UnknownId
 from syncq.ids import DeviceId
 from syncq.invite import (
     MAX_GRANT_LISTS,
@@ -186,7 +186,13 @@ def granted_keys(grant: Grant, device: DeviceKeys) -> SpaceKeys:
         raise InvalidInput("the member's grant was not sealed to this device")
     values = unpack_keys(opened)
     generations = {e: g for e, g in grant.generations.items() if e in values and g}
-    listed = roster.check_chain(grant.chain, grant.space_id, grant.root)  # raises BadRoster
+    if any(g > epochs.MAX_GENERATION for g in generations.values()):
+        # A generation no rotation could follow would leave this device unable to rotate.
+        raise InvalidInput("the member's grant is damaged (generations)")
+    try:
+        listed = roster.check_chain(grant.chain, grant.space_id, grant.root)
+    except BadRoster as exc:
+        raise InvalidInput(f"the member's grant is damaged ({exc})") from exc
     if listed.get(device.public_key) is not grant.role:
         raise InvalidInput("the member's grant does not list this device")
     if grant.role is Role.RELAY:

@@ -317,3 +317,26 @@ def test_a_member_that_has_the_removal_but_not_yet_its_rotation_waits_for_it(
     assert gpu.rotate_if_needed() is False and len(gpu.keys.known()) == 1
     gpu.receive([rotation])
     assert gpu.rotate_if_needed() is False and gpu.keys.epoch == founder.keys.epoch
+
+
+def test_a_removed_device_invited_again_joins_as_a_new_device(tmp_path: Path, founder: Space) -> None:
+    phone = join(tmp_path / "phone", founder, "phone")
+    sync([founder, phone])
+    founder.remove_device("phone")
+    again = join(tmp_path / "phone-again", founder, "phone")  # a new home: a new identity
+    sync([founder, again])
+    assert founder.listing().role(again.device.public_key) is Role.MEMBER
+    assert founder.listing().role(phone.device.public_key) is Role.REMOVED
+    assert again.keys.epoch == founder.keys.epoch
+
+
+def test_a_grant_that_would_stop_rotations_is_refused(tmp_path: Path, founder: Space) -> None:
+    code, _ = founder.create_invite()
+    device = dataclasses.replace(founder.device, signing_seed=b"\x07" * 32, exchange_seed=b"\x08" * 32)
+    grant = founder.admit(
+        decode_invite(code).id, device=device.public_key, exchange=device.exchange_public_key, name="x"
+    )
+    inflated = dataclasses.replace(grant, generations={0: 1 << 30})
+    with pytest.raises(InvalidInput, match="generations"):
+        Space.join_granted(tmp_path / "x", device=device, name="x", grant=inflated)
+    assert not (tmp_path / "x").exists()

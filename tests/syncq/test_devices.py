@@ -261,18 +261,15 @@ def test_any_schedule_converges_on_one_list_and_no_removed_device_holds_a_later_
             for group in (0, 1):
                 sync([s for i, s in enumerate(spaces) if side.get(i, 0) == group], rounds=2)
         sync(spaces, rounds=4)  # heal
-        gone = {d for s in spaces for d in s.listing().removed}
-        # An orphan (admitted, apart, by a member removed before it could) is listed by nobody
-        # else and refused by every peer (4410); it is left out of the comparison.
-        others = {
-            d
-            for s in spaces
-            if s.device.public_key not in gone
-            for d in s.listing().roles
-            if d != s.device.public_key
-        }
-        others.add(spaces[0].device.public_key)  # the founder: the root needs nobody to list it
-        current = [s for s in spaces if s.device.public_key not in gone and s.device.public_key in others]
+        # The list every device list held anywhere makes: the members on it must all hold it.
+        # An orphan (admitted, apart, by a member removed before it could) is not on it, and is
+        # refused by every peer (4410); it is left out.
+        union = {(h.author, h.seq): h for s in spaces for h in s.replica.lists()}
+        whole = roster.resolve(spaces[0].replica.root, union.values())
+        current = [s for s in spaces if whole.role(s.device.public_key) is Role.MEMBER]
+        assert current, "no member is left"
+        for space in current:
+            assert space.listing().roles == whole.roles and space.listing().removed == whole.removed
         listings = {(frozenset(s.listing().roles.items()), frozenset(s.listing().removed)) for s in current}
         assert len(listings) == 1, "the replicas disagree on the device list"
         assert len({s.keys.epoch for s in current}) == 1

@@ -140,8 +140,9 @@ def admit(space: Space, invite: str, *, device: bytes, exchange: bytes, name: st
     member), mark the invite used, and seal the space's keys to its X25519 key ``exchange``.
     Raises ``InviteRefused`` with a one-line reason."""
     root = _root(space)
-    if len(device) != 32 or len(exchange) != 32:
-        raise InviteRefused("a joining device sends 32-byte keys")
+    if len(device) != 32 or len(exchange) != 32 or not epochs.usable(exchange):
+        # Listed with a key no box can be sealed to, it would make every rotation fail.
+        raise InviteRefused("a joining device sends 32-byte keys, and a usable X25519 key")
     with space.lock:
         record = next((r for r in space.log.invites() if r.id == invite), None)
         now = space.clock()
@@ -376,7 +377,7 @@ def _rotation(
     left_out = []
     for device in [*listing.members(), *listing.relays()]:
         exchange = listing.exchange_keys.get(device)
-        if exchange is None:
+        if exchange is None or not epochs.usable(exchange):
             left_out.append(device.hex())
             continue
         recipients[device] = (exchange, secret if listing.roles[device] is Role.MEMBER else auth)

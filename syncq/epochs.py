@@ -22,19 +22,17 @@ The same box carries a joining device's keys in its grant (``syncq.invite``).
 
 from __future__ import annotations
 
-import hmac
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import msgpack
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from syncq.crypto import NONCE_SIZE, DeviceKeys, Envelope, Kind, hkdf, sign_clear
 from syncq.errors import BadKeys
+from syncq.handshake import ephemeral_public, shared_secret
 from syncq.ids import SpaceId
 
 LABEL = b"syncq-keys-v1"
@@ -57,10 +55,13 @@ class Rotation:
     boxes: Mapping[bytes, bytes]  # recipient -> box
 
 
-def public_of(private: bytes) -> bytes:
-    """The raw X25519 public key of a 32-byte private key."""
-    key = X25519PrivateKey.from_private_bytes(private).public_key()
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+public_of = ephemeral_public  # the raw X25519 public key of a 32-byte private key
+
+
+def usable(exchange: bytes) -> bool:
+    """Whether ``exchange`` is an X25519 key a box can be sealed to: not a small-order point
+    (whose shared secret everyone knows; OpenSSL refuses to compute it)."""
+    return shared_secret(bytes([9]) * 32, exchange) is not None  # any private key tells
 
 
 def _box_key(shared: bytes, space_id: SpaceId, epoch: int, recipient: bytes) -> bytes:
@@ -74,10 +75,11 @@ def _aad(space_id: SpaceId, epoch: int, recipient: bytes) -> bytes:
 def box(
     ephemeral_seed: bytes, exchange: bytes, *, space_id: SpaceId, epoch: int, recipient: bytes, value: bytes
 ) -> bytes:
-    """``value`` sealed to the holder of the X25519 key ``exchange`` (device ``recipient``)."""
-    shared = X25519PrivateKey.from_private_bytes(ephemeral_seed).exchange(
-        X25519PublicKey.from_public_bytes(exchange)
-    )
+    """``value`` sealed to the holder of the X25519 key ``exchange`` (device ``recipient``).
+    Raises ``ValueError`` for a key that is not ``usable``."""
+    shared = shared_secret(ephemeral_seed, exchange)
+    if shared is None:
+        raise ValueError("not a usable X25519 key")
     key = _box_key(shared, space_id, epoch, recipient)
     return ChaCha20Poly1305(key).encrypt(_NONCE, value, _aad(space_id, epoch, recipient))
 
@@ -86,13 +88,8 @@ def unbox(
     device: DeviceKeys, ephemeral: bytes, sealed: bytes, *, space_id: SpaceId, epoch: int
 ) -> bytes | None:
     """What ``box`` sealed to ``device``, or None if it was not sealed to it (or was altered)."""
-    try:
-        shared = X25519PrivateKey.from_private_bytes(device.exchange_seed).exchange(
-            X25519PublicKey.from_public_bytes(ephemeral)
-        )
-    except ValueError:  # a small-order point
-        return None
-    if hmac.compare_digest(shared, bytes(32)):
+    shared = shared_secret(device.exchange_seed, ephemeral)
+    if shared is None:
         return None
     key = _box_key(shared, space_id, epoch, device.public_key)
     try:

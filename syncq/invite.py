@@ -28,6 +28,7 @@ import msgpack
 
 from syncq.crypto import SECRET_SIZE, hkdf
 from syncq.errors import BadRoster, InvalidInput
+from syncq.frames import whole
 from syncq.ids import SpaceId
 from syncq.roster import KEY_SIZE, MAX_ENTRIES, Entry, Role, entries_from_wire
 
@@ -113,7 +114,7 @@ def decode_invite(code: str) -> Invite:
         )
     except (binascii.Error, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise InvalidInput("the invite code is damaged (was it copied whole?)") from exc
-    if not isinstance(body, list) or not body or not _whole(body[0]):
+    if not isinstance(body, list) or not body or not whole(body[0]):
         raise InvalidInput("the invite code is damaged (was it copied whole?)")
     if body[0] in (1, 2):
         raise InvalidInput(
@@ -131,7 +132,7 @@ def decode_invite(code: str) -> Invite:
         raise InvalidInput("the invite code is damaged (bad role)")
     if not isinstance(secret, bytes) or len(secret) != SECRET_SIZE:
         raise InvalidInput("the invite code is damaged (bad invite secret)")
-    if not _whole(expires_at) or expires_at >= 1 << 53:
+    if not whole(expires_at) or expires_at >= 1 << 53:
         raise InvalidInput("the invite code is damaged (bad expiry)")
     if not isinstance(root, bytes) or len(root) != KEY_SIZE:
         raise InvalidInput("the invite code is damaged (bad root key)")
@@ -193,7 +194,7 @@ def unpack_keys(data: bytes) -> dict[int, bytes]:
     if not isinstance(keys, dict) or 0 not in keys:
         raise InvalidInput("the grant's keys are damaged (no epoch 0)")
     for epoch, key in keys.items():
-        if not _whole(epoch) or epoch >= 1 << 32 or not isinstance(key, bytes) or len(key) != SECRET_SIZE:
+        if not whole(epoch) or epoch >= 1 << 32 or not isinstance(key, bytes) or len(key) != SECRET_SIZE:
             raise InvalidInput("the grant's keys are damaged")
     return keys
 
@@ -243,7 +244,7 @@ def grant_from_wire(data: bytes) -> Grant:
         raise InvalidInput("the member's grant is damaged (keys)")
     if not isinstance(sealed, bytes) or not isinstance(name, str) or not isinstance(generations, dict):
         raise InvalidInput("the member's grant is damaged")
-    if not all(_whole(e) and _whole(g) for e, g in generations.items()):
+    if not all(whole(e) and whole(g) for e, g in generations.items()):
         raise InvalidInput("the member's grant is damaged (generations)")
     try:
         entries = entries_from_wire(chain)
@@ -260,10 +261,6 @@ def grant_from_wire(data: bytes) -> Grant:
         admitter_name=name,
         lists=tuple(lists),
     )
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def peer_url(text: str) -> str:

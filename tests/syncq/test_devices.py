@@ -337,3 +337,18 @@ def test_a_grant_that_would_stop_rotations_is_refused(tmp_path: Path, founder: S
     with pytest.raises(InvalidInput, match="generations"):
         Space.join_granted(tmp_path / "x", device=device, name="x", grant=inflated)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_joiner_with_a_small_order_x25519_key_is_refused_and_rotations_go_on(
+    tmp_path: Path, founder: Space
+) -> None:
+    code, _ = founder.create_invite()
+    with pytest.raises(InviteRefused, match="usable X25519"):
+        founder.admit(decode_invite(code).id, device=b"\x01" * 32, exchange=bytes(32), name="odd")
+    assert founder.listing().role(b"\x01" * 32) is None  # nothing written
+    gpu, phone = join(tmp_path / "gpu", founder, "gpu"), join(tmp_path / "phone", founder, "phone")
+    bad = roster.admit_entry(founder.device, founder.keys.space_id, b"\x02" * 32, Role.MEMBER, bytes(32))
+    founder.replica.write_roster(founder.device, [bad])  # as a member of an older syncq might have
+    sync([founder, gpu, phone])
+    removal = founder.remove_device("phone")  # does not fail on the unusable key: leaves it out
+    assert removal.left_out == ((b"\x02" * 32).hex(),)

@@ -109,20 +109,13 @@ def wait(condition: Any, what: str, timeout: float = 60) -> float:
     return time.perf_counter()
 
 
-def refused_everywhere(homes: list[Path], device: bytes) -> bool:
+def refusals(homes: list[Path], device: bytes) -> list[str | None]:
+    """What each home's node says of a session with ``device`` (None: it admits it)."""
+    found = []
     for home in homes:
         with Space.open(home) as space:
-            if space.peer_refusal(device) is None:
-                return False
-    return True
-
-
-def admitted_everywhere(homes: list[Path], device: bytes) -> bool:
-    for home in homes:
-        with Space.open(home) as space:
-            if space.peer_refusal(device) is not None:
-                return False
-    return True
+            found.append(space.peer_refusal(device))
+    return found
 
 
 def stored(home: Path, author: bytes) -> tuple[int, int]:
@@ -166,7 +159,7 @@ def one_round(root: Path, hub: Node, members: list[Node], n: int) -> dict[str, A
     x = Node(home)
     try:
         homes = [hub.home, *(m.home for m in members)]
-        wait(lambda: admitted_everywhere(homes, device), "every node to list x")
+        wait(lambda: not any(refusals(homes, device)), "every node to list x")
         anchor_ms = anchor(hub, members, n)
         before = stored(hub.home, author)
         command = [str(BIN / "syncq"), "--home", str(hub.home), "devices", "remove", f"x{n}", "--yes"]
@@ -175,7 +168,7 @@ def one_round(root: Path, hub: Node, members: list[Node], n: int) -> dict[str, A
         exited: list[float] = []
         waiter = threading.Thread(target=lambda: (removal.wait(60), exited.append(time.perf_counter())))
         waiter.start()
-        refused = wait(lambda: refused_everywhere(homes, device), "no node to admit x")
+        refused = wait(lambda: all(refusals(homes, device)), "no node to admit x")
         try:
             closed: float | None = wait(x.closed_4410, "x's session to close with 4410", timeout=30)
         except RuntimeError:

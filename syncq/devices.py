@@ -233,10 +233,11 @@ def devices(space: Space) -> list[DeviceView]:
     seen: dict[str, int] = {}
     for info in log.nodes():
         seen[info.id] = max(seen.get(info.id, 0), info.last_seen)
-    for peer in space.store.peers():
+    peers = space.store.peers()
+    for peer in peers:
         if peer.node_id and peer.last_seen:
             seen[peer.node_id] = max(seen.get(peer.node_id, 0), peer.last_seen)
-    peer_names = {p.node_id: p.name for p in space.store.peers() if p.node_id and p.name}
+    peer_names = {p.node_id: p.name for p in peers if p.node_id and p.name}
 
     def name_of(device: str) -> str:
         record = records.get(DeviceId(device))
@@ -321,15 +322,14 @@ def remove_device(space: Space, target: str) -> Removal:
                     log.put_invite(r.moved(InviteState.REVOKED, by=space.device_id, at=now)) for r in pending
                 ]
             )
-        cutoff = space.store.tops().get(device, 0)
+        tops = space.store.tops()
+        cutoff = tops.get(device, 0)
         removal = roster.sign_entry(space.device, space.keys.space_id, device, Role.REMOVED, cutoff=cutoff)
         chain = roster.extend(space.replica.own_chain(), removal)
         # The removal and the new epoch in one transaction: a node of this home (or a peer) that
         # saw the removal alone would find its epoch tainted and rotate a second time.
         me = space.device.public_key
-        listed = space.replica.listing(
-            [roster.Held(author=me, seq=space.store.tops().get(me, 0) + 1, entries=chain)]
-        )
+        listed = space.replica.listing([roster.Held(author=me, seq=tops.get(me, 0) + 1, entries=chain)])
         seal_keys, epoch, left_out = _rotation(space, listed)
         space.replica.write_control(
             space.device, [lambda seq: space.replica.seal_roster(space.device, seq, chain), seal_keys]

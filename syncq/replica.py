@@ -207,7 +207,8 @@ class Replica:
                     roster.open_roster(envelope, self.keys.space_id, None)
                 return None, None
             if envelope.kind is Kind.KEYS:
-                epochs.open_rotation(envelope)
+                if self.root is None:  # with a root, ``_admit`` has checked it already
+                    epochs.open_rotation(envelope)
                 return None, None
             payload = crypto.open_payload(envelope, self.keys)
             authorship.check_update(payload, envelope.author_id)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from syncq.chat import LlmInput, ToolCall
+
 
 class ExecutorError(Exception):
     """A job or a model load failed; the message says why (it becomes the result's error)."""
@@ -39,6 +41,8 @@ class Job:
     files: tuple[str, ...] = ()
     # An empty folder for output files; the executor returns the paths it wrote in ``Output``.
     out_dir: str = ""
+    # An llm prompt's conversation, tools, output format, stop strings, texts to embed.
+    llm: LlmInput | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +53,8 @@ class Output:
     usage: Mapping[str, Any] = field(default_factory=dict)
     # Files the run produced, inside ``Job.out_dir``: they become the result's attachments.
     files: tuple[str, ...] = ()
+    finish: str = ""  # "stop", "length" (max_tokens reached) or "tool_calls"; "" if unknown
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class Executor(Protocol):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 from syncq.blobs import MAX_FILES, BlobRef
+from syncq.chat import LlmInput, ToolCall
 from syncq.errors import InvalidInput, MalformedRecord
 from syncq.ids import DeviceId, PromptId, is_prompt_id
 
@@ -27,6 +28,8 @@ Wire: TypeAlias = dict[str, Any]
 MAX_INPUT_BYTES = 256 * 1024  # longer inputs belong in attachments
 MAX_PARAMS = 64
 MAX_TEXT_BYTES = 4 * 1024 * 1024  # outputs and errors
+MAX_CALLS = 128  # tool calls kept of one run
+FINISHES = ("stop", "length", "tool_calls")
 PRIORITY_RANGE = range(-1000, 1001)
 ATTEMPTS_RANGE = range(1, 101)
 _MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
@@ -62,6 +65,8 @@ class Prompt:
     priority: int = 0
     max_attempts: int = 3
     files: tuple[BlobRef, ...] = ()  # attachments (input audio, images...)
+    # A conversation, tools, an output format, stop strings, texts to embed (``syncq.chat``).
+    llm: LlmInput | None = None
 
     def to_wire(self) -> Wire:
         """The dict stored under ``prompts[id]``."""
@@ -77,6 +82,8 @@ class Prompt:
         }
         if self.files:  # absent rather than empty: prompts without files stay as they were
             wire["files"] = [f.to_wire() for f in self.files]
+        if self.llm is not None:  # absent too: older nodes read the prompt's text alone
+            wire["llm"] = self.llm.to_wire()
         return wire
 
     @classmethod
@@ -100,6 +107,7 @@ class Prompt:
             priority=_int(w, "priority"),
             max_attempts=_int(w, "max_attempts"),
             files=_files(w),
+            llm=LlmInput.from_wire(w["llm"]) if "llm" in w else None,
         )
 
 
@@ -206,6 +214,10 @@ class Result:
     # SIGILL): it is not one of ``max_attempts``, so another node may still take the prompt.
     # Stored only when False; a node of an older version reads it as an ordinary failure.
     counts: bool = True
+    # Why generation ended: "stop", "length" (max_tokens) or "tool_calls"; "" where the backend
+    # does not say (older nodes, non-llm models). Stored only when set.
+    finish: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()  # the model's calls, in order; stored only when made
 
     @property
     def key(self) -> str:
@@ -232,6 +244,10 @@ class Result:
             wire["files"] = [f.to_wire() for f in self.files]
         if not self.counts:
             wire["counts"] = False
+        if self.finish:
+            wire["finish"] = self.finish
+        if self.tool_calls:
+            wire["tool_calls"] = [c.to_wire() for c in self.tool_calls]
         return wire
 
     @classmethod
@@ -262,6 +278,8 @@ class Result:
             observer=DeviceId(observer) if observer else None,
             files=_files(w),
             counts=_bool(w, "counts") if "counts" in w else True,
+            finish=_str(w, "finish") if "finish" in w else "",
+            tool_calls=tuple(ToolCall.from_wire(c) for c in _list(w, "tool_calls")[:MAX_CALLS]),
         )
         return _keyed(result, key)
 
@@ -507,8 +525,13 @@ LLM_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
     "top_k": (_whole(0, 1000), "a whole number from 0 to 1000"),
     "seed": (_whole(0, 2**32 - 1), "a whole number from 0 to 4294967295"),
     "stop": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "text of 1 to 64 characters"),
-    "mode": (lambda v: v in ("chat", "complete"), "chat or complete"),
+    "mode": (lambda v: v in ("chat", "complete", "embed"), "chat, complete or embed"),
     "repeat_penalty": (_number(0, 5), "a number from 0 to 5"),
+    "frequency_penalty": (_number(-2, 2), "a number from -2 to 2"),
+    "presence_penalty": (_number(-2, 2), "a number from -2 to 2"),
+    "min_p": (_number(0, 1), "a number from 0 to 1"),
+    "logprobs": (lambda v: isinstance(v, bool), "true or false"),
+    "top_logprobs": (_whole(0, 20), "a whole number from 0 to 20"),
 }
 ASR_PARAMS: dict[str, tuple[Callable[[ParamValue], bool], str]] = {
     **COMMON_PARAMS,

@@ -247,7 +247,7 @@ def test_input_checks() -> None:
         ({"max_tokens": -3}, "max_tokens=-3 is invalid"),
         ({"max_tokens": 1.5}, "whole number"),
         ({"temperature": "hot"}, "temperature"),
-        ({"mode": "poem"}, "chat or complete"),
+        ({"mode": "poem"}, "chat, complete or embed"),
         ({"frobnicate": 1}, "unknown parameter 'frobnicate'"),
     ],
 )

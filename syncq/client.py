@@ -45,7 +45,7 @@ from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Changes, Entry, Log
 from syncq.records import NodeInfo, ParamValue, Prompt
 from syncq.space import Space
-from syncq.watch import RECHECK_S, FolderWatch, wait_event
+from syncq.watch import FALLBACK_S, RECHECK_S, FolderWatch, wait_event
 
 SAFETY_S = 1.0  # a look at the store this often even without a change reported (lost events)
 
@@ -389,10 +389,20 @@ class Client(_Verbs):
 
 
 class AsyncClient(_Verbs):
-    """A space for an asyncio program (``syncq.aopen``): use it from one event loop."""
+    """A space for an asyncio program (``syncq.aopen``): use it from one event loop.
 
-    def __init__(self, space: Space) -> None:
+    With ``announced``, the process that holds it says itself when the store changed
+    (``announce``): the node serving its HTTP API does, for its own writes, its peers' and other
+    processes' (its file watch). The client then keeps no file watch of its own, and wakes as
+    soon as a write is committed instead of at the file watch's next look.
+    """
+
+    def __init__(self, space: Space, *, announced: bool = False) -> None:
         super().__init__(space)
+        if announced:
+            self._watch.close()
+        self._announced = announced
+        self._look_soon: asyncio.Handle | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._log: Log | None = None
         self._feed: Changes | None = None
@@ -406,7 +416,8 @@ class AsyncClient(_Verbs):
         fd = self._watch.fileno()
         if fd is not None:
             loop.add_reader(fd, self._changed)
-        self._ticker = asyncio.ensure_future(self._tick(SAFETY_S if fd is not None else 0.05))
+        watched = fd is not None or self._announced
+        self._ticker = asyncio.ensure_future(self._tick(SAFETY_S if watched else FALLBACK_S))
         self._look()
         return self
 
@@ -422,6 +433,8 @@ class AsyncClient(_Verbs):
             self._ticker = None
         for handle in self._rechecks:
             handle.cancel()
+        if self._look_soon is not None:
+            self._look_soon.cancel()
         fd = self._watch.fileno()
         if fd is not None:
             with contextlib.suppress(RuntimeError, ValueError):
@@ -530,6 +543,16 @@ class AsyncClient(_Verbs):
         while True:
             await asyncio.sleep(every)
             self._look()
+
+    def announce(self) -> None:
+        """The store changed (a commit of this process, or one it saw): look at it soon, once
+        for every announce of this turn of the event loop."""
+        if self._look_soon is None and self._ticker is not None:
+            self._look_soon = asyncio.get_running_loop().call_soon(self._announced_look)
+
+    def _announced_look(self) -> None:
+        self._look_soon = None
+        self._look()
 
     def _changed(self) -> None:
         self._watch.drain()

@@ -181,6 +181,9 @@ class SqliteStore:
         # ``tops`` is asked on every read of the log and every batch sent to a peer: it is
         # cached until a write here, or another process's commit (data_version), changes it.
         self._tops: tuple[int, dict[bytes, int]] | None = None
+        # Called after each commit of this connection: a node tells itself of its HTTP API's
+        # writes this way (the API has a connection of its own) instead of through its file watch.
+        self.committed: Callable[[], None] = _nothing
 
     @classmethod
     def create(cls, path: Path) -> SqliteStore:
@@ -467,16 +470,19 @@ class SqliteStore:
         # loss. Received envelopes (see ``put``), caches and bookkeeping (checkpoint, metadata,
         # peers, rejection counts) use NORMAL: still atomic, but they skip the fsync of every
         # commit.
-        return _WriteTransaction(self._connection(), self.path, durable)
+        return _WriteTransaction(self._connection(), self.path, durable, self.committed)
 
 
 class _WriteTransaction:
     """``with`` block running one BEGIN IMMEDIATE transaction; commits or rolls back."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, durable: bool) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, durable: bool, committed: Callable[[], None]
+    ) -> None:
         self._conn = conn
         self._path = path
         self._durable = durable
+        self._committed = committed
 
     def __enter__(self) -> sqlite3.Connection:
         try:
@@ -490,6 +496,7 @@ class _WriteTransaction:
         try:
             if exc_type is None:
                 self._conn.execute("COMMIT")
+                self._committed()
                 return
             self._conn.execute("ROLLBACK")
         except sqlite3.Error as err:
@@ -498,6 +505,10 @@ class _WriteTransaction:
             raise StoreBroken(f"cannot write {self._path}: {err}") from err
         if isinstance(exc, sqlite3.Error):
             raise StoreBroken(f"cannot write {self._path}: {exc}") from exc
+
+
+def _nothing() -> None:
+    pass
 
 
 def escaped(detail: str) -> str:

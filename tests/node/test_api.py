@@ -12,6 +12,8 @@ import pytest
 from harness import laptop_and_gpu, wait_until
 
 import syncq
+from syncq.client import AsyncClient
+from syncq.records import Result, RunStatus
 from syncq.space import Space
 
 pytestmark = pytest.mark.slow
@@ -111,6 +113,43 @@ def test_the_async_face_must_be_entered(tmp_path: Path) -> None:
 
     asyncio.run(outside())
     space.close()
+
+
+def test_an_announced_client_keeps_no_file_watch_and_wakes_when_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's own API client (``announced``): no inotify watch and no polling; the node says
+    when the store changed (``announce``), and the waiters whose prompt changed wake then."""
+    monkeypatch.setattr(syncq.client, "SAFETY_S", 3600.0)  # no safety look within the test
+    Space.init(tmp_path / "a", name="laptop").close()
+
+    async def scenario() -> None:
+        async with AsyncClient(Space.open(tmp_path / "a"), announced=True) as space:
+            p = space.add("hello", model="echo")
+            waiting = asyncio.ensure_future(space.result(p.id, timeout=30))
+            await asyncio.sleep(0)  # one turn: the task reads the entry (queued) and waits
+            assert not waiting.done()
+            with Space.open(tmp_path / "a") as node:  # another connection, as the node's is
+                node.finish(
+                    Result(
+                        prompt_id=p.id,
+                        node=node.device_id,
+                        node_name="node",
+                        attempt=1,
+                        status=RunStatus.DONE,
+                        output="hi",
+                        started_at=1,
+                        finished_at=2,
+                    )
+                )
+            done, _ = await asyncio.wait({waiting}, timeout=0.3)
+            assert not done  # nothing watches the files: the write is not seen by itself
+            space.announce()
+            space.announce()  # several in one turn of the loop: one look
+            outcome = await waiting
+            assert outcome.ok and outcome.text == "hi"
+
+    asyncio.run(scenario())
 
 
 def test_files_go_in_and_results_come_back_as_paths(tmp_path: Path, nodes) -> None:

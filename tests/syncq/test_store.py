@@ -253,3 +253,20 @@ def test_tops_see_writes_from_this_and_other_connections(tmp_path: Path) -> None
     assert one.tops() == two.tops() == {A: 1, B: 5}
     one.close()
     two.close()
+
+
+def test_committed_is_told_after_each_commit_of_its_connection_only(tmp_path: Path) -> None:
+    one = SqliteStore.create(tmp_path / "s.db")
+    two = SqliteStore.open(tmp_path / "s.db")
+    told: list[int] = []
+    one.committed = lambda: told.append(one.count())  # the commit is visible when it is told
+    one.append_own(A, seals(b"x"))
+    one.put([Row(B, 1, b"y")])
+    one.set_meta("k", "v")
+    assert told == [1, 2, 2]
+    two.append_own(A, seals(b"theirs"))  # another connection's commit: not this one's to tell
+    with pytest.raises(ValueError):
+        one.append_own(A, [lambda seq: (_ for _ in ()).throw(ValueError("seal failed"))])
+    assert told == [1, 2, 2]  # nor a rolled-back transaction
+    one.close()
+    two.close()

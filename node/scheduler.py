@@ -105,7 +105,8 @@ class Scheduler:
         self._void: frozenset[str] = frozenset()  # devices removed from the space (claims.py step 7)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._model_locks: dict[str, asyncio.Lock] = {}
+        # Per model: the jobs that may run at once (the manager's ``parallel``, its workers).
+        self._model_locks: dict[str, asyncio.Semaphore] = {}
 
     def _loaded(self, model: str, notes: tuple[str, ...]) -> None:
         for note in notes:  # what a backend decided while loading (no AMX here, say)
@@ -248,12 +249,14 @@ class Scheduler:
         Enough that the model never waits for a claim to settle (the settle time over the
         average run time, plus one), two at first: a long job must not hoard the queue. More
         are claimed once a batch's worth is free (half as many again), so that claims share
-        envelopes.
+        envelopes. A model that runs several jobs at once (``parallel``) holds one for each,
+        and one more.
         """
         run_s = self._run_s.get(model)
+        at_once = self.manager.parallel(model)
         if run_s is None:
-            return 2, 1
-        need = max(2, math.ceil((self._settle_s(model) + MIN_TICK_S) / max(run_s, 1e-3)) + 1)
+            return max(2, at_once), 1
+        need = max(2, math.ceil((self._settle_s(model) + MIN_TICK_S) / max(run_s, 1e-3)) + at_once)
         batch = max(1, need // 2)
         return min(need, DEPTH_MAX - batch), batch
 
@@ -348,7 +351,10 @@ class Scheduler:
                         chosen.prompt_id, self._result(chosen, RunStatus.FAILED, started, error=str(exc))
                     )
                     return
-            async with self._model_locks.setdefault(chosen.model, asyncio.Lock()):
+            slots = self._model_locks.setdefault(
+                chosen.model, asyncio.Semaphore(self.manager.parallel(chosen.model))
+            )
+            async with slots:
                 if not self._still_mine(chosen):
                     return
                 result = await self._execute(running, prompt, inputs, folder)

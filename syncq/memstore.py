@@ -23,8 +23,10 @@ class MemoryStore:
         self._marks: dict[tuple[bytes, int], str] = {}
         self._peers: dict[str, Peer] = {}
 
-    def append_own(self, author: bytes, seals: Sequence[Callable[[int], bytes]]) -> list[int]:
-        """Allocate seqs and store each ``seal(seq)``."""
+    def append_own(
+        self, author: bytes, seals: Sequence[Callable[[int], bytes]], *, durable: bool = True
+    ) -> list[int]:
+        """Allocate seqs and store each ``seal(seq)`` (memory: ``durable`` means nothing)."""
         rows = self._all().setdefault(author, {})
         last = max(rows, default=0)
         seqs = list(range(last + 1, last + 1 + len(seals)))
@@ -69,6 +71,9 @@ class MemoryStore:
             if top:
                 found[author] = top
         return found
+
+    def sync(self) -> None:
+        """Nothing to put on disk."""
 
     def count(self) -> int:
         """How many envelopes are stored."""

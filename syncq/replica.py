@@ -103,6 +103,7 @@ class Replica:
     def envelopes(self, after: Mapping[bytes, int] | None = None) -> Iterator[bytes]:
         """Stored envelopes the holder of ``after`` lacks, per author in seq order."""
         after = after or {}
+        self.store.sync()
         for author in self.store.tops():
             for row in self.store.rows(author, after.get(author, 0)):
                 yield row.data
@@ -114,6 +115,7 @@ class Replica:
         order, never across a gap in this store, at most ``max_count`` and about ``max_bytes``."""
         batch: list[tuple[bytes, int, bytes]] = []
         size = 0
+        self.store.sync()  # own envelopes written without an fsync: on disk before they leave
         for author, top in self.store.tops().items():
             after = peer_vv.get(author, 0)
             if top <= after:

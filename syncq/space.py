@@ -558,10 +558,11 @@ class Space:
             self._write(lambda log: log.put_retry(retry))
             return self.log.entry(entry.prompt.id)
 
-    def append_stream(self, prompt_id: str, text: str) -> None:
-        """Append streamed output of a running prompt (the scheduler calls this ~10 times/s)."""
+    def append_stream(self, prompt_id: str, text: str, *, durable: bool = True) -> None:
+        """Append streamed output of a running prompt (the scheduler calls this ~10 times/s);
+        ``durable`` as in ``write``."""
         with self.lock:
-            self._write(lambda log: log.append_stream(prompt_id, text))
+            self._write(lambda log: log.append_stream(prompt_id, text), durable=durable)
 
     def finish(self, result: Result) -> None:
         """Write a run's result and drop its stream in one transaction."""
@@ -574,11 +575,13 @@ class Space:
             if self.log.stream(prompt_id) is not None:
                 self._write(lambda log: log.drop_stream(prompt_id))
 
-    def write(self, changes: Callable[[Log], object]) -> None:
+    def write(self, changes: Callable[[Log], object], *, durable: bool = True) -> None:
         """Make several changes as one envelope (``Log.batch``): a scheduler's claims, or a
-        run's "running" mark with its first output."""
+        run's "running" mark with its first output. With ``durable`` false the commit skips
+        its fsync (``Store.sync``, before envelopes leave the device): for what power loss may
+        take back, since the prompt then simply runs again (claims, heartbeats, streams)."""
         with self.lock:
-            self._write(lambda log: log.batch(changes))
+            self._write(lambda log: log.batch(changes), durable=durable)
 
     def put_claim(self, claim: Claim) -> None:
         """Write a claim (used by the scheduler, and by tests of the lifecycle)."""
@@ -824,12 +827,12 @@ class Space:
 
         return seal
 
-    def _write(self, mutate: Callable[[Log], bytes]) -> None:
+    def _write(self, mutate: Callable[[Log], bytes], *, durable: bool = True) -> None:
         self.keys_changed()  # seal under the newest epoch, even one another process learnt
         log = self.log
         update = mutate(log)
         try:
-            self.store.append_own(self._author, [self._sealer(update)])
+            self.store.append_own(self._author, [self._sealer(update)], durable=durable)
         except BaseException:
             self.replica.drop()  # the Doc holds a change the store does not
             raise

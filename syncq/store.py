@@ -77,8 +77,17 @@ class Store(Protocol):
     """The storage port. Every method raises ``StoreClosed`` after ``close`` and
     ``StoreBroken`` when the medium fails."""
 
-    def append_own(self, author: bytes, seals: Sequence[Callable[[int], bytes]]) -> list[int]:
-        """Allocate the next seqs of ``author`` and store ``seal(seq)`` for each, atomically."""
+    def append_own(
+        self, author: bytes, seals: Sequence[Callable[[int], bytes]], *, durable: bool = True
+    ) -> list[int]:
+        """Allocate the next seqs of ``author`` and store ``seal(seq)`` for each, atomically;
+        on disk before it returns unless ``durable`` is false (then ``sync`` makes it so)."""
+        ...
+
+    def sync(self) -> None:
+        """Put on disk every own envelope written with ``durable=False``: called before
+        envelopes leave this device, so that power lost after a peer got one can never make
+        this device reuse its seq."""
         ...
 
     def put(self, rows: Sequence[Row]) -> PutReport:
@@ -181,6 +190,7 @@ class SqliteStore:
         # ``tops`` is asked on every read of the log and every batch sent to a peer: it is
         # cached until a write here, or another process's commit (data_version), changes it.
         self._tops: tuple[int, dict[bytes, int]] | None = None
+        self._unsynced = False  # own envelopes committed without an fsync since the last one
         # Called after each commit of this connection: a node tells itself of its HTTP API's
         # writes this way (the API has a connection of its own) instead of through its file watch.
         self.committed: Callable[[], None] = _nothing
@@ -236,10 +246,13 @@ class SqliteStore:
                 raise StoreBroken(f"cannot upgrade {path} to schema {SCHEMA_VERSION}: {exc}") from exc
         return cls(conn, path)
 
-    def append_own(self, author: bytes, seals: Sequence[Callable[[int], bytes]]) -> list[int]:
-        """Allocate seqs and store each ``seal(seq)`` in one transaction."""
+    def append_own(
+        self, author: bytes, seals: Sequence[Callable[[int], bytes]], *, durable: bool = True
+    ) -> list[int]:
+        """Allocate seqs and store each ``seal(seq)`` in one transaction (with an fsync, unless
+        ``durable`` is false: see ``sync``)."""
         self._tops = None
-        with self._write() as conn:
+        with self._write(durable=durable) as conn:
             last = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM envelopes WHERE author = ?", (author,)
             ).fetchone()[0]
@@ -248,7 +261,30 @@ class SqliteStore:
                 "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)",
                 [(author, seq, seal(seq)) for seq, seal in zip(seqs, seals, strict=True)],
             )
+        # A FULL commit syncs the WAL, and with it every frame written before it.
+        self._unsynced = not durable
         return seqs
+
+    def sync(self) -> None:
+        """fsync the WAL if an own envelope was committed without it. The WAL is the one file
+        such a commit wrote (a checkpoint syncs the WAL before copying it into the database,
+        and the database after), so syncing it puts every such envelope on disk."""
+        if not self._unsynced:
+            return
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed and removed: the database holds it, synced
+            self._unsynced = False
+            return
+        except OSError as exc:
+            raise StoreBroken(f"cannot sync {self.path}: {exc.strerror}") from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise StoreBroken(f"cannot sync {self.path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        self._unsynced = False
 
     def put(self, rows: Sequence[Row]) -> PutReport:
         """Store envelopes from elsewhere in one transaction.

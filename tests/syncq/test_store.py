@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from syncq.errors import StoreBroken, StoreClosed
 from syncq.memstore import MemoryStore
 from syncq.schema import SCHEMA_VERSION
+from syncq.space import Space
 from syncq.store import MAX_DETAIL, Checkpoint, Peer, Row, SqliteStore, Store
 
 A, B = b"a" * 32, b"b" * 32
@@ -270,3 +272,43 @@ def test_committed_is_told_after_each_commit_of_its_connection_only(tmp_path: Pa
     assert told == [1, 2, 2]  # nor a rolled-back transaction
     one.close()
     two.close()
+
+
+def test_own_envelopes_written_without_an_fsync_are_synced_before_they_leave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore.create(tmp_path / "s.db")
+    other = SqliteStore.open(tmp_path / "s.db")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # the OS call, watched: which file each fsync was of
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store.append_own(A, seals(b"claim"), durable=False)
+    assert [r.data for r in other.rows(A)] == [b"claim\x00\x01"]  # committed: others see it
+    store.sync()
+    store.sync()  # nothing new since: no second fsync
+    assert synced == [f"{tmp_path / 's.db'}-wal"]
+    store.append_own(A, seals(b"claim"), durable=False)
+    store.append_own(A, seals(b"result"))  # a FULL commit syncs the WAL, the claim with it
+    store.sync()
+    assert len(synced) == 1
+    store.close()
+    other.close()
+
+
+def test_envelopes_for_a_peer_are_read_after_a_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Space.init(tmp_path / "h", name="h") as space:
+        store = space.store
+        assert isinstance(store, SqliteStore)
+        order: list[str] = []
+        real_sync, real_rows = store.sync, store.rows
+        monkeypatch.setattr(store, "sync", lambda: order.append("sync") or real_sync())
+        monkeypatch.setattr(store, "rows", lambda *a, **k: order.append("rows") or real_rows(*a, **k))
+        space.write(lambda log: log.append_stream("p", "x"), durable=False)
+        order.clear()  # the write read the store too
+        assert space.envelopes_for({}, 100, 1 << 20)
+        assert order[0] == "sync" and "rows" in order

@@ -402,7 +402,7 @@ class AsyncClient(_Verbs):
         if announced:
             self._watch.close()
         self._announced = announced
-        self._look_soon: asyncio.Handle | None = None
+        self._look_soon: asyncio.TimerHandle | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._log: Log | None = None
         self._feed: Changes | None = None
@@ -546,9 +546,10 @@ class AsyncClient(_Verbs):
 
     def announce(self) -> None:
         """The store changed (a commit of this process, or one it saw): look at it soon, once
-        for every announce of this turn of the event loop."""
+        for every announce of this turn of the event loop. Soon is after what this turn has
+        scheduled already: a node that announces its claims has its jobs started first."""
         if self._look_soon is None and self._ticker is not None:
-            self._look_soon = asyncio.get_running_loop().call_soon(self._announced_look)
+            self._look_soon = asyncio.get_running_loop().call_later(0, self._announced_look)
 
     def _announced_look(self) -> None:
         self._look_soon = None

@@ -94,7 +94,7 @@ class EchoExecutor:
             emit(word if i == 0 else " " + word)
             _sleep(step, cancelled)
         copies = tuple(shutil.copy(f, Path(job.out_dir) / Path(f).name) for f in job.files if job.out_dir)
-        return Output(text=job.input, usage={"words": len(words)}, files=copies)
+        return Output(text=job.input, usage={"words": len(words)}, files=copies, finish="stop")
 
     def unload(self) -> None:
         """Free the GPU memory, if any (ending the process frees it too)."""

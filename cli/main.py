@@ -88,7 +88,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
     \b
     Example:
       syncq init --name laptop
-      syncq add "Why is the sky blue?" -m gemma3-270m
+      syncq add "Why is the sky blue?" -m smollm2-135m
       syncq log
     """
     ctx.ensure_object(dict)

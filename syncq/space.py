@@ -4,7 +4,7 @@
 the CLI, the node and scripts call::
 
     space = Space.open(home)                 # or Space.init(home, name="laptop")
-    prompt = space.add("Why is the sky blue?", model="gemma3-270m")
+    prompt = space.add("Why is the sky blue?", model="smollm2-135m")
     for entry in space.entries(limit=20):
         print(entry.prompt.id, entry.status)
 

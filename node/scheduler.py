@@ -27,11 +27,12 @@ from syncq.executors.base import ExecutorError, Job
 from syncq.executors.manager import Cancelled, ModelManager, ModelUnusable
 
 from syncq.blobs import BlobRef
+from syncq.chat import ToolCall
 from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, first_choice, won
 from syncq.errors import BlobError, InvalidInput, MalformedRecord, StoreError
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status
-from syncq.records import Claim, Prompt, PromptKind, Result, RunStatus
+from syncq.records import FINISHES, MAX_CALLS, Claim, Prompt, PromptKind, Result, RunStatus
 from syncq.space import wall_clock_ms
 from syncq.watch import wait_event
 
@@ -405,7 +406,9 @@ class Scheduler:
         params: dict[str, object] = dict(prompt.params)
         keep_alive = params.pop("keep_alive", None)
         out_dir = str(folder / "out") if folder is not None else ""
-        job = Job(prompt_id=pid, input=prompt.input, params=params, files=inputs, out_dir=out_dir)
+        job = Job(
+            prompt_id=pid, input=prompt.input, params=params, files=inputs, out_dir=out_dir, llm=prompt.llm
+        )
         result: Result | None
         try:
             out = await self.manager.run(
@@ -425,7 +428,16 @@ class Scheduler:
             files = tuple([await asyncio.to_thread(self._attach, path, folder) for path in out.files])
             if files:
                 self.node.transfers.offer_to_relays()
-            result = self._result(chosen, RunStatus.DONE, started, output=out.text, usage=usage, files=files)
+            result = self._result(
+                chosen,
+                RunStatus.DONE,
+                started,
+                output=out.text,
+                usage=usage,
+                files=files,
+                finish=out.finish if out.finish in FINISHES else "",
+                tool_calls=out.tool_calls[:MAX_CALLS],
+            )
         except Cancelled:
             result = None
         except ModelUnusable as exc:
@@ -476,6 +488,8 @@ class Scheduler:
         usage: dict[str, object] | None = None,
         files: tuple[BlobRef, ...] = (),
         counts: bool = True,
+        finish: str = "",
+        tool_calls: tuple[ToolCall, ...] = (),
     ) -> Result:
         return Result(
             prompt_id=chosen.prompt_id,
@@ -490,6 +504,8 @@ class Scheduler:
             usage=usage or {},  # type: ignore[arg-type]
             files=files,
             counts=counts,
+            finish=finish,
+            tool_calls=tool_calls,
         )
 
     async def _stream(self, running: Running, buffer: list[str], arrived: asyncio.Event) -> None:

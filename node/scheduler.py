@@ -36,6 +36,8 @@ from syncq.records import FINISHES, MAX_CALLS, Claim, Prompt, PromptKind, Result
 from syncq.space import wall_clock_ms
 from syncq.watch import wait_event
 
+from .gate import Gate
+
 if TYPE_CHECKING:
     from syncq.node.daemon import Node
 
@@ -106,7 +108,7 @@ class Scheduler:
         self._void: frozenset[str] = frozenset()  # devices removed from the space (claims.py step 7)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._model_locks: dict[str, asyncio.Lock] = {}
+        self._gates: dict[str, Gate] = {}  # per model: held jobs take it by priority
 
     def _loaded(self, model: str, notes: tuple[str, ...]) -> None:
         for note in notes:  # what a backend decided while loading (no AMX here, say)
@@ -349,7 +351,9 @@ class Scheduler:
                         chosen.prompt_id, self._result(chosen, RunStatus.FAILED, started, error=str(exc))
                     )
                     return
-            async with self._model_locks.setdefault(chosen.model, asyncio.Lock()):
+            async with self._gates.setdefault(chosen.model, Gate()).enter(
+                (-prompt.priority, chosen.prompt_id)
+            ):
                 if not self._still_mine(chosen):
                     return
                 result = await self._execute(running, prompt, inputs, folder)

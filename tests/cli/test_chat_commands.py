@@ -107,3 +107,10 @@ def test_show_prints_the_conversation_tool_calls_and_finish_escaped(run, node, h
     assert call["name"] == "weather" and json.loads(call["arguments"]) == {"text": "call weather in Paris"}
     assert f"-> weather({call['arguments']})  [{call['id']}]" in text
     assert "finish: tool_calls" in text
+    # Going on from it keeps its tools: echo calls the one the new turn names.
+    again = run("add", "call weather in Rome", "--continue", prompt.id, "--wait")
+    assert again.exit_code == 0
+    assert '-> weather({"text": "call weather in Rome"})' in again.stdout
+    assert "finish tool_calls]" in again.stderr
+    cut = run("add", "one two three", "-m", "echo", "--param", "max_tokens=2", "--wait")
+    assert cut.stdout.strip() == "one two" and "finish length]" in cut.stderr

@@ -107,7 +107,7 @@ class LlamaExecutor:
         self.embedder: Any = None  # the same GGUF in embedding mode, loaded on the first embed job
         self.notes: list[str] = []  # what the load decided, for the node log (worker.main)
         self._amx = amx  # what this CPU does with AMX (a test gives another CPU's answer)
-        self._template: llama_chat.Template | None = None
+        self.template: llama_chat.Template | None = None
         self._load: dict[str, Any] = {}  # how the model was loaded, for the embedder
         self._defaults: dict[str, Any] = {}  # sampling params of the spec's options
 
@@ -134,7 +134,7 @@ class LlamaExecutor:
         self.llm = self._open(Llama, path, options, bool(extra))
         model = self.llm._model
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        self._template = llama_chat.template_of(
+        self.template = llama_chat.template_of(
             self.llm.metadata,
             eos=model.token_get_text(eos) if eos != -1 else "",
             bos=model.token_get_text(bos) if bos != -1 else "",
@@ -179,8 +179,8 @@ class LlamaExecutor:
         grammar, calls, first, call_grammar = None, "never", None, None
         tools: tuple[Tool, ...] = ()
         if mode == "chat":
-            assert self._template is not None
-            plan = llama_chat.plan(self._template, job.input, job.llm)
+            assert self.template is not None
+            plan = llama_chat.plan(self.template, job.input, job.llm)
             tokens = self.llm.tokenize(plan.prompt.encode(), add_bos=not plan.added_special, special=True)
             stop += [s for s in plan.stop if s and s not in stop]
             grammar, calls, first, call_grammar = plan.grammar, plan.calls, plan.first, plan.call
@@ -190,6 +190,11 @@ class LlamaExecutor:
             tokens = self.llm.tokenize(
                 job.input.encode(), add_bos=self.llm._model.add_bos_token(), special=True
             )
+        if "seed" in params:
+            # Reusing the evaluated prefix of the last prompt gives logits that differ from a
+            # whole evaluation in the last bits, enough to change a sample: a seed repeats only
+            # from a clean state.
+            self.llm.reset()
         max_tokens = int(params.get("max_tokens", 128))
         head, prompt = "", tokens
         if first is not None:  # tool_choice auto: the first token decides call or text
@@ -216,9 +221,7 @@ class LlamaExecutor:
             logprobs=top,
             **sampling,
         )
-        out = self._collect(
-            stream, emit, cancelled, calls, self._template is not None and self._template.tools
-        )
+        out = self._collect(stream, emit, cancelled, calls, self.template is not None and self.template.tools)
         if prompt is not tokens:
             out.text.insert(0, head)
             out.chunks += 1

@@ -55,6 +55,29 @@ FAMILY_FORMATS = {
 # A text answer next to a possible call: anything whose first character is neither ``{`` nor
 # white space (a call starts with ``{``; a space first would let a call hide behind it).
 AUTO_TEXT = r"text ::= [^{ \t\r\n] [^\x00]*"
+# response_format json_object: any JSON object, within bounds (16 members an object, 32 items an
+# array, three levels, keys of 64 characters and strings of 256 at most). Small models given
+# llama.cpp's unbounded JSON grammar never close their object: gemma3-270m wrote "cat1": "cat2",
+# "cat2": "cat3", ... to max_tokens whatever the prompt. A bounded object must end; a client that
+# needs more declares it with json_schema.
+JSON_OBJECT = r"""
+root ::= object1
+object1 ::= "{" space ( member1 ( "," space member1 ){0,15} )? "}" space
+member1 ::= key ":" space ( object2 | array2 | scalar )
+object2 ::= "{" space ( member2 ( "," space member2 ){0,15} )? "}" space
+member2 ::= key ":" space ( object3 | array3 | scalar )
+array2 ::= "[" space ( item2 ( "," space item2 ){0,31} )? "]" space
+item2 ::= object3 | array3 | scalar
+object3 ::= "{" space ( member3 ( "," space member3 ){0,15} )? "}" space
+member3 ::= key ":" space scalar
+array3 ::= "[" space ( scalar ( "," space scalar ){0,31} )? "]" space
+scalar ::= string | number | ( "true" | "false" | "null" ) space
+key ::= "\"" char{1,64} "\"" space
+string ::= "\"" char{0,256} "\"" space
+char ::= [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} )
+number ::= "-"? ( [0-9] | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,16} )? ( [eE] [-+]? [0-9]{1,3} )? space
+space ::= " "?
+"""
 _ROOT = re.compile(r"^root ::=", re.MULTILINE)
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
@@ -122,8 +145,7 @@ def plan(template: Template, text: str, llm: LlmInput | None) -> Plan:
         elif not template.tools:
             first, call = call_grammar(tools, either=True), call_grammar(tools)
     elif llm.format is not None:
-        schema = llm.format.schema if llm.format.type == "json_schema" else {"type": "object"}
-        grammar = schema_grammar(schema)
+        grammar = schema_grammar(llm.format.schema) if llm.format.type == "json_schema" else JSON_OBJECT
     if template.tools:
         wire = [_openai_message(m) for m in messages]
         result = template.render(messages=wire, tools=[_openai_tool(t) for t in tools] or None)

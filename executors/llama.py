@@ -190,6 +190,11 @@ class LlamaExecutor:
             tokens = self.llm.tokenize(
                 job.input.encode(), add_bos=self.llm._model.add_bos_token(), special=True
             )
+        if len(tokens) >= self.llm.n_ctx():
+            raise ExecutorError(
+                f"the prompt takes {len(tokens)} tokens and the model's context holds {self.llm.n_ctx()}: "
+                "shorten the conversation, or raise n_ctx in models.toml"
+            )
         if "seed" in params:
             # Reusing the evaluated prefix of the last prompt gives logits that differ from a
             # whole evaluation in the last bits, enough to change a sample: a seed repeats only

@@ -136,6 +136,14 @@ def test_a_tool_round_trip_in_the_history_reaches_the_model(smol: LlamaExecutor)
     assert out.usage["prompt_tokens"] == tokens(smol, described)  # none: the tools are not shown
 
 
+def test_a_conversation_longer_than_the_context_is_an_executor_error(smol: LlamaExecutor) -> None:
+    turns = tuple(Message(role="user", content="lorem ipsum dolor sit amet " * 20) for _ in range(10))
+    with pytest.raises(
+        ExecutorError, match=r"the prompt takes \d+ tokens and the model's context holds 1024"
+    ):
+        run(smol, "", LlmInput(messages=turns), max_tokens=4)
+
+
 def test_gemma_without_a_template_gets_its_family_format_with_the_system_text(gemma: LlamaExecutor) -> None:
     assert gemma.template is not None and gemma.template.family == "gemma"
     turns = (Message(role="system", content="Answer like a poet."), Message(role="user", content="Hi"))

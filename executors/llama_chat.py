@@ -181,20 +181,30 @@ def call_grammar(tools: Sequence[Tool], forced: str = "", *, either: bool = Fals
     names (``forced``: that one), A following that tool's parameters. ``either``: a text
     answer (``AUTO_TEXT``) is allowed instead."""
     chosen = [t for t in tools if not forced or t.name == forced]
-    variants = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": _arguments_schema(t)},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for t in chosen
-    ]
-    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
-    gbnf = schema_grammar(schema, prop_order=("name", "arguments"))
+    try:
+        gbnf = _calls_gbnf([(t.name, _arguments_schema(t)) for t in chosen])
+    except ExecutorError:
+        # A parameters schema the converter cannot read (a remote $ref, say): the arguments are
+        # then any object, as llama-cpp-python's own function calling falls back to; the name
+        # is still one of the tools'.
+        gbnf = _calls_gbnf([(t.name, {"type": "object"}) for t in chosen])
     if not either:
         return gbnf
     return _ROOT.sub("call ::=", gbnf, count=1) + "\nroot ::= call | text\n" + AUTO_TEXT + "\n"
+
+
+def _calls_gbnf(calls: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    variants = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": arguments},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for name, arguments in calls
+    ]
+    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return schema_grammar(schema, prop_order=("name", "arguments"))
 
 
 def _arguments_schema(tool: Tool) -> Mapping[str, Any]:

@@ -260,6 +260,14 @@ def test_required_and_forced_tool_choices_always_give_a_valid_call(smol: LlamaEx
     assert _valid_call(forced, tools)["name"] == "add" and chunks == []
 
 
+def test_a_tool_whose_schema_the_converter_refuses_still_gets_a_call_object(smol: LlamaExecutor) -> None:
+    odd = Tool(name="lookup", parameters={"$ref": "https://example.com/args.json"})
+    ask = Message(role="user", content="Look up the word cat.")
+    out, _ = run(smol, "", LlmInput(messages=(ask,), tools=(odd,), tool_choice="required"), max_tokens=40)
+    assert out.finish == "tool_calls" and out.tool_calls[0].name == "lookup"
+    assert isinstance(json.loads(out.tool_calls[0].arguments), dict)
+
+
 def test_auto_tool_choice_gives_a_valid_call_or_a_streamed_answer(smol: LlamaExecutor) -> None:
     for question in ("What is the weather in Paris?", "Say hello."):
         llm = LlmInput(messages=(Message(role="user", content=question),), tools=(WEATHER,))

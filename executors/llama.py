@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syncq.chat import LlmInput, Tool, ToolCall
+from syncq.chat import LlmInput, ToolCall
 
 from . import cpu, llama_chat
 from .base import ExecutorError, Job, ModelSpec, Output
@@ -176,25 +176,10 @@ class LlamaExecutor:
         top = self._logprobs(params)
         sampling = self._defaults | {k: params[k] for k in SAMPLING if k in params}
         stop = stops(params, job.llm)
-        grammar, calls, first, call_grammar = None, "never", None, None
-        tools: tuple[Tool, ...] = ()
-        if mode == "chat":
-            assert self.template is not None
-            plan = llama_chat.plan(self.template, job.input, job.llm)
-            tokens = self.llm.tokenize(plan.prompt.encode(), add_bos=not plan.added_special, special=True)
-            stop += [s for s in plan.stop if s and s not in stop]
-            grammar, calls, first, call_grammar = plan.grammar, plan.calls, plan.first, plan.call
-            tools = job.llm.tools if job.llm is not None else ()
-        else:
-            # As create_completion tokenizes a text prompt, so prompt_tokens counts what it reads.
-            tokens = self.llm.tokenize(
-                job.input.encode(), add_bos=self.llm._model.add_bos_token(), special=True
-            )
-        if len(tokens) >= self.llm.n_ctx():
-            raise ExecutorError(
-                f"the prompt takes {len(tokens)} tokens and the model's context holds {self.llm.n_ctx()}: "
-                "shorten the conversation, or raise n_ctx in models.toml"
-            )
+        plan, tokens = self._prompt(job, mode)
+        stop += [s for s in plan.stop if s not in stop]
+        grammar, calls = plan.grammar, plan.calls
+        tools = job.llm.tools if job.llm is not None else ()
         if "seed" in params:
             # Reusing the evaluated prefix of the last prompt gives logits that differ from a
             # whole evaluation in the last bits, enough to change a sample: a seed repeats only
@@ -202,10 +187,10 @@ class LlamaExecutor:
             self.llm.reset()
         max_tokens = int(params.get("max_tokens", 128))
         head, prompt = "", tokens
-        if first is not None:  # tool_choice auto: the first token decides call or text
-            head = self._first(tokens, first, sampling)
+        if plan.first is not None:  # tool_choice auto: the first token decides call or text
+            head = self._first(tokens, plan.first, sampling)
             if head.startswith("{"):
-                grammar, calls = call_grammar, "always"
+                grammar, calls = plan.call, "always"
             else:  # a text answer: it goes on from its first token, with no grammar
                 calls = "never"
                 emit(head)
@@ -245,6 +230,26 @@ class LlamaExecutor:
         if not out.streamed and text:
             emit(text)  # held back as a possible call, and it was not one (cut by max_tokens)
         return Output(text=text, usage=usage, finish=out.finish, logprobs=logprobs)
+
+    def _prompt(self, job: Job, mode: str) -> tuple[llama_chat.Plan, list[int]]:
+        """The plan (stops, grammar, tool calls) and the prompt's tokens. Raises
+        ``ExecutorError`` for a prompt longer than the context."""
+        if mode == "chat":
+            assert self.template is not None
+            plan = llama_chat.plan(self.template, job.input, job.llm)
+            tokens = self.llm.tokenize(plan.prompt.encode(), add_bos=not plan.added_special, special=True)
+        else:
+            # As create_completion tokenizes a text prompt, so prompt_tokens counts what it reads.
+            plan = llama_chat.Plan(prompt=job.input, added_special=False)
+            tokens = self.llm.tokenize(
+                job.input.encode(), add_bos=self.llm._model.add_bos_token(), special=True
+            )
+        if len(tokens) >= self.llm.n_ctx():
+            raise ExecutorError(
+                f"the prompt takes {len(tokens)} tokens and the model's context holds {self.llm.n_ctx()}: "
+                "shorten the conversation, or raise n_ctx in models.toml"
+            )
+        return plan, tokens
 
     def _collect(
         self,

@@ -154,7 +154,8 @@ def plan(template: Template, text: str, llm: LlmInput | None) -> Plan:
         if tools:
             wire = _with_tools_described(wire, tools, llm.forced_tool, calls == "always", template.family)
         result = template.render(messages=wire)
-    stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+    stops = result.stop if isinstance(result.stop, list) else [result.stop]
+    stop = [s for s in stops if s]
     return Plan(
         prompt=result.prompt,
         added_special=bool(getattr(result, "added_special", False)),

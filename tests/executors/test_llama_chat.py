@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from syncq.executors import llama_chat
+from syncq.executors import llama_chat, llama_sampling
 from syncq.executors.base import ExecutorError, Job, ModelSpec, Output
 from syncq.executors.llama import LlamaExecutor
 from syncq.executors.models import discover
@@ -216,6 +216,29 @@ def test_a_json_object_is_bounded_so_a_small_model_closes_it(smol: LlamaExecutor
     )
     choice = out["choices"][0]
     assert choice["finish_reason"] == "stop" and len(json.loads(choice["text"])) == 16, choice["text"]
+
+
+def test_the_lazy_grammar_gives_what_the_eager_one_gives_and_holds_a_model_that_breaks_it(
+    smol: LlamaExecutor,
+) -> None:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    def complete(prompt: str, gbnf: str) -> str:
+        grammar = LlamaGrammar.from_string(gbnf, verbose=False)
+        out = smol.llm.create_completion(prompt, max_tokens=24, temperature=0, grammar=grammar)
+        return str(out["choices"][0]["text"])
+
+    planets = 'The planets in order, as JSON: {"Mercury": 1, "Venus": 2,'
+    # "The sky is" goes on with " blue": the first choice breaks the grammar, which then filters
+    # the whole vocabulary.
+    lazy = [complete(planets, llama_chat.JSON_OBJECT), complete("The sky is", 'root ::= " yes" | " no"')]
+    assert "_init_sampler" in smol.llm.__dict__  # the executor made its Llama lazy
+    del smol.llm._init_sampler
+    try:
+        eager = [complete(planets, llama_chat.JSON_OBJECT), complete("The sky is", 'root ::= " yes" | " no"')]
+    finally:
+        llama_sampling.lazy(smol.llm)
+    assert lazy == eager and lazy[0].startswith('{"') and lazy[1] in (" yes", " no"), lazy
 
 
 def test_json_schema_output_follows_the_schema(smol: LlamaExecutor) -> None:

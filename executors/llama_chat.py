@@ -139,6 +139,13 @@ def plan(template: Template, text: str, llm: LlmInput | None) -> Plan:
     grammar = first = call = None
     if tools:
         forced = llm.forced_tool or llm.tool_choice == "required"
+        if llm.format is not None and not forced:
+            # The answer may be a call or a text: one grammar cannot hold the text to the format
+            # and leave the call free (both start with "{"). A forced call needs no format.
+            raise ExecutorError(
+                "the llama backend cannot apply a response_format to a text answer when tools are "
+                "offered with tool_choice auto: use one or the other, or require a tool"
+            )
         calls = "always" if forced else "maybe"
         if forced:
             grammar = call_grammar(tools, llm.forced_tool)

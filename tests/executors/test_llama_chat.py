@@ -291,6 +291,16 @@ def test_a_tool_whose_schema_the_converter_refuses_still_gets_a_call_object(smol
     assert isinstance(json.loads(out.tool_calls[0].arguments), dict)
 
 
+def test_tools_with_a_response_format_are_refused_unless_a_call_is_required(smol: LlamaExecutor) -> None:
+    assert smol.template is not None
+    ask = (Message(role="user", content="Weather?"),)
+    both = LlmInput(messages=ask, tools=(WEATHER,), format=OutputFormat(type="json_object"))
+    with pytest.raises(ExecutorError, match="cannot apply a response_format to a text answer when tools"):
+        llama_chat.plan(smol.template, "", both)
+    required = llama_chat.plan(smol.template, "", replace(both, tool_choice="required"))
+    assert required.calls == "always" and required.grammar == llama_chat.call_grammar((WEATHER,))
+
+
 def test_auto_tool_choice_gives_a_valid_call_or_a_streamed_answer(smol: LlamaExecutor) -> None:
     for question in ("What is the weather in Paris?", "Say hello."):
         llm = LlmInput(messages=(Message(role="user", content=question),), tools=(WEATHER,))

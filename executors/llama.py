@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syncq.chat import LlmInput, ToolCall
+from syncq.chat import LlmInput, TokenLogprob, ToolCall
 
 from . import cpu, llama_chat, llama_sampling
 from .base import ExecutorError, Job, ModelSpec, Output
@@ -95,7 +95,7 @@ class _Stream:
     text: list[str] = field(default_factory=list)
     chunks: int = 0
     finish: str = ""
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     streamed: bool = True  # the text went out through emit (not held back as a tool call)
 
 
@@ -343,15 +343,15 @@ def stops(params: Mapping[str, Any], llm: LlmInput | None) -> list[str]:
     return found + [s for s in (llm.stop if llm is not None else ()) if s not in found]
 
 
-def _token_logprobs(logprobs: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+def _token_logprobs(logprobs: Mapping[str, Sequence[Any]]) -> list[TokenLogprob]:
     # llama-cpp-python gives completion-style logprobs (tokens, token_logprobs, top_logprobs
-    # dicts); this is OpenAI's chat shape, one entry per token.
+    # dicts); one entry per token, with its alternatives, as the log keeps them.
     return [
-        {
-            "token": token,
-            "logprob": logprob,
-            "top_logprobs": [{"token": t, "logprob": lp} for t, lp in (top or {}).items()],
-        }
+        TokenLogprob(
+            token=token,
+            logprob=float(logprob),
+            top=tuple((str(t), float(lp)) for t, lp in (top or {}).items()),
+        )
         for token, logprob, top in zip(
             logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=False
         )

@@ -21,7 +21,7 @@ from syncq.executors.base import ExecutorError, Job, ModelSpec, Output
 from syncq.executors.llama import LlamaExecutor
 from syncq.executors.models import discover
 
-from syncq.chat import LlmInput, Message, OutputFormat, Tool, ToolCall
+from syncq.chat import LlmInput, Message, OutputFormat, TokenLogprob, Tool, ToolCall
 
 pytestmark = [pytest.mark.model]
 pytest.importorskip("llama_cpp", reason="the llm extra is not installed")
@@ -345,9 +345,10 @@ def test_logprobs_need_logits_all_and_then_come_per_token(smol: LlamaExecutor) -
     finally:
         executor.unload()
     assert len(out.logprobs) == out.usage["completion_tokens"] > 0
-    assert "".join(e["token"] for e in out.logprobs) == out.text
+    assert "".join(e.token for e in out.logprobs) == out.text
     for entry in out.logprobs:
-        assert entry["logprob"] <= 0 and 3 <= len(entry["top_logprobs"]) <= 4
+        assert entry.logprob <= 0 and 3 <= len(entry.top) <= 4
+        assert TokenLogprob.from_wire(entry.to_wire()) == entry  # what the log keeps of it
 
 
 def test_a_template_that_knows_tools_renders_them_and_its_calls_are_parsed() -> None:

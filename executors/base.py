@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from syncq.chat import LlmInput, ToolCall
+from syncq.chat import LlmInput, TokenLogprob, ToolCall
 
 
 class ExecutorError(Exception):
@@ -55,6 +55,8 @@ class Output:
     files: tuple[str, ...] = ()
     finish: str = ""  # "stop", "length" (max_tokens reached) or "tool_calls"; "" if unknown
     tool_calls: tuple[ToolCall, ...] = ()
+    # With params logprobs (a llama model loaded with logits_all): one entry per generated token.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Executor(Protocol):

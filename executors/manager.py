@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from syncq.chat import ToolCall
+from syncq.chat import TokenLogprob, ToolCall
 from syncq.errors import MalformedRecord
 
 from . import memory, worker
@@ -409,9 +409,10 @@ def checked_output(out: object) -> Output:
         raise ExecutorError(f"the backend returned a {type(out).__name__}, not an Output")
     try:
         calls = tuple(ToolCall.from_wire(call.to_wire()) for call in out.tool_calls)
+        logprobs = tuple(TokenLogprob.from_wire(t.to_wire()) for t in out.logprobs)
     except (AttributeError, TypeError, MalformedRecord) as exc:
-        raise ExecutorError(f"the model made a tool call that cannot be recorded: {exc}") from None
-    return dataclasses.replace(out, tool_calls=calls)
+        raise ExecutorError(f"the model made tool calls or logprobs the log cannot hold: {exc}") from None
+    return dataclasses.replace(out, tool_calls=calls, logprobs=logprobs)
 
 
 def _grace(longest_gap: float) -> float:

@@ -27,7 +27,7 @@ from syncq.executors.base import ExecutorError, Job
 from syncq.executors.manager import Cancelled, ModelManager, ModelUnusable
 
 from syncq.blobs import BlobRef
-from syncq.chat import ToolCall
+from syncq.chat import MAX_LOGPROBS, TokenLogprob, ToolCall
 from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, first_choice, won
 from syncq.errors import BlobError, InvalidInput, MalformedRecord, StoreError
 from syncq.ids import PromptId
@@ -454,6 +454,7 @@ class Scheduler:
                 files=files,
                 finish=out.finish if out.finish in FINISHES else "",
                 tool_calls=out.tool_calls[:MAX_CALLS],
+                logprobs=out.logprobs[:MAX_LOGPROBS],
             )
         except Cancelled:
             result = None
@@ -507,6 +508,7 @@ class Scheduler:
         counts: bool = True,
         finish: str = "",
         tool_calls: tuple[ToolCall, ...] = (),
+        logprobs: tuple[TokenLogprob, ...] = (),
     ) -> Result:
         return Result(
             prompt_id=chosen.prompt_id,
@@ -523,6 +525,7 @@ class Scheduler:
             counts=counts,
             finish=finish,
             tool_calls=tool_calls,
+            logprobs=logprobs,
         )
 
     async def _stream(self, running: Running, buffer: list[str], arrived: asyncio.Event) -> None:

@@ -37,6 +37,8 @@ MAX_TOOLS = 128
 MAX_STOPS = 4  # OpenAI's limit
 MAX_STOP_CHARS = 64
 MAX_EMBED_INPUTS = 256
+MAX_TOP_LOGPROBS = 20
+MAX_LOGPROBS = 32768  # tokens of one answer whose logprobs are kept (records.LLM_PARAMS max_tokens)
 MAX_SCHEMA_DEPTH = 24
 MAX_LLM_BYTES = 1 << 20  # the whole field, encoded: a long history is text, not a file
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # OpenAI's rule, plus "." (MCP names)
@@ -76,6 +78,37 @@ class ToolCall:
         if not _CALL_ID.fullmatch(call.id) or not _TOOL_NAME.fullmatch(call.name):
             raise MalformedRecord("a tool call has a bad id or name")
         return call
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenLogprob:
+    """One generated token's log-probability and, when asked (``top_logprobs``), its most
+    likely alternatives as (token, logprob) pairs: OpenAI's ``logprobs.content`` entry."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [self.token, self.logprob, [list(pair) for pair in self.top]]
+
+    @classmethod
+    def from_wire(cls, wire: object) -> TokenLogprob:
+        if not (isinstance(wire, list) and len(wire) == 3 and isinstance(wire[2], list)):
+            raise MalformedRecord("a token's logprob is not [token, logprob, top]")
+        token, logprob, top = wire
+        pairs = [p for p in top[: MAX_TOP_LOGPROBS + 1] if isinstance(p, list) and len(p) == 2]
+        if len(pairs) != len(top) or len(top) > MAX_TOP_LOGPROBS:
+            raise MalformedRecord("a token's top logprobs are not at most 20 [token, logprob] pairs")
+        if not isinstance(token, str) or not all(isinstance(t, str) for t, _ in pairs):
+            raise MalformedRecord("a logprob's token is not text")
+        if not all(_is_number(v) for v in (logprob, *(v for _, v in pairs))):
+            raise MalformedRecord("a logprob is not a number")
+        return cls(token=token, logprob=float(logprob), top=tuple((t, float(v)) for t, v in pairs))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

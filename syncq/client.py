@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any
 
 from syncq.blobs import BlobRef
-from syncq.chat import LlmInput, Message, ToolCall
+from syncq.chat import LlmInput, Message, TokenLogprob, ToolCall
 from syncq.errors import BlobUnavailable, WaitTimeout
 from syncq.ids import PromptId
 from syncq.keys import resolve_home
@@ -73,6 +73,7 @@ class Outcome:
     files: tuple[Path, ...] = ()  # those files saved on this device (``result`` fetches them)
     finish: str = ""  # why generation ended: "stop", "length", "tool_calls"; "" if not said
     tool_calls: tuple[ToolCall, ...] = ()  # the calls the model made (its answer, with tools)
+    logprobs: tuple[TokenLogprob, ...] = ()  # per generated token, when the prompt asked
 
     @property
     def ok(self) -> bool:
@@ -112,6 +113,7 @@ class Outcome:
             attachments=run.files if run is not None and entry.status is Status.DONE else (),
             finish=run.finish if run is not None and entry.status is Status.DONE else "",
             tool_calls=run.tool_calls if run is not None and entry.status is Status.DONE else (),
+            logprobs=run.logprobs if run is not None and entry.status is Status.DONE else (),
         )
 
 

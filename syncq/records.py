@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 from syncq.blobs import MAX_FILES, BlobRef
-from syncq.chat import LlmInput, ToolCall
+from syncq.chat import MAX_LOGPROBS, LlmInput, TokenLogprob, ToolCall
 from syncq.errors import InvalidInput, MalformedRecord
 from syncq.ids import DeviceId, PromptId, is_prompt_id
 
@@ -218,6 +218,7 @@ class Result:
     # does not say (older nodes, non-llm models). Stored only when set.
     finish: str = ""
     tool_calls: tuple[ToolCall, ...] = ()  # the model's calls, in order; stored only when made
+    logprobs: tuple[TokenLogprob, ...] = ()  # per token, when the prompt asked; stored only then
 
     @property
     def key(self) -> str:
@@ -248,6 +249,8 @@ class Result:
             wire["finish"] = self.finish
         if self.tool_calls:
             wire["tool_calls"] = [c.to_wire() for c in self.tool_calls]
+        if self.logprobs:
+            wire["logprobs"] = [t.to_wire() for t in self.logprobs]
         return wire
 
     @classmethod
@@ -280,6 +283,7 @@ class Result:
             counts=_bool(w, "counts") if "counts" in w else True,
             finish=_str(w, "finish") if "finish" in w else "",
             tool_calls=tuple(ToolCall.from_wire(c) for c in _list(w, "tool_calls")[:MAX_CALLS]),
+            logprobs=tuple(TokenLogprob.from_wire(t) for t in _list(w, "logprobs")[:MAX_LOGPROBS]),
         )
         return _keyed(result, key)
 

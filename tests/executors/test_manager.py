@@ -351,7 +351,7 @@ def test_a_worker_s_whole_output_comes_back_and_bad_tool_calls_fail_the_job() ->
     assert checked_output(good) == good
     # A model may invent a tool name: recorded, it would make the result unreadable everywhere.
     for bad in (ToolCall(id="call_1", name="no spaces allowed", arguments="{}"), "not a call"):
-        with pytest.raises(ExecutorError, match="a tool call that cannot be recorded"):
+        with pytest.raises(ExecutorError, match="tool calls or logprobs the log cannot hold"):
             checked_output(Output(text="", tool_calls=(bad,)))  # type: ignore[arg-type]
     with pytest.raises(ExecutorError, match="returned a dict, not an Output"):
         checked_output({"text": "x"})

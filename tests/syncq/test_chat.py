@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncq import chat
-from syncq.chat import LlmInput, Message, OutputFormat, Tool, ToolCall
+from syncq.chat import LlmInput, Message, OutputFormat, TokenLogprob, Tool, ToolCall
 from syncq.errors import InvalidInput, MalformedRecord
 from syncq.ids import DeviceId, PromptId
 from syncq.records import Prompt, PromptKind, Result, RunStatus, decode, encode
@@ -119,8 +119,24 @@ def test_a_prompt_with_an_llm_field_round_trips(llm: LlmInput, text: str, create
     assert plain.llm is None and plain.input == text  # what an older node wrote and reads
 
 
-@given(st.lists(CALL, max_size=4), st.sampled_from(["", "stop", "length", "tool_calls"]))
-def test_a_result_with_tool_calls_round_trips(calls: list[ToolCall], finish: str) -> None:
+LOGPROB = st.builds(
+    TokenLogprob,
+    token=TEXT,
+    logprob=st.floats(max_value=0, allow_nan=False, allow_infinity=False),
+    top=st.lists(
+        st.tuples(TEXT, st.floats(max_value=0, allow_nan=False, allow_infinity=False)), max_size=3
+    ).map(tuple),
+)
+
+
+@given(
+    st.lists(CALL, max_size=4),
+    st.sampled_from(["", "stop", "length", "tool_calls"]),
+    st.lists(LOGPROB, max_size=4),
+)
+def test_a_result_with_tool_calls_round_trips(
+    calls: list[ToolCall], finish: str, logprobs: list[TokenLogprob]
+) -> None:
     result = Result(
         prompt_id=PromptId("01JDX4ZZZZZZZZZZZZZZZZZZZZ"),
         node=DeviceId("cd" * 32),
@@ -131,6 +147,7 @@ def test_a_result_with_tool_calls_round_trips(calls: list[ToolCall], finish: str
         finished_at=2,
         finish=finish,
         tool_calls=tuple(calls),
+        logprobs=tuple(logprobs),
     )
     assert Result.from_wire(result.key, decode(encode(result.to_wire()))) == result
 

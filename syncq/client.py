@@ -32,7 +32,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -40,16 +40,15 @@ from typing import Any
 
 from syncq.blobs import BlobRef
 from syncq.chat import LlmInput, Message, TokenLogprob, ToolCall
-from syncq.errors import BlobUnavailable, WaitTimeout
+from syncq.errors import WaitTimeout
+from syncq.fetching import SAFETY_S, check_fetchable, fetch_checked, fetch_files
 from syncq.ids import PromptId
 from syncq.keys import resolve_home
 from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Changes, Entry, Log
 from syncq.records import NodeInfo, ParamValue, Prompt
 from syncq.space import Space
-from syncq.watch import FALLBACK_S, RECHECK_S, FolderWatch, wait_event
-
-SAFETY_S = 1.0  # a look at the store this often even without a change reported (lost events)
+from syncq.watch import RECHECK_S, FolderWatch, wait_event
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,73 +142,6 @@ class MeshModel:
     backend: str
     nodes: tuple[str, ...]  # names of the nodes that serve it
     warm: tuple[str, ...]  # those that have it loaded now
-
-
-def fetch_files(
-    space: Space,
-    refs: Sequence[BlobRef],
-    folder: str | os.PathLike[str],
-    *,
-    timeout: float | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[Path]:
-    """Save attachments into ``folder``, asking this home's node to fetch the ones not here yet
-    and waiting for them (``progress(bytes here, bytes in all)`` as chunks arrive).
-
-    Raises ``BlobUnavailable`` when chunks are missing and no node runs in this home,
-    ``WaitTimeout`` after ``timeout`` seconds (the node goes on fetching), ``BlobError``."""
-    check_fetchable(space, refs)
-    return _fetch(space, refs, folder, timeout=timeout, progress=progress)
-
-
-def check_fetchable(space: Space, refs: Sequence[BlobRef]) -> None:
-    """Raise ``BlobUnavailable`` if some of ``refs`` are not here and no node runs to fetch them.
-
-    Apart from ``_fetch``: this reads the store, whose connection belongs to the caller's thread."""
-    pending = [ref for ref in refs if not space.blobs.complete(ref)]
-    if pending and space.node_running() is None:
-        names = ", ".join(ref.name for ref in pending)
-        raise BlobUnavailable(
-            f"{names}: not on this device yet, and no node runs in {space.paths.root} to fetch "
-            "it: start `syncq node`"
-        )
-
-
-def _fetch(
-    space: Space,
-    refs: Sequence[BlobRef],
-    folder: str | os.PathLike[str],
-    *,
-    timeout: float | None,
-    progress: Callable[[int, int], None] | None,
-) -> list[Path]:
-    """``fetch_files`` once ``check_fetchable`` passed; touches only the attachment store (whose
-    connection any thread may use) and the keys, so ``AsyncClient`` runs it in a thread."""
-    target = Path(folder)
-    target.mkdir(parents=True, exist_ok=True)
-    total = sum(ref.size for ref in refs)
-    pending = [ref for ref in refs if not space.blobs.complete(ref)]
-    if pending:
-        for ref in pending:
-            space.blobs.want(ref)
-        watch = FolderWatch(space.paths.root)
-        try:
-            for _ in watch.moves(space.blobs.data_version, timeout, safety_s=SAFETY_S):
-                here = sum(space.blobs.stored_bytes(ref.raw_id) for ref in refs)
-                if progress is not None:
-                    progress(min(here, total), total)
-                if all(space.blobs.complete(ref) for ref in pending):
-                    break
-        except TimeoutError:
-            raise WaitTimeout(
-                f"gave up waiting for {', '.join(r.name for r in pending)} after {timeout:g} s; "
-                "the node goes on fetching"
-            ) from None
-        finally:
-            watch.close()
-    if progress is not None:
-        progress(total, total)
-    return [space.save_file(ref, target) for ref in refs]
 
 
 def open(home: str | os.PathLike[str] | None = None) -> Client:
@@ -411,13 +343,9 @@ class Client(_Verbs):
 
 
 class AsyncClient(_Verbs):
-    """A space for an asyncio program (``syncq.aopen``): use it from one event loop.
-
-    With ``announced``, the process that holds it says itself when the store changed
-    (``announce``): the node serving its HTTP API does, for its own writes, its peers' and other
-    processes' (its file watch). The client then keeps no file watch of its own, and wakes as
-    soon as a write is committed instead of at the file watch's next look.
-    """
+    """A space for an asyncio program (``syncq.aopen``): use it from one event loop. With
+    ``announced`` it keeps no file watch: its holder says when the store changed (``announce``),
+    as the node serving its HTTP API does, so a commit wakes it at once."""
 
     def __init__(self, space: Space, *, announced: bool = False) -> None:
         super().__init__(space)
@@ -439,7 +367,7 @@ class AsyncClient(_Verbs):
         if fd is not None:
             loop.add_reader(fd, self._changed)
         watched = fd is not None or self._announced
-        self._ticker = asyncio.ensure_future(self._tick(SAFETY_S if watched else FALLBACK_S))
+        self._ticker = asyncio.ensure_future(self._tick(SAFETY_S if watched else 0.05))
         self._look()
         return self
 
@@ -519,7 +447,9 @@ class AsyncClient(_Verbs):
         home's node where they are not here yet."""
         check_fetchable(self.space, refs)  # reads the store, whose connection is this thread's
         # Rare and mostly disk-bound: a thread keeps the loop free meanwhile.
-        return await asyncio.to_thread(_fetch, self.space, refs, folder, timeout=timeout, progress=None)
+        return await asyncio.to_thread(
+            fetch_checked, self.space, refs, folder, timeout=timeout, progress=None
+        )
 
     def cancel(self, prompt_id: str) -> Entry:
         """Stop the prompt wherever it runs. Raises ``InvalidState`` if it already ended."""
@@ -571,15 +501,10 @@ class AsyncClient(_Verbs):
             self._look()
 
     def announce(self) -> None:
-        """The store changed (a commit of this process, or one it saw): look at it soon, once
-        for every announce of this turn of the event loop. Soon is after what this turn has
-        scheduled already: a node that announces its claims has its jobs started first."""
+        """The store changed: look once for all announces of this turn of the loop, after what
+        it scheduled already (a node announcing its claims has their jobs started first)."""
         if self._look_soon is None and self._ticker is not None:
-            self._look_soon = asyncio.get_running_loop().call_later(0, self._announced_look)
-
-    def _announced_look(self) -> None:
-        self._look_soon = None
-        self._look()
+            self._look_soon = asyncio.get_running_loop().call_later(0, self._look)
 
     def _changed(self) -> None:
         self._watch.drain()
@@ -591,6 +516,9 @@ class AsyncClient(_Verbs):
 
     def _look(self) -> None:
         """Read the log once and wake the waiters of every prompt that changed."""
+        if self._look_soon is not None:  # this look serves every announce made before it
+            self._look_soon.cancel()
+            self._look_soon = None
         log = self.space.log
         if log is not self._log or self._feed is None:
             self._log, self._feed = log, log.follow(streams=True)

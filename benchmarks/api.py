@@ -424,6 +424,8 @@ def title_then_chat(port: int, key: str) -> tuple[float, float]:
 def parallel_section(root: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     """The chat's TTFT behind a title task, one worker per model against two (``parallel``),
     two nodes side by side, measured alternately."""
+    from syncq.executors.models import discover
+
     gguf = smollm2_path()
     if gguf is None:
         return None
@@ -433,7 +435,9 @@ def parallel_section(root: Path, args: argparse.Namespace) -> dict[str, Any] | N
             home = root / f"parallel-{workers}"
             Space.init(home, name=f"parallel-{workers}").close()
             (home / "config.toml").write_text(f'[node]\nparallel = {workers}\nexecutors = ["llama"]\n')
-            (home / "models.toml").write_text(f'[models.smollm2-135m]\nbackend = "llama"\npath = "{gguf}"\n')
+            if "smollm2-135m" not in discover(home):  # a syncq that does not bundle it yet
+                toml = f'[models.smollm2-135m]\nbackend = "llama"\npath = "{gguf}"\n'
+                (home / "models.toml").write_text(toml)
             port = free_port()
             servers[workers] = (start_node(home, "--api", f"127.0.0.1:{port}")[0], port, syncq.api_key(home))
         for _, port, key in servers.values():

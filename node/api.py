@@ -37,11 +37,11 @@ the connections.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from importlib import resources
 from typing import Any
@@ -54,17 +54,18 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 import syncq
+from syncq.client import MeshModel, Outcome
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError, WaitTimeout
 from syncq.lifecycle import Status
 from syncq.log import Entry
-from syncq.records import LLM_PARAMS, PromptKind, messages_input
+from syncq.records import Prompt, PromptKind
 
+from . import openai_chat
 from .api_auth import ApiSettings
 from .api_guard import Guard, guarded_protocol
 from .http_common import (
     ApiError,
     await_outcome,
-    flag,
     header_flag,
     json_body,
     refuse_knobs,
@@ -73,7 +74,7 @@ from .http_common import (
 )
 from .media import Media, file_links, output_files
 
-PARAMS = set(LLM_PARAMS) - {"mode"}  # OpenAI's names where they exist; keep_alive etc. as extra_body
+Translate = Callable[[Mapping[str, Any], str, "str | None"], openai_chat.ApiRequest]
 STATUSES = tuple(s.value for s in Status)
 # The page's own script and styles only: a prompt's text is shown as text, and should anything
 # slip, it can neither load nor send anywhere else.
@@ -185,8 +186,10 @@ def build_app(space: syncq.AsyncClient, settings: ApiSettings) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/models", guarded(api.models), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", guarded(api.model), methods=["GET"]),
             Route("/v1/chat/completions", guarded(api.chat), methods=["POST"]),
             Route("/v1/completions", guarded(api.complete), methods=["POST"]),
+            Route("/v1/embeddings", guarded(api.embed), methods=["POST"]),
             Route("/v1/audio/transcriptions", guarded(media.transcribe), methods=["POST"]),
             Route("/v1/images/generations", guarded(media.draw), methods=["POST"]),
             Route("/api/prompts", guarded(api.prompts), methods=["GET"]),
@@ -210,106 +213,106 @@ class _Api:
         self.space, self.settings = space, settings
 
     async def models(self, request: Request) -> Response:
-        data = [
-            {"id": m.name, "object": "model", "created": 0, "owned_by": "syncq", "nodes": list(m.nodes)}
-            for m in self.space.models()
-        ]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [_model(m) for m in self.space.models()]})
 
-    async def chat(self, request: Request) -> Response:
-        body = await json_body(request)
-        try:
-            text = messages_input(body.get("messages"))
-        except InvalidInput as exc:
-            raise ApiError(400, str(exc), code="invalid_messages") from exc
-        return await self._run(request, body, text, "chat", "chat.completion")
-
-    async def complete(self, request: Request) -> Response:
-        body = await json_body(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise ApiError(400, "prompt must be a string", code="invalid_prompt")
-        return await self._run(request, body, prompt, "complete", "text_completion")
-
-    async def _run(
-        self, request: Request, body: Mapping[str, Any], text: str, mode: str, kind: str
-    ) -> Response:
-        model = served_model(self.space, body.get("model"), PromptKind.LLM)
-        stream = flag(body, "stream")
-        cancel_on_disconnect = header_flag(request, "x-syncq-cancel-on-disconnect")
-        params: dict[str, Any] = {k: v for k, v in body.items() if k in PARAMS and v is not None}
-        refuse_knobs(self.space, self.settings, model, params)
-        if isinstance(params.get("stop"), list):
-            params["stop"] = params["stop"][0] if params["stop"] else None
-        try:
-            added = self.space.add(text, model=model, params={**params, "mode": mode})
-        except InvalidInput as exc:
-            raise ApiError(400, str(exc), code="invalid_parameter") from exc
-        if stream:
-            return StreamingResponse(
-                self._stream(request, added.id, model, kind, cancel_on_disconnect),
-                media_type="text/event-stream",
-            )
-        outcome = await await_outcome(self.space, added.id)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
-        if kind == "chat.completion":
-            choice["message"] = {"role": "assistant", "content": outcome.text}
-        else:
-            choice["text"] = outcome.text
-        return JSONResponse(
-            {
-                "id": f"syncq-{added.id}",
-                "object": kind,
-                "created": int(time.time()),
-                "model": model,
-                "choices": [choice],
-                "usage": _usage(outcome.usage),
-                "syncq": {"id": added.id, "node": outcome.node_name},
-            }
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["model_id"]
+        for m in self.space.models():
+            if m.name == name:
+                return JSONResponse(_model(m))
+        raise ApiError(
+            404, f"The model '{name}' does not exist: no node of this space serves it", code="model_not_found"
         )
 
+    async def chat(self, request: Request) -> Response:
+        return await self._run(request, openai_chat.chat_request)
+
+    async def complete(self, request: Request) -> Response:
+        return await self._run(request, openai_chat.completion_request)
+
+    async def embed(self, request: Request) -> Response:
+        asked, added = await self._add(request, openai_chat.embedding_request)
+        outcome = await self._await(request, added.id, cancel_on_disconnect=False)
+        return JSONResponse(openai_chat.embeddings(added.model, outcome.text, outcome.usage, asked.encoding))
+
+    async def _add(self, request: Request, translate: Translate) -> tuple[openai_chat.ApiRequest, Prompt]:
+        """The body translated, checked against the model's backend, and queued."""
+        body = await json_body(request)
+        model = served_model(self.space, body.get("model"), PromptKind.LLM)
+        backend = {m.name: m.backend for m in self.space.models()}.get(model)
+        asked = translate(body, model, backend)
+        refuse_knobs(self.space, self.settings, model, asked.params)
+        extra: dict[str, Any] = {"llm": asked.llm} if asked.llm is not None else {}
+        try:
+            added = self.space.add(
+                asked.text, model=model, params=asked.params, priority=asked.priority, **extra
+            )
+        except InvalidInput as exc:
+            raise ApiError(400, str(exc), code="invalid_parameter") from exc
+        return asked, added
+
+    async def _run(self, request: Request, translate: Translate) -> Response:
+        asked, added = await self._add(request, translate)
+        chat_mode = asked.mode == "chat"
+        if asked.stream:
+            keep = asked.keep_on_disconnect or header_flag(request, "x-syncq-keep-on-disconnect")
+            return StreamingResponse(
+                self._stream(added.id, added.model, chat_mode, asked.include_usage, cancel=not keep),
+                media_type="text/event-stream",
+            )
+        cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
+        outcome = await self._await(request, added.id, cancel_on_disconnect=cancel)
+        extra = {"id": added.id, "node": outcome.node_name}
+        run = self.space.get(added.id).result
+        return JSONResponse(openai_chat.answer(added.id, added.model, chat_mode, outcome.text, run, extra))
+
+    async def _await(self, request: Request, prompt_id: str, *, cancel_on_disconnect: bool) -> Outcome:
+        """``await_outcome``; a client that hangs up first cancels the prompt only if it asked to
+        (a non-streaming answer is kept in the log for whoever asks later)."""
+        if not cancel_on_disconnect:
+            return await await_outcome(self.space, prompt_id)
+        waiting = asyncio.ensure_future(await_outcome(self.space, prompt_id))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(SyncqError):
+                    self.space.cancel(prompt_id)
+        return waiting.result()
+
     async def _stream(
-        self, request: Request, prompt_id: str, model: str, kind: str, cancel_on_disconnect: bool
+        self, prompt_id: str, model: str, chat_mode: bool, include_usage: bool, *, cancel: bool
     ) -> AsyncIterator[bytes]:
-        chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else kind
-        created = int(time.time())
-
-        def event(delta: str | None, finish: str | None) -> bytes:
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-            if chunk_kind == "chat.completion.chunk":
-                choice["delta"] = {"content": delta} if delta is not None else {}
-            else:
-                choice["text"] = delta or ""
-            data = {
-                "id": f"syncq-{prompt_id}",
-                "object": chunk_kind,
-                "created": created,
-                "model": model,
-                "choices": [choice],
-            }
-            return f"data: {json.dumps(data)}\n\n".encode()
-
+        """The answer as server-sent events. A client that hangs up cancels the prompt (a chat
+        UI's Stop button) unless it asked to keep it: starlette ends this generator at once
+        when the connection closes, wherever it waits."""
+        chunks = openai_chat.Chunks(prompt_id, model, chat_mode)
         finished = False
         try:
+            if start := chunks.start():
+                yield start
             while True:  # a stream that ended for a stranded prompt a node then claimed goes on
                 async for piece in self.space.stream(prompt_id):
-                    yield event(piece, None)
+                    yield chunks.text(piece)
                 entry = self.space.get(prompt_id)
                 if self.space.over(entry):
                     break
-            outcome = self.space.outcome(entry)
+            outcome, run = self.space.outcome(entry), entry.result
             finished = True
             if not outcome.ok:
                 stuck = entry.status is Status.QUEUED
-                message = unusable(self.space, outcome) if stuck else outcome.problem()
-                error = {"error": {"message": message, "type": "server_error"}}
-                yield f"data: {json.dumps(error)}\n\n".encode()
-            yield event(None, "stop")
-            yield b"data: [DONE]\n\n"
+                yield chunks.error(unusable(self.space, outcome) if stuck else outcome.problem())
+            elif run is not None and (calls := chunks.calls(run.tool_calls)):
+                yield calls
+            yield chunks.finish(openai_chat.finish_reason(run if outcome.ok else None))
+            if include_usage:
+                yield chunks.usage(outcome.usage)
+            yield chunks.done()
         finally:
-            if not finished and cancel_on_disconnect:
+            if not finished and cancel:
                 with contextlib.suppress(SyncqError):
                     self.space.cancel(prompt_id)
 
@@ -357,10 +360,14 @@ class _Api:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
 
-def _usage(usage: Mapping[str, Any]) -> dict[str, int]:
-    prompt = int(usage.get("prompt_tokens", 0) or 0)
-    completion = int(usage.get("completion_tokens", usage.get("tokens", 0)) or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _model(m: MeshModel) -> dict[str, Any]:
+    return {"id": m.name, "object": "model", "created": 0, "owned_by": "syncq", "nodes": list(m.nodes)}
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has hung up (its body is read already: only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _entry(entry: Entry) -> dict[str, Any]:

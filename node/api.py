@@ -1,9 +1,10 @@
 """The local HTTP API: OpenAI-compatible endpoints that enqueue into the space and answer when
 the result arrives, from whichever node runs the prompt (DESIGN.md section 10).
 
-    GET  /v1/models                 every model of the mesh
-    POST /v1/chat/completions       {model, messages, stream?, max_tokens?, temperature?, ...}
+    GET  /v1/models                 every model of the mesh;  GET /v1/models/{id}: one
+    POST /v1/chat/completions       {model, messages, stream?, tools?, response_format?, ...}
     POST /v1/completions            {model, prompt, stream?, ...}
+    POST /v1/embeddings             {model, input: text | [text, ...], encoding_format?}
     POST /v1/audio/transcriptions   a form: file, model, language?, response_format?
                                     (json | text | srt | verbose_json)
     POST /v1/images/generations     {model, prompt, size?: "WxH", n?: 1, response_format?: b64_json,
@@ -17,8 +18,14 @@ the result arrives, from whichever node runs the prompt (DESIGN.md section 10).
 
 Each request is a prompt like ``syncq add``: it goes through ``syncq.aopen`` on its own store
 connection, so waiting wakes on the store's writes (``syncq.watch``) and the node syncs the
-prompt as it syncs any other process's. A client that disconnects does not cancel its prompt
-unless it asked to (header ``X-Syncq-Cancel-On-Disconnect: true``). Errors have OpenAI's shape:
+prompt as it syncs any other process's. OpenAI's request fields become the
+prompt's text, ``LlmInput`` (the conversation, tools, output format, stop strings) and params in
+``openai_chat.py``, which also shapes the answers and stream chunks; every field is honoured or
+refused with a 400 naming it. A streaming request is queued with priority 1 (else 0) unless it
+sets ``priority``. A streaming client that disconnects cancels its prompt (Stop) unless it asked
+to keep it (header ``X-Syncq-Keep-On-Disconnect: true`` or body ``keep_on_disconnect: true``);
+a non-streaming one leaves it running, its answer kept in the log, unless it asked otherwise
+(header ``X-Syncq-Cancel-On-Disconnect: true``). Errors have OpenAI's shape:
 ``{"error": {"message", "type", "code"}}`` with a 4xx status; a prompt that failed answers 502
 with the executor's message and ``x-should-retry: false`` (syncq already retried it, up to the
 prompt's ``max_attempts``: the official clients would otherwise run it three times more).

@@ -76,7 +76,7 @@ from .http_common import (
     header_flag,
     json_body,
     refuse_knobs,
-    served_model,
+    served_backend,
     unusable,
 )
 from .media import Media, file_links, output_files
@@ -245,8 +245,7 @@ class _Api:
     async def _add(self, request: Request, translate: Translate) -> tuple[openai_chat.ApiRequest, Prompt]:
         """The body translated, checked against the model's backend, and queued."""
         body = await json_body(request)
-        model = served_model(self.space, body.get("model"), PromptKind.LLM)
-        backend = {m.name: m.backend for m in self.space.models()}.get(model)
+        model, backend = served_backend(self.space, body.get("model"), PromptKind.LLM)
         asked = translate(body, model, backend)
         refuse_knobs(self.space, self.settings, model, asked.params)
         extra: dict[str, Any] = {"llm": asked.llm} if asked.llm is not None else {}
@@ -288,6 +287,8 @@ class _Api:
                 waiting.cancel()
                 with contextlib.suppress(SyncqError):
                     self.space.cancel(prompt_id)
+        if waiting.cancelled():  # the client left: nobody reads this answer
+            raise ApiError(400, "the client left: its prompt is cancelled", code="client_disconnected")
         return waiting.result()
 
     async def _stream(

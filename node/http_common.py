@@ -140,6 +140,11 @@ def refuse_declared(request: Request, limit: int) -> None:
 
 def served_model(space: syncq.AsyncClient, model: object, kind: PromptKind) -> str:
     """The model, if some node serves it for prompts of ``kind``. Raises ``ApiError``."""
+    return served_backend(space, model, kind)[0]
+
+
+def served_backend(space: syncq.AsyncClient, model: object, kind: PromptKind) -> tuple[str, str]:
+    """``served_model`` and the backend the mesh serves it with, from one read of the mesh."""
     if not isinstance(model, str) or not model:
         raise ApiError(400, "model is required", code="missing_model", param="model")
     backend = {m.name: m.backend for m in space.models()}.get(model)
@@ -170,7 +175,7 @@ def served_model(space: syncq.AsyncClient, model: object, kind: PromptKind) -> s
             code="wrong_model_kind",
             param="model",
         )
-    return model
+    return model, backend
 
 
 async def await_outcome(space: syncq.AsyncClient, prompt_id: str) -> Outcome:

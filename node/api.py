@@ -258,15 +258,17 @@ class _Api:
         return asked, added
 
     async def _run(self, request: Request, translate: Translate) -> Response:
+        # Both headers are checked before anything is queued.
+        keep_header = header_flag(request, "x-syncq-keep-on-disconnect")
+        cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
         asked, added = await self._add(request, translate)
         chat_mode = asked.mode == "chat"
         if asked.stream:
-            keep = asked.keep_on_disconnect or header_flag(request, "x-syncq-keep-on-disconnect")
+            keep = asked.keep_on_disconnect or keep_header
             return StreamingResponse(
                 self._stream(added.id, added.model, chat_mode, asked.include_usage, cancel=not keep),
                 media_type="text/event-stream",
             )
-        cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
         outcome = await self._await(request, added.id, cancel_on_disconnect=cancel)
         extra = {"id": added.id, "node": outcome.node_name}
         run = self.space.get(added.id).result

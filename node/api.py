@@ -248,10 +248,9 @@ class _Api:
         model, backend = served_backend(self.space, body.get("model"), PromptKind.LLM)
         asked = translate(body, model, backend)
         refuse_knobs(self.space, self.settings, model, asked.params)
-        extra: dict[str, Any] = {"llm": asked.llm} if asked.llm is not None else {}
         try:
             added = self.space.add(
-                asked.text, model=model, params=asked.params, priority=asked.priority, **extra
+                asked.text, model=model, params=asked.params, priority=asked.priority, llm=asked.llm
             )
         except InvalidInput as exc:
             raise ApiError(400, str(exc), code="invalid_parameter") from exc
@@ -271,8 +270,7 @@ class _Api:
             )
         outcome = await self._await(request, added.id, cancel_on_disconnect=cancel)
         extra = {"id": added.id, "node": outcome.node_name}
-        run = self.space.get(added.id).result
-        return JSONResponse(openai_chat.answer(added.id, added.model, chat_mode, outcome.text, run, extra))
+        return JSONResponse(openai_chat.answer(added.id, added.model, chat_mode, outcome, extra))
 
     async def _await(self, request: Request, prompt_id: str, *, cancel_on_disconnect: bool) -> Outcome:
         """``await_outcome``; a client that hangs up first cancels the prompt only if it asked to
@@ -310,14 +308,14 @@ class _Api:
                 entry = self.space.get(prompt_id)
                 if self.space.over(entry):
                     break
-            outcome, run = self.space.outcome(entry), entry.result
+            outcome = self.space.outcome(entry)
             finished = True
             if not outcome.ok:
                 stuck = entry.status is Status.QUEUED
                 yield chunks.error(unusable(self.space, outcome) if stuck else outcome.problem())
-            elif run is not None and (calls := chunks.calls(run.tool_calls)):
+            elif calls := chunks.calls(outcome.tool_calls):
                 yield calls
-            yield chunks.finish(openai_chat.finish_reason(run if outcome.ok else None))
+            yield chunks.finish(openai_chat.finish_reason(outcome.finish, outcome.tool_calls))
             if include_usage:
                 yield chunks.usage(outcome.usage)
             yield chunks.done()

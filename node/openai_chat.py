@@ -43,8 +43,9 @@ from typing import Any
 
 from syncq import chat
 from syncq.chat import LlmInput, Message, Mode, OutputFormat, Tool, ToolCall
+from syncq.client import Outcome
 from syncq.errors import InvalidInput
-from syncq.records import PRIORITY_RANGE, TEST_KNOBS, ParamValue, Result
+from syncq.records import PRIORITY_RANGE, TEST_KNOBS, ParamValue
 
 from .http_common import ApiError, flag, keep_alive_seconds
 
@@ -182,11 +183,9 @@ def usage(counts: Mapping[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def finish_reason(run: Result | None) -> str:
-    """Why the answer ended, as OpenAI says it ("" from an older node: stop)."""
-    if run is not None and run.tool_calls:
-        return "tool_calls"
-    return (run.finish if run is not None else "") or "stop"
+def finish_reason(finish: str, calls: Sequence[ToolCall]) -> str:
+    """Why the answer ended, as OpenAI says it ("" from an older node, or a failure: stop)."""
+    return "tool_calls" if calls else finish or "stop"
 
 
 def tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
@@ -198,11 +197,12 @@ def tool_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
 
 
 def answer(
-    prompt_id: str, model: str, chat_mode: bool, text: str, run: Result | None, extra: Mapping[str, Any]
+    prompt_id: str, model: str, chat_mode: bool, outcome: Outcome, extra: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The whole answer of a non-streaming chat or completion."""
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason(run), "logprobs": None}
-    calls = run.tool_calls if run is not None else ()
+    """The whole answer of a non-streaming chat or completion that is done."""
+    calls, text = outcome.tool_calls, outcome.text
+    reason = finish_reason(outcome.finish, calls)
+    choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None}
     if chat_mode:
         message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
         if calls:
@@ -216,7 +216,7 @@ def answer(
         "created": int(time.time()),
         "model": model,
         "choices": [choice],
-        "usage": usage(run.usage if run is not None else {}),
+        "usage": usage(outcome.usage),
         "syncq": dict(extra),
     }
 

@@ -85,12 +85,6 @@ def test_a_streaming_client_that_asked_to_keep_its_prompt_leaves_it_running(api:
         assert status(api, prompt_id) == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/scheduler.py claims prompts ahead (2 or more per model) and runs the claimed ones "
-    "in claim order (one FIFO asyncio.Lock per model): priority orders claims, not the runs of "
-    "prompts already claimed, so the title claimed behind the busy prompt still runs first",
-)
 def test_a_streaming_chat_goes_ahead_of_queued_background_requests(api: Served) -> None:
     client = api.client()
 
@@ -220,3 +214,122 @@ def test_a_bad_message_shape_is_a_400_naming_the_message(api: Served, tmp_path: 
         "POST", "/v1/chat/completions", headers={"Content-Type": "application/json"}, body=body.encode()
     )
     assert found == 400 and "messages[1].role" in error(raw)["message"]
+
+
+# -- with echo honouring the llm field (its conversation, stops, max_tokens, json, tools, embed)
+
+WEATHER = {
+    "type": "function",
+    "function": {"name": "weather", "description": "the weather", "parameters": {"type": "object"}},
+}
+
+
+def test_a_whole_conversation_is_stored_and_its_last_user_turn_answered(api: Served) -> None:
+    history = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "question"}],
+        },
+    ]
+    answer = api.client().chat.completions.create(model="echo", messages=history)
+    assert answer.choices[0].message.content == "second\nquestion"
+    with Space.open(api.node.home) as space:
+        prompt = space.show(answer.id.removeprefix("syncq-")).prompt
+    assert prompt.input == "second\nquestion" and prompt.llm is not None
+    assert [(m.role, m.content) for m in prompt.llm.messages] == [
+        ("system", "be brief"),
+        ("user", "first question"),
+        ("assistant", "first answer"),
+        ("user", "second\nquestion"),
+    ]
+    alone = api.client().chat.completions.create(model="echo", messages=history[-1:])
+    assert answer.usage is not None and alone.usage is not None
+    assert (alone.usage.prompt_tokens, answer.usage.prompt_tokens) == (2, 8)  # echo counts words
+
+
+def test_max_completion_tokens_ends_the_answer_with_finish_length(api: Served) -> None:
+    answer = api.client().chat.completions.create(model="echo", messages=USER, max_completion_tokens=3)
+    assert answer.choices[0].message.content == "one two three"
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage is not None and answer.usage.completion_tokens == 3
+    streamed = list(
+        api.client().chat.completions.create(model="echo", messages=USER, max_tokens=2, stream=True)
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == "one two"
+    assert streamed[-1].choices[0].finish_reason == "length"
+
+
+def test_every_stop_string_is_honoured(api: Served) -> None:
+    answer = api.client().chat.completions.create(model="echo", messages=USER, stop=["six", " four"])
+    assert answer.choices[0].message.content == "one two three"
+    assert answer.choices[0].finish_reason == "stop"
+
+
+def test_json_mode_and_a_schema_give_json(api: Served) -> None:
+    for response_format in (
+        {"type": "json_object"},
+        {
+            "type": "json_schema",
+            "json_schema": {"name": "echo", "schema": {"type": "object"}, "strict": True},
+        },
+    ):
+        answer = api.client().chat.completions.create(
+            model="echo",
+            messages=USER,
+            response_format=response_format,  # type: ignore[arg-type]
+        )
+        assert json.loads(answer.choices[0].message.content or "") == {"echo": USER[0]["content"]}
+
+
+def test_tool_calls_come_back_whole_and_streamed(api: Served) -> None:
+    client = api.client()
+    answer = client.chat.completions.create(
+        model="echo", messages=USER, tools=[WEATHER], tool_choice="required"
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.function.name == "weather"
+    assert json.loads(call.function.arguments) == {"text": USER[0]["content"]}
+
+    chunks = list(
+        client.chat.completions.create(
+            model="echo",
+            messages=USER,
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "weather"}},
+            stream=True,
+        )
+    )
+    deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    assert [(d.index, d.type, d.function.name) for d in deltas] == [(0, "function", "weather")]  # type: ignore[union-attr]
+    assert deltas[0].id and json.loads(deltas[0].function.arguments or "") == {"text": USER[0]["content"]}  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # The round trip: the assistant's call (content null) and the tool's result go back.
+    followed = client.chat.completions.create(
+        model="echo",
+        messages=[
+            *USER,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "rain"},
+        ],
+        tools=[WEATHER],
+    )
+    assert followed.choices[0].finish_reason == "stop" and followed.choices[0].message.content
+
+
+def test_embeddings_come_back_as_floats_and_base64(api: Served) -> None:
+    client = api.client()
+    found = client.embeddings.create(model="echo", input=["first text", "second text"])  # base64 by default
+    assert [d.index for d in found.data] == [0, 1] and all(len(d.embedding) == 8 for d in found.data)
+    assert found.usage.prompt_tokens == 4
+    floats = client.embeddings.create(model="echo", input="first text", encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(found.data[0].embedding, abs=1e-6)
+    with pytest.raises(openai.BadRequestError, match="dimensions"):
+        client.embeddings.create(model="echo", input="x", dimensions=4)
+    with pytest.raises(openai.BadRequestError, match="token arrays"):
+        client.embeddings.create(model="echo", input=[[1, 2, 3]])

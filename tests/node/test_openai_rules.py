@@ -24,9 +24,10 @@ from syncq.node.openai_chat import (
 )
 
 from syncq.chat import LlmInput, OutputFormat, ToolCall
+from syncq.client import Outcome
 from syncq.errors import InvalidInput
-from syncq.ids import DeviceId, PromptId
-from syncq.records import Result, RunStatus
+from syncq.ids import PromptId
+from syncq.lifecycle import Status
 
 
 @given(st.integers(0, 200), st.integers(0, 59), st.integers(0, 59))
@@ -212,24 +213,16 @@ def test_embeddings_take_texts_and_refuse_tokens_and_dimensions() -> None:
 # -- answers --------------------------------------------------------------------------------
 
 
-def run_of(**fields: Any) -> Result:
-    return Result(
-        prompt_id=PromptId("p"),
-        node=DeviceId("n"),
-        node_name="gpu",
-        attempt=1,
-        status=RunStatus.DONE,
-        started_at=1,
-        finished_at=2,
-        **fields,
-    )
-
-
 def test_an_answer_with_only_calls_has_null_content_and_finish_tool_calls() -> None:
     calls = (ToolCall(id="c1", name="weather", arguments='{"city":"Oslo"}'),)
-    found = answer(
-        "p", "m", True, "", run_of(tool_calls=calls, usage={"prompt_tokens": 3, "completion_tokens": 4}), {}
+    done = Outcome(
+        prompt_id=PromptId("p"),
+        status=Status.DONE,
+        tool_calls=calls,
+        finish="tool_calls",
+        usage={"prompt_tokens": 3, "completion_tokens": 4},
     )
+    found = answer("p", "m", True, done, {})
     choice = found["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"] == {
@@ -240,8 +233,11 @@ def test_an_answer_with_only_calls_has_null_content_and_finish_tool_calls() -> N
         ],
     }
     assert found["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
-    assert finish_reason(run_of(finish="length")) == "length"
-    assert finish_reason(run_of()) == finish_reason(None) == "stop"  # an older node's run
+    assert finish_reason("length", ()) == "length"
+    assert finish_reason("", ()) == "stop"  # an older node's run says nothing
+    assert answer("p", "m", False, Outcome(prompt_id=PromptId("p"), status=Status.DONE, text="x"), {})[
+        "choices"
+    ][0] == {"index": 0, "finish_reason": "stop", "logprobs": None, "text": "x"}
 
 
 def test_a_stream_s_chunks_have_openai_s_shapes() -> None:

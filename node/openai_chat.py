@@ -448,6 +448,8 @@ def _message(raw: object, i: int, model: str, backend: str | None) -> Message:
     )
 
 
+# The text parts of OpenAI's chat and Responses shapes (Open WebUI passes the latter on too).
+_TEXT_PARTS = ("text", "input_text", "output_text", "refusal")
 _NOT_TAKEN = {
     "image_url": "images",
     "input_image": "images",
@@ -476,8 +478,8 @@ def _content(raw: object, where: str, model: str, backend: str | None) -> str:
                 code="model_unable",
                 param=f"{where}.content",
             )
-        value = part.get("text" if kind == "text" else "refusal") if isinstance(part, dict) else None
-        if kind not in ("text", "refusal") or not isinstance(value, str):
+        value = part.get("refusal" if kind == "refusal" else "text") if isinstance(part, dict) else None
+        if kind not in _TEXT_PARTS or not isinstance(value, str):
             raise ApiError(
                 400,
                 f"{where}.content has a part that is neither text nor a known kind",

@@ -56,7 +56,10 @@ def test_keep_alive_takes_ollama_s_forms_and_refuses_the_rest() -> None:
 TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
 ROUND_TRIP = [
     {"role": "developer", "content": "answer briefly"},
-    {"role": "user", "content": [{"type": "text", "text": "weather in"}, {"type": "text", "text": "Oslo?"}]},
+    {
+        "role": "user",
+        "content": [{"type": "text", "text": "weather in"}, {"type": "input_text", "text": "Oslo?"}],
+    },
     {
         "role": "assistant",
         "content": None,

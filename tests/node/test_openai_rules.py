@@ -279,3 +279,67 @@ def test_embeddings_answer_as_floats_or_base64_float32() -> None:
     assert struct.unpack("<2f", base64.b64decode(packed)) == (0.5, -1.0)
     with pytest.raises(ApiError, match="no embeddings"):
         embeddings("m", "not vectors", {}, "float")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+parts = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image_url", "refusal", "x"])}, optional={"text": json_values}
+)
+turns = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "bot"])},
+    optional={
+        "content": st.none() | st.text(max_size=10) | st.lists(parts, max_size=3) | json_values,
+        "tool_calls": json_values,
+        "tool_call_id": json_values,
+        "name": json_values,
+    },
+)
+bodies = st.fixed_dictionaries(
+    {"messages": st.lists(turns, max_size=4) | json_values},
+    optional={
+        name: json_values
+        for name in (
+            "stop",
+            "tools",
+            "tool_choice",
+            "response_format",
+            "n",
+            "stream",
+            "stream_options",
+            "priority",
+        )
+    },
+)
+
+
+@given(bodies)
+def test_any_body_is_translated_or_refused_with_a_400(body: dict[str, Any]) -> None:
+    for backend in ("llama", "echo", "openai", None):
+        try:
+            asked = chat_request({"model": "m", **body}, "m", backend)
+        except ApiError as exc:
+            refusal = exc
+        else:
+            assert asked.mode == "chat" and isinstance(asked.text, str)
+            continue
+        assert refusal.status == 400 and str(refusal)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["prompt", "input", "stop", "best_of", "echo", "encoding_format", "dimensions", "keep_alive"]
+        ),
+        json_values,
+    )
+)
+def test_any_completion_or_embedding_body_is_translated_or_refused_with_a_400(body: dict[str, Any]) -> None:
+    for translate in (completion_request, embedding_request):
+        try:
+            translate({"model": "m", **body}, "m", "llama")
+        except ApiError as exc:
+            assert exc.status == 400  # noqa: PT017 (every refusal, not one expected)

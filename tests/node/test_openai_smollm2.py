@@ -5,6 +5,7 @@ max_completion_tokens and JSON mode are honoured by the model itself."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -97,3 +98,19 @@ def test_a_required_tool_call_comes_back_in_openai_s_shape(api: Served) -> None:
     (call,) = choice.message.tool_calls or []
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
     assert "city" in json.loads(call.function.arguments)  # type: ignore[union-attr]
+
+
+def test_gemma_makes_embeddings_through_the_official_client(api: Served) -> None:
+    gemma = "gemma3-270m"
+    wait_until(lambda: api.call("GET", f"/v1/models/{gemma}")[0] == 200, what=f"the node to serve {gemma}")
+    client = api.client()
+    found = client.embeddings.create(model=gemma, input=["The sky is blue.", "Paris is in France."])
+    first, second = (d.embedding for d in found.data)
+    assert len(first) == len(second) > 100 and first != second
+    assert found.usage.prompt_tokens > 4
+    alone = client.embeddings.create(model=gemma, input="The sky is blue.", encoding_format="float")
+    # The same text alone (float, not base64) gives the same direction; batching moves the
+    # last digits.
+    again = alone.data[0].embedding
+    cosine = sum(a * b for a, b in zip(first, again, strict=True)) / math.hypot(*first) / math.hypot(*again)
+    assert cosine > 0.999

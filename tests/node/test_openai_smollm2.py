@@ -114,3 +114,19 @@ def test_gemma_makes_embeddings_through_the_official_client(api: Served) -> None
     again = alone.data[0].embedding
     cosine = sum(a * b for a, b in zip(first, again, strict=True)) / math.hypot(*first) / math.hypot(*again)
     assert cosine > 0.999
+
+
+def test_stop_ends_a_real_generation_mid_stream(api: Served) -> None:
+    stream = api.client().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a very long story about a dragon."}],
+        max_completion_tokens=2000,
+        stream=True,
+    )
+    first = next(c for c in stream if c.choices and c.choices[0].delta.content)
+    stream.close()  # a chat UI's Stop button
+    prompt_id = first.id.removeprefix("syncq-")
+    api.node.wait_event("cancelled", prompt=prompt_id, timeout=10)  # the worker stopped generating
+    with Space.open(api.node.home) as space:
+        entry = space.show(prompt_id)
+    assert entry.status.value == "cancelled" and not any(r.status.value == "done" for r in entry.results)

@@ -315,7 +315,7 @@ class _Api:
                 yield chunks.error(unusable(self.space, outcome) if stuck else outcome.problem())
             elif calls := chunks.calls(outcome.tool_calls):
                 yield calls
-            yield chunks.finish(openai_chat.finish_reason(outcome.finish, outcome.tool_calls))
+            yield chunks.finish(openai_chat.finish_reason(outcome.finish, outcome.tool_calls), outcome)
             if include_usage:
                 yield chunks.usage(outcome.usage)
             yield chunks.done()

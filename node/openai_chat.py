@@ -21,7 +21,9 @@ if a setting it sent was honoured when it was not. Null counts as absent, as Ope
 - ``n`` must be 1 (and a legacy ``prompt`` list one text): one request is one prompt, so the
   log, Stop and priority each speak of one thing; a client that wants four answers sends four
   requests, which run side by side where the model can.
-- ``logprobs``/``top_logprobs``: refused while ``LOGPROBS`` is false (one place to change).
+- ``logprobs``/``top_logprobs`` (a completion's ``logprobs``: how many alternatives) come from
+  llama models (one loaded with ``logits_all``; others fail the run saying so); other backends
+  are refused. A stream carries them all in its finish chunk.
 - ``suffix``, ``echo``, ``best_of`` > 1, a non-empty ``logit_bias``, legacy ``functions``:
   refused.
 - syncq's own fields: ``priority`` (-1000..1000; a stream defaults to 1, anything else to 0:
@@ -47,11 +49,9 @@ from syncq.client import Outcome
 from syncq.errors import InvalidInput
 from syncq.records import PRIORITY_RANGE, TEST_KNOBS, ParamValue
 
+from . import openai_logprobs
 from .http_common import ApiError, flag, keep_alive_seconds
 
-# Whether the llama backend gives token log-probabilities through the API yet. While it does
-# not, a request for them is refused rather than answered without them.
-LOGPROBS = False
 # Accepted and ignored: bookkeeping of OpenAI's own service, which cannot change an answer.
 HARMLESS = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
 # syncq's extensions (``extra_body`` in the official clients).
@@ -109,9 +109,8 @@ def chat_request(body: Mapping[str, Any], model: str, backend: str | None) -> Ap
     choice, forced = _tool_choice(given.get("tool_choice"))
     if "parallel_tool_calls" in given:
         flag(given, "parallel_tool_calls")  # accepted: a model makes as many calls as it makes
-    if given.get("top_logprobs") is not None and not LOGPROBS:
-        raise _unsupported("top_logprobs", "logprobs are not available from syncq's models yet")
     params = _params(given)
+    openai_logprobs.requested(given, params, model, backend, chat_mode=True)
     stops = _stops(given.get("stop"), params)
     llm = LlmInput(
         messages=messages,
@@ -140,6 +139,7 @@ def completion_request(body: Mapping[str, Any], model: str, backend: str | None)
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string (token arrays are not supported)", param="prompt")
     params = _params(given)
+    openai_logprobs.requested(given, params, model, backend, chat_mode=False)
     stops = _stops(given.get("stop"), params)
     return _request(
         given, prompt, "complete", LlmInput(stop=stops) if stops else None, params, model, backend
@@ -202,7 +202,8 @@ def answer(
     """The whole answer of a non-streaming chat or completion that is done."""
     calls, text = outcome.tool_calls, outcome.text
     reason = finish_reason(outcome.finish, calls)
-    choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None}
+    found = openai_logprobs.shaped(outcome, chat_mode)
+    choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": found}
     if chat_mode:
         message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
         if calls:
@@ -246,8 +247,11 @@ class Chunks:
             return b""
         return self._choice({"tool_calls": [{"index": i, **c} for i, c in enumerate(tool_calls(calls))]})
 
-    def finish(self, reason: str) -> bytes:
-        return self._choice({} if self.chat else "", reason)
+    def finish(self, reason: str, outcome: Outcome | None = None) -> bytes:
+        """The last choice chunk; the logprobs of every token ride on it (clients join the
+        chunks' lists, and the stream's text chunks are not tokens)."""
+        found = openai_logprobs.shaped(outcome, self.chat) if outcome is not None else None
+        return self._choice({} if self.chat else "", reason, found)
 
     def usage(self, counts: Mapping[str, Any]) -> bytes:
         """``stream_options.include_usage``'s last chunk: no choices, the usage."""
@@ -261,8 +265,10 @@ class Chunks:
     def done() -> bytes:
         return b"data: [DONE]\n\n"
 
-    def _choice(self, delta: dict[str, Any] | str, finish: str | None = None) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def _choice(
+        self, delta: dict[str, Any] | str, finish: str | None = None, found: dict[str, Any] | None = None
+    ) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": found}
         if isinstance(delta, dict):
             choice["delta"] = delta
         else:
@@ -328,8 +334,6 @@ def _given(
 def _refuse_common(given: Mapping[str, Any]) -> None:
     if given.get("n", 1) != 1:
         raise _unsupported("n", "n must be 1: send one request per answer (they run side by side)")
-    if given.get("logprobs") not in (None, False, 0) and not LOGPROBS:
-        raise _unsupported("logprobs", "logprobs are not available from syncq's models yet")
     if given.get("logit_bias"):
         raise _unsupported("logit_bias", "logit_bias is not supported")
 

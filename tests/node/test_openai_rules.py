@@ -4,6 +4,7 @@ no process, no socket."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import struct
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from syncq.node import openai_logprobs
 from syncq.node.http_common import MAX_KEEP_ALIVE_S, ApiError, keep_alive_seconds
 from syncq.node.openai_chat import (
     ApiRequest,
@@ -23,11 +25,14 @@ from syncq.node.openai_chat import (
     finish_reason,
 )
 
-from syncq.chat import LlmInput, OutputFormat, ToolCall
+from syncq.chat import LlmInput, OutputFormat, TokenLogprob, ToolCall
 from syncq.client import Outcome
 from syncq.errors import InvalidInput
 from syncq.ids import PromptId
 from syncq.lifecycle import Status
+
+USER_HI = [{"role": "user", "content": "hi"}]
+DONE = Outcome(prompt_id=PromptId("p"), status=Status.DONE, text="x")
 
 
 @given(st.integers(0, 200), st.integers(0, 59), st.integers(0, 59))
@@ -138,8 +143,9 @@ def test_fields_map_onto_syncq_params() -> None:
     ("body", "param"),
     [
         ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
-        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"suffix": "x"}, "suffix"),
         ({"logit_bias": {"1": 5}}, "logit_bias"),
         ({"functions": [{"name": "f"}]}, "functions"),
@@ -343,3 +349,48 @@ def test_any_completion_or_embedding_body_is_translated_or_refused_with_a_400(bo
             translate({"model": "m", **body}, "m", "llama")
         except ApiError as exc:
             assert exc.status == 400  # noqa: PT017 (every refusal, not one expected)
+
+
+def test_logprobs_map_onto_params_for_llama_and_are_refused_elsewhere() -> None:
+    asked = chat_request(
+        {"model": "m", "messages": USER_HI, "logprobs": True, "top_logprobs": 3}, "m", "llama"
+    )
+    assert (asked.params["logprobs"], asked.params["top_logprobs"]) == (True, 3)
+    plain = completion_request({"model": "m", "prompt": "hi", "logprobs": 0}, "m", "llama")
+    assert (plain.params["logprobs"], plain.params["top_logprobs"]) == (True, 0)  # chosen tokens only
+    assert "logprobs" not in chat_request({"model": "m", "messages": USER_HI}, "m", "llama").params
+    refused({"logprobs": True}, backend="echo", param="logprobs", code="model_unable")
+
+
+def test_logprobs_answer_in_openai_s_chat_and_completion_shapes() -> None:
+    outcome = dataclasses.replace(
+        DONE,
+        text="Hi there",
+        logprobs=(
+            TokenLogprob(token="Hi", logprob=-0.5, top=(("Hi", -0.5), ("Hey", -1.5))),  # noqa: S106
+            TokenLogprob(token=" there", logprob=-0.25),  # noqa: S106
+        ),
+    )
+    chat_found = openai_logprobs.shaped(outcome, chat_mode=True)
+    assert chat_found == {
+        "content": [
+            {
+                "token": "Hi",
+                "logprob": -0.5,
+                "bytes": [72, 105],
+                "top_logprobs": [
+                    {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+                    {"token": "Hey", "logprob": -1.5, "bytes": [72, 101, 121]},
+                ],
+            },
+            {"token": " there", "logprob": -0.25, "bytes": list(b" there"), "top_logprobs": []},
+        ],
+        "refusal": None,
+    }
+    assert openai_logprobs.shaped(outcome, chat_mode=False) == {
+        "tokens": ["Hi", " there"],
+        "token_logprobs": [-0.5, -0.25],
+        "top_logprobs": [{"Hi": -0.5, "Hey": -1.5}, {}],
+        "text_offset": [0, 2],
+    }
+    assert openai_logprobs.shaped(DONE, chat_mode=True) is None

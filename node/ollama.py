@@ -61,7 +61,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import syncq
-from syncq.chat import LlmInput, Message, Unable, refusal
+from syncq.chat import LlmInput, Message, refusal
 from syncq.client import MeshModel, Outcome
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError, WaitTimeout
 from syncq.lifecycle import Status
@@ -186,40 +186,23 @@ class OllamaApi:
         body = await json_body(request)
         model = self._model(body.get("model"))
         turns = wire.turns_from(body.get("messages"))
-        _refuse_extras(body, ("think", "logprobs", "template"))
+        wire.refuse_extras(body, ("think", "logprobs", "template"))
         if not turns:
             return _at_once(body, {"message": {"role": "assistant", "content": ""}})
-        params, llm = self._settings(body)
-        llm = LlmInput(
-            messages=turns,
-            tools=wire.tools_from(body.get("tools")),
-            format=wire.output_format(body.get("format")),
-            stop=llm.stop,
-        )
+        params, stops = self._settings(body)
+        llm = wire.chat_input(body, turns, stops)
         return await self._run(request, body, model, "chat", llm, params, _Shape("chat", body["model"]))
 
     async def generate(self, request: Request) -> Response:
         body = await json_body(request)
         model = self._model(body.get("model"))
-        _refuse_extras(body, ("think", "logprobs", "template", "context", "suffix", "images"))
-        prompt, system = body.get("prompt") or "", body.get("system") or ""
-        if not isinstance(prompt, str) or not isinstance(system, str):
-            raise ApiError(400, "prompt and system must be text")
-        if not prompt:
+        wire.refuse_extras(body, ("think", "logprobs", "template", "context", "suffix", "images"))
+        if not body.get("prompt"):
             return _at_once(body, {"response": ""})
-        params, llm = self._settings(body)
-        raw = flag(body, "raw")
-        if raw and system:
-            raise ApiError(400, "raw mode does not support template, system, or context")
-        turns = () if raw else (*([Message(role="system", content=system)] if system else []),)
-        llm = LlmInput(
-            messages=(*turns, Message(role="user", content=prompt)) if turns else (),
-            format=wire.output_format(body.get("format")),
-            stop=llm.stop,
-        )
-        mode = "complete" if raw else "chat"
+        params, stops = self._settings(body)
+        text, mode, llm = wire.generate_input(body, stops)
         shape = _Shape("generate", body["model"])
-        return await self._run(request, body, model, mode, llm, params, shape, prompt)
+        return await self._run(request, body, model, mode, llm, params, shape, text)
 
     async def embed(self, request: Request) -> Response:
         body = await json_body(request)
@@ -299,16 +282,13 @@ class OllamaApi:
             return now + keep_ms
         return max(now, entry.result.finished_at + keep_ms)
 
-    def _settings(self, body: Mapping[str, Any]) -> tuple[dict[str, ParamValue], LlmInput]:
-        """The params the body's options and keep_alive make, and its stop strings (in an
-        ``LlmInput``, to be filled in). Raises ``ApiError``."""
+    def _settings(self, body: Mapping[str, Any]) -> tuple[dict[str, ParamValue], tuple[str, ...]]:
+        """The params the body's options and keep_alive make, and its stop strings. Raises
+        ``ApiError``."""
         params, stops = wire.options_params(body)
         if body.get("keep_alive") is not None:
-            try:
-                params["keep_alive"] = keep_alive_seconds(body["keep_alive"])
-            except InvalidInput as exc:
-                raise ApiError(400, str(exc)) from exc
-        return params, LlmInput(stop=stops)
+            params["keep_alive"] = _seconds(body["keep_alive"])
+        return params, stops
 
     def _add(
         self,
@@ -332,9 +312,7 @@ class OllamaApi:
             added = self.space.add(
                 text, model=model.name, params={**params, "mode": mode}, priority=priority, **extra
             )
-        except Unable as exc:
-            raise ApiError(400, str(exc)) from exc
-        except InvalidInput as exc:
+        except InvalidInput as exc:  # chat.Unable among them: the node's own check of the model
             raise ApiError(400, str(exc)) from exc
         return added.id
 
@@ -408,7 +386,9 @@ class OllamaApi:
     async def _embed(
         self, body: Mapping[str, Any], model: MeshModel, texts: list[str]
     ) -> tuple[list[list[float]], Mapping[str, Any]]:
-        params, _ = self._settings(body)
+        params, stops = self._settings(body)
+        if stops:
+            raise ApiError(400, "stop has no meaning for embeddings")
         llm = LlmInput(inputs=tuple(texts)) if len(texts) > 1 else LlmInput()
         prompt_id = self._add(texts[0], model, "embed", llm, params, _priority(body, 0))
         outcome = await await_outcome(self.space, prompt_id)
@@ -460,24 +440,6 @@ def _seconds(value: object) -> float:
         return keep_alive_seconds(value)
     except InvalidInput as exc:
         raise ApiError(400, str(exc)) from exc
-
-
-def _refuse_extras(body: Mapping[str, Any], names: tuple[str, ...]) -> None:
-    """Refuse fields no node can honour, when they ask for something (false, "" or [] do not)."""
-    why = {
-        "think": "no model of this mesh thinks",
-        "logprobs": "use /v1/chat/completions for logprobs",
-        "template": "a node applies the model's own chat template",
-        "context": "send the conversation to /api/chat instead",
-        "suffix": "no model of this mesh fills in text between a prompt and a suffix",
-        "images": "no model of this mesh reads images",
-    }
-    for name in names:
-        if body.get(name):
-            what = f"{name} is not supported"
-            if name == "think":
-                what = f'"{body["model"]}" does not support thinking'
-            raise ApiError(400, f"{what}: {why[name]}")
 
 
 def _stream_flag(body: Mapping[str, Any]) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from syncq.chat import ABILITIES, Message, OutputFormat, Tool, ToolCall
+from syncq.chat import ABILITIES, LlmInput, Message, OutputFormat, Tool, ToolCall
 from syncq.client import MeshModel
 from syncq.records import LLM_PARAMS, TEST_KNOBS, ParamValue
 
@@ -269,6 +269,52 @@ def _answered(m: Mapping[str, Any], waiting: Sequence[ToolCall], t: int) -> Tool
     if not by_id and not by_name and waiting:
         return waiting[0]
     raise ApiError(400, f"messages[{t}] is a tool result that answers no earlier tool call")
+
+
+def chat_input(body: Mapping[str, Any], turns: tuple[Message, ...], stops: tuple[str, ...]) -> LlmInput:
+    """/api/chat's conversation, tools, format and stop strings as a prompt's ``llm`` field."""
+    return LlmInput(
+        messages=turns,
+        tools=tools_from(body.get("tools")),
+        format=output_format(body.get("format")),
+        stop=stops,
+    )
+
+
+def generate_input(body: Mapping[str, Any], stops: tuple[str, ...]) -> tuple[str, str, LlmInput]:
+    """/api/generate's prompt as (text, mode, llm): ``raw`` sends the text as it is (mode
+    complete); otherwise it is one user turn, after ``system`` if given (mode chat), which the
+    node puts through the model's chat template as Ollama does. Raises ``ApiError``."""
+    prompt, system = body.get("prompt") or "", body.get("system") or ""
+    if not isinstance(prompt, str) or not isinstance(system, str):
+        raise ApiError(400, "prompt and system must be text")
+    raw = body.get("raw")
+    if raw is not None and not isinstance(raw, bool):
+        raise ApiError(400, "raw must be true or false")
+    if raw and system:
+        raise ApiError(400, "raw mode does not support template, system, or context")
+    turns = (Message(role="system", content=system), Message(role="user", content=prompt)) if system else ()
+    llm = LlmInput(messages=turns, format=output_format(body.get("format")), stop=stops)
+    return prompt, "complete" if raw else "chat", llm
+
+
+_UNSUPPORTED = {
+    "think": "no model of this mesh thinks",
+    "logprobs": "use /v1/chat/completions for logprobs",
+    "template": "a node applies the model's own chat template",
+    "context": "send the conversation to /api/chat instead",
+    "suffix": "no model of this mesh fills in text between a prompt and a suffix",
+    "images": "no model of this mesh reads images",
+}
+
+
+def refuse_extras(body: Mapping[str, Any], names: Iterable[str]) -> None:
+    """Refuse fields no node can honour (``_UNSUPPORTED``) when they ask for something: false,
+    "" and [] ask for nothing. Raises ``ApiError``."""
+    for name in names:
+        if body.get(name):
+            what = f'"{body.get("model")}" does not support thinking' if name == "think" else ""
+            raise ApiError(400, f"{what or f'{name} is not supported'}: {_UNSUPPORTED[name]}")
 
 
 # -- answers ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ KEY"})``; Open WebUI's Ollama connection has a key field that sends the same hea
     POST /api/generate     {model, prompt, system?, raw?, format?, options?, stream?, keep_alive?}
     POST /api/embed        {model, input: text or [texts]} -> {embeddings: [[...], ...]}
     POST /api/embeddings   {model, prompt} -> {embedding: [...]} (Ollama's older endpoint)
-    POST /api/pull, /api/push, /api/create, /api/copy; DELETE /api/delete: 501, said in words
+    POST /api/pull, /api/push, /api/create, /api/copy, /api/blobs/D; DELETE /api/delete: 501
     (the mesh serves the models its nodes hold; add one in a node's models.toml)
 
 How they run: like ``/v1/chat/completions`` (``api.py``), each request is a prompt in the log
@@ -100,6 +100,7 @@ def routes(space: syncq.AsyncClient, settings: ApiSettings) -> list[Route]:
         Route("/api/embed", _answering(api.embed), methods=["POST"]),
         Route("/api/embeddings", _answering(api.embeddings), methods=["POST"]),
         *(Route(path, _answering(api.unsupported), methods=["POST", "DELETE"]) for path in UNSUPPORTED),
+        Route("/api/blobs/{digest}", _answering(api.unsupported), methods=["HEAD", "POST"]),
     ]
 
 

@@ -272,9 +272,14 @@ def _answered(m: Mapping[str, Any], waiting: Sequence[ToolCall], t: int) -> Tool
 
 
 def chat_input(body: Mapping[str, Any], turns: tuple[Message, ...], stops: tuple[str, ...]) -> LlmInput:
-    """/api/chat's conversation, tools, format and stop strings as a prompt's ``llm`` field."""
+    """/api/chat's conversation, tools, format and stop strings as a prompt's ``llm`` field. A
+    ``system`` beside the messages (Open WebUI moves a model's system prompt there; Ollama's
+    chat would drop it) becomes the first turn."""
+    system = body.get("system") or ""
+    if not isinstance(system, str):
+        raise ApiError(400, "system must be text")
     return LlmInput(
-        messages=turns,
+        messages=(Message(role="system", content=system), *turns) if system else turns,
         tools=tools_from(body.get("tools")),
         format=output_format(body.get("format")),
         stop=stops,

@@ -167,3 +167,42 @@ def test_a_streaming_client_that_hangs_up_cancels_its_prompt_unless_it_asked_to_
         lambda: status_of(laptop, dropped) == "cancelled", timeout=10, what="the dropped prompt cancelled"
     )
     wait_until(lambda: status_of(laptop, kept) == "done", timeout=30, what="the kept prompt to finish")
+
+
+def test_a_non_streaming_request_runs_on_when_its_client_leaves_unless_it_asked(
+    api: str, tmp_path: Path
+) -> None:
+    host, port = api.removeprefix("http://").rsplit(":", 1)
+
+    def leave_early(**headers: str) -> str:
+        conn = http.client.HTTPConnection(host, int(port), timeout=1)
+        body = {"model": "echo", "prompt": "patience " * 5, "stream": False, "options": {"delay": 3}}
+        auth = {"Authorization": f"Bearer {api_key(tmp_path / 'laptop')}", "Content-Type": "application/json"}
+        conn.request("POST", "/api/generate", body=json.dumps(body).encode(), headers=auth | headers)
+        with pytest.raises(TimeoutError):
+            conn.getresponse()
+        conn.close()
+        with Space.open(tmp_path / "laptop") as space:
+            return space.entries(limit=1)[0].prompt.id
+
+    kept = leave_early()
+    dropped = leave_early(**{"X-Syncq-Cancel-On-Disconnect": "true"})
+    laptop = tmp_path / "laptop"
+    wait_until(
+        lambda: status_of(laptop, dropped) == "cancelled", timeout=10, what="the prompt asked to cancel"
+    )
+    wait_until(lambda: status_of(laptop, kept) == "done", timeout=30, what="the prompt whose client left")
+
+
+def test_streaming_requests_are_queued_first_unless_the_body_sets_a_priority(
+    client: ollama.Client, tmp_path: Path
+) -> None:
+    user = [{"role": "user", "content": "in order"}]
+    list(client.chat(model="echo", messages=user, stream=True))
+    client.chat(model="echo", messages=user, stream=False)  # a UI's title or tags request
+    list(client.generate(model="echo", prompt="typed", stream=True))
+    client._client.post(
+        "/api/chat", json={"model": "echo", "messages": user, "priority": -5}
+    ).raise_for_status()
+    with Space.open(tmp_path / "laptop") as space:
+        assert [e.prompt.priority for e in space.entries(limit=None)] == [1, 0, 1, -5]

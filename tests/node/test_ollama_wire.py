@@ -176,6 +176,10 @@ def test_chat_and_generate_bodies_become_the_prompt_the_node_stores() -> None:
     assert llm.format is not None and llm.format.type == "json_schema" and dict(llm.format.schema) == schema
     assert [t.name for t in llm.tools] == ["get_weather"] and llm.stop == ("STOP",)
     assert wire.output_format("json") is not None and wire.output_format("") is None
+    turns = wire.turns_from([{"role": "user", "content": "hi"}])
+    assert wire.chat_input({"system": "Be brief."}, turns, ()).messages[0] == Message(
+        role="system", content="Be brief."
+    )
 
     text, mode, llm = wire.generate_input({"prompt": "Why?", "system": "Be brief."}, ())
     assert (text, mode) == ("Why?", "chat")

@@ -46,8 +46,10 @@ def status_of(home: Path, prompt_id: str) -> str:
         return space.log.status(prompt_id).value
 
 
-def test_version_list_show_and_ps(client: ollama.Client) -> None:
-    assert client._client.get("/api/version").json()["version"].count(".") == 2
+def test_version_list_show_and_ps(client: ollama.Client, api: str, tmp_path: Path) -> None:
+    status, _, text = raw(api, tmp_path, "GET", "/api/version")
+    assert status == 200 and json.loads(text)["version"].count(".") == 2
+    assert raw(api, tmp_path, "HEAD", "/")[0] == 200  # Ollama's CLI probes HEAD /; GET / is the page
     listed = {m.model: m for m in client.list().models}
     assert "echo:latest" in listed  # Open WebUI looks models up by name:latest
     echo = listed["echo:latest"]
@@ -195,7 +197,7 @@ def test_a_non_streaming_request_runs_on_when_its_client_leaves_unless_it_asked(
 
 
 def test_streaming_requests_are_queued_first_unless_the_body_sets_a_priority(
-    client: ollama.Client, tmp_path: Path
+    client: ollama.Client, api: str, tmp_path: Path
 ) -> None:
     user = [{"role": "user", "content": "in order"}]
     list(client.chat(model="echo", messages=user, stream=True))

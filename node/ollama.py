@@ -192,7 +192,8 @@ class OllamaApi:
             return _at_once(body, {"message": {"role": "assistant", "content": ""}})
         params, stops = self._settings(body)
         llm = wire.chat_input(body, turns, stops)
-        return await self._run(request, body, model, "chat", llm, params, _Shape("chat", body["model"]))
+        shape = wire.Answer("chat", body["model"], _now_ms)
+        return await self._run(request, body, model, "chat", llm, params, shape)
 
     async def generate(self, request: Request) -> Response:
         body = await json_body(request)
@@ -202,7 +203,7 @@ class OllamaApi:
             return _at_once(body, {"response": ""})
         params, stops = self._settings(body)
         text, mode, llm = wire.generate_input(body, stops)
-        shape = _Shape("generate", body["model"])
+        shape = wire.Answer("generate", body["model"], _now_ms)
         return await self._run(request, body, model, mode, llm, params, shape, text)
 
     async def embed(self, request: Request) -> Response:
@@ -325,7 +326,7 @@ class OllamaApi:
         mode: str,
         llm: LlmInput,
         params: Mapping[str, ParamValue],
-        shape: _Shape,
+        shape: wire.Answer,
         text: str = "",
     ) -> Response:
         stream = _stream_flag(body)
@@ -358,7 +359,7 @@ class OllamaApi:
             gone.cancel()
             waiting.cancel()
 
-    async def _stream(self, prompt_id: str, shape: _Shape, keep: bool) -> AsyncIterator[bytes]:
+    async def _stream(self, prompt_id: str, shape: wire.Answer, keep: bool) -> AsyncIterator[bytes]:
         finished = False
         try:
             while True:  # a stream that ended for a stranded prompt a node then claimed goes on
@@ -396,35 +397,8 @@ class OllamaApi:
         return wire.vectors(outcome.text, len(texts)), outcome.usage
 
 
-class _Shape:
-    """The objects of one answer: chat's carry a message, generate's a response."""
-
-    def __init__(self, kind: str, model: str) -> None:
-        self.kind, self.model = kind, model
-
-    def _base(self) -> dict[str, Any]:
-        return {"model": self.model, "created_at": wire.timestamp(time.time() * 1000)}
-
-    def _said(self, text: str, calls: Any) -> dict[str, Any]:
-        if self.kind == "generate":
-            return {"response": text}
-        message: dict[str, Any] = {"role": "assistant", "content": text}
-        if calls:
-            message["tool_calls"] = wire.calls_out(calls)
-        return {"message": message}
-
-    def chunk(self, text: str, calls: Any = ()) -> dict[str, Any]:
-        return self._base() | self._said(text, calls) | {"done": False}
-
-    def final(self, outcome: Outcome, finish: str, calls: Any, *, whole: bool) -> dict[str, Any]:
-        said = self._said(outcome.text if whole else "", calls)
-        return (
-            self._base()
-            | said
-            | {"done": True, "done_reason": wire.done_reason(finish)}
-            | wire.counts(outcome.usage)
-            | {"syncq": {"id": outcome.prompt_id, "node": outcome.node_name}}
-        )
+def _now_ms() -> float:
+    return time.time() * 1000
 
 
 def _at_once(body: Mapping[str, Any], said: dict[str, Any]) -> Response:

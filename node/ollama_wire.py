@@ -24,12 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from syncq.chat import ABILITIES, LlmInput, Message, OutputFormat, Tool, ToolCall
-from syncq.client import MeshModel
+from syncq.client import MeshModel, Outcome
 from syncq.records import LLM_PARAMS, TEST_KNOBS, ParamValue
 
 from .http_common import ApiError
@@ -323,6 +323,42 @@ def refuse_extras(body: Mapping[str, Any], names: Iterable[str]) -> None:
 
 
 # -- answers ----------------------------------------------------------------------------------
+
+
+class Answer:
+    """The objects of one answer to a client that named ``model``: chat's carry a message,
+    generate's a response; ``clock`` gives their ``created_at`` (ms since the epoch)."""
+
+    def __init__(self, kind: str, model: str, clock: Callable[[], float]) -> None:
+        self.kind, self.model, self.clock = kind, model, clock
+
+    def chunk(self, text: str, calls: Sequence[ToolCall] = ()) -> dict[str, Any]:
+        """A piece of a stream (``done: false``)."""
+        return self._base() | self._said(text, calls) | {"done": False}
+
+    def final(
+        self, outcome: Outcome, finish: str, calls: Sequence[ToolCall], *, whole: bool
+    ) -> dict[str, Any]:
+        """The last object (``done: true``) with the counts; ``whole``: with the answer's text
+        (a non-streaming answer), else empty (a stream's last object)."""
+        return (
+            self._base()
+            | self._said(outcome.text if whole else "", calls)
+            | {"done": True, "done_reason": done_reason(finish)}
+            | counts(outcome.usage)
+            | {"syncq": {"id": outcome.prompt_id, "node": outcome.node_name}}
+        )
+
+    def _base(self) -> dict[str, Any]:
+        return {"model": self.model, "created_at": timestamp(self.clock())}
+
+    def _said(self, text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
+        if self.kind == "generate":
+            return {"response": text}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = calls_out(calls)
+        return {"message": message}
 
 
 def calls_out(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:

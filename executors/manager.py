@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import signal
 import time
@@ -33,6 +34,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+
+from syncq.chat import ToolCall
+from syncq.errors import MalformedRecord
 
 from . import memory, worker
 from .base import ExecutorError, Job, ModelSpec, Output
@@ -192,7 +196,7 @@ class Worker:
                     last, longest_gap = now, max(longest_gap, now - last)
                     on_chunk(message[1])
                 elif message[0] == "done":
-                    return Output(text=message[1], usage=message[2], files=message[4])
+                    return checked_output(message[1])
                 else:
                     raise ExecutorError(message[1])
         finally:
@@ -332,6 +336,20 @@ class ModelManager:
         """Stop every worker."""
         for name in list(self.workers):
             self._drop(name)
+
+
+def checked_output(out: object) -> Output:
+    """The ``Output`` a worker sent, checked: a plug-in may return something else, and a tool
+    call that breaks the log's rules (an id or name ``ToolCall.from_wire`` refuses: a model
+    may invent a tool name) would make the result unreadable on every device. Either fails
+    the job, with the reason."""
+    if not isinstance(out, Output):
+        raise ExecutorError(f"the backend returned a {type(out).__name__}, not an Output")
+    try:
+        calls = tuple(ToolCall.from_wire(call.to_wire()) for call in out.tool_calls)
+    except (AttributeError, TypeError, MalformedRecord) as exc:
+        raise ExecutorError(f"the model made a tool call that cannot be recorded: {exc}") from None
+    return dataclasses.replace(out, tool_calls=calls)
 
 
 def _grace(longest_gap: float) -> float:

@@ -4,7 +4,10 @@ Messages (pickled by ``multiprocessing``, between our own processes only)::
 
     parent -> worker   ("run", job) | ("cancel", prompt_id) | ("exit",)
     worker -> parent   ("ready", pid, notes) | ("error", message)         after loading
-                       ("chunk", text) ... then ("done", text, usage, cancelled, files) | ("failed", message)
+                       ("chunk", text) ... then ("done", output, cancelled) | ("failed", message)
+
+``output`` is the executor's whole ``Output`` (text, usage, files, finish, tool_calls): a field
+added to it reaches the node without a change here.
 
 A reader thread takes ``cancel`` while the main thread is busy in ``Executor.run``, which polls
 ``cancelled()`` between tokens.
@@ -66,7 +69,7 @@ def main(conn: Connection, spec: ModelSpec) -> None:
         cancel.clear()
         try:
             out = executor.run(job, lambda text: conn.send(("chunk", text)), cancel.is_set)
-            conn.send(("done", out.text, dict(out.usage), cancel.is_set(), tuple(out.files)))
+            conn.send(("done", out, cancel.is_set()))
         except ExecutorError as exc:
             conn.send(("failed", str(exc)))
         except Exception as exc:  # a backend's own failure fails the job, not the worker

@@ -27,13 +27,16 @@ from syncq.executors.base import ExecutorError, Job
 from syncq.executors.manager import Cancelled, ModelManager, ModelUnusable
 
 from syncq.blobs import BlobRef
+from syncq.chat import ToolCall
 from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, first_choice, won
 from syncq.errors import BlobError, InvalidInput, MalformedRecord, StoreError
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status
-from syncq.records import Claim, Prompt, PromptKind, Result, RunStatus
+from syncq.records import FINISHES, MAX_CALLS, Claim, Prompt, PromptKind, Result, RunStatus
 from syncq.space import wall_clock_ms
 from syncq.watch import wait_event
+
+from .gate import Gate
 
 if TYPE_CHECKING:
     from syncq.node.daemon import Node
@@ -105,7 +108,7 @@ class Scheduler:
         self._void: frozenset[str] = frozenset()  # devices removed from the space (claims.py step 7)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._model_locks: dict[str, asyncio.Lock] = {}
+        self._gates: dict[str, Gate] = {}  # per model: held jobs take it by priority
 
     def _loaded(self, model: str, notes: tuple[str, ...]) -> None:
         for note in notes:  # what a backend decided while loading (no AMX here, say)
@@ -348,7 +351,9 @@ class Scheduler:
                         chosen.prompt_id, self._result(chosen, RunStatus.FAILED, started, error=str(exc))
                     )
                     return
-            async with self._model_locks.setdefault(chosen.model, asyncio.Lock()):
+            async with self._gates.setdefault(chosen.model, Gate()).enter(
+                (-prompt.priority, chosen.prompt_id)
+            ):
                 if not self._still_mine(chosen):
                     return
                 result = await self._execute(running, prompt, inputs, folder)
@@ -405,7 +410,9 @@ class Scheduler:
         params: dict[str, object] = dict(prompt.params)
         keep_alive = params.pop("keep_alive", None)
         out_dir = str(folder / "out") if folder is not None else ""
-        job = Job(prompt_id=pid, input=prompt.input, params=params, files=inputs, out_dir=out_dir)
+        job = Job(
+            prompt_id=pid, input=prompt.input, params=params, files=inputs, out_dir=out_dir, llm=prompt.llm
+        )
         result: Result | None
         try:
             out = await self.manager.run(
@@ -425,7 +432,16 @@ class Scheduler:
             files = tuple([await asyncio.to_thread(self._attach, path, folder) for path in out.files])
             if files:
                 self.node.transfers.offer_to_relays()
-            result = self._result(chosen, RunStatus.DONE, started, output=out.text, usage=usage, files=files)
+            result = self._result(
+                chosen,
+                RunStatus.DONE,
+                started,
+                output=out.text,
+                usage=usage,
+                files=files,
+                finish=out.finish if out.finish in FINISHES else "",
+                tool_calls=out.tool_calls[:MAX_CALLS],
+            )
         except Cancelled:
             result = None
         except ModelUnusable as exc:
@@ -476,6 +492,8 @@ class Scheduler:
         usage: dict[str, object] | None = None,
         files: tuple[BlobRef, ...] = (),
         counts: bool = True,
+        finish: str = "",
+        tool_calls: tuple[ToolCall, ...] = (),
     ) -> Result:
         return Result(
             prompt_id=chosen.prompt_id,
@@ -490,6 +508,8 @@ class Scheduler:
             usage=usage or {},  # type: ignore[arg-type]
             files=files,
             counts=counts,
+            finish=finish,
+            tool_calls=tool_calls,
         )
 
     async def _stream(self, running: Running, buffer: list[str], arrived: asyncio.Event) -> None:

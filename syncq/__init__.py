@@ -13,6 +13,13 @@ The Python API (``syncq.client``), blocking and asyncio::
 
     key = syncq.api_key()  # the local HTTP API's key, for OpenAI(api_key=...)
 
+A whole conversation, with ``syncq.Message`` turns or plain dicts::
+
+    p = space.add(model="smollm2-135m", messages=[
+        {"role": "system", "content": "Answer in one sentence."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ])
+
 Beneath it, the library: a pure core (``ids``, ``yjs``, ``crypto``, ``records``, ``lifecycle``,
 ``log``, ``claims``, ``protocol``, ``errors``) beside its local storage (``store``, ``keys``,
 ``space``). The names below are imported on first use, so that ``import syncq`` (and the CLI)
@@ -38,15 +45,25 @@ _EXPORTS = {
     "UserError": "syncq.errors",
     "WaitTimeout": "syncq.errors",
     "api_key": "syncq.keys",
+    "Message": "syncq.chat",
+    "ToolCall": "syncq.chat",
+    "Tool": "syncq.chat",
+    "OutputFormat": "syncq.chat",
+    "LlmInput": "syncq.chat",
 }
 
 __all__ = [
     "AsyncClient",
     "Client",
+    "LlmInput",
     "MeshModel",
+    "Message",
     "Outcome",
+    "OutputFormat",
     "Status",
     "SyncqError",
+    "Tool",
+    "ToolCall",
     "UserError",
     "WaitTimeout",
     "__version__",
@@ -56,6 +73,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from syncq.chat import LlmInput, Message, OutputFormat, Tool, ToolCall
     from syncq.client import AsyncClient, Client, MeshModel, Outcome, aopen, open
     from syncq.errors import SyncqError, UserError, WaitTimeout
     from syncq.keys import api_key

@@ -346,6 +346,85 @@ def shown_text(messages: Sequence[Message]) -> str:
     return messages[-1].content if messages else ""
 
 
+def prompt_llm(
+    text: str, messages: Sequence[Message | Mapping[str, Any]] | None, llm: LlmInput | None
+) -> tuple[str, LlmInput | None]:
+    """A caller's prompt as its text to show and its ``llm`` field (checked): ``messages`` (a
+    conversation, ``messages_from``) or a whole ``llm``, not both. An empty ``text`` becomes
+    the conversation's ``shown_text`` (or the first text to embed). Raises ``InvalidInput``."""
+    if messages is not None and llm is not None:
+        raise InvalidInput("give messages= or llm= (which holds the messages), not both")
+    if messages is not None:
+        turns = messages_from(messages)
+        if not turns:
+            raise InvalidInput("messages is empty: give at least one turn")
+        llm = LlmInput(messages=turns)
+    if llm is None:
+        return text, None
+    if not isinstance(llm, LlmInput):
+        raise InvalidInput(f"llm must be a syncq.LlmInput, not a {type(llm).__name__}")
+    check(llm)
+    if not text.strip():
+        text = shown_text(llm.messages) if llm.messages else (llm.inputs[0] if llm.inputs else text)
+    return text, llm
+
+
+def messages_from(values: Sequence[Message | Mapping[str, Any]]) -> tuple[Message, ...]:
+    """A caller's conversation as ``Message`` turns: each one a ``Message`` already, or a dict
+    ``{role, content, tool_calls?, tool_call_id?, name?}`` (content may be None, as OpenAI's
+    assistant turn with tool_calls has it). A tool call is a ``ToolCall``, ``{id, name,
+    arguments}`` or OpenAI's ``{id, type, function: {name, arguments}}``; arguments given as
+    an object are written as JSON text. Raises ``InvalidInput`` naming the turn at fault."""
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Sequence):
+        raise InvalidInput("messages must be a list of messages (dicts with role and content)")
+    return tuple(_message_from(value, f"messages[{i}]") for i, value in enumerate(values))
+
+
+def _message_from(value: Message | Mapping[str, Any], where: str) -> Message:
+    if isinstance(value, Message):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{where} is a {type(value).__name__}, not a dict with role and content")
+    unknown = set(value) - {"role", "content", "tool_calls", "tool_call_id", "name"}
+    if unknown:
+        raise InvalidInput(f"{where} has unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    role = value.get("role")
+    if role not in ROLES:
+        raise InvalidInput(f"{where}: role {str(role)[:40]!r} is not one of {', '.join(ROLES)}")
+    content = value.get("content")
+    if content is not None and not isinstance(content, str):
+        raise InvalidInput(f"{where}: content must be text (or None)")
+    calls = value.get("tool_calls") or ()
+    if isinstance(calls, str | bytes | Mapping) or not isinstance(calls, Sequence):
+        raise InvalidInput(f"{where}: tool_calls must be a list")
+    for name in ("tool_call_id", "name"):
+        if not isinstance(value.get(name, ""), str):
+            raise InvalidInput(f"{where}: {name} must be text")
+    return Message(
+        role=role,
+        content=content or "",
+        tool_calls=tuple(_call_from(c, f"{where}.tool_calls[{i}]") for i, c in enumerate(calls)),
+        tool_call_id=value.get("tool_call_id", ""),
+        name=value.get("name", ""),
+    )
+
+
+def _call_from(value: ToolCall | Mapping[str, Any], where: str) -> ToolCall:
+    if isinstance(value, ToolCall):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{where} is not a dict with id, name and arguments")
+    function = value.get("function", value)  # OpenAI nests name and arguments in "function"
+    if not isinstance(function, Mapping):
+        raise InvalidInput(f"{where}: function must be a dict with name and arguments")
+    call_id, name, arguments = value.get("id"), function.get("name"), function.get("arguments", "")
+    if isinstance(arguments, Mapping):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    if not (isinstance(call_id, str) and isinstance(name, str) and isinstance(arguments, str)):
+        raise InvalidInput(f"{where} needs an id and a name (text) and arguments (JSON text or a dict)")
+    return ToolCall(id=call_id, name=name, arguments=arguments)
+
+
 def _mapping(wire: object, what: str) -> Mapping[str, Any]:
     if not isinstance(wire, Mapping):
         raise MalformedRecord(f"{what} is not an object")

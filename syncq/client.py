@@ -36,8 +36,10 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from syncq.blobs import BlobRef
+from syncq.chat import LlmInput, Message, ToolCall
 from syncq.errors import BlobUnavailable, WaitTimeout
 from syncq.ids import PromptId
 from syncq.keys import resolve_home
@@ -69,6 +71,8 @@ class Outcome:
     runs: int = 0  # runs recorded: more than one after retries or a partition
     attachments: tuple[BlobRef, ...] = ()  # the run's output files, as the log names them
     files: tuple[Path, ...] = ()  # those files saved on this device (``result`` fetches them)
+    finish: str = ""  # why generation ended: "stop", "length", "tool_calls"; "" if not said
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls the model made (its answer, with tools)
 
     @property
     def ok(self) -> bool:
@@ -106,6 +110,8 @@ class Outcome:
             finished_at=run.finished_at if run is not None else None,
             runs=len(entry.results),
             attachments=run.files if run is not None and entry.status is Status.DONE else (),
+            finish=run.finish if run is not None and entry.status is Status.DONE else "",
+            tool_calls=run.tool_calls if run is not None and entry.status is Status.DONE else (),
         )
 
 
@@ -224,7 +230,7 @@ class _Verbs:
 
     def add(
         self,
-        prompt: str,
+        prompt: str = "",
         *,
         model: str,
         params: Mapping[str, ParamValue] | None = None,
@@ -233,10 +239,18 @@ class _Verbs:
         files: Sequence[str | os.PathLike[str]] = (),
         kind: str | None = None,
         prompt_id: str | None = None,
+        messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        llm: LlmInput | None = None,
     ) -> Prompt:
         """Queue a prompt (stored durably before it returns), with ``files`` attached. ``kind``
         (llm, asr, image) defaults to what the mesh serves the model as; with ``prompt_id``
-        (from ``new_prompt_id``) adding it again adds nothing. Raises ``InvalidInput``."""
+        (from ``new_prompt_id``) adding it again adds nothing.
+
+        ``messages`` is a whole conversation instead of one text: ``syncq.Message`` turns or
+        dicts ``{"role": "system" | "user" | "assistant" | "tool", "content": ...}`` (with
+        ``tool_calls``, ``tool_call_id``, ``name`` where they apply); ``llm`` a whole
+        ``syncq.LlmInput`` (tools, an output format, stop strings, texts to embed). Raises
+        ``InvalidInput`` (``chat.Unable`` where the model's backend cannot do what is asked)."""
         return self.space.add(
             prompt,
             model=model,
@@ -246,6 +260,8 @@ class _Verbs:
             max_attempts=max_attempts,
             files=files,
             prompt_id=PromptId(prompt_id) if prompt_id is not None else None,
+            messages=messages,
+            llm=llm,
         )
 
     def new_prompt_id(self) -> PromptId:
@@ -365,16 +381,20 @@ class Client(_Verbs):
 
     def run(
         self,
-        prompt: str,
+        prompt: str = "",
         *,
         model: str,
         params: Mapping[str, ParamValue] | None = None,
         priority: int = 0,
         timeout: float | None = None,
         files: Sequence[str | os.PathLike[str]] = (),
+        messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        llm: LlmInput | None = None,
     ) -> Outcome:
         """``add`` then ``result``."""
-        added = self.add(prompt, model=model, params=params, priority=priority, files=files)
+        added = self.add(
+            prompt, model=model, params=params, priority=priority, files=files, messages=messages, llm=llm
+        )
         return self.result(added.id, timeout=timeout)
 
     def _changes(self, prompt_id: str, timeout: float | None) -> Iterator[Entry]:
@@ -461,16 +481,20 @@ class AsyncClient(_Verbs):
 
     async def run(
         self,
-        prompt: str,
+        prompt: str = "",
         *,
         model: str,
         params: Mapping[str, ParamValue] | None = None,
         priority: int = 0,
         timeout: float | None = None,
         files: Sequence[str | os.PathLike[str]] = (),
+        messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        llm: LlmInput | None = None,
     ) -> Outcome:
         """``add`` then ``result``."""
-        added = self.add(prompt, model=model, params=params, priority=priority, files=files)
+        added = self.add(
+            prompt, model=model, params=params, priority=priority, files=files, messages=messages, llm=llm
+        )
         return await self.result(added.id, timeout=timeout)
 
     async def save_files(

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from syncq import crypto, devices, roster, yjs
+from syncq import chat, crypto, devices, roster, yjs
 from syncq.blobs import MAX_BLOB_SIZE, MAX_FILES, BlobRef, Sealer
 from syncq.blobstore import DEFAULT_RELAY_QUOTA, BlobStore
 from syncq.crypto import DeviceKeys, SpaceKeys
@@ -98,6 +98,10 @@ class NewPrompt:
     max_attempts: int = 3
     id: PromptId | None = None  # from ``Space.new_prompt_id``: adding it again adds nothing
     files: Sequence[BlobRef] = ()  # from ``Space.attach``
+    # An llm prompt's conversation (``Message``s or dicts; ``chat.messages_from``), or its
+    # whole ``llm`` field: one or the other. With either, an empty ``text`` is filled in.
+    messages: Sequence[chat.Message | Mapping[str, Any]] | None = None
+    llm: chat.LlmInput | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -418,12 +422,21 @@ class Space:
         max_attempts: int = 3,
         prompt_id: PromptId | None = None,
         files: Sequence[str | os.PathLike[str] | BlobRef] = (),
+        messages: Sequence[chat.Message | Mapping[str, Any]] | None = None,
+        llm: chat.LlmInput | None = None,
     ) -> Prompt:
         """Queue one prompt; returns it once it is durably stored.
 
         ``files`` are attachments: paths (sealed into this home's attachment store first) or
         references from ``attach``. Without ``kind``, the kind follows from the backend the
         mesh serves the model with (whisper: asr, diffusers: image), else llm.
+
+        ``messages`` is a whole conversation (``chat.Message`` turns, or dicts with role,
+        content and optionally tool_calls, tool_call_id, name), ``llm`` everything an llm
+        prompt may carry (``chat.LlmInput``: messages, tools, output format, stop strings,
+        texts to embed); give one or neither. With either, ``text`` may be empty: it becomes
+        the last user turn. A model the mesh serves with a backend that cannot do what is asked
+        (tools, JSON output, a conversation's history...) is refused (``chat.Unable``).
 
         With ``prompt_id`` (from ``new_prompt_id``) the add is idempotent: if the log holds that
         prompt already, it is returned and nothing is written (a caller that crashed between
@@ -442,6 +455,8 @@ class Space:
             max_attempts=max_attempts,
             id=prompt_id,
             files=[f if isinstance(f, BlobRef) else self.attach(f) for f in files],
+            messages=messages,
+            llm=llm,
         )
         return self.add_many([new])[0]
 
@@ -792,29 +807,40 @@ class Space:
         prompt_id = new.id
         if prompt_id is None:
             prompt_id = self._last_id = next_prompt_id(now, self.entropy(10), self._last_id)
-        kind, guessed = (new.kind, False) if new.kind is not None else self._kind_of(new.model)
+        backend = self._backend_of(new.model)
+        kind = new.kind if new.kind is not None else BACKEND_KINDS.get(backend or "", PromptKind.LLM)
+        guessed = new.kind is None and backend is None
+        text, llm = chat.prompt_llm(new.text, new.messages, new.llm)
+        if llm is not None and kind is not PromptKind.LLM:
+            raise InvalidInput(f"only llm prompts carry a conversation or tools, not {kind} prompts")
         if len(new.files) > MAX_FILES:
             raise InvalidInput(f"at most {MAX_FILES} files per prompt ({len(new.files)} given)")
         if kind is PromptKind.ASR and len(new.files) != 1:
             raise InvalidInput("a speech prompt needs exactly one audio file (--file)")
+        params = check_params(new.params, kind, guessed_for=new.model if guessed else None)
+        if kind is PromptKind.LLM:
+            mode = str(params.get("mode", "chat"))
+            reason = chat.refusal(backend, new.model, mode, llm)
+            if reason is not None:
+                raise chat.Unable(reason)
         return Prompt(
             id=prompt_id,
             model=check_model(new.model),
             kind=kind,
-            input=check_prompt_input(new.text, files=len(new.files)),
-            params=check_params(new.params, kind, guessed_for=new.model if guessed else None),
+            input=check_prompt_input(text, files=len(new.files)),
+            params=params,
             files=tuple(new.files),
             created_at=now,
             author=self.device_id,
             priority=check_priority(new.priority),
             max_attempts=check_max_attempts(new.max_attempts),
+            llm=llm,
         )
 
-    def _kind_of(self, model: str) -> tuple[PromptKind, bool]:
-        """The kind of the backend the mesh serves ``model`` with, and whether it is a guess
-        (llm, for a model no node advertised here yet)."""
-        backend = (self.mesh_models() or {}).get(model)
-        return BACKEND_KINDS.get(backend or "", PromptKind.LLM), backend is None
+    def _backend_of(self, model: str) -> str | None:
+        """The backend the mesh serves ``model`` with, None for a model no node advertised here
+        yet: its kind is then a guess (llm), and nothing is refused for its abilities."""
+        return (self.mesh_models() or {}).get(model)
 
     def _sealer(self, payload: bytes) -> Callable[[int], bytes]:
         def seal(seq: int) -> bytes:
@@ -859,6 +885,8 @@ def _batches(prompts: Sequence[Prompt], budget: int) -> Iterator[list[Prompt]]:
     size = 0
     for prompt in prompts:
         cost = len(prompt.input.encode()) + 300
+        if prompt.llm is not None:  # a conversation can outweigh its text many times over
+            cost += len(encode(prompt.llm.to_wire()).encode())
         if batch and size + cost > budget:
             yield batch
             batch, size = [], 0

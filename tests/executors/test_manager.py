@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from syncq.executors.base import ExecutorError, Job, ModelSpec
+from syncq.executors.base import ExecutorError, Job, ModelSpec, Output
 from syncq.executors.manager import (
     CANCEL_GRACE_S,
     Cancelled,
@@ -17,9 +17,12 @@ from syncq.executors.manager import (
     ModelUnusable,
     Settings,
     WorkerDied,
+    checked_output,
     died,
 )
 from syncq.executors.memory import Gpus, parse_size
+
+from syncq.chat import ToolCall
 
 SPECS = {name: ModelSpec(name=name, backend="echo") for name in ("echo", "echo-b")}
 
@@ -331,3 +334,24 @@ def test_a_gpu_memory_budget_evicts_the_least_recently_used_model() -> None:
             manager.close()
 
     run(scenario())
+
+
+def test_a_worker_s_whole_output_comes_back_and_bad_tool_calls_fail_the_job() -> None:
+    # The worker sends the executor's Output itself: a field added to it needs no IPC change.
+    async def scenario() -> None:
+        manager = ModelManager(SPECS)
+        try:
+            out = await manager.run("echo", Job(prompt_id="p", input="a b"), lambda _: None, asyncio.Event())
+            assert (out.text, out.finish) == ("a b", "stop")
+        finally:
+            manager.close()
+
+    run(scenario())
+    good = Output(text="", tool_calls=(ToolCall(id="call_1", name="weather", arguments="{}"),))
+    assert checked_output(good) == good
+    # A model may invent a tool name: recorded, it would make the result unreadable everywhere.
+    for bad in (ToolCall(id="call_1", name="no spaces allowed", arguments="{}"), "not a call"):
+        with pytest.raises(ExecutorError, match="a tool call that cannot be recorded"):
+            checked_output(Output(text="", tool_calls=(bad,)))  # type: ignore[arg-type]
+    with pytest.raises(ExecutorError, match="returned a dict, not an Output"):
+        checked_output({"text": "x"})

@@ -309,10 +309,13 @@ class OllamaApi:
         refuse_knobs(self.space, self.settings, model.name, params)
         # Only a prompt that needs more than its text carries the llm field (older nodes and
         # ``syncq show`` read the text alone).
-        extra: dict[str, Any] = {} if plain else {"llm": llm}
         try:
             added = self.space.add(
-                text, model=model.name, params={**params, "mode": mode}, priority=priority, **extra
+                text,
+                model=model.name,
+                params={**params, "mode": mode},
+                priority=priority,
+                llm=None if plain else llm,
             )
         except InvalidInput as exc:  # chat.Unable among them: the node's own check of the model
             raise ApiError(400, str(exc)) from exc
@@ -338,9 +341,7 @@ class OllamaApi:
             return StreamingResponse(self._stream(prompt_id, shape, keep), media_type=NDJSON)
         cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
         outcome = await self._outcome(request, prompt_id, cancel)
-        run = self.space.get(prompt_id).result
-        calls = run.tool_calls if run is not None else ()
-        return JSONResponse(shape.final(outcome, run.finish if run else "", calls, whole=True))
+        return JSONResponse(shape.final(outcome, outcome.finish, outcome.tool_calls, whole=True))
 
     async def _outcome(self, request: Request, prompt_id: str, cancel_on_disconnect: bool) -> Outcome:
         """The prompt's outcome; with ``cancel_on_disconnect``, a client that hangs up first
@@ -374,10 +375,9 @@ class OllamaApi:
                 stuck = entry.status is Status.QUEUED
                 yield _line({"error": unusable(self.space, outcome) if stuck else outcome.problem()})
                 return
-            run = entry.result
-            if run is not None and run.tool_calls:
-                yield _line(shape.chunk("", run.tool_calls))
-            yield _line(shape.final(outcome, run.finish if run else "", (), whole=False))
+            if outcome.tool_calls:
+                yield _line(shape.chunk("", outcome.tool_calls))
+            yield _line(shape.final(outcome, outcome.finish, (), whole=False))
         except ApiError as exc:  # tool arguments Ollama's clients cannot take
             yield _line({"error": str(exc)})
         finally:

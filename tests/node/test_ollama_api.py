@@ -208,3 +208,93 @@ def test_streaming_requests_are_queued_first_unless_the_body_sets_a_priority(
     ).raise_for_status()
     with Space.open(tmp_path / "laptop") as space:
         assert [e.prompt.priority for e in space.entries(limit=None)] == [1, 0, 1, -5]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tool_calls_come_back_as_objects_and_their_results_go_in(client: ollama.Client) -> None:
+    asked = [{"role": "user", "content": "call get_weather in Paris"}]
+    answer = client.chat(model="echo", messages=asked, tools=[WEATHER], stream=False)
+    calls = answer.message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert calls[0].function.arguments == {"text": "call get_weather in Paris"}  # an object, not text
+    assert answer.done_reason == "stop"
+
+    streamed = list(client.chat(model="echo", messages=asked, tools=[WEATHER], stream=True))
+    assert [c.function.name for p in streamed for c in p.message.tool_calls or []] == ["get_weather"]
+    assert streamed[-1].done
+
+    # The round trip, as a client sends it back: the call, then its result named by the tool.
+    history = [*asked, answer.message.model_dump(exclude_none=True)]
+    history.append({"role": "tool", "content": "sunny, 21 C", "tool_name": "get_weather"})
+    history.append({"role": "user", "content": "so, sunny?"})
+    follow = client.chat(model="echo", messages=history, tools=[WEATHER], stream=False)
+    assert follow.message.content == "so, sunny?" and not follow.message.tool_calls
+
+
+def test_format_json_a_schema_stop_num_predict_and_the_history(client: ollama.Client) -> None:
+    said = client.generate(model="echo", prompt="sky colour", format="json", stream=False)
+    assert json.loads(said.response) == {"echo": "sky colour"}
+    schema = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}
+    chat = client.chat(
+        model="echo", messages=[{"role": "user", "content": "age"}], format=schema, stream=False
+    )
+    assert json.loads(chat.message.content or "") == {"echo": "age"}
+
+    cut = client.generate(
+        model="echo", prompt="one two STOP three", options={"stop": ["STOP", "END"]}, stream=False
+    )
+    assert cut.response.strip() == "one two" and cut.done_reason == "stop"
+    short = client.generate(model="echo", prompt="a b c d e f", options={"num_predict": 3}, stream=False)
+    assert short.response == "a b c" and short.done_reason == "length" and short.eval_count == 3
+
+    alone = client.chat(
+        model="echo", messages=[{"role": "user", "content": "why is the sky blue"}], stream=False
+    )
+    history = [
+        {"role": "system", "content": "you answer in one short sentence"},
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": "hello, what would you like to know"},
+        {"role": "user", "content": "why is the sky blue"},
+    ]
+    whole = client.chat(model="echo", messages=history, stream=False)
+    assert whole.message.content == alone.message.content == "why is the sky blue"
+    assert (whole.prompt_eval_count or 0) > (alone.prompt_eval_count or 0) > 0  # every turn reached it
+
+
+def test_embed_and_the_older_embeddings(client: ollama.Client) -> None:
+    one = client.embed(model="echo", input="the sky")
+    assert len(one.embeddings) == 1 and len(one.embeddings[0]) == 8
+    two = client.embed(model="echo:latest", input=["the sky", "the sea"])
+    assert len(two.embeddings) == 2 and two.embeddings[0] == one.embeddings[0] != two.embeddings[1]
+    assert (two.prompt_eval_count or 0) == 4
+    legacy = client.embeddings(model="echo", prompt="the sky")
+    assert list(legacy.embedding) == one.embeddings[0]
+
+
+@pytest.mark.model
+def test_a_real_model_answers_through_the_ollama_api(tmp_path: Path, nodes) -> None:
+    Space.init(tmp_path / "gpu", name="gpu").close()
+    node = nodes(tmp_path / "gpu", "--api", "127.0.0.1:0")
+    client = ollama.Client(host=node.api_url, headers={"Authorization": f"Bearer {node.api_key}"})
+    pieces = list(
+        client.generate(
+            model="gemma3-270m",
+            prompt="The sky is blue because",
+            raw=True,
+            options={"num_predict": 12, "seed": 7},
+            stream=True,
+        )
+    )
+    assert "".join(p.response or "" for p in pieces).strip()
+    last = pieces[-1]
+    assert last.done and (last.eval_count or 0) > 0 and (last.prompt_eval_count or 0) > 0
+    assert last.done_reason in ("stop", "length") and (last.eval_duration or 0) > 0

@@ -208,9 +208,9 @@ def tools_from(value: object) -> tuple[Tool, ...]:
 def turns_from(value: object) -> tuple[Message, ...]:
     """Ollama's messages as ``chat.Message`` turns. Tool calls carry their arguments as an
     object (written here as JSON text) and often no id: one is made (``call_T_K``, turn T,
-    call K). A tool turn names its call by ``tool_call_id`` (Open WebUI sends it), else by
-    ``tool_name``, else it answers the oldest call not answered yet. Images are refused: no
-    backend of syncq reads them. Raises ``ApiError``."""
+    call K). A tool turn answers the call its ``tool_call_id`` names (Open WebUI sends it),
+    else the oldest of its ``tool_name`` (Ollama's way), else the oldest not answered yet.
+    Images are refused: no backend of syncq reads them. Raises ``ApiError``."""
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -262,13 +262,14 @@ def _call_in(call: object, t: int, k: int) -> ToolCall:
 
 
 def _answered(m: Mapping[str, Any], waiting: Sequence[ToolCall], t: int) -> ToolCall:
+    """The call a tool turn answers: the one its ``tool_call_id`` names, else the oldest one of
+    its ``tool_name``, else the oldest one waiting (clients disagree on which they send, and an
+    id they made up themselves names none of ours)."""
     by_id, by_name = m.get("tool_call_id"), m.get("tool_name") or m.get("name")
-    for call in waiting:
-        if (by_id and call.id == by_id) or (not by_id and by_name and call.name == by_name):
-            return call
-    if not by_id and not by_name and waiting:
-        return waiting[0]
-    raise ApiError(400, f"messages[{t}] is a tool result that answers no earlier tool call")
+    found = [c for c in waiting if c.id == by_id] or [c for c in waiting if c.name == by_name] or waiting
+    if not found:
+        raise ApiError(400, f"messages[{t}] is a tool result that answers no earlier tool call")
+    return found[0]
 
 
 def chat_input(body: Mapping[str, Any], turns: tuple[Message, ...], stops: tuple[str, ...]) -> LlmInput:

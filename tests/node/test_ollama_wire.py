@@ -143,7 +143,7 @@ def test_tool_results_are_linked_to_their_calls_by_id_name_or_order() -> None:
             {"role": "assistant", "content": None, "tool_calls": calls},
             {"role": "tool", "content": "12:00", "tool_call_id": "given"},  # Open WebUI's way
             {"role": "tool", "content": "sunny", "tool_name": "weather"},  # Ollama's way
-            {"role": "tool", "content": "none"},  # neither: the oldest call left
+            {"role": "tool", "content": "none", "tool_call_id": "made-up"},  # no such id: the oldest left
         ]
     )
     check(LlmInput(messages=turns))  # what the node will accept

@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test lint types imports pytest bench clean system-deps
 
-# Serves the bundled gemma3-270m (and echo); from a second terminal:
-#   .venv/bin/syncq add "Why is the sky blue?" -m gemma3-270m --follow
+# Serves the bundled smollm2-135m (the chat model), gemma3-270m (completions) and echo; from a
+# second terminal:
+#   .venv/bin/syncq add "Why is the sky blue?" -m smollm2-135m --follow
 run: $(VENV)/.installed-run
 	$(BIN)/syncq init --if-missing
 	$(BIN)/syncq status

@@ -59,6 +59,7 @@ def result(space: Any, prompt_id: str, *, stream: bool, timeout: float | None, a
 
 def _finish(entry: Entry, streamed: str, as_json: bool) -> None:
     from syncq.cli.render import entry_json
+    from syncq.node.logs import one_line
 
     run = entry.result
     if as_json:
@@ -66,8 +67,11 @@ def _finish(entry: Entry, streamed: str, as_json: bool) -> None:
     elif entry.status is Status.DONE and run is not None:
         # Print what the stream has not shown yet (all of it if the stream and the result differ).
         click.echo(run.output[len(streamed) :] if run.output.startswith(streamed) else "\n" + run.output)
+        for call in run.tool_calls:  # the model's answer was to call tools (a model's text: escaped)
+            click.echo(f"-> {one_line(call.name)}({one_line(call.arguments)})")
+        ended = f", finish {one_line(run.finish)}" if run.finish not in ("", "stop") else ""
         click.echo(
-            f"[{entry.prompt.model} on {run.node_name}, {run.usage.get('ms_total', '?')} ms]", err=True
+            f"[{entry.prompt.model} on {run.node_name}, {run.usage.get('ms_total', '?')} ms{ended}]", err=True
         )
         if run.files:
             from syncq.cli.render import file_line

@@ -88,7 +88,7 @@ def cli(ctx: click.Context, home: Path | None) -> None:
     \b
     Example:
       syncq init --name laptop
-      syncq add "Why is the sky blue?" -m gemma3-270m
+      syncq add "Why is the sky blue?" -m smollm2-135m
       syncq log
     """
     ctx.ensure_object(dict)
@@ -122,7 +122,7 @@ def init(ctx: click.Context, name: str | None, if_missing: bool, as_json: bool) 
 
 @cli.command()
 @click.argument("text", required=False)
-@click.option("-m", "--model", required=True, help="The model to run it on, e.g. gemma3-270m.")
+@click.option("-m", "--model", help="The model to run it on, e.g. smollm2-135m (with --continue: ID's).")
 @click.option(
     "-f",
     "--file",
@@ -132,6 +132,13 @@ def init(ctx: click.Context, name: str | None, if_missing: bool, as_json: bool) 
     help="Attach a file (repeatable).",
 )
 @click.option("--kind", type=click.Choice(KINDS), help="Kind of model (default: from the model's backend).")
+@click.option("--system", metavar="TEXT", help="A system prompt: the conversation's first turn.")
+@click.option(
+    "--continue",
+    "continued",
+    metavar="ID",
+    help="Go on from a done prompt: its conversation and answer, then TEXT as the next user turn.",
+)
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first (-1000..1000).")
 @click.option("--max-attempts", type=int, default=3, show_default=True, help="Runs before it fails.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A model parameter (repeatable).")
@@ -146,9 +153,11 @@ def init(ctx: click.Context, name: str | None, if_missing: bool, as_json: bool) 
 def add(
     ctx: click.Context,
     text: str | None,
-    model: str,
+    model: str | None,
     files: tuple[Path, ...],
     kind: str | None,
+    system: str | None,
+    continued: str | None,
     priority: int,
     max_attempts: int,
     params: tuple[str, ...],
@@ -163,10 +172,16 @@ def add(
     Works with no node running: the prompt waits in the local store until a device that serves
     the model picks it up. A prompt whose input is its files (speech, an image) needs no TEXT.
 
+    With --system the prompt is a conversation: the system turn, then TEXT. With --continue ID
+    it goes on from a done prompt (on whichever device it ran): ID's conversation and answer,
+    then TEXT as the next user turn, on ID's model unless -m names another.
+
     \b
     Example:
-      syncq add "Why is the sky blue?" -m gemma3-270m --param max_tokens=64
-      echo "Summarise this" | syncq add - -m gemma3-270m
+      syncq add "Why is the sky blue?" -m smollm2-135m --param max_tokens=64
+      syncq add "Why is the sky blue?" -m smollm2-135m --system "Answer in one sentence." --wait
+      syncq add "And at sunset?" --continue 01JDX4 --wait
+      echo "Summarise this" | syncq add - -m smollm2-135m
       syncq add --file talk.wav -m whisper-tiny.en --wait
     """
     from syncq.records import parse_param
@@ -175,10 +190,18 @@ def add(
         raise SyncqUserError("give the prompt's TEXT (or - to read it from stdin), or a --file")
     if text == "-":
         text = sys.stdin.read()
+    if (system is not None or continued is not None) and not (text or "").strip():
+        raise SyncqUserError("--system and --continue need the TEXT of the user's turn")
     parsed = dict(parse_param(p) for p in params)
     if keep_alive is not None:
         parsed["keep_alive"] = keep_alive
+    if model is None and continued is None:
+        raise click.UsageError("give the model to run it on with -m (e.g. -m smollm2-135m), or --continue ID")
     space = _open(ctx)
+    from syncq.cli.chat import conversation
+
+    llm, model_before = conversation(space, text or "", system=system, continued=continued)
+    model = model or model_before or ""  # one of the two, checked above
     _refuse_knobs(space, model, parsed)
     from syncq.cli import progress
 
@@ -195,6 +218,7 @@ def add(
         priority=priority,
         max_attempts=max_attempts,
         files=attached,
+        llm=llm,
     )
     try:
         _after_add(space, prompt, model, wait=wait, follow=follow, timeout=timeout, as_json=as_json)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from syncq.node.logs import printable
+from syncq.node.logs import one_line, printable
 
 from syncq.blobs import BlobRef
+from syncq.chat import LlmInput, ToolCall
 from syncq.log import Entry
 from syncq.records import ModelAd, NodeInfo, Result
 from syncq.space import Space, SpaceStatus
@@ -42,6 +43,7 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "priority": p.priority,
         "max_attempts": p.max_attempts,
         "files": [f.to_wire() for f in p.files],
+        "llm": p.llm.to_wire() if p.llm is not None else None,
         "created_at": _iso(p.created_at),
         "author": p.author,
         "result": _run_json(result) if result else None,
@@ -162,10 +164,17 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
     for claim in entry.claims:
         state = "running" if claim.running else "claimed"
         facts.add_row("claim", f"{claim.node[:16]} attempt {claim.attempt} ({state})")
+    if p.llm is not None:
+        _llm_facts(facts, p.llm)
     console = _console()
     console.print(facts)
-    console.print("\n[bold]prompt[/bold]")
-    console.print(printable(p.input), markup=False, highlight=False)
+    if p.llm is not None and p.llm.messages:
+        console.print("\n[bold]conversation[/bold]")
+        for turn in p.llm.messages:
+            _print_turn(console, turn.role, turn.content, turn.tool_calls, turn.name or turn.tool_call_id)
+    else:
+        console.print("\n[bold]prompt[/bold]")
+        console.print(printable(p.input), markup=False, highlight=False)
     if entry.stream is not None:
         console.print("\n[bold]output so far[/bold]")
         console.print(printable(entry.stream), markup=False, highlight=False)
@@ -177,11 +186,46 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
             f"\n[bold]run[/bold] attempt {run.attempt} on {run.node_name} ({run.node[:16]}): "
             f"{_status(run.status.value)}{mark}"
         )
-        console.print(printable(_result_text(run)), markup=False, highlight=False)
+        if run.tool_calls:
+            _print_turn(console, "assistant", run.output, run.tool_calls, "")
+        elif run.output or run.error is not None or not run.finish:
+            console.print(printable(_result_text(run)), markup=False, highlight=False)
+        if run.finish:
+            console.print(printable(f"finish: {run.finish}"), style="dim", markup=False, highlight=False)
         for ref in run.files:
             console.print(f"file {file_line(ref)}", markup=False, highlight=False)
     if any(run.files for run in entry.results):
         console.print(f"\n[dim]save the files with: syncq get {p.id[:10]} -o DIR[/dim]")
+
+
+def _llm_facts(facts: Any, llm: LlmInput) -> None:
+    """The rows of `syncq show` for what an llm prompt carries beside its conversation."""
+    from rich.markup import escape
+
+    if llm.tools:
+        choice = f"must call {llm.forced_tool}" if llm.forced_tool else llm.tool_choice
+        facts.add_row("tools", escape(printable(f"{', '.join(t.name for t in llm.tools)} ({choice})")))
+    if llm.format is not None:
+        facts.add_row("format", escape(printable(f"{llm.format.type} {llm.format.name}".strip())))
+    if llm.stop:
+        facts.add_row("stop", escape(printable(" ".join(json.dumps(s) for s in llm.stop))))
+    if llm.inputs:
+        facts.add_row("embed", f"{len(llm.inputs)} text{'' if len(llm.inputs) == 1 else 's'}")
+
+
+def _print_turn(console: Any, role: str, text: str, calls: Sequence[ToolCall], name: str) -> None:
+    """One turn of a conversation: ``role: text``, then each tool call with its arguments.
+    The text is another device's (or a model's): escaped, never read as markup."""
+    who = f"{role} ({name})" if name else role
+    # Later lines indented: a turn's text cannot pass for the start of another turn.
+    said = printable(f"{who}: {text}").replace("\n", "\n  ")
+    console.print(said, markup=False, highlight=False)
+    for call in calls:
+        console.print(
+            f"  -> {one_line(call.name)}({one_line(call.arguments)})  [{one_line(call.id)}]",
+            markup=False,
+            highlight=False,
+        )
 
 
 def file_line(ref: BlobRef) -> str:
@@ -386,6 +430,8 @@ def _run_json(run: Result) -> dict[str, Any]:
         "usage": dict(run.usage),
         "files": [f.to_wire() for f in run.files],
         "counts": run.counts,
+        "finish": run.finish or None,
+        "tool_calls": [c.to_wire() for c in run.tool_calls],
     }
 
 

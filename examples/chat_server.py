@@ -1,12 +1,13 @@
 """A multi-user chat relay: every TCP connection is a conversation, every line a question.
 
-Each question is queued in the space (``syncq.aopen``) and its answer streams back to that
+Each question is queued in the space (``syncq.aopen``) with the conversation so far (the
+model sees the earlier questions and its answers), and its answer streams back to that
 connection as it arrives, from whichever node of the mesh runs it: this program needs no model,
 no GPU and no node of its own beyond the one that syncs this home. Conversations never wait on
 one another: each is a coroutine awaiting its own prompt, and one process holds any number.
 
     syncq node &                                   # syncs this home with the mesh
-    python examples/chat_server.py --model gemma3-270m --port 7400
+    python examples/chat_server.py --model smollm2-135m --port 7400
     nc 127.0.0.1 7400                              # then type a question and press enter
 
 Options: --home (default: $SYNCQ_HOME or the user data dir), --host, --port, --model,
@@ -32,6 +33,7 @@ async def converse(
     params: dict[str, object],
 ) -> None:
     """One conversation: answer each line the client sends, streaming."""
+    history: list[syncq.Message] = []
     writer.write(f"connected: ask {model} anything, one question per line\n".encode())
     with contextlib.suppress(ConnectionError):
         await writer.drain()
@@ -40,12 +42,15 @@ async def converse(
             if not question:
                 continue
             try:
-                prompt = space.add(question, model=model, params=params)  # type: ignore[arg-type]
+                asked = [*history, syncq.Message(role="user", content=question)]
+                prompt = space.add(model=model, params=params, messages=asked)  # type: ignore[arg-type]
                 async for chunk in space.stream(prompt.id):
                     writer.write(chunk.encode())
                     await writer.drain()
                 outcome = await space.result(prompt.id)
                 ending = "\n" if outcome.ok else f"[{outcome.status}: {outcome.error}]\n"
+                if outcome.ok:  # an unanswered question is left out of what the model is shown
+                    history = [*asked, syncq.Message(role="assistant", content=outcome.text)]
             except syncq.SyncqError as exc:
                 ending = f"[error: {exc}]\n"
             writer.write(ending.encode())
@@ -69,7 +74,7 @@ def main() -> None:
     parser.add_argument("--home", default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7400)
-    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     try:

@@ -6,7 +6,7 @@ another user of the machine does not. This one asks one question and streams the
 whichever node of the mesh runs it:
 
     syncq node &                                   # serves the API on 127.0.0.1:7331
-    python examples/openai_client.py --model gemma3-270m "Why is the sky blue?"
+    python examples/openai_client.py --model smollm2-135m "Why is the sky blue?"
 
 Options: --home (default: $SYNCQ_HOME or the user data dir), --url (default
 http://127.0.0.1:7331), --model. Programs that cannot import syncq take the key from the

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Ask through the file portal from a shell script: no Python, no HTTP client, just folders.
 #
-#   examples/portal_client.sh gemma3-270m "Why is the sky blue?"
+#   examples/portal_client.sh smollm2-135m "Why is the sky blue?"
 #
 # Needs a node running in the home ($SYNCQ_HOME, else ~/.local/share/syncq); SYNCQ_PORTAL picks
 # another portal folder. Prints the answer; exits 1 with the reason if the request is refused

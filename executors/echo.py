@@ -169,7 +169,8 @@ def _called(llm: LlmInput, text: str) -> Tool | None:
     if not llm.wants_tools:
         return None
     if llm.forced_tool:
-        return next(t for t in llm.tools if t.name == llm.forced_tool)  # chat.check: it is offered
+        # chat.check saw that it is offered; a Job built by hand may not have been checked.
+        return next((t for t in llm.tools if t.name == llm.forced_tool), llm.tools[0])
     if llm.tool_choice == "required":
         return llm.tools[0]
     named = [t for t in llm.tools if re.match(rf"call {re.escape(t.name)}(\s|$)", text)]

@@ -5,11 +5,11 @@ The Python API (``syncq.client``), blocking and asyncio::
     import syncq
 
     space = syncq.open()
-    p = space.add("Why is the sky blue?", model="gemma3-270m")
+    p = space.add("Why is the sky blue?", model="smollm2-135m")
     print(space.result(p.id, timeout=60).text)
 
     async with syncq.aopen() as space:
-        print((await space.run("Why is the sky blue?", model="gemma3-270m")).text)
+        print((await space.run("Why is the sky blue?", model="smollm2-135m")).text)
 
     key = syncq.api_key()  # the local HTTP API's key, for OpenAI(api_key=...)
 

@@ -275,7 +275,13 @@ def check(llm: LlmInput) -> LlmInput:
             raise InvalidInput("response_format json_schema needs a schema")
         _check_depth(llm.format.schema, "the response_format schema")
     _check_turns(llm.messages)
-    size = len(json.dumps(llm.to_wire(), separators=(",", ":"), ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(llm.to_wire(), separators=(",", ":"), ensure_ascii=False).encode())
+    except UnicodeEncodeError:
+        # A lone surrogate: JSON's "\ud800" escape gives one, and no UTF-8 store can hold it.
+        raise InvalidInput(
+            "the conversation holds text that is not valid Unicode (a lone surrogate)"
+        ) from None
     if size > MAX_LLM_BYTES:
         raise InvalidInput(f"the conversation and tools take {size} bytes; the limit is {MAX_LLM_BYTES}")
     return llm

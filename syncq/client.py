@@ -5,7 +5,7 @@ Blocking::
     import syncq
 
     space = syncq.open()  # the home: $SYNCQ_HOME, else the user data dir
-    p = space.add("Why is the sky blue?", model="gemma3-270m")
+    p = space.add("Why is the sky blue?", model="smollm2-135m")
     for chunk in space.stream(p.id):  # output as it arrives, from whichever node runs it
         print(chunk, end="", flush=True)
     print(space.result(p.id, timeout=60).node_name)
@@ -13,7 +13,7 @@ Blocking::
 asyncio::
 
     async with syncq.aopen() as space:
-        outcome = await space.run("Why is the sky blue?", model="gemma3-270m")
+        outcome = await space.run("Why is the sky blue?", model="smollm2-135m")
         async for chunk in space.stream(other.id): ...
 
 Both write to the local store, as ``syncq add`` does, and wait on it: the node running in this

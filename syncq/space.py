@@ -4,7 +4,7 @@
 the CLI, the node and scripts call::
 
     space = Space.open(home)                 # or Space.init(home, name="laptop")
-    prompt = space.add("Why is the sky blue?", model="gemma3-270m")
+    prompt = space.add("Why is the sky blue?", model="smollm2-135m")
     for entry in space.entries(limit=20):
         print(entry.prompt.id, entry.status)
 
@@ -518,7 +518,8 @@ class Space:
         Raises ``InvalidInput`` (nothing is stored) or ``StoreBroken``.
         """
         self.require_member()
-        prompts = [self._make_prompt(n) for n in new]
+        served = self.mesh_models() or {}  # read once for the batch: a store read and a parse
+        prompts = [self._make_prompt(n, served) for n in new]
         known = {n.id for n in new if n.id is not None and self.log.has_prompt(n.id)}
         if known:
             stored = {p.id: self.log.prompt(p.id) for p in prompts if p.id in known}
@@ -800,14 +801,17 @@ class Space:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _make_prompt(self, new: NewPrompt) -> Prompt:
+    def _make_prompt(self, new: NewPrompt, served: Mapping[str, str]) -> Prompt:
+        """The prompt ``new`` asks for, checked; ``served`` maps the mesh's models to their
+        backends (``mesh_models``): a model not in it has a guessed kind, and nothing is
+        refused for its abilities."""
         now = self.clock()
         if new.id is not None and not is_prompt_id(new.id):
             raise InvalidInput(f"{new.id!r} is not a prompt id")
         prompt_id = new.id
         if prompt_id is None:
             prompt_id = self._last_id = next_prompt_id(now, self.entropy(10), self._last_id)
-        backend = self._backend_of(new.model)
+        backend = served.get(new.model)
         kind = new.kind if new.kind is not None else BACKEND_KINDS.get(backend or "", PromptKind.LLM)
         guessed = new.kind is None and backend is None
         text, llm = chat.prompt_llm(new.text, new.messages, new.llm)
@@ -836,11 +840,6 @@ class Space:
             max_attempts=check_max_attempts(new.max_attempts),
             llm=llm,
         )
-
-    def _backend_of(self, model: str) -> str | None:
-        """The backend the mesh serves ``model`` with, None for a model no node advertised here
-        yet: its kind is then a guess (llm), and nothing is refused for its abilities."""
-        return (self.mesh_models() or {}).get(model)
 
     def _sealer(self, payload: bytes) -> Callable[[int], bytes]:
         def seal(seq: int) -> bytes:

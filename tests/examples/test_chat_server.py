@@ -72,6 +72,18 @@ def test_concurrent_conversations_are_answered_by_another_node(tmp_path: Path, n
         with Space.open(tmp_path / "laptop") as space:
             wait_until(lambda: len(space.entries(limit=None)) == 25, what="every question in the log")
             assert {e.result.node_name for e in space.entries(limit=None) if e.result} == {"gpu"}
+            # Each question went with the conversation before it: its questions and answers.
+            third = next(
+                e.prompt for e in space.entries(limit=None) if e.prompt.input == "user 5 asks question 2"
+            )
+            assert third.llm is not None
+            assert [(m.role, m.content) for m in third.llm.messages] == [
+                ("user", "user 5 asks question 0"),
+                ("assistant", "user 5 asks question 0"),
+                ("user", "user 5 asks question 1"),
+                ("assistant", "user 5 asks question 1"),
+                ("user", "user 5 asks question 2"),
+            ]
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -22,6 +22,8 @@ def test_the_page_shows_the_queue_live_and_adds_prompts(tmp_path: Path, nodes) -
     assert chromium, "Debian's chromium is missing: `make system-deps` installs it"
     home = tmp_path / "a"
     Space.init(home, name="gpu").close()
+    # The bundled chat model is the page's first choice (here an echo model under its name).
+    (home / "models.toml").write_text('[models.smollm2-135m]\nbackend = "echo"\n')
     node = nodes(home, "--api", "127.0.0.1:0")
     url = node.wait_event("api-listening")["url"]
     env = {**os.environ, "SYNCQ_HOME": str(home)}
@@ -44,6 +46,7 @@ def test_the_page_shows_the_queue_live_and_adds_prompts(tmp_path: Path, nodes) -
         expect(page.locator("#live")).to_have_text("live")
         expect(page.locator("#login")).to_be_hidden()
         expect(page.locator("#model option", has_text="echo")).to_have_count(1)
+        expect(page.locator("#model")).to_have_value("smollm2-135m")  # not the first, "echo"
 
         subprocess.run([SYNCQ, "add", "added from the command line", "-m", "echo"], env=env, check=True)
         # The issue asks for it within a second of the add: the page is told by /api/events.

@@ -184,3 +184,10 @@ def test_the_client_takes_messages_and_the_names_are_exported(space: Space, home
         llm = syncq.LlmInput(stop=("END",), format=syncq.OutputFormat(type="json_object"))
         assert client.add("x", model="echo", llm=llm).llm == llm
     assert {"Message", "LlmInput", "Tool", "ToolCall", "OutputFormat"} <= set(syncq.__all__)
+
+
+def test_a_conversation_that_is_not_unicode_is_refused_in_words(space: Space) -> None:
+    # A lone surrogate (JSON's "\ud800" from an HTTP body): it raised UnicodeEncodeError.
+    with pytest.raises(InvalidInput, match="not valid Unicode"):
+        space.add("hi", model="echo", messages=[{"role": "user", "content": "bad \ud800"}])
+    assert space.entries() == []

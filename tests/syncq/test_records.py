@@ -227,6 +227,8 @@ def test_input_checks() -> None:
         check_prompt_input("  \n")
     with pytest.raises(InvalidInput, match="limit"):
         check_prompt_input("x" * (256 * 1024 + 1))
+    with pytest.raises(InvalidInput, match="Unicode"):  # json.loads('"\\ud800"') gives one
+        check_prompt_input("hello \ud800")
     with pytest.raises(InvalidInput):
         check_model("bad model name")
     with pytest.raises(InvalidInput):

@@ -298,3 +298,31 @@ def test_a_real_model_answers_through_the_ollama_api(tmp_path: Path, nodes) -> N
     last = pieces[-1]
     assert last.done and (last.eval_count or 0) > 0 and (last.prompt_eval_count or 0) > 0
     assert last.done_reason in ("stop", "length") and (last.eval_duration or 0) > 0
+
+
+@pytest.mark.model
+def test_smollm2_chats_through_the_ollama_api(tmp_path: Path, nodes) -> None:
+    Space.init(tmp_path / "gpu", name="gpu").close()
+    node = nodes(tmp_path / "gpu", "--api", "127.0.0.1:0")
+    client = ollama.Client(host=node.api_url, headers={"Authorization": f"Bearer {node.api_key}"})
+    assert "smollm2-135m:latest" in [m.model for m in client.list().models]
+    asked = [
+        {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    options = {"num_predict": 40, "temperature": 0, "seed": 7}
+    pieces = list(client.chat(model="smollm2-135m:latest", messages=asked, options=options, stream=True))
+    said = "".join(p.message.content or "" for p in pieces)
+    assert "Paris" in said, said
+    last = pieces[-1]
+    assert last.done and last.done_reason in ("stop", "length") and (last.eval_count or 0) > 0
+    # The history reaches the model: its prompt grows by the earlier turns.
+    history = [*asked, {"role": "assistant", "content": said}, {"role": "user", "content": "And of Italy?"}]
+    later = client.chat(model="smollm2-135m", messages=history, options=options, stream=False)
+    assert (later.prompt_eval_count or 0) > (last.prompt_eval_count or 0) + 5 > 5
+    # format "json" holds the model to JSON (llama.cpp's grammar), and gemma embeds.
+    capital = [{"role": "user", "content": "Give the capital of France as JSON with the key capital."}]
+    shaped = client.chat(model="smollm2-135m", messages=capital, format="json", options=options, stream=False)
+    assert isinstance(json.loads(shaped.message.content or ""), dict)
+    vectors = client.embed(model="gemma3-270m", input=["the sky", "the sea"]).embeddings
+    assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 100 and vectors[0] != vectors[1]

@@ -23,8 +23,8 @@ with ``done: true``, ``done_reason`` ("stop" or "length"), the token counts and 
 last, as Ollama does; an error after the stream began is an object ``{"error": ...}``.
 
 - Model names: syncq's, or with ``:latest``; an unknown one: 404 ``{"error": "model 'x' not
-  found"}``. Every error of these routes is Ollama's ``{"error": "..."}`` (the guard's 401 and
-  403, checked before any route, keep OpenAI's shape).
+  found"}``. Every error of these routes is Ollama's ``{"error": "..."}``, the guard's 401,
+  403 and 415 (``PATHS``) too; a wrong method (405) keeps OpenAI's shape, as unknown routes do.
 - ``options`` map onto the prompt's params (``ollama_wire``'s docstring lists which are
   mapped, ignored as harmless, or refused); ``format`` "json" or a schema becomes the prompt's
   output format, ``tools`` its tools, ``keep_alive`` ("5m", 300, "-1") its ``keep_alive``.
@@ -84,6 +84,8 @@ from .http_common import (
 NDJSON = "application/x-ndjson"
 DEFAULT_KEEP_ALIVE_S = 300.0  # the manager's default (executors.manager): /api/ps's estimate
 UNSUPPORTED = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
+SERVED = ("/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat", "/api/generate", "/api/embed")
+PATHS = frozenset({*SERVED, "/api/embeddings", *UNSUPPORTED})  # the guard answers them Ollama's way
 Handler = Callable[[Request], Awaitable[Response]]
 
 

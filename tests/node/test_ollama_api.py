@@ -141,6 +141,12 @@ def test_errors_are_ollama_shaped(client: ollama.Client, api: str, tmp_path: Pat
         model="echo", messages=[{"role": "user", "content": "fine"}], options=harmless, stream=False
     )
 
+    stranger = ollama.Client(host=api, headers={"Authorization": "Bearer sk-wrong"})
+    with pytest.raises(ollama.ResponseError) as unknown_key:
+        stranger.list()
+    assert unknown_key.value.status_code == 401 and "API key" in str(unknown_key.value.error)
+    assert isinstance(unknown_key.value.error, str)  # Ollama's {"error": "..."}, not OpenAI's object
+
     status, _, text = raw(api, tmp_path, "POST", "/api/pull", {"model": "llama3"})
     assert status == 501 and "models.toml" in json.loads(text)["error"]
 

@@ -84,8 +84,8 @@ from .http_common import (
 NDJSON = "application/x-ndjson"
 DEFAULT_KEEP_ALIVE_S = 300.0  # the manager's default (executors.manager): /api/ps's estimate
 UNSUPPORTED = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
-SERVED = ("/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat", "/api/generate", "/api/embed")
-PATHS = frozenset({*SERVED, "/api/embeddings", *UNSUPPORTED})  # the guard answers them Ollama's way
+SERVED = ("/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat", "/api/generate")
+PATHS = frozenset({*SERVED, "/api/embed", "/api/embeddings", *UNSUPPORTED})  # the guard's shape
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -336,12 +336,13 @@ class OllamaApi:
     ) -> Response:
         stream = _stream_flag(body)
         priority = _priority(body, 1 if stream else 0)
+        # Every header and flag is read before the prompt is queued: a 400 leaves nothing behind.
+        keep = header_flag(request, "x-syncq-keep-on-disconnect") or flag(body, "keep_on_disconnect")
+        cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
         text = text or next((m.content for m in reversed(llm.messages) if m.role == "user"), "")
         prompt_id = self._add(text, model, mode, llm, params, priority)
         if stream:
-            keep = header_flag(request, "x-syncq-keep-on-disconnect") or flag(body, "keep_on_disconnect")
             return StreamingResponse(self._stream(prompt_id, shape, keep), media_type=NDJSON)
-        cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
         outcome = await self._outcome(request, prompt_id, cancel)
         return JSONResponse(shape.final(outcome, outcome.finish, outcome.tool_calls, whole=True))
 

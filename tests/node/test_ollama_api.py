@@ -41,6 +41,11 @@ def raw(api: str, tmp_path: Path, method: str, path: str, body: object = None, *
     return found
 
 
+def _entries(tmp_path: Path) -> list:
+    with Space.open(tmp_path / "laptop") as space:
+        return space.entries(limit=None)
+
+
 def status_of(home: Path, prompt_id: str) -> str:
     with Space.open(home) as space:
         return space.log.status(prompt_id).value
@@ -130,11 +135,22 @@ def test_errors_are_ollama_shaped(client: ollama.Client, api: str, tmp_path: Pat
         ({"format": "yaml"}, "format"),
         ({"messages": [{"role": "user", "content": "x", "images": ["iVBORw0KGgo="]}]}, "images"),
     ]
+    before = len(_entries(tmp_path))
     for extra, named in refused:
         body = {"model": "echo", "messages": [{"role": "user", "content": "x"}], "stream": False} | extra
         status, kind, text = raw(api, tmp_path, "POST", "/api/chat", body)
         assert status == 400 and kind == "application/json", (extra, text)
         assert named in json.loads(text)["error"], (extra, text)
+    status, _, text = raw(
+        api,
+        tmp_path,
+        "POST",
+        "/api/chat",
+        {"model": "echo", "messages": [{"role": "user", "content": "x"}]},
+        **{"X-Syncq-Keep-On-Disconnect": "perhaps"},
+    )
+    assert status == 400 and "X-Syncq-Keep-On-Disconnect".lower() in json.loads(text)["error"].lower()
+    assert len(_entries(tmp_path)) == before  # nothing refused was queued
     # Options that change how a model runs but never its answer are accepted.
     harmless = {"num_thread": 4, "num_gpu": 1, "use_mmap": True, "mirostat": 0, "typical_p": 1.0}
     assert client.chat(

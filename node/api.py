@@ -67,7 +67,7 @@ from syncq.lifecycle import Status
 from syncq.log import Entry
 from syncq.records import Prompt, PromptKind
 
-from . import openai_chat
+from . import ollama, openai_chat
 from .api_auth import ApiSettings
 from .api_guard import Guard, guarded_protocol
 from .http_common import (
@@ -207,6 +207,7 @@ def build_app(space: syncq.AsyncClient, settings: ApiSettings) -> Starlette:
             Route("/api/prompts/{prompt_id}/cancel", guarded(api.cancel), methods=["POST"]),
             Route("/api/prompts/{prompt_id}/retry", guarded(api.retry), methods=["POST"]),
             Route("/api/events", guarded(api.events), methods=["GET"]),
+            *ollama.routes(space, settings),
             Route("/", page, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},

@@ -1,9 +1,10 @@
 """The local HTTP API: OpenAI-compatible endpoints that enqueue into the space and answer when
 the result arrives, from whichever node runs the prompt (DESIGN.md section 10).
 
-    GET  /v1/models                 every model of the mesh
-    POST /v1/chat/completions       {model, messages, stream?, max_tokens?, temperature?, ...}
+    GET  /v1/models                 every model of the mesh;  GET /v1/models/{id}: one
+    POST /v1/chat/completions       {model, messages, stream?, tools?, response_format?, ...}
     POST /v1/completions            {model, prompt, stream?, ...}
+    POST /v1/embeddings             {model, input: text | [text, ...], encoding_format?}
     POST /v1/audio/transcriptions   a form: file, model, language?, response_format?
                                     (json | text | srt | verbose_json)
     POST /v1/images/generations     {model, prompt, size?: "WxH", n?: 1, response_format?: b64_json,
@@ -17,8 +18,14 @@ the result arrives, from whichever node runs the prompt (DESIGN.md section 10).
 
 Each request is a prompt like ``syncq add``: it goes through ``syncq.aopen`` on its own store
 connection, so waiting wakes on the store's writes (``syncq.watch``) and the node syncs the
-prompt as it syncs any other process's. A client that disconnects does not cancel its prompt
-unless it asked to (header ``X-Syncq-Cancel-On-Disconnect: true``). Errors have OpenAI's shape:
+prompt as it syncs any other process's. OpenAI's request fields become the
+prompt's text, ``LlmInput`` (the conversation, tools, output format, stop strings) and params in
+``openai_chat.py``, which also shapes the answers and stream chunks; every field is honoured or
+refused with a 400 naming it. A streaming request is queued with priority 1 (else 0) unless it
+sets ``priority``. A streaming client that disconnects cancels its prompt (Stop) unless it asked
+to keep it (header ``X-Syncq-Keep-On-Disconnect: true`` or body ``keep_on_disconnect: true``);
+a non-streaming one leaves it running, its answer kept in the log, unless it asked otherwise
+(header ``X-Syncq-Cancel-On-Disconnect: true``). Errors have OpenAI's shape:
 ``{"error": {"message", "type", "code"}}`` with a 4xx status; a prompt that failed answers 502
 with the executor's message and ``x-should-retry: false`` (syncq already retried it, up to the
 prompt's ``max_attempts``: the official clients would otherwise run it three times more).
@@ -37,11 +44,11 @@ the connections.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from importlib import resources
 from typing import Any
@@ -54,26 +61,27 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 import syncq
+from syncq.client import MeshModel, Outcome
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError, WaitTimeout
 from syncq.lifecycle import Status
 from syncq.log import Entry
-from syncq.records import LLM_PARAMS, PromptKind, messages_input
+from syncq.records import Prompt, PromptKind
 
+from . import ollama, openai_chat
 from .api_auth import ApiSettings
 from .api_guard import Guard, guarded_protocol
 from .http_common import (
     ApiError,
     await_outcome,
-    flag,
     header_flag,
     json_body,
     refuse_knobs,
-    served_model,
+    served_backend,
     unusable,
 )
 from .media import Media, file_links, output_files
 
-PARAMS = set(LLM_PARAMS) - {"mode"}  # OpenAI's names where they exist; keep_alive etc. as extra_body
+Translate = Callable[[Mapping[str, Any], str, "str | None"], openai_chat.ApiRequest]
 STATUSES = tuple(s.value for s in Status)
 # The page's own script and styles only: a prompt's text is shown as text, and should anything
 # slip, it can neither load nor send anywhere else.
@@ -185,8 +193,10 @@ def build_app(space: syncq.AsyncClient, settings: ApiSettings) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/models", guarded(api.models), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", guarded(api.model), methods=["GET"]),
             Route("/v1/chat/completions", guarded(api.chat), methods=["POST"]),
             Route("/v1/completions", guarded(api.complete), methods=["POST"]),
+            Route("/v1/embeddings", guarded(api.embed), methods=["POST"]),
             Route("/v1/audio/transcriptions", guarded(media.transcribe), methods=["POST"]),
             Route("/v1/images/generations", guarded(media.draw), methods=["POST"]),
             Route("/api/prompts", guarded(api.prompts), methods=["GET"]),
@@ -197,6 +207,7 @@ def build_app(space: syncq.AsyncClient, settings: ApiSettings) -> Starlette:
             Route("/api/prompts/{prompt_id}/cancel", guarded(api.cancel), methods=["POST"]),
             Route("/api/prompts/{prompt_id}/retry", guarded(api.retry), methods=["POST"]),
             Route("/api/events", guarded(api.events), methods=["GET"]),
+            *ollama.routes(space, settings),
             Route("/", page, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
@@ -210,92 +221,91 @@ class _Api:
         self.space, self.settings = space, settings
 
     async def models(self, request: Request) -> Response:
-        data = [
-            {"id": m.name, "object": "model", "created": 0, "owned_by": "syncq", "nodes": list(m.nodes)}
-            for m in self.space.models()
-        ]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [_model(m) for m in self.space.models()]})
 
-    async def chat(self, request: Request) -> Response:
-        body = await json_body(request)
-        try:
-            text = messages_input(body.get("messages"))
-        except InvalidInput as exc:
-            raise ApiError(400, str(exc), code="invalid_messages") from exc
-        return await self._run(request, body, text, "chat", "chat.completion")
-
-    async def complete(self, request: Request) -> Response:
-        body = await json_body(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise ApiError(400, "prompt must be a string", code="invalid_prompt")
-        return await self._run(request, body, prompt, "complete", "text_completion")
-
-    async def _run(
-        self, request: Request, body: Mapping[str, Any], text: str, mode: str, kind: str
-    ) -> Response:
-        model = served_model(self.space, body.get("model"), PromptKind.LLM)
-        stream = flag(body, "stream")
-        cancel_on_disconnect = header_flag(request, "x-syncq-cancel-on-disconnect")
-        params: dict[str, Any] = {k: v for k, v in body.items() if k in PARAMS and v is not None}
-        refuse_knobs(self.space, self.settings, model, params)
-        if isinstance(params.get("stop"), list):
-            params["stop"] = params["stop"][0] if params["stop"] else None
-        try:
-            added = self.space.add(text, model=model, params={**params, "mode": mode})
-        except InvalidInput as exc:
-            raise ApiError(400, str(exc), code="invalid_parameter") from exc
-        if stream:
-            return StreamingResponse(
-                self._stream(request, added.id, model, kind, cancel_on_disconnect),
-                media_type="text/event-stream",
-            )
-        outcome = await await_outcome(self.space, added.id)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
-        if kind == "chat.completion":
-            choice["message"] = {"role": "assistant", "content": outcome.text}
-        else:
-            choice["text"] = outcome.text
-        return JSONResponse(
-            {
-                "id": f"syncq-{added.id}",
-                "object": kind,
-                "created": int(time.time()),
-                "model": model,
-                "choices": [choice],
-                "usage": _usage(outcome.usage),
-                "syncq": {"id": added.id, "node": outcome.node_name},
-            }
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["model_id"]
+        for m in self.space.models():
+            if m.name == name:
+                return JSONResponse(_model(m))
+        raise ApiError(
+            404, f"The model '{name}' does not exist: no node of this space serves it", code="model_not_found"
         )
 
+    async def chat(self, request: Request) -> Response:
+        return await self._run(request, openai_chat.chat_request)
+
+    async def complete(self, request: Request) -> Response:
+        return await self._run(request, openai_chat.completion_request)
+
+    async def embed(self, request: Request) -> Response:
+        asked, added = await self._add(request, openai_chat.embedding_request)
+        outcome = await self._await(request, added.id, cancel_on_disconnect=False)
+        return JSONResponse(openai_chat.embeddings(added.model, outcome.text, outcome.usage, asked.encoding))
+
+    async def _add(self, request: Request, translate: Translate) -> tuple[openai_chat.ApiRequest, Prompt]:
+        """The body translated, checked against the model's backend, and queued."""
+        body = await json_body(request)
+        model, backend = served_backend(self.space, body.get("model"), PromptKind.LLM)
+        asked = translate(body, model, backend)
+        refuse_knobs(self.space, self.settings, model, asked.params)
+        try:
+            added = self.space.add(
+                asked.text, model=model, params=asked.params, priority=asked.priority, llm=asked.llm
+            )
+        except InvalidInput as exc:
+            raise ApiError(400, str(exc), code="invalid_parameter") from exc
+        return asked, added
+
+    async def _run(self, request: Request, translate: Translate) -> Response:
+        # Both headers are checked before anything is queued.
+        keep_header = header_flag(request, "x-syncq-keep-on-disconnect")
+        cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
+        asked, added = await self._add(request, translate)
+        chat_mode = asked.mode == "chat"
+        if asked.stream:
+            keep = asked.keep_on_disconnect or keep_header
+            return StreamingResponse(
+                self._stream(added.id, added.model, chat_mode, asked.include_usage, cancel=not keep),
+                media_type="text/event-stream",
+            )
+        outcome = await self._await(request, added.id, cancel_on_disconnect=cancel)
+        extra = {"id": added.id, "node": outcome.node_name}
+        return JSONResponse(openai_chat.answer(added.id, added.model, chat_mode, outcome, extra))
+
+    async def _await(self, request: Request, prompt_id: str, *, cancel_on_disconnect: bool) -> Outcome:
+        """``await_outcome``; a client that hangs up first cancels the prompt only if it asked to
+        (a non-streaming answer is kept in the log for whoever asks later)."""
+        if not cancel_on_disconnect:
+            return await await_outcome(self.space, prompt_id)
+        waiting = asyncio.ensure_future(await_outcome(self.space, prompt_id))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(SyncqError):
+                    self.space.cancel(prompt_id)
+        if waiting.cancelled():  # the client left: nobody reads this answer
+            raise ApiError(400, "the client left: its prompt is cancelled", code="client_disconnected")
+        return waiting.result()
+
     async def _stream(
-        self, request: Request, prompt_id: str, model: str, kind: str, cancel_on_disconnect: bool
+        self, prompt_id: str, model: str, chat_mode: bool, include_usage: bool, *, cancel: bool
     ) -> AsyncIterator[bytes]:
-        chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else kind
-        created = int(time.time())
-
-        def event(delta: str | None, finish: str | None) -> bytes:
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-            if chunk_kind == "chat.completion.chunk":
-                choice["delta"] = {"content": delta} if delta is not None else {}
-            else:
-                choice["text"] = delta or ""
-            data = {
-                "id": f"syncq-{prompt_id}",
-                "object": chunk_kind,
-                "created": created,
-                "model": model,
-                "choices": [choice],
-            }
-            return f"data: {json.dumps(data)}\n\n".encode()
-
+        """The answer as server-sent events. A client that hangs up cancels the prompt (a chat
+        UI's Stop button) unless it asked to keep it: starlette ends this generator at once
+        when the connection closes, wherever it waits."""
+        chunks = openai_chat.Chunks(prompt_id, model, chat_mode)
         finished = False
         try:
+            if start := chunks.start():
+                yield start
             while True:  # a stream that ended for a stranded prompt a node then claimed goes on
                 async for piece in self.space.stream(prompt_id):
-                    yield event(piece, None)
+                    yield chunks.text(piece)
                 entry = self.space.get(prompt_id)
                 if self.space.over(entry):
                     break
@@ -303,13 +313,15 @@ class _Api:
             finished = True
             if not outcome.ok:
                 stuck = entry.status is Status.QUEUED
-                message = unusable(self.space, outcome) if stuck else outcome.problem()
-                error = {"error": {"message": message, "type": "server_error"}}
-                yield f"data: {json.dumps(error)}\n\n".encode()
-            yield event(None, "stop")
-            yield b"data: [DONE]\n\n"
+                yield chunks.error(unusable(self.space, outcome) if stuck else outcome.problem())
+            elif calls := chunks.calls(outcome.tool_calls):
+                yield calls
+            yield chunks.finish(openai_chat.finish_reason(outcome.finish, outcome.tool_calls), outcome)
+            if include_usage:
+                yield chunks.usage(outcome.usage)
+            yield chunks.done()
         finally:
-            if not finished and cancel_on_disconnect:
+            if not finished and cancel:
                 with contextlib.suppress(SyncqError):
                     self.space.cancel(prompt_id)
 
@@ -357,10 +369,14 @@ class _Api:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
 
-def _usage(usage: Mapping[str, Any]) -> dict[str, int]:
-    prompt = int(usage.get("prompt_tokens", 0) or 0)
-    completion = int(usage.get("completion_tokens", usage.get("tokens", 0)) or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _model(m: MeshModel) -> dict[str, Any]:
+    return {"id": m.name, "object": "model", "created": 0, "owned_by": "syncq", "nodes": list(m.nodes)}
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has hung up (its body is read already: only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _entry(entry: Entry) -> dict[str, Any]:

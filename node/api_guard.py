@@ -20,7 +20,8 @@ In order, for every request:
    cross-site form cannot send without a preflight.
 
 Errors are JSON in OpenAI's shape, unknown routes (404), wrong methods (405) and our own bugs
-(500, one line in the node's log, no traceback anywhere) included.
+(500, one line in the node's log, no traceback anywhere) included; on Ollama's routes
+(``ollama.PATHS``) these refusals are in Ollama's shape, ``{"error": message}``.
 
 Below HTTP, uvicorn's h11 protocol has no timeout for a request's headers: a client sending
 them a byte at a time held a connection forever (slowloris). ``guarded_protocol`` closes a
@@ -46,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .api_auth import SESSION_COOKIE, SESSION_TTL_S, ApiSettings, Logins, session_cookie, valid_session
+from .ollama import PATHS as OLLAMA_PATHS
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 LOCAL_SUFFIXES = (".local", ".localhost", ".internal")  # Ollama's allowedHost
@@ -54,8 +56,10 @@ OPEN_PATHS = ("/", "/login")  # the page holds no data; the login checks its own
 CORS_MAX_AGE_S = 600
 
 
-def error_body(message: str, kind: str, code: str) -> bytes:
-    """An error in OpenAI's shape, as bytes."""
+def error_body(message: str, kind: str, code: str, *, ollama: bool = False) -> bytes:
+    """An error in OpenAI's shape, as bytes; ``ollama``: in Ollama's, ``{"error": message}``."""
+    if ollama:
+        return json.dumps({"error": message}).encode()
     return json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()
 
 
@@ -86,16 +90,21 @@ class Guard:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         host, origin = headers.get("host", ""), headers.get("origin")
+        ollama = scope["path"] in OLLAMA_PATHS  # its clients read {"error": message}
         named = [k for k, _ in scope["headers"] if k in (b"host", b"origin", b"authorization")]
         if len(named) != len(set(named)):  # two Hosts: which one would a proxy or the app read?
             return await _answer(
-                send, 400, "a Host, Origin or Authorization header is repeated", "bad_request"
+                send, 400, "a Host, Origin or Authorization header is repeated", "bad_request", ollama=ollama
             )
         if not self.allowed_host(host):
-            return await _answer(send, 403, f"the Host {host!r} is not this API's", "forbidden")
+            return await _answer(
+                send, 403, f"the Host {host!r} is not this API's", "forbidden", ollama=ollama
+            )
         cors = self._cors(origin, host)
         if origin is not None and cors is None:
-            return await _answer(send, 403, f"the origin {origin!r} may not call this API", "forbidden")
+            return await _answer(
+                send, 403, f"the origin {origin!r} may not call this API", "forbidden", ollama=ollama
+            )
         if scope["method"] == "OPTIONS" and origin is not None:
             return await _preflight(send, cors or [], headers)
         if scope["path"] == "/login" and scope["method"] == "GET":
@@ -109,6 +118,7 @@ class Guard:
                 "authentication_error",
                 "invalid_api_key",
                 cors,
+                ollama=ollama,
             )
         if scope["method"] == "POST" and not _body_type_ok(headers):
             return await _answer(
@@ -117,6 +127,7 @@ class Guard:
                 "the body must be JSON (application/json) or a multipart form",
                 "unsupported_media_type",
                 cors=cors,
+                ollama=ollama,
             )
         await self._call(scope, receive, send, cors)
 
@@ -217,8 +228,10 @@ async def _answer(
     kind: str,
     code: str = "",
     cors: list[tuple[bytes, bytes]] | None = None,
+    *,
+    ollama: bool = False,
 ) -> None:
-    body = error_body(message, kind, code or kind)
+    body = error_body(message, kind, code or kind, ollama=ollama)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -22,7 +22,7 @@ from syncq.executors.echo import knob_problem
 
 import syncq
 from syncq.client import Outcome
-from syncq.errors import SyncqError
+from syncq.errors import InvalidInput, SyncqError
 from syncq.lifecycle import Status
 from syncq.records import TEST_KNOBS, PromptKind
 from syncq.space import BACKEND_KINDS
@@ -140,6 +140,11 @@ def refuse_declared(request: Request, limit: int) -> None:
 
 def served_model(space: syncq.AsyncClient, model: object, kind: PromptKind) -> str:
     """The model, if some node serves it for prompts of ``kind``. Raises ``ApiError``."""
+    return served_backend(space, model, kind)[0]
+
+
+def served_backend(space: syncq.AsyncClient, model: object, kind: PromptKind) -> tuple[str, str]:
+    """``served_model`` and the backend the mesh serves it with, from one read of the mesh."""
     if not isinstance(model, str) or not model:
         raise ApiError(400, "model is required", code="missing_model", param="model")
     backend = {m.name: m.backend for m in space.models()}.get(model)
@@ -170,7 +175,7 @@ def served_model(space: syncq.AsyncClient, model: object, kind: PromptKind) -> s
             code="wrong_model_kind",
             param="model",
         )
-    return model
+    return model, backend
 
 
 async def await_outcome(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
@@ -201,3 +206,56 @@ def unusable(space: syncq.AsyncClient, outcome: Outcome) -> str:
     with contextlib.suppress(SyncqError):
         space.cancel(outcome.prompt_id)
     return f"no node can run the model '{outcome.model}' now: {outcome.error}"
+
+
+# -- keep_alive: seconds, or a Go-style duration (OpenAI extension, Ollama's field) ------------
+
+MAX_KEEP_ALIVE_S = 7 * 24 * 3600  # records.COMMON_PARAMS' bound for keep_alive
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive_seconds(value: object) -> float:
+    """``keep_alive`` as the seconds of the prompt's ``keep_alive`` param: a number of seconds,
+    a numeric string ("300"), or a Go duration as Ollama takes it ("5m", "1h30m", "300s",
+    "1.5h", "-1m"). Negative means as long as possible (Ollama: forever), capped at
+    ``MAX_KEEP_ALIVE_S``; 0 unloads the model after the prompt. Raises ``InvalidInput``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidInput(f'keep_alive must be seconds or a duration such as "5m", not {_shown(value)}')
+    if isinstance(value, str):
+        text = value.strip()
+        sign, body = (-1.0, text[1:]) if text.startswith("-") else (1.0, text.removeprefix("+"))
+        try:
+            seconds = sign * float(body) if body and _plain_number(body) else sign * _duration(body)
+        except ValueError as exc:
+            raise InvalidInput(
+                f'keep_alive must be seconds or a duration such as "5m" or "1h30m", not {_shown(value)}'
+            ) from exc
+    else:
+        seconds = float(value)
+    if seconds != seconds:  # NaN: compares false with everything, so no bound would hold it
+        raise InvalidInput(f"keep_alive must be a finite number of seconds, not {_shown(value)}")
+    return float(MAX_KEEP_ALIVE_S) if seconds < 0 else min(seconds, float(MAX_KEEP_ALIVE_S))
+
+
+def _plain_number(text: str) -> bool:
+    return bool(re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)", text))
+
+
+def _duration(text: str) -> float:
+    """The seconds of a Go duration without its sign ("1h30m"). Raises ``ValueError``."""
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            raise ValueError(text)
+        total += float(match.group(1)) * _UNIT_S[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(text)
+    return total
+
+
+def _shown(value: object) -> str:
+    return json.dumps(value, default=str)[:40]

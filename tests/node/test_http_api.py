@@ -94,13 +94,15 @@ def test_bad_bodies_get_openai_style_errors_and_the_log_is_readable(api: str, tm
     assert {n["name"] for n in call("GET", "/api/nodes")[1]["data"]} >= {"gpu", "laptop"}
 
 
-def test_a_client_that_hangs_up_cancels_its_prompt_only_when_it_asked_to(api: str, tmp_path: Path) -> None:
-    def hang_up_after_first_chunk(cancel: bool) -> str:
+def test_a_streaming_client_that_hangs_up_cancels_its_prompt_unless_it_asked_to_keep_it(
+    api: str, tmp_path: Path
+) -> None:
+    def hang_up_after_first_chunk(keep: bool) -> str:
         client = openai.OpenAI(
             base_url=f"{api}/v1",
             api_key=api_key(tmp_path / "laptop"),
             max_retries=0,
-            default_headers={"X-Syncq-Cancel-On-Disconnect": "true"} if cancel else None,
+            default_headers={"X-Syncq-Keep-On-Disconnect": "true"} if keep else None,
         )
         stream = client.chat.completions.create(
             model="echo",
@@ -112,14 +114,44 @@ def test_a_client_that_hangs_up_cancels_its_prompt_only_when_it_asked_to(api: st
         stream.close()
         return first.id.removeprefix("syncq-")
 
-    kept, dropped = hang_up_after_first_chunk(cancel=False), hang_up_after_first_chunk(cancel=True)
+    kept, dropped = hang_up_after_first_chunk(keep=True), hang_up_after_first_chunk(keep=False)
+
+    def status(prompt_id: str) -> str:
+        with Space.open(tmp_path / "laptop") as space:
+            return space.log.status(prompt_id).value
+
+    wait_until(lambda: status(dropped) == "cancelled", what="the prompt whose client hung up (Stop)")
+    wait_until(lambda: status(kept) == "done", timeout=30, what="the prompt whose client asked to keep it")
+
+
+def test_a_non_streaming_client_that_gives_up_leaves_its_prompt_running_unless_it_asked(
+    api: str, tmp_path: Path
+) -> None:
+    def give_up(cancel: bool) -> str:
+        client = openai.OpenAI(
+            base_url=f"{api}/v1",
+            api_key=api_key(tmp_path / "laptop"),
+            max_retries=0,
+            timeout=0.5,
+            default_headers={"X-Syncq-Cancel-On-Disconnect": "true"} if cancel else None,
+        )
+        with pytest.raises(openai.APITimeoutError):
+            client.chat.completions.create(
+                model="echo",
+                messages=[{"role": "user", "content": f"slow {cancel}"}],
+                extra_body={"delay": 3},
+            )
+        with Space.open(tmp_path / "laptop") as space:
+            return next(e.prompt.id for e in space.entries(limit=None) if e.prompt.input == f"slow {cancel}")
+
+    kept, dropped = give_up(cancel=False), give_up(cancel=True)
 
     def status(prompt_id: str) -> str:
         with Space.open(tmp_path / "laptop") as space:
             return space.log.status(prompt_id).value
 
     wait_until(lambda: status(dropped) == "cancelled", what="the prompt whose client asked to be cancelled")
-    wait_until(lambda: status(kept) == "done", timeout=30, what="the prompt whose client just left to finish")
+    wait_until(lambda: status(kept) == "done", timeout=30, what="the prompt whose client just left")
 
 
 def test_beyond_loopback_the_api_refuses_to_run_without_a_key(tmp_path: Path) -> None:

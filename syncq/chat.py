@@ -40,6 +40,14 @@ MAX_EMBED_INPUTS = 256
 MAX_TOP_LOGPROBS = 20
 MAX_LOGPROBS = 32768  # tokens of one answer whose logprobs are kept (records.LLM_PARAMS max_tokens)
 MAX_SCHEMA_DEPTH = 24
+# The most a schema may ask one thing repeated (maxItems, maxLength, a pattern's {m,n}...).
+# llama.cpp's grammar converter writes each repetition out as one more nested group: maxItems
+# 10**7 took 627 MB and 1.8 s to convert, 10**9 exhausts memory, and llama.cpp's grammar parser
+# refuses nesting past ~1,000 and crashes (SIGSEGV) near 50,000. A 40-byte schema in one record
+# would otherwise take down the worker of every node that claims it.
+MAX_SCHEMA_REPEAT = 1000
+_REPEATS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 MAX_LLM_BYTES = 1 << 20  # the whole field, encoded: a long history is text, not a file
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # OpenAI's rule, plus "." (MCP names)
 _CALL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -337,11 +345,26 @@ def _check_depth(value: object, what: str, depth: int = 0) -> None:
     if depth > MAX_SCHEMA_DEPTH:
         raise InvalidInput(f"{what} nests deeper than {MAX_SCHEMA_DEPTH} levels")
     if isinstance(value, Mapping):
+        _check_repeats(value, what)
         for v in value.values():
             _check_depth(v, what, depth + 1)
     elif isinstance(value, list):
         for v in value:
             _check_depth(v, what, depth + 1)
+
+
+def _check_repeats(schema: Mapping[str, Any], what: str) -> None:
+    # Checked wherever the key appears (a property may be named "maxItems" too): refusing a
+    # large number there costs nothing, missing one in a real schema costs a worker.
+    counts = [schema.get(k) for k in _REPEATS]
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        counts += [n for q in _QUANTIFIER.findall(pattern) for n in q if n]
+    for count in counts:
+        if isinstance(count, str):  # a pattern's digits: compared by length first, int() has limits
+            count = int(count) if len(count) <= 6 else MAX_SCHEMA_REPEAT + 1
+        if isinstance(count, int | float) and not isinstance(count, bool) and count > MAX_SCHEMA_REPEAT:
+            raise InvalidInput(f"{what} repeats something more than {MAX_SCHEMA_REPEAT} times")
 
 
 def refusal(backend: str | None, model: str, mode: str, llm: LlmInput | None) -> str | None:

@@ -19,6 +19,7 @@ Pure: validation raises ``InvalidInput`` for what a user gave (``check``) and
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,13 +111,21 @@ class TokenLogprob:
             raise MalformedRecord("a token's top logprobs are not at most 20 [token, logprob] pairs")
         if not isinstance(token, str) or not all(isinstance(t, str) for t, _ in pairs):
             raise MalformedRecord("a logprob's token is not text")
-        if not all(_is_number(v) for v in (logprob, *(v for _, v in pairs))):
-            raise MalformedRecord("a logprob is not a number")
+        if not all(_is_logprob(v) for v in (logprob, *(v for _, v in pairs))):
+            raise MalformedRecord("a logprob is not a finite number")
         return cls(token=token, logprob=float(logprob), top=tuple((t, float(v)) for t, v in pairs))
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_logprob(value: object) -> bool:
+    # An int past float's range (10**400 in JSON) would raise OverflowError in float(), and NaN
+    # or Infinity would make the API's JSON answer invalid: another device may store either.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) < 1 << 64
+    return isinstance(value, float) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

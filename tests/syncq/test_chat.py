@@ -376,3 +376,26 @@ def test_a_pattern_with_a_huge_count_is_refused() -> None:
     schema = {"type": "string", "pattern": "a{" + "9" * 5000 + "}"}  # int() refuses 4,300+ digits
     with pytest.raises(InvalidInput, match="repeats"):
         chat.check(LlmInput(format=OutputFormat(type="json_schema", schema=schema)))
+
+
+@given(
+    st.sampled_from([10**400, -(10**400), float("nan"), float("inf"), float("-inf")]),
+    st.booleans(),
+)
+def test_a_logprob_that_is_no_finite_number_is_refused(value: float, in_top: bool) -> None:
+    # 10**400 raised OverflowError (not MalformedRecord) from float(): every device's log
+    # reader fell over a result another member stored so.
+    entry = ["a", -0.5, [["b", value]]] if in_top else ["a", value, []]
+    with pytest.raises(MalformedRecord):
+        TokenLogprob.from_wire(stored(entry))
+    result = Result(
+        prompt_id=PromptId("01JDX4ZZZZZZZZZZZZZZZZZZZZ"),
+        node=DeviceId("cd" * 32),
+        node_name="gpu",
+        attempt=1,
+        status=RunStatus.DONE,
+        started_at=1,
+        finished_at=2,
+    )
+    with pytest.raises(MalformedRecord):  # the whole result, as the log reads it
+        Result.from_wire(result.key, decode(json.dumps(result.to_wire() | {"logprobs": [entry]})))

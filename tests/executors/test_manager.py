@@ -22,7 +22,7 @@ from syncq.executors.manager import (
 )
 from syncq.executors.memory import Gpus, parse_size
 
-from syncq.chat import ToolCall
+from syncq.chat import TokenLogprob, ToolCall
 
 SPECS = {name: ModelSpec(name=name, backend="echo") for name in ("echo", "echo-b")}
 
@@ -355,3 +355,15 @@ def test_a_worker_s_whole_output_comes_back_and_bad_tool_calls_fail_the_job() ->
             checked_output(Output(text="", tool_calls=(bad,)))  # type: ignore[arg-type]
     with pytest.raises(ExecutorError, match="returned a dict, not an Output"):
         checked_output({"text": "x"})
+
+
+def test_logprobs_of_no_probability_are_written_as_openai_writes_them() -> None:
+    # llama.cpp gives -inf for a masked token: kept, it made the non-streaming answer a 500
+    # (starlette writes no Infinity) and a stream's JSON unreadable; the log now refuses it.
+    def entry(logprob: float, alternative: float) -> TokenLogprob:
+        return TokenLogprob(token="a", logprob=logprob, top=(("b", alternative),))  # noqa: S106
+
+    out = Output(text="a", logprobs=(entry(float("-inf"), float("nan")),))
+    assert checked_output(out).logprobs == (entry(-9999.0, -9999.0),)
+    fine = Output(text="a", logprobs=(entry(-0.5, -1.0),))
+    assert checked_output(fine) == fine

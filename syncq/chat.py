@@ -40,6 +40,8 @@ MAX_STOP_CHARS = 64
 MAX_EMBED_INPUTS = 256
 MAX_TOP_LOGPROBS = 20
 MAX_LOGPROBS = 32768  # tokens of one answer whose logprobs are kept (records.LLM_PARAMS max_tokens)
+# ... and the bytes they may take in the log (encoded): a result must fit in one envelope
+MAX_LOGPROBS_BYTES = 2 << 20
 MAX_SCHEMA_DEPTH = 24
 # The most a schema may ask one thing repeated (maxItems, maxLength, a pattern's {m,n}...).
 # llama.cpp's grammar converter writes each repetition out as one more nested group: maxItems

@@ -454,23 +454,33 @@ def _status(status: str) -> str:
 
 
 def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(_held(ms) / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _seen(ms: int) -> str:
     """When a peer was last seen, to the minute, in local time."""
-    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+    return dt.datetime.fromtimestamp(_held(ms) / 1000).strftime("%Y-%m-%d %H:%M")
 
 
 def _short_time(ms: int) -> str:
     """The local time of day for today, else the date and the minute (at most 11 characters)."""
-    when = dt.datetime.fromtimestamp(ms / 1000)
+    when = dt.datetime.fromtimestamp(_held(ms) / 1000)
     return when.strftime("%H:%M:%S") if when.date() == dt.date.today() else when.strftime("%m-%d %H:%M")
 
 
 def _one_line(text: str, width: int) -> str:
     flat = printable(" ".join(text.split()))
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _held(ms: int) -> int:
+    # A record's times are any whole number another device wrote: one past datetime's range
+    # (created_at 10**18) raised ValueError out of `syncq log` and `show` on every device.
+    # Held to 1970-01-02 and 9999-01-01 (local time may move it a day either way).
+    return min(max(ms, 86_400_000), _LATEST_MS)
+
+
+_LATEST_MS = 253_370_764_800_000  # 9999-01-01 UTC
 
 
 def _size(n: int) -> str:

@@ -143,6 +143,7 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
     if as_json:
         _json_line({**entry_json(entry), "note": _note(entry, served)})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     p = entry.prompt
@@ -155,10 +156,13 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
     facts.add_row("model", f"{p.model} ({p.kind.value})")
     facts.add_row("created", f"{_iso(p.created_at)} by {p.author[:16]}")
     facts.add_row("priority", f"{p.priority}   max attempts {p.max_attempts}")
+    # Cells of a rich table are read as markup: a param's text (a stop string) or a file's name,
+    # another member's, could restyle the view or plant a hyperlink ([link=...]).
     if p.params:
-        facts.add_row("params", " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(p.params.items())))
+        params = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(p.params.items()))
+        facts.add_row("params", escape(params))
     for ref in p.files:
-        facts.add_row("file", file_line(ref))
+        facts.add_row("file", escape(file_line(ref)))
     if entry.cancel:
         facts.add_row("cancelled", f"{_iso(entry.cancel.at)} by {entry.cancel.by[:16]}")
     for claim in entry.claims:
@@ -230,7 +234,7 @@ def _print_turn(console: Any, role: str, text: str, calls: Sequence[ToolCall], n
 
 def file_line(ref: BlobRef) -> str:
     """An attachment in one line: name, size, id prefix."""
-    return f"{ref.name} ({_size(ref.size)}, {ref.id[:12]})"
+    return f"{one_line(ref.name)} ({_size(ref.size)}, {ref.id[:12]})"  # a name may hold \x1b
 
 
 def saved(paths: Sequence[Path], as_json: bool) -> None:

@@ -143,6 +143,7 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
     if as_json:
         _json_line({**entry_json(entry), "note": _note(entry, served)})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     p = entry.prompt
@@ -155,10 +156,13 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
     facts.add_row("model", f"{p.model} ({p.kind.value})")
     facts.add_row("created", f"{_iso(p.created_at)} by {p.author[:16]}")
     facts.add_row("priority", f"{p.priority}   max attempts {p.max_attempts}")
+    # Cells of a rich table are read as markup: a param's text (a stop string) or a file's name,
+    # another member's, could restyle the view or plant a hyperlink ([link=...]).
     if p.params:
-        facts.add_row("params", " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(p.params.items())))
+        params = " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(p.params.items()))
+        facts.add_row("params", escape(params))
     for ref in p.files:
-        facts.add_row("file", file_line(ref))
+        facts.add_row("file", escape(file_line(ref)))
     if entry.cancel:
         facts.add_row("cancelled", f"{_iso(entry.cancel.at)} by {entry.cancel.by[:16]}")
     for claim in entry.claims:
@@ -230,7 +234,7 @@ def _print_turn(console: Any, role: str, text: str, calls: Sequence[ToolCall], n
 
 def file_line(ref: BlobRef) -> str:
     """An attachment in one line: name, size, id prefix."""
-    return f"{ref.name} ({_size(ref.size)}, {ref.id[:12]})"
+    return f"{one_line(ref.name)} ({_size(ref.size)}, {ref.id[:12]})"  # a name may hold \x1b
 
 
 def saved(paths: Sequence[Path], as_json: bool) -> None:
@@ -454,23 +458,33 @@ def _status(status: str) -> str:
 
 
 def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+    return dt.datetime.fromtimestamp(_held(ms) / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _seen(ms: int) -> str:
     """When a peer was last seen, to the minute, in local time."""
-    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+    return dt.datetime.fromtimestamp(_held(ms) / 1000).strftime("%Y-%m-%d %H:%M")
 
 
 def _short_time(ms: int) -> str:
     """The local time of day for today, else the date and the minute (at most 11 characters)."""
-    when = dt.datetime.fromtimestamp(ms / 1000)
+    when = dt.datetime.fromtimestamp(_held(ms) / 1000)
     return when.strftime("%H:%M:%S") if when.date() == dt.date.today() else when.strftime("%m-%d %H:%M")
 
 
 def _one_line(text: str, width: int) -> str:
     flat = printable(" ".join(text.split()))
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _held(ms: int) -> int:
+    # A record's times are any whole number another device wrote: one past datetime's range
+    # (created_at 10**18) raised ValueError out of `syncq log` and `show` on every device.
+    # Held to 1970-01-02 and 9999-01-01 (local time may move it a day either way).
+    return min(max(ms, 86_400_000), _LATEST_MS)
+
+
+_LATEST_MS = 253_370_764_800_000  # 9999-01-01 UTC
 
 
 def _size(n: int) -> str:

@@ -32,16 +32,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import math
 import multiprocessing
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from syncq.chat import TokenLogprob, ToolCall
+from syncq.chat import MAX_LOGPROBS_BYTES, TokenLogprob, ToolCall
 from syncq.errors import MalformedRecord
 
 from . import memory, worker
@@ -52,6 +54,7 @@ CANCEL_GRACE_S = 0.8
 MAX_CANCEL_GRACE_S = 30.0
 MAX_PARALLEL = 16
 LOAD_TIMEOUT_S = 600.0
+NO_PROBABILITY = -9999.0  # OpenAI's logprob for a token that had none
 _SPAWN = multiprocessing.get_context("spawn")  # no fork of an asyncio process with threads
 
 
@@ -409,10 +412,35 @@ def checked_output(out: object) -> Output:
         raise ExecutorError(f"the backend returned a {type(out).__name__}, not an Output")
     try:
         calls = tuple(ToolCall.from_wire(call.to_wire()) for call in out.tool_calls)
-        logprobs = tuple(TokenLogprob.from_wire(t.to_wire()) for t in out.logprobs)
+        logprobs = _within_budget(TokenLogprob.from_wire(_finite(t).to_wire()) for t in out.logprobs)
     except (AttributeError, TypeError, MalformedRecord) as exc:
         raise ExecutorError(f"the model made tool calls or logprobs the log cannot hold: {exc}") from None
     return dataclasses.replace(out, tool_calls=calls, logprobs=logprobs)
+
+
+def _within_budget(entries: Iterable[TokenLogprob]) -> tuple[TokenLogprob, ...]:
+    """The first tokens' logprobs, as many as ``MAX_LOGPROBS_BYTES`` of the log hold: 32,768
+    tokens with 20 alternatives each took 19.6 MiB, a result over the 16 MiB every peer takes
+    of one envelope (and the 8 MiB of a frame), so it would never leave the node."""
+    kept, size = [], 0
+    for entry in entries:
+        size += len(json.dumps(entry.to_wire(), separators=(",", ":"), ensure_ascii=False)) + 1
+        if size > MAX_LOGPROBS_BYTES:
+            break
+        kept.append(entry)
+    return tuple(kept)
+
+
+def _finite(entry: TokenLogprob) -> TokenLogprob:
+    """A token's logprobs with -inf (a token of no probability, masked out) and NaN written as
+    OpenAI writes them, -9999.0: JSON holds no infinity, the log refuses it, and an API answer
+    with one is no JSON a client reads (starlette refuses to write it)."""
+    top = tuple((t, _finite_value(v)) for t, v in entry.top)
+    return dataclasses.replace(entry, logprob=_finite_value(entry.logprob), top=top)
+
+
+def _finite_value(value: float) -> float:
+    return NO_PROBABILITY if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _grace(longest_gap: float) -> float:

@@ -231,6 +231,8 @@ def keep_alive_seconds(value: object) -> float:
             raise InvalidInput(
                 f'keep_alive must be seconds or a duration such as "5m" or "1h30m", not {_shown(value)}'
             ) from exc
+    elif isinstance(value, int):  # bounded first: float(10**400) raises OverflowError (a 500)
+        seconds = float(max(-1, min(value, MAX_KEEP_ALIVE_S)))
     else:
         seconds = float(value)
     if seconds != seconds:  # NaN: compares false with everything, so no bound would hold it

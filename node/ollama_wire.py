@@ -112,8 +112,15 @@ def capabilities(backend: str) -> list[str]:
 
 
 def timestamp(ms: float) -> str:
-    """An RFC 3339 time, as Ollama writes ``created_at`` and ``expires_at``."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    """An RFC 3339 time, as Ollama writes ``created_at`` and ``expires_at``. The times come from
+    other nodes' records (a presence's ``last_seen``, a result's ``finished_at``), any whole
+    number: held to years 1970 to 9999, since one out of datetime's range made /api/tags and
+    /api/ps answer 500 on every node of the mesh."""
+    held = min(max(ms, 0.0), _LATEST_MS)
+    return datetime.fromtimestamp(held / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+_LATEST_MS = datetime(9999, 12, 31, tzinfo=UTC).timestamp() * 1000
 
 
 # -- requests ---------------------------------------------------------------------------------

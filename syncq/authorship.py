@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 
-from syncq.errors import ForgedRecord
+from syncq.errors import BadUpdate, ForgedRecord
 from syncq.yjs_read import inserted_values
 
 _WRITER_FIELDS = ("author", "by", "node", "added_by")  # the one each record type carries
@@ -48,6 +48,10 @@ def check_update(update: bytes, author: str) -> None:
             record = json.loads(inserted.value)
         except ValueError:
             continue  # not a record: readers skip it as malformed
+        except RecursionError:
+            # Nested past the interpreter's stack: refused, not let through as "no record", since
+            # whether json.loads manages it depends on how deep the reader's stack already is.
+            raise BadUpdate("a record nests too deep to read") from None
         if not isinstance(record, dict):
             continue
         check_record(record, author)

@@ -19,6 +19,7 @@ Pure: validation raises ``InvalidInput`` for what a user gave (``check``) and
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,17 @@ MAX_STOP_CHARS = 64
 MAX_EMBED_INPUTS = 256
 MAX_TOP_LOGPROBS = 20
 MAX_LOGPROBS = 32768  # tokens of one answer whose logprobs are kept (records.LLM_PARAMS max_tokens)
+# ... and the bytes they may take in the log (encoded): a result must fit in one envelope
+MAX_LOGPROBS_BYTES = 2 << 20
 MAX_SCHEMA_DEPTH = 24
+# The most a schema may ask one thing repeated (maxItems, maxLength, a pattern's {m,n}...).
+# llama.cpp's grammar converter writes each repetition out as one more nested group: maxItems
+# 10**7 took 627 MB and 1.8 s to convert, 10**9 exhausts memory, and llama.cpp's grammar parser
+# refuses nesting past ~1,000 and crashes (SIGSEGV) near 50,000. A 40-byte schema in one record
+# would otherwise take down the worker of every node that claims it.
+MAX_SCHEMA_REPEAT = 1000
+_REPEATS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+_QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 MAX_LLM_BYTES = 1 << 20  # the whole field, encoded: a long history is text, not a file
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # OpenAI's rule, plus "." (MCP names)
 _CALL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -102,13 +113,21 @@ class TokenLogprob:
             raise MalformedRecord("a token's top logprobs are not at most 20 [token, logprob] pairs")
         if not isinstance(token, str) or not all(isinstance(t, str) for t, _ in pairs):
             raise MalformedRecord("a logprob's token is not text")
-        if not all(_is_number(v) for v in (logprob, *(v for _, v in pairs))):
-            raise MalformedRecord("a logprob is not a number")
+        if not all(_is_logprob(v) for v in (logprob, *(v for _, v in pairs))):
+            raise MalformedRecord("a logprob is not a finite number")
         return cls(token=token, logprob=float(logprob), top=tuple((t, float(v)) for t, v in pairs))
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_logprob(value: object) -> bool:
+    # An int past float's range (10**400 in JSON) would raise OverflowError in float(), and NaN
+    # or Infinity would make the API's JSON answer invalid: another device may store either.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) < 1 << 64
+    return isinstance(value, float) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -337,11 +356,26 @@ def _check_depth(value: object, what: str, depth: int = 0) -> None:
     if depth > MAX_SCHEMA_DEPTH:
         raise InvalidInput(f"{what} nests deeper than {MAX_SCHEMA_DEPTH} levels")
     if isinstance(value, Mapping):
+        _check_repeats(value, what)
         for v in value.values():
             _check_depth(v, what, depth + 1)
     elif isinstance(value, list):
         for v in value:
             _check_depth(v, what, depth + 1)
+
+
+def _check_repeats(schema: Mapping[str, Any], what: str) -> None:
+    # Checked wherever the key appears (a property may be named "maxItems" too): refusing a
+    # large number there costs nothing, missing one in a real schema costs a worker.
+    counts = [schema.get(k) for k in _REPEATS]
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        counts += [n for q in _QUANTIFIER.findall(pattern) for n in q if n]
+    for count in counts:
+        if isinstance(count, str):  # a pattern's digits: compared by length first, int() has limits
+            count = int(count) if len(count) <= 6 else MAX_SCHEMA_REPEAT + 1
+        if isinstance(count, int | float) and not isinstance(count, bool) and count > MAX_SCHEMA_REPEAT:
+            raise InvalidInput(f"{what} repeats something more than {MAX_SCHEMA_REPEAT} times")
 
 
 def refusal(backend: str | None, model: str, mode: str, llm: LlmInput | None) -> str | None:

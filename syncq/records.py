@@ -341,6 +341,8 @@ def decode(stored: object) -> Wire:
         wire = json.loads(stored)
     except ValueError as exc:
         raise MalformedRecord("stored value is not JSON") from exc
+    except RecursionError as exc:  # json.loads recurses once per level; another device nested it
+        raise MalformedRecord("stored value nests too deep") from exc
     if not isinstance(wire, dict):
         raise MalformedRecord("stored value is not a JSON object")
     return wire

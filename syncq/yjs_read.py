@@ -238,3 +238,5 @@ def _json(text: str) -> object:
         return json.loads(text)
     except ValueError as exc:
         raise BadUpdate("JSON content is not JSON") from exc
+    except RecursionError as exc:  # json.loads recurses once per level: a hostile member nests
+        raise BadUpdate("JSON content nests too deep") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -372,3 +373,19 @@ def test_a_template_that_knows_tools_renders_them_and_its_calls_are_parsed() -> 
     assert llama_chat.parse_call(llama31, (ADD,)) == ("add", '{"a": 1, "b": 2}')
     assert llama_chat.parse_call('{"name": "other", "arguments": {}}', (ADD,)) is None
     assert llama_chat.parse_call("Hello there", (ADD,)) is None
+
+
+def test_a_call_tag_followed_by_endless_white_space_is_read_in_linear_time() -> None:
+    # A model that opens <tool_call> and then loops on white space to max_tokens: the old
+    # regex backtracked quadratically (20,000 spaces took 5 s, these 300,000 about 20 minutes)
+    # in the worker, holding the model. Run apart, so that a regression fails, never hangs.
+    call = '{"name": "add", "arguments": {"a": 1, "b": 2}}'
+    code = (
+        "from syncq.executors import llama_chat; from syncq.chat import Tool\n"
+        f"text = '<tool_call>' + {call!r} + ' ' * 300_000 + 'x'\n"
+        "print(llama_chat.parse_call(text, (Tool(name='add'),)))\n"
+        f"print(llama_chat.parse_call('<tool_call> ' + {call!r} + ' ' * 300_000, (Tool(name='add'),)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["None", "('add', '{\"a\": 1, \"b\": 2}')"]

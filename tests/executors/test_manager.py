@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -22,7 +23,8 @@ from syncq.executors.manager import (
 )
 from syncq.executors.memory import Gpus, parse_size
 
-from syncq.chat import ToolCall
+from syncq.chat import MAX_LOGPROBS, MAX_LOGPROBS_BYTES, TokenLogprob, ToolCall
+from syncq.frames import MAX_FRAME_SIZE
 
 SPECS = {name: ModelSpec(name=name, backend="echo") for name in ("echo", "echo-b")}
 
@@ -355,3 +357,31 @@ def test_a_worker_s_whole_output_comes_back_and_bad_tool_calls_fail_the_job() ->
             checked_output(Output(text="", tool_calls=(bad,)))  # type: ignore[arg-type]
     with pytest.raises(ExecutorError, match="returned a dict, not an Output"):
         checked_output({"text": "x"})
+
+
+def test_logprobs_of_no_probability_are_written_as_openai_writes_them() -> None:
+    # llama.cpp gives -inf for a masked token: kept, it made the non-streaming answer a 500
+    # (starlette writes no Infinity) and a stream's JSON unreadable; the log now refuses it.
+    def entry(logprob: float, alternative: float) -> TokenLogprob:
+        return TokenLogprob(token="a", logprob=logprob, top=(("b", alternative),))  # noqa: S106
+
+    out = Output(text="a", logprobs=(entry(float("-inf"), float("nan")),))
+    assert checked_output(out).logprobs == (entry(-9999.0, -9999.0),)
+    fine = Output(text="a", logprobs=(entry(-0.5, -1.0),))
+    assert checked_output(fine) == fine
+
+
+def test_logprobs_are_kept_only_as_far_as_a_result_fits_in_an_envelope() -> None:
+    # 32,768 tokens with 20 alternatives each: 19.6 MiB, over the 16 MiB a peer takes of one
+    # envelope and the 8 MiB of a frame; such a result could never leave its node.
+    def entry(i: int) -> TokenLogprob:
+        alternatives = tuple((f" tok{k}", -k - 0.123456789012345) for k in range(20))
+        return TokenLogprob(token=f" word{i}", logprob=-0.98765432109876, top=alternatives)
+
+    many = tuple(entry(i) for i in range(MAX_LOGPROBS))
+    kept = checked_output(Output(text="x", logprobs=many)).logprobs
+    assert 0 < len(kept) < len(many) and kept == many[: len(kept)]  # the first tokens, in order
+    encoded = [json.dumps(t.to_wire(), separators=(",", ":"), ensure_ascii=False) for t in kept]
+    assert sum(map(len, encoded)) <= MAX_LOGPROBS_BYTES < MAX_FRAME_SIZE // 2
+    few = many[:100]
+    assert checked_output(Output(text="x", logprobs=few)).logprobs == few

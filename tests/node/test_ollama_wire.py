@@ -229,3 +229,11 @@ def test_a_call_whose_arguments_are_not_an_object_is_an_error_not_a_guess() -> N
     assert wire.vectors("[[0.5, 1], [2, 3]]", 2) == [[0.5, 1], [2, 3]]
     with pytest.raises(ApiError):
         wire.vectors("[[0.5]]", 2)
+
+
+@given(st.integers(-(10**30), 10**30) | st.floats(allow_nan=False))
+def test_any_time_another_node_stored_is_written_as_a_time(ms: float) -> None:
+    # A presence with last_seen 10**18 (a member's, or a clock gone wrong) raised ValueError
+    # ("year is out of range") out of /api/tags on every node.
+    shown = wire.timestamp(ms)
+    assert shown.endswith("Z") and "1970-01-01" <= shown[:10] <= "9999-12-31"

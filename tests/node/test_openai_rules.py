@@ -49,7 +49,8 @@ def test_keep_alive_takes_ollama_s_forms_and_refuses_the_rest() -> None:
     assert keep_alive_seconds("1.5h") == 5400
     assert keep_alive_seconds("500ms") == 0.5
     assert keep_alive_seconds(0) == keep_alive_seconds("0") == 0
-    for forever in (-1, "-1", "-1m", -0.5, 10**12):
+    assert keep_alive_seconds(10**400) == MAX_KEEP_ALIVE_S  # past float's range: was OverflowError
+    for forever in (-1, "-1", "-1m", -0.5, 10**12, -(10**400)):
         assert keep_alive_seconds(forever) == MAX_KEEP_ALIVE_S
     for bad in ("5x", "", "m", "5m3", "1h 30m", "--1", True, None, [1], float("nan")):
         with pytest.raises(InvalidInput, match="keep_alive"):

@@ -141,3 +141,15 @@ def test_what_the_writer_check_passes_as_no_record_no_reader_takes_as_one(pad: s
     assert log.entry(PID).results == ()  # ... nor to any reader
     with pytest.raises(MalformedRecord):
         decode(pad + forged)
+
+
+def test_a_record_nested_past_the_stack_is_refused_by_the_check_and_the_readers() -> None:
+    # json.loads raised RecursionError out of check_update (the envelope check of every peer)
+    # and out of records.decode (every device's log reader). Refused, never let through as "no
+    # record": whether json.loads manages it depends on how deep the caller's stack already is.
+    me = DeviceId("aa" * 32)
+    deep = '{"by":"' + me + '","x":' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(BadUpdate, match="nests too deep"):
+        check_update(yjs.encode_map_inserts(3, 0, "cancels", [(PID, deep)]), me)
+    with pytest.raises(MalformedRecord):
+        decode(deep)

@@ -342,3 +342,60 @@ def test_dict_turns_convert_to_the_messages_they_name(turns: list[dict[str, Any]
     messages = chat.messages_from(turns)
     assert [(m.role, m.content) for m in messages] == [(t["role"], t["content"] or "") for t in turns]
     assert chat.messages_from(messages) == messages  # Message turns pass as they are
+
+
+@given(
+    st.sampled_from(["minItems", "maxItems", "minLength", "maxLength", "minProperties", "pattern"]),
+    st.integers(0, 10**12) | st.floats(0, 1e300) | st.just(float("inf")),
+    st.booleans(),
+)
+def test_schemas_may_repeat_a_thing_only_so_often(keyword: str, count: float, in_a_tool: bool) -> None:
+    # maxLength 50,000 crashed llama.cpp's grammar parser (SIGSEGV) in the worker; maxItems
+    # 10**9 made the converter exhaust memory. Refused before any node queues or runs it.
+    if keyword == "pattern":
+        count = int(min(count, 10**12))
+        schema: dict[str, Any] = {"type": "string", "pattern": f"^(ab){{2,{count}}}$"}
+    else:
+        schema = {"type": "string", keyword: count}
+    schema = {"type": "object", "properties": {"x": schema}}
+    llm = (
+        LlmInput(tools=(Tool(name="t", parameters=schema),))
+        if in_a_tool
+        else LlmInput(format=OutputFormat(type="json_schema", schema=schema))
+    )
+    if count <= chat.MAX_SCHEMA_REPEAT:
+        assert chat.check(llm) is llm
+    else:
+        with pytest.raises(InvalidInput, match="repeats something more than"):
+            chat.check(llm)
+        with pytest.raises(MalformedRecord):  # and the same, stored by another device
+            LlmInput.from_wire(stored(llm.to_wire()))
+
+
+def test_a_pattern_with_a_huge_count_is_refused() -> None:
+    schema = {"type": "string", "pattern": "a{" + "9" * 5000 + "}"}  # int() refuses 4,300+ digits
+    with pytest.raises(InvalidInput, match="repeats"):
+        chat.check(LlmInput(format=OutputFormat(type="json_schema", schema=schema)))
+
+
+@given(
+    st.sampled_from([10**400, -(10**400), float("nan"), float("inf"), float("-inf")]),
+    st.booleans(),
+)
+def test_a_logprob_that_is_no_finite_number_is_refused(value: float, in_top: bool) -> None:
+    # 10**400 raised OverflowError (not MalformedRecord) from float(): every device's log
+    # reader fell over a result another member stored so.
+    entry = ["a", -0.5, [["b", value]]] if in_top else ["a", value, []]
+    with pytest.raises(MalformedRecord):
+        TokenLogprob.from_wire(stored(entry))
+    result = Result(
+        prompt_id=PromptId("01JDX4ZZZZZZZZZZZZZZZZZZZZ"),
+        node=DeviceId("cd" * 32),
+        node_name="gpu",
+        attempt=1,
+        status=RunStatus.DONE,
+        started_at=1,
+        finished_at=2,
+    )
+    with pytest.raises(MalformedRecord):  # the whole result, as the log reads it
+        Result.from_wire(result.key, decode(json.dumps(result.to_wire() | {"logprobs": [entry]})))

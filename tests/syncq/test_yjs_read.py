@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map, Text
 
+from syncq import yjs
 from syncq.errors import BadUpdate
 from syncq.yjs import encode_map_inserts
 from syncq.yjs_read import Inserted, inserted_strings, inserted_values
@@ -176,3 +177,20 @@ def _captured(doc: Doc[Any], change: Any) -> bytes:
     with doc.transaction():
         change()
     return doc.get_update(before)
+
+
+def test_json_content_nested_past_the_stack_is_a_bad_update() -> None:
+    # json.loads raised RecursionError (not BadUpdate) out of the member's envelope check.
+    deep = "[" * 100_000 + "]" * 100_000
+    out = bytearray()
+    for n in (1, 1, 3, 0):  # one struct group: one item of client 3 at clock 0
+        yjs._varuint(out, n)
+    out.append(0x20 | 2)  # a parentSub (key) and content ref 2, JSON
+    yjs._varuint(out, yjs._PARENT_IS_ROOT_NAME)
+    for text in ("prompts", "k"):
+        yjs._string(out, text)
+    yjs._varuint(out, 1)
+    yjs._string(out, deep)
+    yjs._varuint(out, 0)  # no delete set
+    with pytest.raises(BadUpdate, match="nests too deep"):
+        list(inserted_values(bytes(out)))

@@ -184,6 +184,13 @@ def openai_checks() -> None:
         r = client.completions.create(model="echo", prompt="hello", max_tokens=8)
         return r.choices[0].text
 
+    def n_two() -> object:
+        try:
+            client.chat.completions.create(model="echo", messages=history, n=2)
+        except openai.BadRequestError as exc:
+            return exc.message
+        raise AssertionError("n=2 was answered")
+
     def unknown_model() -> object:
         try:
             client.chat.completions.create(model="nope", messages=history)
@@ -213,6 +220,7 @@ def openai_checks() -> None:
         ("models.list", models),
         ("completions (echo)", completion),
         ("unknown model -> NotFoundError", unknown_model),
+        ("n=2 -> a clear 400", n_two),
         ("logprobs (smollm2 without logits_all)", logprobs),
         ("responses.create (Responses API)", responses),
     ]:
@@ -344,7 +352,34 @@ def langchain_ollama_checks() -> None:
         e = OllamaEmbeddings(model=EMBED, base_url=BASE, client_kwargs={"headers": headers})
         return len(e.embed_query("hello"))
 
-    for call, run in [("invoke", invoke), ("stream", stream), ("OllamaEmbeddings", embed)]:
+    def tools() -> object:
+        from langchain_core.tools import tool
+
+        @tool
+        def get_weather(city: str) -> str:
+            """The weather in a city."""
+            return "Sunny"
+
+        r = llm.bind_tools([get_weather]).invoke("What is the weather in Paris?")
+        return r.tool_calls or f"text: {r.content!r}"
+
+    def structured() -> object:
+        from pydantic import BaseModel
+
+        class City(BaseModel):
+            name: str
+            country: str
+
+        s = ChatOllama(model=CHAT, base_url=BASE, num_predict=48, client_kwargs={"headers": headers})
+        return s.with_structured_output(City).invoke("Name a city in France.")
+
+    for call, run in [
+        ("invoke", invoke),
+        ("stream", stream),
+        ("bind_tools (no tool_choice in Ollama: auto)", tools),
+        ("with_structured_output (format=schema)", structured),
+        ("OllamaEmbeddings", embed),
+    ]:
         check(name, pkg, call, run)
 
 
@@ -440,6 +475,27 @@ def litellm_checks() -> None:
         )
         return json.loads(r.choices[0].message.content)
 
+    def ollama_schema() -> object:
+        r = litellm.completion(
+            model=f"ollama_chat/{CHAT}",
+            api_base=BASE,
+            messages=[{"role": "user", "content": "Name a city in France."}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "City",
+                    "schema": {
+                        "type": "object",
+                        "properties": {"name": {"type": "string", "maxLength": 40}},
+                        "required": ["name"],
+                    },
+                },
+            },
+            max_tokens=32,
+            headers=headers,
+        )
+        return json.loads(r.choices[0].message.content)
+
     def ollama_embedding() -> object:
         r = litellm.embedding(model=f"ollama/{EMBED}", api_base=BASE, input=["hello"], headers=headers)
         return len(r.data[0]["embedding"])
@@ -453,6 +509,7 @@ def litellm_checks() -> None:
         ("completion ollama_chat/ stream", ollama_chat(True)),
         ("completion ollama_chat/ tools", ollama_chat_tools),
         ("completion ollama_chat/ json_object", ollama_json),
+        ("completion ollama_chat/ json_schema", ollama_schema),
         ("completion ollama/ (generate)", ollama_generate),
         ("embedding ollama/", ollama_embedding),
     ]:

@@ -427,6 +427,15 @@ def litellm_checks() -> None:
         assert r.choices[0].message.tool_calls, r
         return r.choices[0].message.tool_calls[0].function
 
+    def openai_round_trip() -> object:
+        ask = [{"role": "user", "content": "Weather in Paris?"}]
+        kw = {"model": f"openai/{CHAT}", "api_base": V1, "api_key": KEY, "tools": [TOOL]}
+        r = litellm.completion(messages=ask, tool_choice="required", max_tokens=64, **kw)
+        m = r.choices[0].message  # appended as is, LiteLLM's own Message object
+        back = [*ask, m, {"role": "tool", "tool_call_id": m.tool_calls[0].id, "content": "Sunny"}]
+        again = litellm.completion(messages=back, max_tokens=16, **kw).choices[0]
+        return f"{again.finish_reason}: {again.message.content or again.message.tool_calls}"
+
     def openai_embedding() -> object:
         r = litellm.embedding(model=f"openai/{EMBED}", api_base=V1, api_key=KEY, input=["hello"])
         return len(r.data[0]["embedding"])
@@ -504,6 +513,7 @@ def litellm_checks() -> None:
         ("completion openai/ + api_base", openai_completion),
         ("completion openai/ stream", openai_stream),
         ("completion openai/ tools required", openai_tools),
+        ("tool round trip openai/ (Message appended as is)", openai_round_trip),
         ("embedding openai/", openai_embedding),
         ("completion ollama_chat/", ollama_chat(False)),
         ("completion ollama_chat/ stream", ollama_chat(True)),

@@ -79,6 +79,8 @@ number ::= "-"? ( [0-9] | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,16} )? ( [eE] [-+]? 
 space ::= " "?
 """
 _ROOT = re.compile(r"^root ::=", re.MULTILINE)
+_CHAR = re.compile(r"^char ::= .*$", re.MULTILINE)
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} )'
 
 Calls = Literal["never", "maybe", "always"]
 
@@ -178,9 +180,13 @@ def schema_grammar(schema: Mapping[str, Any], prop_order: Sequence[str] = ()) ->
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema), prop_order=list(prop_order)))
+        gbnf = str(json_schema_to_gbnf(json.dumps(schema), prop_order=list(prop_order)))
     except Exception as exc:  # the converter raises bare exceptions of many kinds
         raise ExecutorError(f"llama.cpp cannot turn this JSON schema into a grammar: {exc}") from exc
+    # Its strings take any character but `"` and `\`, raw newlines and other control characters
+    # too, which JSON forbids (smollm2 wrote them, and clients' parsers refused the answer):
+    # JSON's own rule, as llama.cpp's C++ converter has it.
+    return _CHAR.sub(lambda _: _JSON_CHAR, gbnf)
 
 
 def call_grammar(tools: Sequence[Tool], forced: str = "", *, either: bool = False) -> str:

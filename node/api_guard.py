@@ -17,7 +17,10 @@ In order, for every request:
 3. **The key** (``api_auth``): ``Authorization: Bearer KEY``, or the web page's session cookie
    (only when the browser says the request is same-origin, where it says so).
 4. **Content type**: a POST with a body must be JSON or multipart (415 otherwise), the types a
-   cross-site form cannot send without a preflight.
+   cross-site form cannot send without a preflight. On Ollama's routes a request that carries
+   ``Authorization: Bearer`` may send any type, read as JSON, as Ollama does: its clients send
+   none (LiteLLM's ``ollama_chat/``) or curl's ``-d`` form type, and no form or simple request
+   of a page can carry that header.
 
 Errors are JSON in OpenAI's shape, unknown routes (404), wrong methods (405) and our own bugs
 (500, one line in the node's log, no traceback anywhere) included; on Ollama's routes
@@ -120,7 +123,7 @@ class Guard:
                 cors,
                 ollama=ollama,
             )
-        if scope["method"] == "POST" and not _body_type_ok(headers):
+        if scope["method"] == "POST" and not _body_type_ok(headers) and not (ollama and _bearer(headers)):
             return await _answer(
                 send,
                 415,
@@ -260,6 +263,11 @@ def _body_type_ok(headers: dict[str, str]) -> bool:
     if kind:
         return kind in BODY_TYPES
     return headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+
+
+def _bearer(headers: dict[str, str]) -> bool:
+    """Whether the request carries a key (checked already): a header no form can set."""
+    return headers.get("authorization", "")[:7].lower() == "bearer "
 
 
 def _same(given: str, key: str) -> bool:

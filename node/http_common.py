@@ -63,11 +63,13 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request, *, any_type: bool = False) -> dict[str, Any]:
     """The body as a JSON object, of at most ``MAX_BODY_BYTES`` and nested at most
-    ``MAX_JSON_DEPTH`` deep. Raises ``ApiError``."""
+    ``MAX_JSON_DEPTH`` deep. ``any_type``: read as JSON whatever its content type says (Ollama's
+    routes, as Ollama does; ``api_guard`` let only keyed requests through with another type).
+    Raises ``ApiError``."""
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if kind not in ("", "application/json"):  # "": no body at all (``api_guard`` saw to it)
+    if not any_type and kind not in ("", "application/json"):  # "": no body at all (``api_guard`` saw to it)
         raise ApiError(415, "the body must be JSON (application/json)", code="unsupported_media_type")
     refuse_declared(request, MAX_BODY_BYTES)
     raw = bytearray()

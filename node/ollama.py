@@ -160,7 +160,7 @@ class OllamaApi:
         return JSONResponse({"models": loaded})
 
     async def show(self, request: Request) -> Response:
-        body = await json_body(request)
+        body = await json_body(request, any_type=True)
         asked = body.get("model") or body.get("name")
         model = self._model(asked)
         info = wire.details(model)
@@ -186,7 +186,7 @@ class OllamaApi:
         )
 
     async def chat(self, request: Request) -> Response:
-        body = await json_body(request)
+        body = await json_body(request, any_type=True)
         model = self._model(body.get("model"))
         turns = wire.turns_from(body.get("messages"))
         wire.refuse_extras(body, ("think", "logprobs", "template"))
@@ -198,7 +198,7 @@ class OllamaApi:
         return await self._run(request, body, model, "chat", llm, params, shape)
 
     async def generate(self, request: Request) -> Response:
-        body = await json_body(request)
+        body = await json_body(request, any_type=True)
         model = self._model(body.get("model"))
         wire.refuse_extras(body, ("think", "logprobs", "template", "context", "suffix", "images"))
         if not body.get("prompt"):
@@ -209,7 +209,7 @@ class OllamaApi:
         return await self._run(request, body, model, mode, llm, params, shape, text)
 
     async def embed(self, request: Request) -> Response:
-        body = await json_body(request)
+        body = await json_body(request, any_type=True)
         model = self._model(body.get("model"))
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else texts
@@ -232,7 +232,7 @@ class OllamaApi:
         )
 
     async def embeddings(self, request: Request) -> Response:
-        body = await json_body(request)
+        body = await json_body(request, any_type=True)
         model = self._model(body.get("model"))
         prompt = body.get("prompt") or ""
         if not isinstance(prompt, str):

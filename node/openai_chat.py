@@ -156,6 +156,15 @@ def embedding_request(body: Mapping[str, Any], model: str, backend: str | None) 
         raise ApiError(400, "encoding_format must be float or base64", param="encoding_format")
     texts = given.get("input")
     texts = [texts] if isinstance(texts, str) else texts
+    if isinstance(texts, list) and texts and all(isinstance(t, int | list) for t in texts):
+        # LangChain's OpenAIEmbeddings sends tiktoken's ids of OpenAI's models by default, which
+        # name nothing in another model's vocabulary: the text must come as text.
+        raise ApiError(
+            400,
+            "input must be text: token arrays (ids of OpenAI's tokenizer) are not supported; "
+            "LangChain's OpenAIEmbeddings sends them unless check_embedding_ctx_length=False",
+            param="input",
+        )
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
         raise ApiError(
             400,

@@ -389,3 +389,25 @@ def test_a_call_tag_followed_by_endless_white_space_is_read_in_linear_time() -> 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["None", "('add', '{\"a\": 1, \"b\": 2}')"]
+
+
+def test_a_json_schema_string_never_holds_a_raw_control_character(smol: LlamaExecutor) -> None:
+    # llama-cpp-python's schema converter lets a string hold any character but `"` and `\`:
+    # smollm2 wrote raw newlines into a "name" (openai's parse() then failed), which JSON
+    # forbids. A newline pushed to the top of every step shows whether the grammar admits it.
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    schema = {
+        "type": "object",
+        "properties": {"poem": {"type": "string", "maxLength": 40}},
+        "required": ["poem"],
+    }
+    grammar = LlamaGrammar.from_string(llama_chat.schema_grammar(schema), verbose=False)
+    newline = smol.llm.tokenize(b"\n", add_bos=False, special=False)
+    assert len(newline) == 1
+    out = smol.llm.create_completion(
+        "A short poem, as JSON:", max_tokens=64, temperature=0, grammar=grammar, logit_bias={newline[0]: 50.0}
+    )
+    text = str(out["choices"][0]["text"])
+    assert not any(ord(c) < 0x20 for c in text.strip()), text
+    assert isinstance(json.loads(text)["poem"], str)

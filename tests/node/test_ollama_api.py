@@ -348,3 +348,28 @@ def test_smollm2_chats_through_the_ollama_api(tmp_path: Path, nodes) -> None:
     assert isinstance(json.loads(shaped.message.content or ""), dict)
     vectors = client.embed(model="gemma3-270m", input=["the sky", "the sea"]).embeddings
     assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 100 and vectors[0] != vectors[1]
+
+
+def test_a_keyed_body_of_any_content_type_is_read_as_json(api: str, tmp_path: Path) -> None:
+    # LiteLLM's ollama_chat/ and ollama/ send their JSON with no content type, and Ollama's own
+    # docs post it with curl's -d (a form type): Ollama reads any body as JSON.
+    body = json.dumps({"model": "echo", "prompt": "typed anyhow", "stream": False}).encode()
+    host, port = api.removeprefix("http://").rsplit(":", 1)
+    key = {"Authorization": f"Bearer {api_key(tmp_path / 'laptop')}"}
+    for kind in (None, "application/x-www-form-urlencoded", "text/plain"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.putrequest("POST", "/api/generate", skip_accept_encoding=True)
+        for name, value in {**key, **({"Content-Type": kind} if kind else {})}.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        found = response.status, json.loads(response.read())
+        conn.close()
+        assert found[0] == 200 and found[1]["response"] == "typed anyhow", (kind, found)
+    # Without the key (a browser's cookie at best) the body type still counts, on OpenAI's
+    # routes always (test_api_security.py).
+    status, _, text = raw(
+        api, tmp_path, "POST", "/v1/chat/completions", {"model": "echo"}, **{"Content-Type": "text/plain"}
+    )
+    assert status == 415 and "JSON" in text

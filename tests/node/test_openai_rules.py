@@ -220,6 +220,14 @@ def test_embeddings_take_texts_and_refuse_tokens_and_dimensions() -> None:
             embedding_request({"model": "m", **body}, "m", "llama")
 
 
+def test_token_arrays_to_embed_get_a_400_that_says_how_langchain_sends_text() -> None:
+    # OpenAIEmbeddings (langchain-openai 1.7) sends tiktoken ids unless told otherwise.
+    for tokens in ([[9906, 1917], [15339]], [9906, 1917]):
+        with pytest.raises(ApiError, match="check_embedding_ctx_length=False") as refused:
+            embedding_request({"model": "m", "input": tokens}, "m", "llama")
+        assert refused.value.status == 400
+
+
 # -- answers --------------------------------------------------------------------------------
 
 

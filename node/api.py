@@ -44,7 +44,6 @@ the connections.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import json
@@ -61,7 +60,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 import syncq
-from syncq.client import MeshModel, Outcome
+from syncq.client import MeshModel
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError, WaitTimeout
 from syncq.lifecycle import Status
 from syncq.log import Entry
@@ -72,12 +71,13 @@ from .api_auth import ApiSettings
 from .api_guard import Guard, guarded_protocol
 from .http_common import (
     ApiError,
-    await_outcome,
+    failure,
     header_flag,
     json_body,
+    outcome_or_cancel,
     refuse_knobs,
     served_backend,
-    unusable,
+    streamed,
 )
 from .media import Media, file_links, output_files
 
@@ -240,7 +240,7 @@ class _Api:
 
     async def embed(self, request: Request) -> Response:
         asked, added = await self._add(request, openai_chat.embedding_request)
-        outcome = await self._await(request, added.id, cancel_on_disconnect=False)
+        outcome = await outcome_or_cancel(self.space, request, added.id, cancel_on_disconnect=False)
         return JSONResponse(openai_chat.embeddings(added.model, outcome.text, outcome.usage, asked.encoding))
 
     async def _add(self, request: Request, translate: Translate) -> tuple[openai_chat.ApiRequest, Prompt]:
@@ -269,28 +269,9 @@ class _Api:
                 self._stream(added.id, added.model, chat_mode, asked.include_usage, cancel=not keep),
                 media_type="text/event-stream",
             )
-        outcome = await self._await(request, added.id, cancel_on_disconnect=cancel)
+        outcome = await outcome_or_cancel(self.space, request, added.id, cancel_on_disconnect=cancel)
         extra = {"id": added.id, "node": outcome.node_name}
         return JSONResponse(openai_chat.answer(added.id, added.model, chat_mode, outcome, extra))
-
-    async def _await(self, request: Request, prompt_id: str, *, cancel_on_disconnect: bool) -> Outcome:
-        """``await_outcome``; a client that hangs up first cancels the prompt only if it asked to
-        (a non-streaming answer is kept in the log for whoever asks later)."""
-        if not cancel_on_disconnect:
-            return await await_outcome(self.space, prompt_id)
-        waiting = asyncio.ensure_future(await_outcome(self.space, prompt_id))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not waiting.done():
-                waiting.cancel()
-                with contextlib.suppress(SyncqError):
-                    self.space.cancel(prompt_id)
-        if waiting.cancelled():  # the client left: nobody reads this answer
-            raise ApiError(400, "the client left: its prompt is cancelled", code="client_disconnected")
-        return waiting.result()
 
     async def _stream(
         self, prompt_id: str, model: str, chat_mode: bool, include_usage: bool, *, cancel: bool
@@ -303,17 +284,14 @@ class _Api:
         try:
             if start := chunks.start():
                 yield start
-            while True:  # a stream that ended for a stranded prompt a node then claimed goes on
-                async for piece in self.space.stream(prompt_id):
-                    yield chunks.text(piece)
-                entry = self.space.get(prompt_id)
-                if self.space.over(entry):
-                    break
-            outcome = self.space.outcome(entry)
+            async for item in streamed(self.space, prompt_id):
+                if isinstance(item, str):
+                    yield chunks.text(item)
+                else:
+                    outcome = item
             finished = True
             if not outcome.ok:
-                stuck = entry.status is Status.QUEUED
-                yield chunks.error(unusable(self.space, outcome) if stuck else outcome.problem())
+                yield chunks.error(failure(self.space, outcome))
             elif calls := chunks.calls(outcome.tool_calls):
                 yield calls
             yield chunks.finish(openai_chat.finish_reason(outcome.finish, outcome.tool_calls), outcome)
@@ -371,12 +349,6 @@ class _Api:
 
 def _model(m: MeshModel) -> dict[str, Any]:
     return {"id": m.name, "object": "model", "created": 0, "owned_by": "syncq", "nodes": list(m.nodes)}
-
-
-async def _disconnected(request: Request) -> None:
-    """Return once the client has hung up (its body is read already: only that can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _entry(entry: Entry) -> dict[str, Any]:

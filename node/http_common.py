@@ -9,11 +9,12 @@ other's half to share these.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -192,14 +193,58 @@ async def await_outcome(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
 
 
 async def settled(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
-    """The outcome once the prompt ended or can run nowhere (``client.stranded``), read from the
-    entry that says so: a node may claim it a moment after a stream ended for it."""
+    """The outcome once the prompt ended or can run nowhere (``client.stranded``)."""
+    async for item in streamed(space, prompt_id):
+        if isinstance(item, Outcome):
+            return item
+    raise AssertionError("streamed ends with the outcome")  # pragma: no cover
+
+
+async def streamed(space: syncq.AsyncClient, prompt_id: str) -> AsyncIterator[str | Outcome]:
+    """The prompt's output as it comes, then its ``Outcome`` last, read from the entry that says
+    it is over: a stream that ended for a stranded prompt goes on if a node claims it after."""
     while True:
-        async for _ in space.stream(prompt_id):  # ends when the prompt does, or is stranded
-            pass
+        async for piece in space.stream(prompt_id):  # ends when the prompt does, or is stranded
+            yield piece
         entry = space.get(prompt_id)
         if space.over(entry):
-            return space.outcome(entry)
+            yield space.outcome(entry)
+            return
+
+
+async def outcome_or_cancel(
+    space: syncq.AsyncClient, request: Request, prompt_id: str, *, cancel_on_disconnect: bool
+) -> Outcome:
+    """``await_outcome``; with ``cancel_on_disconnect``, a client that hangs up first cancels the
+    prompt (a non-streaming answer is otherwise kept in the log for whoever asks later). Raises
+    ``ApiError``, also when the client left (nobody reads that answer)."""
+    if not cancel_on_disconnect:
+        return await await_outcome(space, prompt_id)
+    waiting = asyncio.ensure_future(await_outcome(space, prompt_id))
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not waiting.done():
+            waiting.cancel()
+            with contextlib.suppress(SyncqError):
+                space.cancel(prompt_id)
+    if waiting.cancelled():
+        raise ApiError(400, "the client left: its prompt is cancelled", code="client_disconnected")
+    return waiting.result()
+
+
+async def disconnected(request: Request) -> None:
+    """Return once the client has hung up (its body is read already: only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def failure(space: syncq.AsyncClient, outcome: Outcome) -> str:
+    """What a stream says of a prompt that did not succeed: why no node can run it (and it is
+    cancelled: ``unusable``), or how it failed."""
+    return unusable(space, outcome) if outcome.status is Status.QUEUED else outcome.problem()
 
 
 def unusable(space: syncq.AsyncClient, outcome: Outcome) -> str:

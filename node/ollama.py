@@ -49,7 +49,6 @@ last, as Ollama does; an error after the stream began is an object ``{"error": .
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -62,7 +61,7 @@ from starlette.routing import Route
 
 import syncq
 from syncq.chat import LlmInput, Message, refusal
-from syncq.client import MeshModel, Outcome
+from syncq.client import MeshModel
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError, WaitTimeout
 from syncq.lifecycle import Status
 from syncq.records import ParamValue
@@ -73,12 +72,14 @@ from .api_auth import ApiSettings
 from .http_common import (
     ApiError,
     await_outcome,
+    failure,
     flag,
     header_flag,
     json_body,
     keep_alive_seconds,
+    outcome_or_cancel,
     refuse_knobs,
-    unusable,
+    streamed,
 )
 
 NDJSON = "application/x-ndjson"
@@ -343,40 +344,20 @@ class OllamaApi:
         prompt_id = self._add(text, model, mode, llm, params, priority)
         if stream:
             return StreamingResponse(self._stream(prompt_id, shape, keep), media_type=NDJSON)
-        outcome = await self._outcome(request, prompt_id, cancel)
+        outcome = await outcome_or_cancel(self.space, request, prompt_id, cancel_on_disconnect=cancel)
         return JSONResponse(shape.final(outcome, outcome.finish, outcome.tool_calls, whole=True))
-
-    async def _outcome(self, request: Request, prompt_id: str, cancel_on_disconnect: bool) -> Outcome:
-        """The prompt's outcome; with ``cancel_on_disconnect``, a client that hangs up first
-        cancels it (the answer then goes nowhere)."""
-        if not cancel_on_disconnect:
-            return await await_outcome(self.space, prompt_id)
-        waiting = asyncio.ensure_future(await_outcome(self.space, prompt_id))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
-            if not waiting.done():
-                with contextlib.suppress(SyncqError):
-                    self.space.cancel(prompt_id)
-            return await waiting
-        finally:
-            gone.cancel()
-            waiting.cancel()
 
     async def _stream(self, prompt_id: str, shape: wire.Answer, keep: bool) -> AsyncIterator[bytes]:
         finished = False
         try:
-            while True:  # a stream that ended for a stranded prompt a node then claimed goes on
-                async for piece in self.space.stream(prompt_id):
-                    yield _line(shape.chunk(piece))
-                entry = self.space.get(prompt_id)
-                if self.space.over(entry):
-                    break
-            outcome = self.space.outcome(entry)
+            async for item in streamed(self.space, prompt_id):
+                if isinstance(item, str):
+                    yield _line(shape.chunk(item))
+                else:
+                    outcome = item
             finished = True
             if not outcome.ok:
-                stuck = entry.status is Status.QUEUED
-                yield _line({"error": unusable(self.space, outcome) if stuck else outcome.problem()})
+                yield _line({"error": failure(self.space, outcome)})
                 return
             if outcome.tool_calls:
                 yield _line(shape.chunk("", outcome.tool_calls))
@@ -436,9 +417,3 @@ def _priority(body: Mapping[str, Any], default: int) -> int:
 
 def _line(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
-
-
-async def _disconnected(request: Request) -> None:
-    """Return once the client has gone (its body was read: the next message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

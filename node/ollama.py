@@ -60,7 +60,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import syncq
-from syncq.chat import LlmInput, Message, refusal
+from syncq.chat import LlmInput, Message, refusal, shown_text
 from syncq.client import MeshModel
 from syncq.errors import InvalidInput, SyncqError, UnknownId, UserError, WaitTimeout
 from syncq.lifecycle import Status
@@ -340,7 +340,7 @@ class OllamaApi:
         # Every header and flag is read before the prompt is queued: a 400 leaves nothing behind.
         keep = header_flag(request, "x-syncq-keep-on-disconnect") or flag(body, "keep_on_disconnect")
         cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
-        text = text or next((m.content for m in reversed(llm.messages) if m.role == "user"), "")
+        text = text or shown_text(llm.messages)
         prompt_id = self._add(text, model, mode, llm, params, priority)
         if stream:
             return StreamingResponse(self._stream(prompt_id, shape, keep), media_type=NDJSON)

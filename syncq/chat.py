@@ -374,7 +374,7 @@ def _check_repeats(schema: Mapping[str, Any], what: str) -> None:
     for count in counts:
         if isinstance(count, str):  # a pattern's digits: compared by length first, int() has limits
             count = int(count) if len(count) <= 6 else MAX_SCHEMA_REPEAT + 1
-        if isinstance(count, int | float) and not isinstance(count, bool) and count > MAX_SCHEMA_REPEAT:
+        if _is_number(count) and count > MAX_SCHEMA_REPEAT:  # type: ignore[operator]
             raise InvalidInput(f"{what} repeats something more than {MAX_SCHEMA_REPEAT} times")
 
 

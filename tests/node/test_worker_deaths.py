@@ -178,6 +178,10 @@ def test_ctrl_c_of_a_wait_says_the_prompt_goes_on_and_how_to_cancel_it(tmp_path:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from a terminal: a suite started in the background (`make test &`, a CI runner's
+        # non-interactive shell) ignores SIGINT, every child inherits that, and Python then
+        # installs no KeyboardInterrupt handler; the command would rightly go on waiting.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert waiting.stdout is not None
     assert waiting.stdout.read(4) == "slow"  # the first word streamed: it follows the prompt

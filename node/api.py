@@ -250,8 +250,15 @@ class _Api:
         asked = translate(body, model, backend)
         refuse_knobs(self.space, self.settings, model, asked.params)
         try:
-            added = self.space.add(
-                asked.text, model=model, params=asked.params, priority=asked.priority, llm=asked.llm
+            # A streamed answer names its prompt before there is a result: that add is synced.
+            # Otherwise the answer is the acknowledgement, and the result's fsync covers the add.
+            added = await self.space.submit(
+                asked.text,
+                model=model,
+                params=asked.params,
+                priority=asked.priority,
+                llm=asked.llm,
+                durable=asked.stream,
             )
         except InvalidInput as exc:
             raise ApiError(400, str(exc), code="invalid_parameter") from exc
@@ -329,7 +336,7 @@ class _Api:
         if not isinstance(text, str) or not isinstance(model, str) or not isinstance(params, dict):
             raise ApiError(400, "give text (a string), model (a string) and optionally params (an object)")
         refuse_knobs(self.space, self.settings, model, params)
-        prompt = self.space.add(text, model=model, params=params)
+        prompt = await self.space.submit(text, model=model, params=params)
         return JSONResponse(_entry(self.space.get(prompt.id)), status_code=201)
 
     async def cancel(self, request: Request) -> Response:

@@ -368,6 +368,10 @@ class Node:
             portal.wake()
         self._announce_to_api()
 
+    def streamed_here(self, prompt_id: str) -> bool:
+        """Whether this node's HTTP API streams the prompt's output to a client now."""
+        return self._api_client is not None and self._api_client.streaming(prompt_id)
+
     def _announce_to_api(self) -> None:
         if self._api_client is not None:
             self._api_client.announce()

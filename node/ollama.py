@@ -295,7 +295,7 @@ class OllamaApi:
             params["keep_alive"] = _seconds(body["keep_alive"])
         return params, stops
 
-    def _add(
+    async def _add(
         self,
         text: str,
         model: MeshModel,
@@ -303,8 +303,11 @@ class OllamaApi:
         llm: LlmInput,
         params: Mapping[str, ParamValue],
         priority: int,
+        *,
+        durable: bool,
     ) -> str:
-        """Queue the prompt; returns its id. Raises ``ApiError`` for what the node refuses."""
+        """Queue the prompt; returns its id. Raises ``ApiError`` for what the node refuses.
+        ``durable`` as in ``AsyncClient.submit``: a streamed answer starts before the result."""
         plain = llm == LlmInput() or llm == LlmInput(messages=(Message(role="user", content=text),))
         why = refusal(model.backend, model.name, mode, None if plain else llm)
         if why is not None:
@@ -313,12 +316,13 @@ class OllamaApi:
         # Only a prompt that needs more than its text carries the llm field (older nodes and
         # ``syncq show`` read the text alone).
         try:
-            added = self.space.add(
+            added = await self.space.submit(
                 text,
                 model=model.name,
                 params={**params, "mode": mode},
                 priority=priority,
                 llm=None if plain else llm,
+                durable=durable,
             )
         except InvalidInput as exc:  # chat.Unable among them: the node's own check of the model
             raise ApiError(400, str(exc)) from exc
@@ -341,7 +345,7 @@ class OllamaApi:
         keep = header_flag(request, "x-syncq-keep-on-disconnect") or flag(body, "keep_on_disconnect")
         cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
         text = text or shown_text(llm.messages)
-        prompt_id = self._add(text, model, mode, llm, params, priority)
+        prompt_id = await self._add(text, model, mode, llm, params, priority, durable=stream)
         if stream:
             return StreamingResponse(self._stream(prompt_id, shape, keep), media_type=NDJSON)
         outcome = await outcome_or_cancel(self.space, request, prompt_id, cancel_on_disconnect=cancel)
@@ -376,7 +380,7 @@ class OllamaApi:
         if stops:
             raise ApiError(400, "stop has no meaning for embeddings")
         llm = LlmInput(inputs=tuple(texts)) if len(texts) > 1 else LlmInput()
-        prompt_id = self._add(texts[0], model, "embed", llm, params, _priority(body, 0))
+        prompt_id = await self._add(texts[0], model, "embed", llm, params, _priority(body, 0), durable=False)
         outcome = await await_outcome(self.space, prompt_id)
         return wire.vectors(outcome.text, len(texts)), outcome.usage
 

@@ -19,6 +19,7 @@ import bisect
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ from syncq.blobs import BlobRef
 from syncq.chat import MAX_LOGPROBS, TokenLogprob, ToolCall
 from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, first_choice, won
 from syncq.errors import BlobError, InvalidInput, MalformedRecord, StoreError
+from syncq.grouped import Grouped
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status
 from syncq.records import FINISHES, MAX_CALLS, Claim, Prompt, PromptKind, Result, RunStatus
@@ -111,6 +113,7 @@ class Scheduler:
         # Per model: held jobs take it by priority, as many at once as the manager runs
         # (``parallel``, its workers).
         self._gates: dict[str, Gate] = {}
+        self._finished: Grouped[Result, None] = Grouped(self._write_results)
 
     def _loaded(self, model: str, notes: tuple[str, ...]) -> None:
         for note in notes:  # what a backend decided while loading (no AMX here, say)
@@ -361,7 +364,7 @@ class Scheduler:
                 try:
                     inputs = await self._inputs(prompt, folder)
                 except (BlobError, InvalidInput) as exc:
-                    self._record(
+                    await self._record(
                         chosen.prompt_id, self._result(chosen, RunStatus.FAILED, started, error=str(exc))
                     )
                     return
@@ -370,9 +373,9 @@ class Scheduler:
                 if not self._still_mine(chosen):
                     return
                 result = await self._execute(running, prompt, inputs, folder)
-            # The next job reaches the model before this result is written (an fsync).
-            await asyncio.sleep(0)
-            self._record(chosen.prompt_id, result)
+            # Written at the loop's next turn, with the results of every job that ended by then
+            # (``_finished``); the next job reaches the model first.
+            await self._record(chosen.prompt_id, result)
         except StoreError as exc:
             self.node.log.event("store-failed", level="error", reason=str(exc))
         finally:
@@ -481,15 +484,32 @@ class Scheduler:
             raise InvalidInput(f"the executor returned a file outside its output folder: {path}")
         return self.space.attach(path)
 
-    def _record(self, prompt_id: PromptId, result: Result | None) -> None:
-        if result is None:
-            self.space.drop_stream(prompt_id)
-            self.node.log.event("cancelled", prompt=prompt_id)
-        else:
-            self.space.finish(result)
-            self.node.log.event("finished", prompt=prompt_id, status=result.status.value, error=result.error)
+    async def _record(self, prompt_id: PromptId, result: Result | None) -> None:
+        """Write how a job ended; it stays in ``jobs`` until it is written."""
+        if result is not None:
+            await self._finished(result)
+            return
+        self.space.drop_stream(prompt_id)
+        self.node.log.event("cancelled", prompt=prompt_id)
         self.node.changed()
         self.node.advertise()
+
+    def _write_results(self, results: Sequence[Result]) -> list[None]:
+        """The results of the jobs that ended in one turn of the loop, as one envelope: under
+        load, one fsync and one read by the API's Doc for many answers."""
+
+        def finish(log: Log) -> None:
+            for result in results:
+                log.finish(result)
+
+        self.space.write(finish)
+        for result in results:
+            self.node.log.event(
+                "finished", prompt=result.prompt_id, status=result.status.value, error=result.error
+            )
+        self.node.changed()
+        self.node.advertise()
+        return [None] * len(results)
 
     def _note_run(self, model: str, seconds: float) -> None:
         previous = self._run_s.get(model)
@@ -533,9 +553,15 @@ class Scheduler:
         # to the first token, not two), or alone after STREAM_EVERY_S without output (a model
         # still loading); later output goes out every STREAM_EVERY_S. Nothing goes out in the
         # first QUIET_START_S of a run: a run that short is told by its result alone (half the
-        # envelopes of a short job), and an LLM's first token takes about that long anyway.
-        await asyncio.sleep(QUIET_START_S)
-        await wait_event(arrived, STREAM_EVERY_S - QUIET_START_S)
+        # envelopes of a short job). Unless this node's API streams the prompt to a client now:
+        # its first words go out as they come (the time to first token of a chat).
+        # (Asked when the first words come: the API starts to follow a prompt a moment after
+        # adding it, and the job may be under way by then.)
+        loop = asyncio.get_running_loop()
+        quiet_until = loop.time() + QUIET_START_S
+        await wait_event(arrived, STREAM_EVERY_S)
+        if not self.node.streamed_here(running.chosen.prompt_id):
+            await asyncio.sleep(max(0.0, quiet_until - loop.time()))
         while True:
             arrived.clear()
             text = "".join(buffer)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -42,12 +43,13 @@ from syncq.blobs import BlobRef
 from syncq.chat import LlmInput, Message, TokenLogprob, ToolCall
 from syncq.errors import WaitTimeout
 from syncq.fetching import SAFETY_S, check_fetchable, fetch_checked, fetch_files
+from syncq.grouped import Grouped
 from syncq.ids import PromptId
 from syncq.keys import resolve_home
 from syncq.lifecycle import TERMINAL, Status
 from syncq.log import Changes, Entry, Log
-from syncq.records import NodeInfo, ParamValue, Prompt
-from syncq.space import Space
+from syncq.records import NodeInfo, ParamValue, Prompt, PromptKind
+from syncq.space import NewPrompt, Space
 from syncq.watch import RECHECK_S, FolderWatch, wait_event
 
 
@@ -354,12 +356,48 @@ class AsyncClient(_Verbs):
         self._announced = announced
         self._look_soon: asyncio.TimerHandle | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._streaming: dict[str, int] = {}  # prompt id: how many ``stream``s follow it
         self._log: Log | None = None
         self._feed: Changes | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._rechecks: list[asyncio.TimerHandle] = []
         self._listeners: set[asyncio.Queue[set[str]]] = set()
         self._served: object = None  # which models the nodes offer, as last seen (``_look``)
+        self._adds = {
+            durable: Grouped[NewPrompt, Prompt](functools.partial(space.add_many, durable=durable))
+            for durable in (True, False)
+        }
+
+    async def submit(
+        self,
+        prompt: str = "",
+        *,
+        model: str,
+        params: Mapping[str, ParamValue] | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        kind: PromptKind | None = None,
+        messages: Sequence[Message | Mapping[str, Any]] | None = None,
+        llm: LlmInput | None = None,
+        durable: bool = True,
+    ) -> Prompt:
+        """``add`` (without files), stored in one transaction with every other ``submit`` of
+        the same turn of the event loop: one envelope and one fsync for all of them, which is
+        what a server adding for many clients at once needs (``syncq.grouped``). With
+        ``durable`` false, without an fsync of its own (``Space.add_many``): for a caller
+        whose acknowledgement is the result. Raises what ``add`` raises, for this prompt
+        alone."""
+        new = NewPrompt(
+            text=prompt,
+            model=model,
+            kind=kind,
+            params=params or {},
+            priority=priority,
+            max_attempts=max_attempts,
+            messages=messages,
+            llm=llm,
+        )
+        return await self._adds[durable](new)
 
     async def __aenter__(self) -> AsyncClient:
         loop = asyncio.get_running_loop()
@@ -415,12 +453,25 @@ class AsyncClient(_Verbs):
         """The output as it arrives, chunk by chunk, ending when the prompt ends (the rest of
         the final answer comes last). Raises ``WaitTimeout``."""
         sent = ""
-        async for entry in self._changes(prompt_id, timeout):
-            chunk, sent, ended = _next_chunk(entry, sent, self.over(entry))
-            if chunk:
-                yield chunk
-            if ended:
-                return
+        prompt_id = self.space.resolve(prompt_id)
+        self._streaming[prompt_id] = self._streaming.get(prompt_id, 0) + 1
+        try:
+            async for entry in self._changes(prompt_id, timeout):
+                chunk, sent, ended = _next_chunk(entry, sent, self.over(entry))
+                if chunk:
+                    yield chunk
+                if ended:
+                    return
+        finally:
+            self._streaming[prompt_id] -= 1
+            if not self._streaming[prompt_id]:
+                del self._streaming[prompt_id]
+
+    def streaming(self, prompt_id: str) -> bool:
+        """Whether someone follows this prompt's output through ``stream`` now (a node whose
+        API streams a chat sends the first words into the log at once, not after its quiet
+        start)."""
+        return prompt_id in self._streaming
 
     async def run(
         self,

@@ -186,7 +186,7 @@ class DeviceKeys:
     @property
     def public_key(self) -> bytes:
         """The raw 32-byte Ed25519 public key (the envelope's ``author``)."""
-        return _signing_key(self.signing_seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return _public_key(self.signing_seed)
 
     @property
     def device_id(self) -> DeviceId:
@@ -211,6 +211,12 @@ class DeviceKeys:
 def _signing_key(seed: bytes) -> Ed25519PrivateKey:
     # Cached: building the key object costs more than a signature.
     return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+@functools.lru_cache(maxsize=16)
+def _public_key(seed: bytes) -> bytes:
+    # Cached: every envelope sealed names its author, and deriving it costs half a signature.
+    return _signing_key(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 @functools.lru_cache(maxsize=1024)

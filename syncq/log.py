@@ -101,6 +101,10 @@ class Log:
         # pycrdt drops an observer when its subscription is garbage collected: keep them.
         self._subscriptions = [self._maps[name].observe(self._observer(name)) for name in _FACTS]
         self._subscriptions.append(self._maps["streams"].observe_deep(self._observe_streams))
+        # The nodes' presence, decoded once per change: the scheduler and every waiter of the
+        # API read it several times per prompt.
+        self._nodes: list[NodeInfo] | None = None
+        self._subscriptions.append(self._maps["nodes"].observe(self._forget_nodes))
 
     # -- state in and out ------------------------------------------------------------------
 
@@ -287,7 +291,12 @@ class Log:
 
     def nodes(self) -> list[NodeInfo]:
         """Every node that announced itself, by name."""
-        return sorted(self._all(NodeInfo.from_wire, "nodes"), key=lambda n: (n.name, n.id))
+        if self._nodes is None:
+            self._nodes = sorted(self._all(NodeInfo.from_wire, "nodes"), key=lambda n: (n.name, n.id))
+        return list(self._nodes)
+
+    def _forget_nodes(self, event: object) -> None:
+        self._nodes = None
 
     def devices(self) -> list[Device]:
         """Every member device known to the log, by name."""

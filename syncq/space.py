@@ -39,7 +39,7 @@ from syncq.errors import (
     RelayOnly,
     StoreBroken,
 )
-from syncq.ids import DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
+from syncq.ids import ID_LENGTH, DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
 from syncq.invite import Grant
 from syncq.keys import (
     HomePaths,
@@ -512,8 +512,13 @@ class Space:
             self._last_id = next_prompt_id(self.clock(), self.entropy(10), self._last_id)
             return self._last_id
 
-    def add_many(self, new: Sequence[NewPrompt]) -> list[Prompt]:
+    def add_many(self, new: Sequence[NewPrompt], *, durable: bool = True) -> list[Prompt]:
         """Queue several prompts in one store transaction (envelopes of up to ~512 KiB each).
+
+        With ``durable`` false the commit skips its fsync: the prompts survive the process
+        being killed but not power loss until the next fsync of this home's store (any durable
+        write, such as a result, or ``Store.sync`` before envelopes leave the device). For a
+        caller whose acknowledgement is the prompt's result, as the HTTP API's answer is.
 
         Raises ``InvalidInput`` (nothing is stored) or ``StoreBroken``.
         """
@@ -523,7 +528,8 @@ class Space:
         known = {n.id for n in new if n.id is not None and self.log.has_prompt(n.id)}
         if known:
             stored = {p.id: self.log.prompt(p.id) for p in prompts if p.id in known}
-            fresh = self.add_many([n for n in new if n.id not in known]) if len(known) < len(new) else []
+            rest = [n for n in new if n.id not in known]
+            fresh = self.add_many(rest, durable=durable) if rest else []
             added = iter(fresh)
             return [stored[p.id] if p.id in known else next(added) for p in prompts]
         with self.lock:
@@ -535,7 +541,7 @@ class Space:
                     self._sealer(yjs.encode_map_inserts(self._blind_client, clock, "prompts", entries))
                 )
                 clock += len(batch)
-            self.store.append_own(self._author, seals)
+            self.store.append_own(self._author, seals, durable=durable)
             # Only now: a clock used by an update that never reached the store would leave a gap
             # that makes every peer hold this client's later updates forever.
             self._blind_clock = clock
@@ -682,13 +688,13 @@ class Space:
 
     def resolve(self, prefix: str) -> PromptId:
         """The one prompt id starting with ``prefix``. Raises ``UnknownId`` or ``AmbiguousId``."""
-        return resolve_prefix(prefix, self.log.prompt_ids())
+        return _resolve(self.log, prefix)
 
     def show(self, prefix: str) -> Entry:
         """A prompt with its status, claims and every run. Raises ``UnknownId``,
         ``AmbiguousId`` or ``MalformedRecord``."""
         log = self.log
-        return log.entry(resolve_prefix(prefix, log.prompt_ids()))
+        return log.entry(_resolve(log, prefix))
 
     def entries(
         self,
@@ -896,3 +902,11 @@ def _batches(prompts: Sequence[Prompt], budget: int) -> Iterator[list[Prompt]]:
         size += cost
     if batch:
         yield batch
+
+
+def _resolve(log: Log, prefix: str) -> PromptId:
+    """``resolve_prefix`` over the log's ids; a whole id the log holds is looked up, not
+    searched for (the API follows each of its prompts by whole id, many times a second)."""
+    if len(prefix) == ID_LENGTH and log.has_prompt(prefix):
+        return PromptId(prefix)
+    return resolve_prefix(prefix, log.prompt_ids())

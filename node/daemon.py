@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import random
+import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +111,9 @@ class Node:
         self.supervisor = Supervisor(log, self._report_tasks, wall_clock_ms)
         self._api_client: AsyncClient | None = None  # the API's, told of every change
         self._store_version: int | None = None  # data_version as the watcher last acted on it
+        self._changed_soon: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # and its thread: set by ``run``
+        self._loop_thread = 0
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
         """Run ``work`` in the background, keeping a reference until it ends."""
@@ -125,6 +129,9 @@ class Node:
         # Everything the node writes (work/ files, decrypted attachments, portal results, its
         # workers' outputs) is this user's only: the home's folders 0700, its files 0600.
         os.umask(0o077)
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        if isinstance(self.space.store, SqliteStore):
+            self.space.store.committed = self._wrote
         server = await serve(
             self._inbound,
             self.host,
@@ -216,15 +223,12 @@ class Node:
         def report(exc: BaseException) -> None:
             self.log.event("api-error", level="error", error=f"{type(exc).__name__}: {exc}"[:500])
 
-        # Its own store connection (a request's mistake cannot touch the node's Doc), but no file
-        # watch: the node tells it of every change, and its store tells the node of each commit
-        # (``_api_wrote``), so a prompt is claimed and its answer read as soon as the commit that
-        # makes it, not at a file watch's next look (issue 15: 17 ms per echo chat, about 4 of
-        # them waiting for the two watches).
-        space = Space.open(self.space.paths.root)
-        if isinstance(space.store, SqliteStore):
-            space.store.committed = self._api_wrote
-        async with AsyncClient(space, announced=True) as client:
+        # The API works on the node's own Space: a request's prompt is in the Doc the scheduler
+        # reads the moment it is stored, and its answer in the Doc the API reads (issue 15: with
+        # a Space of its own, each echo chat was read back and decrypted by the other Doc: 4 of
+        # its 13 ms). Its writes reach the node through the store's commit hook (``_wrote``),
+        # and the node tells it of every change (``announce``).
+        async with AsyncClient(self.space, announced=True, borrowed=True) as client:
             self._api_client = client
             try:
                 await serve_api(client, sock, settings, listen=(host, bound[1]), report=report)
@@ -352,11 +356,27 @@ class Node:
         self.log.event("received", peer=source.label, envelopes=added, level="debug")
 
     def changed(self) -> None:
-        """This node wrote to the log: offer the new envelopes to every peer."""
+        """This node wrote to the log (the scheduler, a portal, the API): offer the new
+        envelopes to every peer, and let the scheduler, the portals and the API look. Once per
+        turn of the loop for all the writes of that turn."""
+        if self._changed_soon is None:
+            self._changed_soon = asyncio.get_running_loop().call_soon(self._changed_now)
+
+    def _changed_now(self) -> None:
+        self._changed_soon = None
         self._wake_all(self.connections.values())
+        if self.scheduler is not None:
+            self.scheduler.wake()  # a prompt the API or a portal added
         for portal in self.portals:
             portal.wake()
         self._announce_to_api()
+
+    def _wrote(self) -> None:
+        """The store's commit hook: own envelopes were stored, perhaps from a thread."""
+        if threading.get_ident() == self._loop_thread:
+            self.changed()
+        elif self._loop is not None:
+            self._loop.call_soon_threadsafe(self.changed)
 
     def log_changed(self) -> None:
         """Envelopes from elsewhere (a peer, another process, this node's portal or API) reached
@@ -375,12 +395,6 @@ class Node:
     def _announce_to_api(self) -> None:
         if self._api_client is not None:
             self._api_client.announce()
-
-    def _api_wrote(self) -> None:
-        """The API's store connection committed (a prompt, a cancel, a retry): act on it now, as
-        the watcher would a moment later, and let the watcher know it need not."""
-        self._store_version = self.space.store.data_version()
-        self._other_wrote()
 
     def _other_wrote(self) -> None:
         """Another store connection committed: offer its envelopes to the peers, look for work,

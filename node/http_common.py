@@ -194,17 +194,21 @@ async def await_outcome(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
 
 async def settled(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
     """The outcome once the prompt ended or can run nowhere (``client.stranded``)."""
-    async for item in streamed(space, prompt_id):
+    async for item in streamed(space, prompt_id, live=False):
         if isinstance(item, Outcome):
             return item
     raise AssertionError("streamed ends with the outcome")  # pragma: no cover
 
 
-async def streamed(space: syncq.AsyncClient, prompt_id: str) -> AsyncIterator[str | Outcome]:
+async def streamed(
+    space: syncq.AsyncClient, prompt_id: str, *, live: bool = True
+) -> AsyncIterator[str | Outcome]:
     """The prompt's output as it comes, then its ``Outcome`` last, read from the entry that says
-    it is over: a stream that ended for a stranded prompt goes on if a node claims it after."""
+    it is over: a stream that ended for a stranded prompt goes on if a node claims it after.
+    ``live`` as in ``AsyncClient.stream``: a client is shown the output as it comes."""
     while True:
-        async for piece in space.stream(prompt_id):  # ends when the prompt does, or is stranded
+        # Ends when the prompt does, or is stranded.
+        async for piece in space.stream(prompt_id, live=live):
             yield piece
         entry = space.get(prompt_id)
         if space.over(entry):

@@ -347,13 +347,15 @@ class Client(_Verbs):
 class AsyncClient(_Verbs):
     """A space for an asyncio program (``syncq.aopen``): use it from one event loop. With
     ``announced`` it keeps no file watch: its holder says when the store changed (``announce``),
-    as the node serving its HTTP API does, so a commit wakes it at once."""
+    as the node serving its HTTP API does, so a commit wakes it at once. A ``borrowed`` space
+    (the node's own, which its API shares) stays open when the client closes."""
 
-    def __init__(self, space: Space, *, announced: bool = False) -> None:
+    def __init__(self, space: Space, *, announced: bool = False, borrowed: bool = False) -> None:
         super().__init__(space)
         if announced:
             self._watch.close()
         self._announced = announced
+        self._borrowed = borrowed  # the space is its holder's: ``close`` leaves it open
         self._look_soon: asyncio.TimerHandle | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._streaming: dict[str, int] = {}  # prompt id: how many ``stream``s follow it
@@ -427,7 +429,10 @@ class AsyncClient(_Verbs):
         if fd is not None:
             with contextlib.suppress(RuntimeError, ValueError):
                 asyncio.get_running_loop().remove_reader(fd)
-        super().close()
+        if self._borrowed:
+            self._watch.close()
+        else:
+            super().close()
 
     async def result(
         self,
@@ -449,12 +454,16 @@ class AsyncClient(_Verbs):
                 return dataclasses.replace(outcome, files=tuple(saved))
         raise AssertionError("unreachable: _changes ends by raising")
 
-    async def stream(self, prompt_id: str, *, timeout: float | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, prompt_id: str, *, timeout: float | None = None, live: bool = True
+    ) -> AsyncIterator[str]:
         """The output as it arrives, chunk by chunk, ending when the prompt ends (the rest of
-        the final answer comes last). Raises ``WaitTimeout``."""
+        the final answer comes last). ``live``: someone is shown the output as it comes
+        (``streaming``); false for a caller that only waits for the end. Raises ``WaitTimeout``."""
         sent = ""
         prompt_id = self.space.resolve(prompt_id)
-        self._streaming[prompt_id] = self._streaming.get(prompt_id, 0) + 1
+        if live:
+            self._streaming[prompt_id] = self._streaming.get(prompt_id, 0) + 1
         try:
             async for entry in self._changes(prompt_id, timeout):
                 chunk, sent, ended = _next_chunk(entry, sent, self.over(entry))
@@ -463,9 +472,10 @@ class AsyncClient(_Verbs):
                 if ended:
                     return
         finally:
-            self._streaming[prompt_id] -= 1
-            if not self._streaming[prompt_id]:
-                del self._streaming[prompt_id]
+            if live:
+                self._streaming[prompt_id] -= 1
+                if not self._streaming[prompt_id]:
+                    del self._streaming[prompt_id]
 
     def streaming(self, prompt_id: str) -> bool:
         """Whether someone follows this prompt's output through ``stream`` now (a node whose

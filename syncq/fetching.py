@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from syncq.blobs import BlobRef
+from syncq.blobstore import BlobStore
 from syncq.errors import BlobUnavailable, WaitTimeout
 from syncq.space import Space
 from syncq.watch import FolderWatch
@@ -61,15 +62,19 @@ def fetch_checked(
     total = sum(ref.size for ref in refs)
     pending = [ref for ref in refs if not space.blobs.complete(ref)]
     if pending:
-        for ref in pending:
-            space.blobs.want(ref)
+        # Asked and watched through a connection of its own: SQLite's data_version moves only
+        # for other connections' commits, and the node that fetches may hold this very Space
+        # (its HTTP API shares it): through its own connection, neither would see the other.
+        blobs = BlobStore(space.paths.blobs)
         watch = FolderWatch(space.paths.root)
         try:
-            for _ in watch.moves(space.blobs.data_version, timeout, safety_s=SAFETY_S):
-                here = sum(space.blobs.stored_bytes(ref.raw_id) for ref in refs)
+            for ref in pending:
+                blobs.want(ref)
+            for _ in watch.moves(blobs.data_version, timeout, safety_s=SAFETY_S):
+                here = sum(blobs.stored_bytes(ref.raw_id) for ref in refs)
                 if progress is not None:
                     progress(min(here, total), total)
-                if all(space.blobs.complete(ref) for ref in pending):
+                if all(blobs.complete(ref) for ref in pending):
                     break
         except TimeoutError:
             raise WaitTimeout(
@@ -78,6 +83,7 @@ def fetch_checked(
             ) from None
         finally:
             watch.close()
+            blobs.close()
     if progress is not None:
         progress(total, total)
     return [space.save_file(ref, target) for ref in refs]

@@ -191,9 +191,9 @@ class SqliteStore:
         # cached until a write here, or another process's commit (data_version), changes it.
         self._tops: tuple[int, dict[bytes, int]] | None = None
         self._unsynced = False  # own envelopes committed without an fsync since the last one
-        # Called after each commit of own envelopes (``append_own``): a node tells itself of its
-        # HTTP API's writes this way (the API has a connection of its own) instead of through
-        # its file watch; bookkeeping writes (metadata, peers) wake nobody.
+        # Called after each commit of own envelopes (``append_own``): a node learns this way of
+        # what its scheduler, its portals and its HTTP API (which shares its Space) wrote;
+        # bookkeeping writes (metadata, peers) and received envelopes wake nobody through it.
         self.committed: Callable[[], None] = _nothing
 
     @classmethod

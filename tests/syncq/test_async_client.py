@@ -22,7 +22,9 @@ def test_streaming_is_true_while_a_stream_is_followed_and_false_after(tmp_path: 
             assert not client.streaming(prompt.id)
             with Space.open(home) as node:  # another connection writes, as a node does
                 chunks = client.stream(prompt.id[:12], timeout=30)  # a prefix: the id is resolved
+                waits = client.stream(prompt.id, timeout=30, live=False)  # only waits for the end
                 node.append_stream(prompt.id, "hello")
+                assert await anext(waits) == "hello" and not client.streaming(prompt.id)
                 seen.append((await anext(chunks), client.streaming(prompt.id)))
                 node.finish(
                     Result(
@@ -37,6 +39,7 @@ def test_streaming_is_true_while_a_stream_is_followed_and_false_after(tmp_path: 
                     )
                 )
                 seen += [(chunk, client.streaming(prompt.id)) async for chunk in chunks]
+                assert [chunk async for chunk in waits] == [" there"]
             seen.append(("after", client.streaming(prompt.id)))
         return seen
 

@@ -388,9 +388,11 @@ class Node:
             portal.wake()
         self._announce_to_api()
 
-    def streamed_here(self, prompt_id: str) -> bool:
-        """Whether this node's HTTP API streams the prompt's output to a client now."""
-        return self._api_client is not None and self._api_client.streaming(prompt_id)
+    def live(self, prompt_id: str, attempt: int, chunk: str) -> None:
+        """Output of a job running here, as it comes: this node's HTTP API streams it to its
+        clients at once, not when the scheduler next writes the stream into the log."""
+        if self._api_client is not None:
+            self._api_client.live(prompt_id, attempt, chunk)
 
     def _announce_to_api(self) -> None:
         if self._api_client is not None:

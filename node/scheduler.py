@@ -420,6 +420,7 @@ class Scheduler:
         def on_chunk(chunk: str) -> None:
             nonlocal first_token
             first_token = first_token or wall_clock_ms()
+            self.node.live(pid, chosen.attempt, chunk)  # first: a chat's client sees it at once
             buffer.append(chunk)
             arrived.set()
 
@@ -553,15 +554,10 @@ class Scheduler:
         # to the first token, not two), or alone after STREAM_EVERY_S without output (a model
         # still loading); later output goes out every STREAM_EVERY_S. Nothing goes out in the
         # first QUIET_START_S of a run: a run that short is told by its result alone (half the
-        # envelopes of a short job). Unless this node's API streams the prompt to a client now:
-        # its first words go out as they come (the time to first token of a chat).
-        # (Asked when the first words come: the API starts to follow a prompt a moment after
-        # adding it, and the job may be under way by then.)
-        loop = asyncio.get_running_loop()
-        quiet_until = loop.time() + QUIET_START_S
-        await wait_event(arrived, STREAM_EVERY_S)
-        if not self.node.streamed_here(running.chosen.prompt_id):
-            await asyncio.sleep(max(0.0, quiet_until - loop.time()))
+        # envelopes of a short job). This node's own API does not wait for these writes: it is
+        # handed each chunk as it comes (``on_chunk``, ``Node.live``).
+        await asyncio.sleep(QUIET_START_S)
+        await wait_event(arrived, STREAM_EVERY_S - QUIET_START_S)
         while True:
             arrived.clear()
             text = "".join(buffer)

@@ -359,6 +359,8 @@ class AsyncClient(_Verbs):
         self._look_soon: asyncio.TimerHandle | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._streaming: dict[str, int] = {}  # prompt id: how many ``stream``s follow it
+        # Prompt id: (attempt, output so far) of a job this process's node runs (``live``).
+        self._live: dict[str, tuple[int, str]] = {}
         self._log: Log | None = None
         self._feed: Changes | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -459,14 +461,16 @@ class AsyncClient(_Verbs):
     ) -> AsyncIterator[str]:
         """The output as it arrives, chunk by chunk, ending when the prompt ends (the rest of
         the final answer comes last). ``live``: someone is shown the output as it comes
-        (``streaming``); false for a caller that only waits for the end. Raises ``WaitTimeout``."""
+        (``streaming``), so output handed over by ``live`` counts; false for a caller that
+        only waits for the end. Raises ``WaitTimeout``."""
         sent = ""
         prompt_id = self.space.resolve(prompt_id)
         if live:
             self._streaming[prompt_id] = self._streaming.get(prompt_id, 0) + 1
         try:
             async for entry in self._changes(prompt_id, timeout):
-                chunk, sent, ended = _next_chunk(entry, sent, self.over(entry))
+                ahead = self._live.get(prompt_id) if live else None
+                chunk, sent, ended = _next_chunk(entry, sent, self.over(entry), ahead)
                 if chunk:
                     yield chunk
                 if ended:
@@ -476,12 +480,24 @@ class AsyncClient(_Verbs):
                 self._streaming[prompt_id] -= 1
                 if not self._streaming[prompt_id]:
                     del self._streaming[prompt_id]
+                    self._live.pop(prompt_id, None)
 
     def streaming(self, prompt_id: str) -> bool:
-        """Whether someone follows this prompt's output through ``stream`` now (a node whose
-        API streams a chat sends the first words into the log at once, not after its quiet
-        start)."""
+        """Whether someone follows this prompt's output through ``stream`` now."""
         return prompt_id in self._streaming
+
+    def live(self, prompt_id: str, attempt: int, chunk: str) -> None:
+        """Output of a run in this process (the node serving its HTTP API runs the prompt), as
+        it comes: a ``stream`` shows it at once instead of at the scheduler's next write into
+        the log, every 100 ms (a chat's time to first token, and a smooth stream). Kept only
+        while someone streams the prompt; a new attempt starts afresh."""
+        if prompt_id not in self._streaming:
+            return
+        held = self._live.get(prompt_id)
+        text = held[1] if held is not None and held[0] == attempt else ""
+        self._live[prompt_id] = (attempt, text + chunk)
+        for waiter in self._waiters.get(prompt_id, ()):
+            waiter.set()
 
     async def run(
         self,
@@ -602,12 +618,27 @@ class AsyncClient(_Verbs):
                 waiter.set()
 
 
-def _next_chunk(entry: Entry, sent: str, ended: bool) -> tuple[str, str, bool]:
-    """What is new in the entry's output since ``sent``: (chunk, output so far, ended)."""
-    output = (entry.result.output if entry.result is not None else "") if ended else (entry.stream or "")
+def _next_chunk(
+    entry: Entry, sent: str, ended: bool, live: tuple[int, str] | None = None
+) -> tuple[str, str, bool]:
+    """What is new in the entry's output since ``sent``: (chunk, output so far, ended). ``live``
+    is (attempt, output) handed over by the node running it, ahead of the log's stream: used
+    while it is the running attempt's and goes on from what the log holds."""
+    if ended:
+        output = entry.result.output if entry.result is not None else ""
+    else:
+        output = entry.stream or ""
+        if live is not None and _running_attempt(entry) == live[0] and live[1].startswith(output):
+            output = live[1]
     if len(output) > len(sent) and output.startswith(sent):
         return output[len(sent) :], output, ended
     return "", sent, ended
+
+
+def _running_attempt(entry: Entry) -> int | None:
+    """The attempt of the prompt's claim that has no result yet, if one has."""
+    claims = entry.facts.open_claims()
+    return claims[0].attempt if claims else None
 
 
 __all__ = ["AsyncClient", "Client", "MeshModel", "Outcome", "aopen", "open"]

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import random
-import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,7 @@ from syncq.keys import make_tree_private
 from syncq.protocol import MAX_HANDSHAKE_FRAME, CloseCode, Role
 from syncq.records import ModelAd, NodeInfo
 from syncq.space import Space, wall_clock_ms
-from syncq.store import Peer, SqliteStore
+from syncq.store import Peer, SqliteStore, no_hook
 from syncq.watch import RECHECK_S, FolderWatch, wait_event
 
 from .connection import Connection
@@ -112,8 +111,7 @@ class Node:
         self._api_client: AsyncClient | None = None  # the API's, told of every change
         self._store_version: int | None = None  # data_version as the watcher last acted on it
         self._changed_soon: asyncio.Handle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # and its thread: set by ``run``
-        self._loop_thread = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # while ``run`` runs
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
         """Run ``work`` in the background, keeping a reference until it ends."""
@@ -129,9 +127,10 @@ class Node:
         # Everything the node writes (work/ files, decrypted attachments, portal results, its
         # workers' outputs) is this user's only: the home's folders 0700, its files 0600.
         os.umask(0o077)
-        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
-        if isinstance(self.space.store, SqliteStore):
-            self.space.store.committed = self._wrote
+        self._loop = asyncio.get_running_loop()
+        store = self.space.store
+        if isinstance(store, SqliteStore):
+            store.committed = self._wrote
         server = await serve(
             self._inbound,
             self.host,
@@ -159,6 +158,9 @@ class Node:
             await server.wait_closed()
             self.transfers.close()
             self.space.store.set_meta("node.heartbeat", "0")
+            if isinstance(store, SqliteStore):
+                store.committed = no_hook  # a write after this run wakes nothing
+            self._loop = None
             self.log.event("stopped")
 
     def stop(self) -> None:
@@ -359,8 +361,8 @@ class Node:
         """This node wrote to the log (the scheduler, a portal, the API): offer the new
         envelopes to every peer, and let the scheduler, the portals and the API look. Once per
         turn of the loop for all the writes of that turn."""
-        if self._changed_soon is None:
-            self._changed_soon = asyncio.get_running_loop().call_soon(self._changed_now)
+        if self._changed_soon is None and self._loop is not None:
+            self._changed_soon = self._loop.call_soon(self._changed_now)
 
     def _changed_now(self) -> None:
         self._changed_soon = None
@@ -372,15 +374,13 @@ class Node:
         self._announce_to_api()
 
     def _wrote(self) -> None:
-        """The store's commit hook: own envelopes were stored, perhaps from a thread."""
-        if threading.get_ident() == self._loop_thread:
-            self.changed()
-        elif self._loop is not None:
-            self._loop.call_soon_threadsafe(self.changed)
+        """The store's commit hook: own envelopes were stored (by the scheduler, a portal or
+        the HTTP API, all on this loop: the store's connection is its thread's alone)."""
+        self.changed()
 
     def log_changed(self) -> None:
-        """Envelopes from elsewhere (a peer, another process, this node's portal or API) reached
-        the log: act on the device list (soon), look for work."""
+        """Envelopes from elsewhere (a peer, another process) reached the log: act on the
+        device list (soon), look for work."""
         self._devices_soon()
         if self.scheduler is not None:
             self.scheduler.wake()
@@ -388,11 +388,12 @@ class Node:
             portal.wake()
         self._announce_to_api()
 
-    def live(self, prompt_id: str, attempt: int, chunk: str) -> None:
-        """Output of a job running here, as it comes: this node's HTTP API streams it to its
-        clients at once, not when the scheduler next writes the stream into the log."""
+    def live(self, prompt_id: str, attempt: int, chunks: Sequence[str]) -> None:
+        """Output of a job running here, as it comes (every chunk of the run so far): this
+        node's HTTP API streams it to its clients at once, not when the scheduler next writes
+        the stream into the log."""
         if self._api_client is not None:
-            self._api_client.live(prompt_id, attempt, chunk)
+            self._api_client.live(prompt_id, attempt, chunks)
 
     def _announce_to_api(self) -> None:
         if self._api_client is not None:

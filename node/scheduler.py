@@ -412,6 +412,7 @@ class Scheduler:
         pid = chosen.prompt_id
         self.node.log.event("running", prompt=pid, model=chosen.model, attempt=chosen.attempt)
         buffer: list[str] = []
+        said: list[str] = []  # every chunk of this run, for this node's API (``Node.live``)
         arrived = asyncio.Event()
         streaming = asyncio.ensure_future(self._stream(running, buffer, arrived))
         started, first_token = wall_clock_ms(), 0
@@ -420,7 +421,8 @@ class Scheduler:
         def on_chunk(chunk: str) -> None:
             nonlocal first_token
             first_token = first_token or wall_clock_ms()
-            self.node.live(pid, chosen.attempt, chunk)  # first: a chat's client sees it at once
+            said.append(chunk)
+            self.node.live(pid, chosen.attempt, said)  # first: a chat's client sees it at once
             buffer.append(chunk)
             arrived.set()
 

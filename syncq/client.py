@@ -359,8 +359,8 @@ class AsyncClient(_Verbs):
         self._look_soon: asyncio.TimerHandle | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._streaming: dict[str, int] = {}  # prompt id: how many ``stream``s follow it
-        # Prompt id: (attempt, output so far) of a job this process's node runs (``live``).
-        self._live: dict[str, tuple[int, str]] = {}
+        # Prompt id: the output so far of a job this process's node runs (``live``).
+        self._live: dict[str, _Live] = {}
         self._log: Log | None = None
         self._feed: Changes | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -386,12 +386,14 @@ class AsyncClient(_Verbs):
         durable: bool = True,
     ) -> Prompt:
         """``add`` (without files), stored in one transaction with every other ``submit`` of
-        the same turn of the event loop: one envelope and one fsync for all of them, which is
-        what a server adding for many clients at once needs (``syncq.grouped``). With
+        the same turn of the event loop and the same ``durable``: one transaction and one fsync
+        for all of them, which is what a server adding for many clients at once needs
+        (``syncq.grouped``). With
         ``durable`` false, without an fsync of its own (``Space.add_many``): for a caller
         whose acknowledgement is the result. Raises what ``add`` raises, for this prompt
         alone."""
         new = NewPrompt(
+            id=self.space.new_prompt_id(),  # a group run again prompt by prompt adds none twice
             text=prompt,
             model=model,
             kind=kind,
@@ -469,7 +471,8 @@ class AsyncClient(_Verbs):
             self._streaming[prompt_id] = self._streaming.get(prompt_id, 0) + 1
         try:
             async for entry in self._changes(prompt_id, timeout):
-                ahead = self._live.get(prompt_id) if live else None
+                held = self._live.get(prompt_id) if live else None
+                ahead = (held.attempt, held.text()) if held is not None else None
                 chunk, sent, ended = _next_chunk(entry, sent, self.over(entry), ahead)
                 if chunk:
                     yield chunk
@@ -486,16 +489,17 @@ class AsyncClient(_Verbs):
         """Whether someone follows this prompt's output through ``stream`` now."""
         return prompt_id in self._streaming
 
-    def live(self, prompt_id: str, attempt: int, chunk: str) -> None:
+    def live(self, prompt_id: str, attempt: int, chunks: Sequence[str]) -> None:
         """Output of a run in this process (the node serving its HTTP API runs the prompt), as
-        it comes: a ``stream`` shows it at once instead of at the scheduler's next write into
-        the log, every 100 ms (a chat's time to first token, and a smooth stream). Kept only
-        while someone streams the prompt; a new attempt starts afresh."""
+        it comes: every chunk of the attempt so far, in a list the runner appends to. A
+        ``stream`` shows it at once instead of at the scheduler's next write into the log,
+        every 100 ms (a chat's time to first token, and a smooth stream). Kept only while
+        someone streams the prompt."""
         if prompt_id not in self._streaming:
             return
         held = self._live.get(prompt_id)
-        text = held[1] if held is not None and held[0] == attempt else ""
-        self._live[prompt_id] = (attempt, text + chunk)
+        if held is None or held.attempt != attempt or held.chunks is not chunks:
+            self._live[prompt_id] = _Live(attempt, chunks)
         for waiter in self._waiters.get(prompt_id, ()):
             waiter.set()
 
@@ -633,6 +637,20 @@ def _next_chunk(
     if len(output) > len(sent) and output.startswith(sent):
         return output[len(sent) :], output, ended
     return "", sent, ended
+
+
+class _Live:
+    """A run's output handed over as a growing list of chunks, joined as it grows."""
+
+    def __init__(self, attempt: int, chunks: Sequence[str]) -> None:
+        self.attempt, self.chunks = attempt, chunks
+        self._joined, self._count = "", 0
+
+    def text(self) -> str:
+        if len(self.chunks) > self._count:
+            self._joined += "".join(self.chunks[self._count :])
+            self._count = len(self.chunks)
+        return self._joined
 
 
 def _running_attempt(entry: Entry) -> int | None:

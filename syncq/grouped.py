@@ -1,10 +1,10 @@
 """Calls made within one turn of the event loop, done as one: a group commit.
 
 Each store write costs a transaction, an envelope (sealed and signed), an fsync, and a read of
-that envelope by every other Doc of the home (the node's, the API's). A server answering many
-clients at once makes many small writes in the same moment: the API's adds, the scheduler's
-results. ``Grouped`` gathers the calls that arrive before the loop's next turn and makes one
-call with all of them; each caller awaits its own answer.
+that envelope back into the Doc. A server answering many clients at once makes many small
+writes in the same moment: the API's adds, the scheduler's results. ``Grouped`` gathers the
+calls that arrive before the loop's next turn and makes one call with all of them; each caller
+awaits its own answer.
 
 It never waits to gather more: a lone call runs at the next turn, so a quiet node pays nothing,
 and a busy one gathers whatever arrived while it was busy.
@@ -26,6 +26,8 @@ class Grouped(Generic[T, R]):
 
     If ``run`` raises for a group of several, each item is run again alone, so that one bad
     item (an invalid prompt) fails its own caller only; a group of one passes the exception on.
+    An item may thus be run twice: ``run`` must make that harmless (the API's adds carry their
+    prompt ids, and adding an id again adds nothing).
     """
 
     def __init__(self, run: Callable[[Sequence[T]], Sequence[R]]) -> None:
@@ -45,19 +47,29 @@ class Grouped(Generic[T, R]):
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, []
         try:
-            answers = self._run([item for item, _ in waiting])
+            answers = self._answers([item for item, _ in waiting])
         except Exception as exc:
             if len(waiting) == 1:
                 _settle(waiting[0][1], exc)
                 return
             for item, answer in waiting:
                 try:
-                    _settle(answer, self._run([item])[0])
+                    _settle(answer, self._answers([item])[0])
                 except Exception as alone:
                     _settle(answer, alone)
             return
+        except BaseException as exc:  # no caller is left waiting for ever
+            for _, answer in waiting:
+                _settle(answer, RuntimeError(f"the group's run was interrupted: {exc!r}"))
+            raise
         for (_, answer), got in zip(waiting, answers, strict=True):
             _settle(answer, got)
+
+    def _answers(self, items: Sequence[T]) -> Sequence[R]:
+        answers = self._run(items)
+        if len(answers) != len(items):
+            raise RuntimeError(f"a group of {len(items)} got {len(answers)} answers")
+        return answers
 
 
 def _settle(answer: asyncio.Future[R], outcome: R | Exception) -> None:

@@ -14,6 +14,7 @@ hand-written transaction (BEGIN IMMEDIATE to allocate seqs) that sqlite-utils wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -194,7 +195,8 @@ class SqliteStore:
         # Called after each commit of own envelopes (``append_own``): a node learns this way of
         # what its scheduler, its portals and its HTTP API (which shares its Space) wrote;
         # bookkeeping writes (metadata, peers) and received envelopes wake nobody through it.
-        self.committed: Callable[[], None] = _nothing
+        # It must not raise: the envelopes are stored by then, whatever it does.
+        self.committed: Callable[[], None] = no_hook
 
     @classmethod
     def create(cls, path: Path) -> SqliteStore:
@@ -264,7 +266,10 @@ class SqliteStore:
             )
         # A FULL commit syncs the WAL, and with it every frame written before it.
         self._unsynced = not durable
-        self.committed()
+        # Stored by now: a listener's bug must not make the write look failed (the caller
+        # would then reuse its Yjs clocks, and peers ignore an update with reused clocks).
+        with contextlib.suppress(Exception):
+            self.committed()
         return seqs
 
     def sync(self) -> None:
@@ -549,8 +554,8 @@ class _WriteTransaction:
             raise StoreBroken(f"cannot write {self._path}: {exc}") from exc
 
 
-def _nothing() -> None:
-    pass
+def no_hook() -> None:
+    """The commit hook of a store nobody listens to."""
 
 
 def escaped(detail: str) -> str:

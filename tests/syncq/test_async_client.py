@@ -58,18 +58,19 @@ def test_live_output_streams_before_the_log_has_it_and_only_for_the_running_atte
         first.put_claim(claim)
 
     async def main() -> list[str]:
+        said: list[str] = ["hel"]  # the runner's list of the attempt's chunks, as it grows
         async with syncq.aopen(home) as client:
-            client.live(prompt.id, 2, "nobody streams this yet")  # not kept: nobody follows it
+            client.live(prompt.id, 2, said)  # not kept: nobody streams it yet
             chunks = client.stream(prompt.id, timeout=30)
             first = asyncio.ensure_future(anext(chunks))
             await asyncio.sleep(0)  # the stream follows the prompt now (it looked once)
             assert client.streaming(prompt.id) and not first.done()
-            client.live(prompt.id, 1, "an old attempt's words")  # not the running attempt
+            client.live(prompt.id, 1, ["an old attempt's words"])  # not the running attempt
             for _ in range(5):
                 await asyncio.sleep(0)
             assert not first.done()
-            client.live(prompt.id, 2, "hel")
-            client.live(prompt.id, 2, "lo")
+            said.append("lo")  # the stream began after the first chunk: it still gets it all
+            client.live(prompt.id, 2, said)
             got = [await first]
             with Space.open(home) as node:  # the log catches up with what was handed over
                 node.append_stream(prompt.id, "hello")

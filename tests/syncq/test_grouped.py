@@ -86,6 +86,14 @@ def test_a_cancelled_caller_still_has_its_item_run() -> None:
     assert ledger.stored == [7, 8]
 
 
+def test_a_run_that_answers_the_wrong_number_of_items_fails_every_caller() -> None:
+    async def main() -> list[object]:
+        grouped: Grouped[int, str] = Grouped(lambda items: [])
+        return list(await asyncio.gather(grouped(1), grouped(2), return_exceptions=True))
+
+    assert [str(e) for e in asyncio.run(main())] == ["a group of 1 got 0 answers"] * 2
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(-3, 30)), max_size=30))
 def test_every_good_item_is_stored_once_and_every_caller_answered(calls: list[tuple[int, int]]) -> None:
@@ -151,3 +159,29 @@ def test_good_submits_of_one_turn_share_one_envelope(tmp_path: Path) -> None:
     with Space.open(home) as space:
         assert space.store.count() == before + 1
         assert [e.prompt.input for e in space.entries(limit=None)] == [f"p{i}" for i in range(10)]
+
+
+def test_a_commit_hook_that_raises_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """The store took the group, then its commit hook raised: the adds are stored once, and the
+    next add (which must not reuse the group's Yjs clocks) is stored too."""
+    with Space.init(tmp_path / "a", name="a") as first:
+        home = first.paths.root
+    raised: list[bool] = []
+
+    def hook() -> None:
+        if not raised:
+            raised.append(True)
+            raise RuntimeError("a listener broke")
+
+    async def main() -> list[Prompt]:
+        async with syncq.aopen(home) as client:
+            client.space.store.committed = hook  # type: ignore[attr-defined]
+            group = await asyncio.gather(*(client.submit(f"p{i}", model="echo") for i in range(3)))
+            return [*group, await client.submit("next", model="echo")]
+
+    added = asyncio.run(main())
+    assert raised
+    with Space.open(home) as space:
+        stored = space.entries(limit=None)
+    assert [e.prompt.input for e in stored] == ["p0", "p1", "p2", "next"]
+    assert [e.prompt.id for e in stored] == [p.id for p in added]

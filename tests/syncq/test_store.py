@@ -257,19 +257,29 @@ def test_tops_see_writes_from_this_and_other_connections(tmp_path: Path) -> None
     two.close()
 
 
-def test_committed_is_told_after_each_commit_of_its_connection_only(tmp_path: Path) -> None:
+def test_committed_is_told_after_each_commit_of_own_envelopes_on_its_connection_only(
+    tmp_path: Path,
+) -> None:
     one = SqliteStore.create(tmp_path / "s.db")
     two = SqliteStore.open(tmp_path / "s.db")
     told: list[int] = []
     one.committed = lambda: told.append(one.count())  # the commit is visible when it is told
     one.append_own(A, seals(b"x"))
-    one.put([Row(B, 1, b"y")])
+    one.put([Row(B, 1, b"y")])  # received envelopes and bookkeeping: nobody is told
     one.set_meta("k", "v")
-    assert told == [1, 2, 2]
+    one.append_own(A, seals(b"z"))
+    assert told == [1, 3]
     two.append_own(A, seals(b"theirs"))  # another connection's commit: not this one's to tell
     with pytest.raises(ValueError):
         one.append_own(A, [lambda seq: (_ for _ in ()).throw(ValueError("seal failed"))])
-    assert told == [1, 2, 2]  # nor a rolled-back transaction
+    assert told == [1, 3]  # nor a rolled-back transaction
+
+    def broken() -> None:
+        raise RuntimeError("a listener's bug")
+
+    one.committed = broken
+    assert one.append_own(A, seals(b"still stored")) == [4]  # the write does not look failed
+    assert one.count() == 5
     one.close()
     two.close()
 

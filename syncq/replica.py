@@ -89,6 +89,23 @@ class Replica:
             if self._log is not None:
                 self._catch_up(self._log)
 
+    def stored_own(self, author: bytes, seqs: Sequence[int], payloads: Sequence[bytes] | None) -> None:
+        """Own envelopes were just stored under ``seqs``: take them in without reading them
+        back and decrypting them (every write did). With ``payloads`` (a blind write: prompts
+        encoded without the Doc) they are applied from memory; without, the Doc made the
+        change itself and holds it already. Another process of this home that wrote in between
+        leaves a gap, and then the store is read as usual."""
+        with self._lock:
+            log = self._log
+            if log is None or not seqs:
+                return
+            if payloads is not None:
+                self._catch_up(log, dict(zip([(author, s) for s in seqs], payloads, strict=True)))
+            elif seqs[0] == self._applied.get(author, 0) + 1:
+                self._applied[author] = seqs[-1]
+            else:
+                self._catch_up(log)
+
     def drop(self) -> None:
         """Forget the Doc (it holds a change the store does not, or the store is closing): the
         next use rebuilds it from the store."""

@@ -534,18 +534,16 @@ class Space:
             return [stored[p.id] if p.id in known else next(added) for p in prompts]
         with self.lock:
             self.keys_changed()
-            seals, clock = [], self._blind_clock
+            updates, clock = [], self._blind_clock
             for batch in _batches(prompts, MAX_UPDATE_BYTES):
                 entries = [(p.id, encode(p.to_wire())) for p in batch]
-                seals.append(
-                    self._sealer(yjs.encode_map_inserts(self._blind_client, clock, "prompts", entries))
-                )
+                updates.append(yjs.encode_map_inserts(self._blind_client, clock, "prompts", entries))
                 clock += len(batch)
-            self.store.append_own(self._author, seals, durable=durable)
+            seqs = self.store.append_own(self._author, [self._sealer(u) for u in updates], durable=durable)
             # Only now: a clock used by an update that never reached the store would leave a gap
             # that makes every peer hold this client's later updates forever.
             self._blind_clock = clock
-            self.replica.catch_up()
+            self.replica.stored_own(self._author, seqs, updates)
         return prompts
 
     def cancel(self, prefix: str) -> Entry:
@@ -863,11 +861,11 @@ class Space:
         log = self.log
         update = mutate(log)
         try:
-            self.store.append_own(self._author, [self._sealer(update)], durable=durable)
+            seqs = self.store.append_own(self._author, [self._sealer(update)], durable=durable)
         except BaseException:
             self.replica.drop()  # the Doc holds a change the store does not
             raise
-        self.replica.catch_up()
+        self.replica.stored_own(self._author, seqs, None)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

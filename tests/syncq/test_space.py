@@ -288,3 +288,27 @@ def test_a_change_that_failed_to_store_is_not_shown(space: Space) -> None:
     space.store._connection().execute("PRAGMA query_only=OFF")
     assert space.show(prompt.id).status is Status.QUEUED  # the Doc was rebuilt from the store
     assert space.cancel(prompt.id).status is Status.CANCELLED
+
+
+def test_a_write_between_two_of_another_process_of_the_home_is_still_read(tmp_path: Path) -> None:
+    """Own envelopes are taken into the Doc without reading them back (``Replica.stored_own``),
+    unless another process of the home wrote in between: its seqs leave a gap, then filled
+    from the store."""
+    with Space.init(tmp_path / "a", name="a") as first:
+        home = first.paths.root
+    with Space.open(home) as node, Space.open(home) as cli:
+        mine = node.add("the node's", model="echo")
+        theirs = cli.add("the other process's", model="echo")  # same device, the next seq
+        node.put_claim(Claim(prompt_id=mine.id, node=node.device_id, attempt=1, heartbeat=1))
+        between = cli.add("written while the node's Doc is loaded", model="echo")
+        after = node.add("the node's again", model="echo")  # a seq past the gap
+        log = node.log
+        assert all(log.has_prompt(p.id) for p in (mine, theirs, between, after))
+        assert log.entry(mine.id).claims
+    with Space.open(home) as fresh:  # and the store holds each write once
+        assert [e.prompt.input for e in fresh.entries(limit=None)] == [
+            "the node's",
+            "the other process's",
+            "written while the node's Doc is loaded",
+            "the node's again",
+        ]

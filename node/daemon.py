@@ -227,9 +227,9 @@ class Node:
 
         # The API works on the node's own Space: a request's prompt is in the Doc the scheduler
         # reads the moment it is stored, and its answer in the Doc the API reads (issue 15: with
-        # a Space of its own, each echo chat was read back and decrypted by the other Doc: 4 of
-        # its 13 ms). Its writes reach the node through the store's commit hook (``_wrote``),
-        # and the node tells it of every change (``announce``).
+        # a Space of its own, every envelope of an echo chat was read back and decrypted by the
+        # other Doc as well). Its writes reach the node through the store's commit hook
+        # (``_wrote``), and the node tells it of every change (``announce``).
         async with AsyncClient(self.space, announced=True, borrowed=True) as client:
             self._api_client = client
             try:

@@ -16,8 +16,8 @@ the result arrives, from whichever node runs the prompt (DESIGN.md section 10).
     GET  /api/events                server-sent events: the ids of prompts that changed
     GET  /                          the web page (node/web/index.html): the queue, live
 
-Each request is a prompt like ``syncq add``: it goes through an ``AsyncClient`` on its own store
-connection, which the node tells of every change and which tells the node of each commit
+Each request is a prompt like ``syncq add``: it goes through an ``AsyncClient`` on the node's own
+Space, which the node tells of every change and whose store tells the node of each commit
 (``Node._serve_api``), so a prompt is claimed and its answer read at once. OpenAI's request fields become the
 prompt's text, ``LlmInput`` (the conversation, tools, output format, stop strings) and params in
 ``openai_chat.py``, which also shapes the answers and stream chunks; every field is honoured or

@@ -109,7 +109,6 @@ class Node:
         self._devices_later: asyncio.TimerHandle | None = None
         self.supervisor = Supervisor(log, self._report_tasks, wall_clock_ms)
         self._api_client: AsyncClient | None = None  # the API's, told of every change
-        self._store_version: int | None = None  # data_version as the watcher last acted on it
         self._changed_soon: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # while ``run`` runs
 
@@ -367,11 +366,7 @@ class Node:
     def _changed_now(self) -> None:
         self._changed_soon = None
         self._wake_all(self.connections.values())
-        if self.scheduler is not None:
-            self.scheduler.wake()  # a prompt the API or a portal added
-        for portal in self.portals:
-            portal.wake()
-        self._announce_to_api()
+        self._look_here()  # the scheduler, for a prompt the API or a portal added
 
     def _wrote(self) -> None:
         """The store's commit hook: own envelopes were stored (by the scheduler, a portal or
@@ -382,11 +377,16 @@ class Node:
         """Envelopes from elsewhere (a peer, another process) reached the log: act on the
         device list (soon), look for work."""
         self._devices_soon()
+        self._look_here()
+
+    def _look_here(self) -> None:
+        """Let this node's scheduler, portals and API look at the log again."""
         if self.scheduler is not None:
             self.scheduler.wake()
         for portal in self.portals:
             portal.wake()
-        self._announce_to_api()
+        if self._api_client is not None:
+            self._api_client.announce()
 
     def live(self, prompt_id: str, attempt: int, chunks: Sequence[str]) -> None:
         """Output of a job running here, as it comes (every chunk of the run so far): this
@@ -394,17 +394,6 @@ class Node:
         the stream into the log."""
         if self._api_client is not None:
             self._api_client.live(prompt_id, attempt, chunks)
-
-    def _announce_to_api(self) -> None:
-        if self._api_client is not None:
-            self._api_client.announce()
-
-    def _other_wrote(self) -> None:
-        """Another store connection committed: offer its envelopes to the peers, look for work,
-        dial peers it may have added (`syncq peers add`)."""
-        self._wake_all(self.connections.values())
-        self.log_changed()
-        self._dial_known()
 
     def _devices_soon(self) -> None:
         # At most every DEVICES_EVERY_S, with a trailing call: a bulk sync stores a batch every
@@ -470,7 +459,7 @@ class Node:
         laptop's) thus does nothing at all; without inotify it polls every ``WATCH_INTERVAL_S``.
         """
         store, blobs = self.space.store, self.space.blobs
-        self._store_version, blob_version = store.data_version(), blobs.data_version()
+        version, blob_version = store.data_version(), blobs.data_version()
         self.transfers.fetch_wanted()
         watch = FolderWatch(self.space.paths.root)
         written = asyncio.Event()
@@ -490,9 +479,11 @@ class Node:
                         self.transfers.fetch_wanted()
                         self.transfers.offer_to_relays()
                     now = store.data_version()
-                    if now != self._store_version:
-                        self._store_version = now
-                        self._other_wrote()
+                    if now != version:
+                        version = now
+                        self._wake_all(self.connections.values())
+                        self.log_changed()
+                        self._dial_known()  # `syncq peers add` from another process
                         break
         finally:
             if fd is not None:

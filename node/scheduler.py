@@ -499,7 +499,7 @@ class Scheduler:
 
     def _write_results(self, results: Sequence[Result]) -> list[None]:
         """The results of the jobs that ended in one turn of the loop, as one envelope: under
-        load, one fsync and one read by the API's Doc for many answers."""
+        load, one fsync for many answers."""
 
         def finish(log: Log) -> None:
             for result in results:

@@ -386,12 +386,10 @@ class AsyncClient(_Verbs):
         durable: bool = True,
     ) -> Prompt:
         """``add`` (without files), stored in one transaction with every other ``submit`` of
-        the same turn of the event loop and the same ``durable``: one transaction and one fsync
-        for all of them, which is what a server adding for many clients at once needs
-        (``syncq.grouped``). With
-        ``durable`` false, without an fsync of its own (``Space.add_many``): for a caller
-        whose acknowledgement is the result. Raises what ``add`` raises, for this prompt
-        alone."""
+        the same turn of the event loop and the same ``durable``: one fsync for all of them,
+        which is what a server adding for many clients at once needs (``syncq.grouped``). With
+        ``durable`` false, without an fsync of its own (``Space.add_many``): for a caller whose
+        acknowledgement is the result. Raises what ``add`` raises, for this prompt alone."""
         new = NewPrompt(
             id=self.space.new_prompt_id(),  # a group run again prompt by prompt adds none twice
             text=prompt,

@@ -1,10 +1,9 @@
 """Calls made within one turn of the event loop, done as one: a group commit.
 
-Each store write costs a transaction, an envelope (sealed and signed), an fsync, and a read of
-that envelope back into the Doc. A server answering many clients at once makes many small
-writes in the same moment: the API's adds, the scheduler's results. ``Grouped`` gathers the
-calls that arrive before the loop's next turn and makes one call with all of them; each caller
-awaits its own answer.
+Each store write costs a transaction, an envelope (sealed and signed) and an fsync. A server
+answering many clients at once makes many small writes in the same moment: the API's adds, the
+scheduler's results. ``Grouped`` gathers the calls that arrive before the loop's next turn and
+makes one call with all of them; each caller awaits its own answer.
 
 It never waits to gather more: a lone call runs at the next turn, so a quiet node pays nothing,
 and a busy one gathers whatever arrived while it was busy.

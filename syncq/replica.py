@@ -100,7 +100,7 @@ class Replica:
             if log is None or not seqs:
                 return
             if payloads is not None:
-                self._catch_up(log, dict(zip([(author, s) for s in seqs], payloads, strict=True)))
+                self._catch_up(log, {(author, s): p for s, p in zip(seqs, payloads, strict=True)})
             elif seqs[0] == self._applied.get(author, 0) + 1:
                 self._applied[author] = seqs[-1]
             else:

@@ -91,6 +91,20 @@ def llm_inputs(draw: st.DrawFn) -> LlmInput:
     )
 
 
+def gpu_result(**fields: Any) -> Result:
+    """A done run of one prompt on a node named gpu, with ``fields`` set."""
+    return Result(
+        prompt_id=PromptId("01JDX4ZZZZZZZZZZZZZZZZZZZZ"),
+        node=DeviceId("cd" * 32),
+        node_name="gpu",
+        attempt=1,
+        status=RunStatus.DONE,
+        started_at=1,
+        finished_at=2,
+        **fields,
+    )
+
+
 def stored(wire: object) -> object:
     """What a reader gets back of a dict stored in the log: its JSON, parsed."""
     return json.loads(json.dumps(wire))
@@ -137,14 +151,7 @@ LOGPROB = st.builds(
 def test_a_result_with_tool_calls_round_trips(
     calls: list[ToolCall], finish: str, logprobs: list[TokenLogprob]
 ) -> None:
-    result = Result(
-        prompt_id=PromptId("01JDX4ZZZZZZZZZZZZZZZZZZZZ"),
-        node=DeviceId("cd" * 32),
-        node_name="gpu",
-        attempt=1,
-        status=RunStatus.DONE,
-        started_at=1,
-        finished_at=2,
+    result = gpu_result(
         finish=finish,
         tool_calls=tuple(calls),
         logprobs=tuple(logprobs),
@@ -388,14 +395,6 @@ def test_a_logprob_that_is_no_finite_number_is_refused(value: float, in_top: boo
     entry = ["a", -0.5, [["b", value]]] if in_top else ["a", value, []]
     with pytest.raises(MalformedRecord):
         TokenLogprob.from_wire(stored(entry))
-    result = Result(
-        prompt_id=PromptId("01JDX4ZZZZZZZZZZZZZZZZZZZZ"),
-        node=DeviceId("cd" * 32),
-        node_name="gpu",
-        attempt=1,
-        status=RunStatus.DONE,
-        started_at=1,
-        finished_at=2,
-    )
+    result = gpu_result()
     with pytest.raises(MalformedRecord):  # the whole result, as the log reads it
         Result.from_wire(result.key, decode(json.dumps(result.to_wire() | {"logprobs": [entry]})))

@@ -35,13 +35,13 @@ def node(run, home: Path, nodes):
 def shown(run, prompt_id: str) -> dict:
     out = run("show", prompt_id, "--json")
     assert out.exit_code == 0, out.output
-    return json.loads(out.output)
+    return json.loads(out.stdout)
 
 
 def test_system_then_continue_builds_the_conversation_on_its_model(run, node) -> None:
     first = run("add", "Why is the sky blue?", "-m", "echo", "--system", "Be brief.", "--wait", "--json")
     assert first.exit_code == 0, first.output
-    first_id = json.loads(first.output)["id"]
+    first_id = json.loads(first.stdout)["id"]
     record = shown(run, first_id)
     assert record["input"] == "Why is the sky blue?"
     assert record["llm"]["messages"] == [
@@ -51,7 +51,7 @@ def test_system_then_continue_builds_the_conversation_on_its_model(run, node) ->
     assert record["result"]["finish"] == "stop" and record["result"]["tool_calls"] == []
     second = run("add", "And at sunset?", "--continue", first_id[:12], "--wait", "--json")
     assert second.exit_code == 0, second.output
-    record = shown(run, json.loads(second.output)["id"])
+    record = shown(run, json.loads(second.stdout)["id"])
     assert record["model"] == "echo"  # the model of the prompt it continues
     assert [(m["role"], m["content"]) for m in record["llm"]["messages"]] == [
         ("system", "Be brief."),
@@ -61,19 +61,19 @@ def test_system_then_continue_builds_the_conversation_on_its_model(run, node) ->
     ]
     assert record["result"]["output"] == "And at sunset?"
     third = run("add", "Plain?", "--continue", record["id"], "--system", "Be long.", "-m", "echo", "--json")
-    messages = shown(run, json.loads(third.output)["id"])["llm"]["messages"]
+    messages = shown(run, json.loads(third.stdout)["id"])["llm"]["messages"]
     assert [m["role"] for m in messages].count("system") == 1 and messages[0]["content"] == "Be long."
 
 
 def test_a_continuation_of_a_plain_prompt_starts_from_its_text(run, node) -> None:
-    first = json.loads(run("add", "hello", "-m", "echo", "--wait", "--json").output)["id"]
-    second = json.loads(run("add", "again", "--continue", first, "--json").output)["id"]
+    first = json.loads(run("add", "hello", "-m", "echo", "--wait", "--json").stdout)["id"]
+    second = json.loads(run("add", "again", "--continue", first, "--json").stdout)["id"]
     assert [m["content"] for m in shown(run, second)["llm"]["messages"]] == ["hello", "hello", "again"]
 
 
 def test_continue_needs_a_done_prompt_and_the_text_of_the_next_turn(run, home: Path) -> None:
     run("init")
-    queued = run("add", "hi", "-m", "echo").output.strip()
+    queued = run("add", "hi", "-m", "echo").stdout.strip()
     refused = run("add", "more", "--continue", queued)
     assert refused.exit_code == 1 and "is queued: --continue needs a done prompt" in refused.output
     assert "Traceback" not in refused.output

@@ -29,9 +29,9 @@ def test_the_first_minute(run) -> None:
     assert run("init", "--name", "laptop").exit_code == 0
     added = run("add", "hello", "-m", "echo")
     assert added.exit_code == 0
-    prompt_id = added.output.strip()
+    prompt_id = added.stdout.strip()
     assert re.fullmatch(r"[0-9A-Z]{26}", prompt_id)
-    lines = run("log", "--json").output.splitlines()
+    lines = run("log", "--json").stdout.splitlines()
     assert [json.loads(line)["status"] for line in lines] == ["queued"]
     assert json.loads(lines[0])["id"] == prompt_id
     assert json.loads(lines[0])["input"] == "hello"
@@ -56,8 +56,8 @@ def test_add_reads_stdin_and_takes_params(run) -> None:
         input="from stdin\n",
     )
     assert out.exit_code == 0, out.output
-    prompt = json.loads(out.output)
-    shown = json.loads(run("show", prompt["id"][:22], "--json").output)
+    prompt = json.loads(out.stdout)
+    shown = json.loads(run("show", prompt["id"][:22], "--json").stdout)
     assert shown["input"] == "from stdin\n"
     assert shown["params"] == {"max_tokens": 32, "temperature": 0.5}
     assert shown["priority"] == 5
@@ -65,31 +65,31 @@ def test_add_reads_stdin_and_takes_params(run) -> None:
 
 def test_log_filters_and_human_output(run) -> None:
     run("init")
-    first = run("add", "one", "-m", "echo").output.strip()
+    first = run("add", "one", "-m", "echo").stdout.strip()
     run("add", "two", "-m", "other")
     run("cancel", first)
     assert [
-        json.loads(x)["input"] for x in run("log", "--json", "--status", "queued").output.splitlines()
+        json.loads(x)["input"] for x in run("log", "--json", "--status", "queued").stdout.splitlines()
     ] == ["two"]
-    assert [json.loads(x)["input"] for x in run("log", "--json", "--model", "echo").output.splitlines()] == [
+    assert [json.loads(x)["input"] for x in run("log", "--json", "--model", "echo").stdout.splitlines()] == [
         "one"
     ]
-    assert [json.loads(x)["input"] for x in run("log", "--json", "--since", first).output.splitlines()] == [
+    assert [json.loads(x)["input"] for x in run("log", "--json", "--since", first).stdout.splitlines()] == [
         "two"
     ]
-    assert [json.loads(x)["input"] for x in run("log", "--json", "-n", "1").output.splitlines()] == ["two"]
+    assert [json.loads(x)["input"] for x in run("log", "--json", "-n", "1").stdout.splitlines()] == ["two"]
     human = run("log").output
     assert "cancelled" in human and "queued" in human and first[:10] in human
 
 
 def test_show_cancel_and_status(run, home: Path) -> None:
     run("init", "--name", "laptop")
-    prompt_id = run("add", "x", "-m", "echo").output.strip()
+    prompt_id = run("add", "x", "-m", "echo").stdout.strip()
     assert "queued" in run("show", prompt_id).output
     assert run("cancel", prompt_id).output.strip() == f"{prompt_id} cancelled"
     again = run("cancel", prompt_id)
     assert again.exit_code == 1 and "cancelled already" in again.output
-    status = json.loads(run("status", "--json").output)
+    status = json.loads(run("status", "--json").stdout)
     assert status["device_name"] == "laptop"
     assert status["counts"]["cancelled"] == 1 and status["prompts"] == 1
     assert status["envelopes"] == 4 and status["store_bytes"] > 0  # device list, device, add, cancel
@@ -98,7 +98,7 @@ def test_show_cancel_and_status(run, home: Path) -> None:
     note = home.parent / "note.txt"
     note.write_text("attached")
     run("add", "y", "-m", "echo", "--file", str(note))
-    status = json.loads(run("status", "--json").output)
+    status = json.loads(run("status", "--json").stdout)
     assert status["files"] == 1 and status["files_bytes"] == len("attached") + 16  # sealed
     assert "1 attachment," in run("status").output
 
@@ -148,9 +148,9 @@ def test_a_prompt_whose_input_is_its_file_needs_no_text(run, home: Path) -> None
     talk.write_bytes(b"RIFF")
     added = run("add", "--file", str(talk), "-m", "echo", "--json")
     assert added.exit_code == 0, added.output
-    prompt = json.loads(added.output.splitlines()[-1])
+    prompt = json.loads(added.stdout.splitlines()[-1])
     assert [f["name"] for f in prompt["files"]] == ["talk.wav"]
-    assert json.loads(run("show", prompt["id"], "--json").output)["input"] == ""
+    assert json.loads(run("show", prompt["id"], "--json").stdout)["input"] == ""
 
 
 def test_a_guessed_kind_says_it_was_guessed_and_suggests_the_right_one(run) -> None:
@@ -176,7 +176,7 @@ def test_log_reads_well_at_80_columns(home: Path) -> None:
     ]:
         runner.invoke(cli, ["--home", str(home), "add", text, "-m", model])
     cancelled = runner.invoke(cli, ["--home", str(home), "add", "stop me", "-m", "whisper-tiny.en"])
-    runner.invoke(cli, ["--home", str(home), "cancel", cancelled.output.strip()])
+    runner.invoke(cli, ["--home", str(home), "cancel", cancelled.stdout.strip()])
     shown = runner.invoke(cli, ["--home", str(home), "log"], env={"COLUMNS": "80"}).output.splitlines()
     assert all(len(line) <= 80 for line in shown), shown
     assert shown[0].split() == ["id", "created", "model", "status", "prompt", "result"]

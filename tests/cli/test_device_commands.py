@@ -73,7 +73,7 @@ def homes(tmp_path: Path) -> dict[str, Path]:
 
 
 def listed(home: Path) -> dict[str, dict]:
-    rows = [json.loads(line) for line in run(home, "devices", "--json").output.splitlines()]
+    rows = [json.loads(line) for line in run(home, "devices", "--json").stdout.splitlines()]
     return {row["name"]: row for row in rows}
 
 
@@ -120,25 +120,25 @@ def test_devices_remove_asks_first_and_says_what_the_device_keeps(homes: dict[st
     assert again.exit_code == 1 and "removed already" in again.output
     self_ = run(homes["laptop"], "devices", "remove", "laptop", "--yes")
     assert self_.exit_code == 1 and "this device" in self_.output
-    as_json = json.loads(run(homes["gpu"], "devices", "remove", "relay", "--yes", "--json").output)
+    as_json = json.loads(run(homes["gpu"], "devices", "remove", "relay", "--yes", "--json").stdout)
     assert as_json["name"] == "relay" and as_json["prompts_it_holds"] == 0  # the gpu saw no prompt
 
 
 def test_invite_list_and_revoke(homes: dict[str, Path]) -> None:
     laptop = homes["laptop"]
-    made = json.loads(run(laptop, "invite", "--expires", "10m", "--address", "127.0.0.1:9", "--json").output)
+    made = json.loads(run(laptop, "invite", "--expires", "10m", "--address", "127.0.0.1:9", "--json").stdout)
     assert made["state"] == "pending" and made["addresses"] == ["ws://127.0.0.1:9"]
-    second = json.loads(run(laptop, "invite", "--relay", "--address", "127.0.0.1:9", "--json").output)
+    second = json.loads(run(laptop, "invite", "--relay", "--address", "127.0.0.1:9", "--json").stdout)
     assert second["code"] != made["code"] and second["role"] == "relay"
-    pending = [json.loads(line) for line in run(laptop, "invite", "--list", "--json").output.splitlines()]
+    pending = [json.loads(line) for line in run(laptop, "invite", "--list", "--json").stdout.splitlines()]
     assert {p["id"] for p in pending} == {made["id"], second["id"]}
     assert "code" not in pending[0] and all("auth" not in p for p in pending)  # no secret listed
     assert "revoked" in run(laptop, "invite", "--revoke", made["id"][:6]).output
     twice = run(laptop, "invite", "--revoke", made["id"][:6])
     assert twice.exit_code == 1 and "was revoked: nothing to revoke" in twice.output
-    listed_now = [json.loads(line) for line in run(laptop, "invite", "--list", "--json").output.splitlines()]
+    listed_now = [json.loads(line) for line in run(laptop, "invite", "--list", "--json").stdout.splitlines()]
     assert [p["id"] for p in listed_now] == [second["id"]]
-    every = run(laptop, "invite", "--list", "--all", "--json").output.splitlines()
+    every = run(laptop, "invite", "--list", "--all", "--json").stdout.splitlines()
     assert {json.loads(line)["state"] for line in every} >= {"revoked", "used", "pending"}
     assert run(laptop, "invite", "--list", "--revoke", "x").exit_code == 1
     assert run(homes["relay"], "invite").exit_code == 1  # a relay cannot invite

@@ -43,7 +43,7 @@ def test_a_relay_code_gives_a_home_that_cannot_read(tmp_path: Path) -> None:
         result = run(relay, *args)
         assert result.exit_code == 1
         assert "relay" in result.output
-    status = json.loads(run(relay, "status", "--json").output)
+    status = json.loads(run(relay, "status", "--json").stdout)
     assert status["relay"] is True and status["prompts"] is None
     keys = json.loads((relay / "space.key").read_text())
     assert keys["secrets"] == {}
@@ -108,7 +108,7 @@ def test_node_refuses_a_bad_value_in_its_config(tmp_path: Path) -> None:
 
 def test_status_says_when_no_node_runs(tmp_path: Path) -> None:
     run(tmp_path, "init")
-    status = json.loads(run(tmp_path, "status", "--json").output)
+    status = json.loads(run(tmp_path, "status", "--json").stdout)
     assert status["node"] is None and status["peers"] == 0
     assert "not running" in run(tmp_path, "status").output
 

@@ -239,19 +239,23 @@ class _Api:
         return await self._run(request, openai_chat.completion_request)
 
     async def embed(self, request: Request) -> Response:
-        asked, added = await self._add(request, openai_chat.embedding_request)
+        asked, added = await self._add(request, openai_chat.embedding_request, cancel_on_disconnect=False)
         outcome = await outcome_or_cancel(self.space, request, added.id, cancel_on_disconnect=False)
         return JSONResponse(openai_chat.embeddings(added.model, outcome.text, outcome.usage, asked.encoding))
 
-    async def _add(self, request: Request, translate: Translate) -> tuple[openai_chat.ApiRequest, Prompt]:
-        """The body translated, checked against the model's backend, and queued."""
+    async def _add(
+        self, request: Request, translate: Translate, *, cancel_on_disconnect: bool
+    ) -> tuple[openai_chat.ApiRequest, Prompt]:
+        """The body translated, checked against the model's backend, and queued (or run at
+        once: ``AsyncClient.submit``)."""
         body = await json_body(request)
         model, backend = served_backend(self.space, body.get("model"), PromptKind.LLM)
         asked = translate(body, model, backend)
         refuse_knobs(self.space, self.settings, model, asked.params)
         try:
             # A streamed answer names its prompt before there is a result: that add is synced.
-            # Otherwise the answer is the acknowledgement, and the result's fsync covers the add.
+            # Otherwise the answer is the acknowledgement: the prompt may run here before it is
+            # stored, and is stored with its result (unless its client's leaving must cancel it).
             added = await self.space.submit(
                 asked.text,
                 model=model,
@@ -259,6 +263,7 @@ class _Api:
                 priority=asked.priority,
                 llm=asked.llm,
                 durable=asked.stream,
+                at_once=not asked.stream and not cancel_on_disconnect,
             )
         except InvalidInput as exc:
             raise ApiError(400, str(exc), code="invalid_parameter") from exc
@@ -268,7 +273,7 @@ class _Api:
         # Both headers are checked before anything is queued.
         keep_header = header_flag(request, "x-syncq-keep-on-disconnect")
         cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
-        asked, added = await self._add(request, translate)
+        asked, added = await self._add(request, translate, cancel_on_disconnect=cancel)
         chat_mode = asked.mode == "chat"
         if asked.stream:
             keep = asked.keep_on_disconnect or keep_header

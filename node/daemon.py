@@ -231,6 +231,8 @@ class Node:
         # (``_wrote``), and the node tells it of every change (``announce``).
         async with AsyncClient(self.space, announced=True, borrowed=True) as client:
             self._api_client = client
+            if self.scheduler is not None:  # a request whose answer is its acknowledgement
+                client.run_at_once = self.scheduler.run_at_once
             try:
                 await serve_api(client, sock, settings, listen=(host, bound[1]), report=report)
             finally:

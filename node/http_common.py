@@ -194,6 +194,9 @@ async def await_outcome(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
 
 async def settled(space: syncq.AsyncClient, prompt_id: str) -> Outcome:
     """The outcome once the prompt ended or can run nowhere (``client.stranded``)."""
+    entry = space.get(prompt_id)
+    if space.over(entry):  # a prompt run at once (``AsyncClient.submit``) is over already
+        return space.outcome(entry)
     async for item in streamed(space, prompt_id, live=False):
         if isinstance(item, Outcome):
             return item

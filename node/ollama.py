@@ -305,9 +305,11 @@ class OllamaApi:
         priority: int,
         *,
         durable: bool,
+        at_once: bool = False,
     ) -> str:
         """Queue the prompt; returns its id. Raises ``ApiError`` for what the node refuses.
-        ``durable`` as in ``AsyncClient.submit``: a streamed answer starts before the result."""
+        ``durable`` and ``at_once`` as in ``AsyncClient.submit``: a streamed answer starts
+        before the result, and otherwise the answer is the acknowledgement."""
         plain = llm == LlmInput() or llm == LlmInput(messages=(Message(role="user", content=text),))
         why = refusal(model.backend, model.name, mode, None if plain else llm)
         if why is not None:
@@ -323,6 +325,7 @@ class OllamaApi:
                 priority=priority,
                 llm=None if plain else llm,
                 durable=durable,
+                at_once=at_once,
             )
         except InvalidInput as exc:  # chat.Unable among them: the node's own check of the model
             raise ApiError(400, str(exc)) from exc
@@ -345,7 +348,8 @@ class OllamaApi:
         keep = header_flag(request, "x-syncq-keep-on-disconnect") or flag(body, "keep_on_disconnect")
         cancel = header_flag(request, "x-syncq-cancel-on-disconnect")
         text = text or shown_text(llm.messages)
-        prompt_id = await self._add(text, model, mode, llm, params, priority, durable=stream)
+        at_once = not stream and not cancel
+        prompt_id = await self._add(text, model, mode, llm, params, priority, durable=stream, at_once=at_once)
         if stream:
             return StreamingResponse(self._stream(prompt_id, shape, keep), media_type=NDJSON)
         outcome = await outcome_or_cancel(self.space, request, prompt_id, cancel_on_disconnect=cancel)
@@ -380,7 +384,9 @@ class OllamaApi:
         if stops:
             raise ApiError(400, "stop has no meaning for embeddings")
         llm = LlmInput(inputs=tuple(texts)) if len(texts) > 1 else LlmInput()
-        prompt_id = await self._add(texts[0], model, "embed", llm, params, _priority(body, 0), durable=False)
+        prompt_id = await self._add(
+            texts[0], model, "embed", llm, params, _priority(body, 0), durable=False, at_once=True
+        )
         outcome = await await_outcome(self.space, prompt_id)
         return wire.vectors(outcome.text, len(texts)), outcome.usage
 

@@ -118,6 +118,7 @@ class Portal:
         self.root = root
         self.folders = {name: root / name for name in FOLDERS}
         self._wake = asyncio.Event()
+        self._inbox_seen = True  # list the inbox at the first look
         self._log: Log | None = None
         self._feed: Changes | None = None
         self._waiting: dict[str, Path] = {}  # prompt id -> its folder in queued/
@@ -144,10 +145,15 @@ class Portal:
         await self._resume()
         try:
             while True:
-                await self._take_inbox()
+                # The inbox is listed when inotify saw it change, or on a timer; not when only
+                # the log changed (every write of the node: an API's chats listed it each time).
+                if self._inbox_seen or fd is None or self._settling.waiting:
+                    self._inbox_seen = False
+                    await self._take_inbox()
                 self._deliver()
                 timeout = SAFETY_S if fd is not None else 0.2
-                await wait_event(self._wake, SETTLING_LOOK_S if self._settling.waiting else timeout)
+                woke = await wait_event(self._wake, SETTLING_LOOK_S if self._settling.waiting else timeout)
+                self._inbox_seen |= not woke
                 self._wake.clear()
         finally:
             if fd is not None:
@@ -161,6 +167,7 @@ class Portal:
                 self._settling.events(data)
         except (BlockingIOError, InterruptedError):
             pass
+        self._inbox_seen = True
         self._wake.set()
 
     # -- requests in ----------------------------------------------------------------------------

@@ -10,6 +10,10 @@ What each job costs the mesh is what bounds throughput (every envelope is signed
 applied on every node), so: claims go out in batches (``_choose``, ``_depth``), heartbeats of all
 claims share one envelope, the "running" mark rides with the first output, and a run shorter
 than ``QUIET_START_S`` writes nothing but its result.
+
+A request to this node's API whose answer is its acknowledgement may skip the queue
+(``run_at_once``): the prompt runs before it is stored, and a short run stores prompt, claim
+and result as one envelope.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ class Running:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     beat: int = 0  # the claim's heartbeat; every write of the claim raises it
     running: bool = False
+    at_once: bool = False  # run before it was stored (``Scheduler.run_at_once``)
+    unlogged: Prompt | None = None  # that prompt, until it goes out with the claim or result
 
     @property
     def model(self) -> str:
@@ -109,11 +115,11 @@ class Scheduler:
         self._warm_elsewhere: set[str] = set()  # models another node has loaded
         self._void: frozenset[str] = frozenset()  # devices removed from the space (claims.py step 7)
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         # Per model: held jobs take it by priority, as many at once as the manager runs
         # (``parallel``, its workers).
         self._gates: dict[str, Gate] = {}
-        self._finished: Grouped[Result, None] = Grouped(self._write_results)
+        self._finished: Grouped[tuple[Running, Result], None] = Grouped(self._write_results)
 
     def _loaded(self, model: str, notes: tuple[str, ...]) -> None:
         for note in notes:  # what a backend decided while loading (no AMX here, say)
@@ -310,6 +316,8 @@ class Scheduler:
 
         def changes(log: Log) -> None:
             for running in claimed:
+                if running.unlogged is not None:
+                    log.put_prompt(running.unlogged)  # a run at once that runs long: now it shows
                 running.beat += 1
                 chosen = running.chosen
                 log.put_claim(
@@ -328,6 +336,8 @@ class Scheduler:
         # the store syncs before any envelope leaves for a peer. An fsync was a third of an echo
         # chat's time through the API on a busy disk (issue 15).
         self.space.write(changes, durable=False)
+        for running in claimed:
+            running.unlogged = None
         self.node.changed()
 
     async def _heartbeats(self) -> None:
@@ -341,10 +351,10 @@ class Scheduler:
                 except StoreError as exc:
                     self.node.log.event("store-failed", level="error", reason=str(exc))
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
+    def _ended(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, StoreError):  # that is logged where it is met
             self.node.log.event("job-crashed", level="error", reason=f"{type(error).__name__}: {error}")
 
     async def _job(self, running: Running, prompt: Prompt) -> None:
@@ -365,17 +375,16 @@ class Scheduler:
                     inputs = await self._inputs(prompt, folder)
                 except (BlobError, InvalidInput) as exc:
                     await self._record(
-                        chosen.prompt_id, self._result(chosen, RunStatus.FAILED, started, error=str(exc))
+                        running, self._result(chosen, RunStatus.FAILED, started, error=str(exc))
                     )
                     return
-            gate = self._gates.setdefault(chosen.model, Gate(self.manager.parallel(chosen.model)))
-            async with gate.enter((-prompt.priority, chosen.prompt_id)):
+            async with self._gate(chosen.model).enter((-prompt.priority, chosen.prompt_id)):
                 if not self._still_mine(chosen):
                     return
                 result = await self._execute(running, prompt, inputs, folder)
             # Written at the loop's next turn, with the results of every job that ended by then
             # (``_finished``); the next job reaches the model first.
-            await self._record(chosen.prompt_id, result)
+            await self._record(running, result)
         except StoreError as exc:
             self.node.log.event("store-failed", level="error", reason=str(exc))
         finally:
@@ -383,6 +392,72 @@ class Scheduler:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)  # plaintext of attachments: not kept
             self._wake.set()
+
+    def _gate(self, model: str) -> Gate:
+        return self._gates.setdefault(model, Gate(self.manager.parallel(model)))
+
+    async def run_at_once(self, prompt: Prompt) -> bool:
+        """Run a prompt not yet stored, here and now, if this node can: a request to this
+        node's API whose answer is its acknowledgement (``AsyncClient.submit``'s ``at_once``).
+
+        Nobody else can claim what is not in the log, so there is nothing to settle: the run
+        starts at once, and a short one goes out as one envelope of prompt, claim and result
+        instead of three (an echo chat through the API cost three writes and two looks of
+        the scheduler, issue 15). A run not over within ``QUIET_START_S``, waiting for the
+        model or running, shows the prompt with its claim, as any run shows its claim, so
+        that every device sees it and can cancel it.
+
+        Declines (False: queue it) for a model this node does not serve, or has cold while
+        another node has it warm, for a prompt with files (they are fetched first), and while
+        a prompt for the model waits in the queue here: a request must not jump it. The run
+        is a task of its own: a client that leaves does not stop it, and its result is
+        stored whatever happens to the request."""
+        model = prompt.model
+        if (
+            self._log is None  # not ticking yet (starting, or a relay)
+            or prompt.files
+            or prompt.kind is not PromptKind.LLM
+            or model not in self.manager.serving()
+            or (model in self._warm_elsewhere and not self.manager.loaded(model))
+            or any(
+                self._open[PromptId(pid)].status is Status.QUEUED and pid not in self.jobs
+                for _, pid in self._queues.get(model, ())
+            )
+        ):
+            return False
+        chosen = Candidate(prompt_id=prompt.id, model=model, priority=prompt.priority, attempt=1)
+        running = Running(chosen=chosen, at_once=True, unlogged=prompt)
+        self.jobs[prompt.id] = running
+        task = asyncio.ensure_future(self._at_once(running, prompt))
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+        return await asyncio.shield(task)
+
+    async def _at_once(self, running: Running, prompt: Prompt) -> bool:
+        # Shown after a moment whatever it does by then: waiting behind other runs too.
+        showing = asyncio.get_running_loop().call_later(QUIET_START_S, self._show, running)
+        try:
+            async with self._gate(prompt.model).enter((-prompt.priority, prompt.id)):
+                cancelled = running.cancel.is_set()  # while it waited, shown
+                result = None if cancelled else await self._execute(running, prompt, (), None)
+            if result is None and running.unlogged is not None:
+                return False  # stopped before anyone saw it (the node is stopping): queue it
+            await self._record(running, result)
+            return True
+        except StoreError as exc:
+            self.node.log.event("store-failed", level="error", reason=str(exc))
+            raise  # the request fails: its answer was not stored
+        finally:
+            showing.cancel()
+            self.jobs.pop(prompt.id, None)
+            self._wake.set()
+
+    def _show(self, running: Running) -> None:
+        if running.unlogged is not None and self.jobs.get(running.chosen.prompt_id) is running:
+            try:
+                self._put_claims([running])
+            except StoreError as exc:  # the result's write tries again, and says so if it fails
+                self.node.log.event("store-failed", level="error", reason=str(exc))
 
     async def _inputs(self, prompt: Prompt, folder: Path) -> tuple[str, ...]:
         """Fetch the prompt's attachments and decrypt them into ``folder/in``."""
@@ -487,32 +562,44 @@ class Scheduler:
             raise InvalidInput(f"the executor returned a file outside its output folder: {path}")
         return self.space.attach(path)
 
-    async def _record(self, prompt_id: PromptId, result: Result | None) -> None:
+    async def _record(self, running: Running, result: Result | None) -> None:
         """Write how a job ended; it stays in ``jobs`` until it is written."""
         if result is not None:
-            await self._finished(result)
+            await self._finished((running, result))
             return
+        prompt_id = running.chosen.prompt_id
         self.space.drop_stream(prompt_id)
         self.node.log.event("cancelled", prompt=prompt_id)
         self.node.changed()
         self.node.advertise()
 
-    def _write_results(self, results: Sequence[Result]) -> list[None]:
+    def _write_results(self, ended: Sequence[tuple[Running, Result]]) -> list[None]:
         """The results of the jobs that ended in one turn of the loop, as one envelope: under
-        load, one fsync for many answers."""
+        load, one fsync for many answers. A run at once that never showed goes out whole:
+        its prompt, its claim and its result. Runs at once alone skip the fsync: their answer
+        is their acknowledgement, and the store syncs before any envelope leaves for a peer."""
+        me = self.space.device_id
 
         def finish(log: Log) -> None:
-            for result in results:
+            for running, result in ended:
+                if running.unlogged is not None:
+                    log.put_prompt(running.unlogged)
+                    chosen = running.chosen
+                    claim = Claim(prompt_id=chosen.prompt_id, node=me, attempt=chosen.attempt, heartbeat=1)
+                    log.put_claim(claim)  # who ran it, as for any run
                 log.finish(result)
 
-        self.space.write(finish)
+        self.space.write(finish, durable=not all(running.at_once for running, _ in ended))
+        for running, _ in ended:
+            running.unlogged = None
+        results = [result for _, result in ended]
         for result in results:
             self.node.log.event(
                 "finished", prompt=result.prompt_id, status=result.status.value, error=result.error
             )
         self.node.changed()
         self.node.advertise()
-        return [None] * len(results)
+        return [None] * len(ended)
 
     def _note_run(self, model: str, seconds: float) -> None:
         previous = self._run_s.get(model)

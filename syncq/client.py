@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -367,6 +367,9 @@ class AsyncClient(_Verbs):
         self._rechecks: list[asyncio.TimerHandle] = []
         self._listeners: set[asyncio.Queue[set[str]]] = set()
         self._served: object = None  # which models the nodes offer, as last seen (``_look``)
+        # Set by a holder that runs prompts (the node, for its API): takes a prompt to run on
+        # this device before it is stored (``submit``'s ``at_once``), or declines (False).
+        self.run_at_once: Callable[[Prompt], Awaitable[bool]] | None = None
         self._adds = {
             durable: Grouped[NewPrompt, Prompt](functools.partial(space.add_many, durable=durable))
             for durable in (True, False)
@@ -384,12 +387,20 @@ class AsyncClient(_Verbs):
         messages: Sequence[Message | Mapping[str, Any]] | None = None,
         llm: LlmInput | None = None,
         durable: bool = True,
+        at_once: bool = False,
     ) -> Prompt:
         """``add`` (without files), stored in one transaction with every other ``submit`` of
         the same turn of the event loop and the same ``durable``: one fsync for all of them,
         which is what a server adding for many clients at once needs (``syncq.grouped``). With
         ``durable`` false, without an fsync of its own (``Space.add_many``): for a caller whose
-        acknowledgement is the result. Raises what ``add`` raises, for this prompt alone."""
+        acknowledgement is the result. Raises what ``add`` raises, for this prompt alone.
+
+        ``at_once`` (with ``durable`` false): if this client's holder can run the prompt here
+        and now (``run_at_once``: the node whose API this is, with the model free), it does,
+        and the prompt is stored with its claim and its result, as one envelope, before this
+        returns (or with its claim, as soon as the run takes longer than a moment). A caller
+        whose acknowledgement is the result loses nothing by it: a crash before then leaves
+        nothing it was told of."""
         new = NewPrompt(
             id=self.space.new_prompt_id(),  # a group run again prompt by prompt adds none twice
             text=prompt,
@@ -401,6 +412,10 @@ class AsyncClient(_Verbs):
             messages=messages,
             llm=llm,
         )
+        if at_once and not durable and self.run_at_once is not None:
+            checked = self.space.prepare(new)
+            if await self.run_at_once(checked):
+                return checked
         return await self._adds[durable](new)
 
     async def __aenter__(self) -> AsyncClient:

@@ -148,6 +148,11 @@ class Log:
         """Record a cancel request."""
         return self._mutate(lambda: _set(self._maps["cancels"], cancel.prompt_id, cancel.to_wire()))
 
+    def put_prompt(self, prompt: Prompt) -> bytes:
+        """Record a prompt through the Doc, for a batch that also claims and ends it (a run at
+        once, ``Scheduler.run_at_once``); adds go out as blind inserts (``Space.add_many``)."""
+        return self._mutate(lambda: _set(self._maps["prompts"], prompt.id, prompt.to_wire()))
+
     def put_retry(self, retry: Retry) -> bytes:
         """Record a request to run a failed prompt again."""
         return self._mutate(lambda: _set(self._maps["retries"], retry.prompt_id, retry.to_wire()))

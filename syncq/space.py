@@ -512,6 +512,13 @@ class Space:
             self._last_id = next_prompt_id(self.clock(), self.entropy(10), self._last_id)
             return self._last_id
 
+    def prepare(self, new: NewPrompt) -> Prompt:
+        """The prompt ``new`` asks for, checked as ``add_many`` checks it, but not stored: for
+        this device's node to run at once and store with its result (``Scheduler.run_at_once``).
+        Raises ``InvalidInput``."""
+        self.require_member()
+        return self._make_prompt(new, self.mesh_models() or {})
+
     def add_many(self, new: Sequence[NewPrompt], *, durable: bool = True) -> list[Prompt]:
         """Queue several prompts in one store transaction (envelopes of up to ~512 KiB each).
 

@@ -1,0 +1,112 @@
+"""A request to a node's own API that it can run at once (``Scheduler.run_at_once``): one
+envelope per short chat, shown in the log when it runs long, cancellable there, kept when its
+client leaves, and never ahead of prompts queued for the same model. A real node serving echo,
+driven by the official ``openai`` client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import openai
+import pytest
+from api_probe import Served
+from harness import NodeProcess, wait_until
+
+from syncq.lifecycle import Status
+from syncq.space import NewPrompt, Space
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    home = tmp_path_factory.mktemp("at-once") / "home"
+    Space.init(home, name="gpu").close()
+    served = Served(NodeProcess(home, "--api", "127.0.0.1:0").start())
+    wait_until(lambda: served.call("GET", "/v1/models/echo")[0] == 200, what="the node to serve echo")
+    yield served
+    served.node.stop()
+
+
+def chat(api: Served, text: str, **body: object) -> str:
+    answer = api.client().chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": text}], extra_body=body or None
+    )
+    return answer.choices[0].message.content or ""
+
+
+def entry_of(api: Served, text: str):
+    with Space.open(api.node.home) as space:
+        return next((e for e in space.entries(limit=None) if e.prompt.input == text), None)
+
+
+def test_a_short_chat_is_stored_as_one_envelope_of_prompt_claim_and_result(api: Served) -> None:
+    chat(api, "warm up")  # the model's first load changes what the node advertises
+    with Space.open(api.node.home) as space:
+        before = space.store.count()
+    answers = [chat(api, f"quick {i}") for i in range(20)]
+    assert answers == [f"quick {i}" for i in range(20)]
+    with Space.open(api.node.home) as space:
+        # 20, and one more if the node's minutely presence fell in between; three per chat
+        # (add, claim, result) before run_at_once.
+        assert 20 <= space.store.count() - before <= 21
+        me = space.device_id
+        for i in range(20):
+            entry = next(e for e in space.entries(limit=None) if e.prompt.input == f"quick {i}")
+            assert entry.status is Status.DONE and entry.result is not None
+            assert [(c.node, c.attempt) for c in entry.claims] == [(me, 1)]
+            assert entry.result.node == me and entry.result.output == f"quick {i}"
+
+
+def test_a_long_chat_shows_in_the_log_while_it_runs_and_a_cancel_there_ends_it(api: Served) -> None:
+    failed: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            chat(api, "a long one", delay=30)
+        except openai.APIError as exc:
+            failed.append(exc)
+
+    asking = threading.Thread(target=slow)
+    asking.start()
+    wait_until(
+        lambda: (e := entry_of(api, "a long one")) is not None and e.status is Status.RUNNING,
+        what="the chat run at once to show as running",
+    )
+    found = entry_of(api, "a long one")
+    assert found is not None
+    with Space.open(api.node.home) as space:
+        space.cancel(found.prompt.id)
+    asking.join(20)
+    assert not asking.is_alive(), "the request did not end with its cancelled prompt"
+    assert len(failed) == 1 and "cancelled" in str(failed[0])
+    assert entry_of(api, "a long one").status is Status.CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_client_that_leaves_does_not_stop_a_chat_run_at_once(api: Served) -> None:
+    impatient = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{api.port}/v1", api_key=api.key, max_retries=0, timeout=0.3
+    )
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "left behind"}], extra_body={"delay": 1.5}
+        )
+    wait_until(
+        lambda: (e := entry_of(api, "left behind")) is not None and e.status is Status.DONE,
+        what="the answer nobody waits for any more, stored",
+    )
+
+
+def test_a_chat_does_not_jump_prompts_queued_for_its_model(api: Served) -> None:
+    texts = [f"queued {i}" for i in range(6)]
+    with Space.open(api.node.home) as space:
+        space.add_many([NewPrompt(text=t, model="echo", params={"delay": 0.3}) for t in texts])
+    wait_until(
+        lambda: (e := entry_of(api, "queued 0")) is not None and e.status is Status.RUNNING,
+        what="the first queued prompt to run",
+    )
+    assert chat(api, "after them") == "after them"
+    with Space.open(api.node.home) as space:
+        started = {e.prompt.input: e.result.started_at for e in space.entries(limit=None) if e.result}
+    assert all(started[t] <= started["after them"] for t in texts), started

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -20,13 +19,16 @@ def node_command(home: Path, *args: str, syncq: tuple[str, ...] = (str(BIN / "sy
 
 
 def start_node(home: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
-    """Start `syncq node`; its log is drained by a thread (a full pipe would stall the node)."""
+    """Start `syncq node`; the rest of its log is drained by a process of its own (a full
+    pipe would stall the node, and a thread of this process drained it late: it waits for the
+    GIL behind the benchmark's own clients, and the node's log lines then blocked it)."""
     proc = subprocess.Popen(node_command(home, *args), stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         event = json.loads(line)
         if event["event"] == "listening":
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            subprocess.Popen(["cat"], stdin=proc.stdout, stdout=subprocess.DEVNULL)
+            proc.stdout.close()
             return proc, event["url"]
     raise RuntimeError("node did not start")
 

@@ -23,7 +23,7 @@ import bisect
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +38,7 @@ from syncq.errors import BlobError, InvalidInput, MalformedRecord, StoreError
 from syncq.grouped import Grouped
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status
-from syncq.records import FINISHES, MAX_CALLS, Claim, Prompt, PromptKind, Result, RunStatus
+from syncq.records import FINISHES, MAX_CALLS, Claim, NodeInfo, Prompt, PromptKind, Result, RunStatus
 from syncq.space import wall_clock_ms
 from syncq.watch import wait_event
 
@@ -54,6 +54,7 @@ TICK_S = 0.5
 MIN_TICK_S = 0.005  # a burst of changes costs one look per 5 ms (a look costs what changed)
 STREAM_EVERY_S = 0.1
 QUIET_START_S = 0.05  # nothing is streamed this early in a run (see _stream)
+SHOW_WAITING_S = 1.0  # a run at once that waits this long for its model shows its claim
 SETTLE_MIN_S = 0.25  # claims must cross the mesh (several hops; ms under load) before anyone decides
 DEPTH_MAX = 48  # prompts per model claimed ahead at most
 COLD_GRACE_S = 0.25  # a node without the model loaded lets a node that has it claim first
@@ -114,12 +115,16 @@ class Scheduler:
         self._rivals: dict[str, list[str]] = {}  # per model: the other nodes that serve it
         self._warm_elsewhere: set[str] = set()  # models another node has loaded
         self._void: frozenset[str] = frozenset()  # devices removed from the space (claims.py step 7)
+        self._nodes_seen: tuple[list[NodeInfo], list[str]] | None = None  # what _see_nodes saw
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
         # Per model: held jobs take it by priority, as many at once as the manager runs
         # (``parallel``, its workers).
         self._gates: dict[str, Gate] = {}
         self._finished: Grouped[tuple[Running, Result], None] = Grouped(self._write_results)
+        # Prompts run at once and stored done with their result: never open here, so the look
+        # after that write need not read them back (a third of a look's cost, per chat).
+        self._done_whole: set[str] = set()
 
     def _loaded(self, model: str, notes: tuple[str, ...]) -> None:
         for note in notes:  # what a backend decided while loading (no AMX here, say)
@@ -169,9 +174,25 @@ class Scheduler:
         it claimed any."""
         mono = time.monotonic()
         self._take_changes(self.space.log, mono)
-        me = self.space.device_id
-        nodes = self.space.log.nodes()
         serving = self.manager.serving()
+        self._see_nodes(self.space.log.nodes(), serving)
+        self._void = self.space.void_devices()
+        if not self._open:
+            return False  # nothing to claim (a look after this node's own writes, mostly)
+        wall = wall_clock_ms()
+        chosen = [found for model in serving for found in self._choose(model, wall, mono)]
+        if chosen:
+            self._claim(chosen)
+        return bool(chosen)
+
+    def _see_nodes(self, nodes: list[NodeInfo], serving: Mapping[str, object]) -> None:
+        """Which other nodes serve (and have warm) the models served here; worked out again
+        only when the presence records or the models served here changed."""
+        seen = (nodes, sorted(serving))
+        if self._nodes_seen is not None and _same(seen, self._nodes_seen):
+            return
+        self._nodes_seen = seen
+        me = self.space.device_id
         self._rivals = {
             model: [n.id for n in nodes if n.id != me and any(m.name == model for m in n.serving())]
             for model in serving
@@ -179,12 +200,6 @@ class Scheduler:
         self._warm_elsewhere = {
             m.name for n in nodes if n.id != me for m in n.serving() if m.loaded and m.name in serving
         }
-        self._void = self.space.void_devices()
-        wall = wall_clock_ms()
-        chosen = [found for model in serving for found in self._choose(model, wall, mono)]
-        if chosen:
-            self._claim(chosen)
-        return bool(chosen)
 
     # -- what is open --------------------------------------------------------------------------
 
@@ -194,8 +209,10 @@ class Scheduler:
             self._log, self._feed = log, log.follow()
             self._open.clear()
             self._queues.clear()
-        for prompt_id in self._feed.drain():
+        changed = self._feed.drain()
+        for prompt_id in changed - self._done_whole:
             self._update(log, PromptId(prompt_id), mono)
+        self._done_whole -= changed
 
     def _update(self, log: Log, prompt_id: PromptId, mono: float) -> None:
         self._close(prompt_id)
@@ -403,9 +420,9 @@ class Scheduler:
         Nobody else can claim what is not in the log, so there is nothing to settle: the run
         starts at once, and a short one goes out as one envelope of prompt, claim and result
         instead of three (an echo chat through the API cost three writes and two looks of
-        the scheduler, issue 15). A run not over within ``QUIET_START_S``, waiting for the
-        model or running, shows the prompt with its claim, as any run shows its claim, so
-        that every device sees it and can cancel it.
+        the scheduler, issue 15). A run that goes on past ``QUIET_START_S``, or waits for
+        the model longer than ``SHOW_WAITING_S``, shows the prompt with its claim, as any run
+        shows its claim, so that every device sees it and can cancel it.
 
         Declines (False: queue it) for a model this node does not serve, or has cold while
         another node has it warm, for a prompt with files (they are fetched first), and while
@@ -434,8 +451,9 @@ class Scheduler:
         return await asyncio.shield(task)
 
     async def _at_once(self, running: Running, prompt: Prompt) -> bool:
-        # Shown after a moment whatever it does by then: waiting behind other runs too.
-        showing = asyncio.get_running_loop().call_later(QUIET_START_S, self._show, running)
+        # Shown once it runs past its quiet start (``_stream``), or has waited for the model
+        # for a while: under load, runs at once wait their turn at the gate for many ms each.
+        showing = asyncio.get_running_loop().call_later(SHOW_WAITING_S, self._show, running)
         try:
             async with self._gate(prompt.model).enter((-prompt.priority, prompt.id)):
                 cancelled = running.cancel.is_set()  # while it waited, shown
@@ -580,9 +598,13 @@ class Scheduler:
         is their acknowledgement, and the store syncs before any envelope leaves for a peer."""
         me = self.space.device_id
 
+        whole: set[str] = set()
+
         def finish(log: Log) -> None:
             for running, result in ended:
                 if running.unlogged is not None:
+                    if result.status is RunStatus.DONE:
+                        whole.add(result.prompt_id)
                     log.put_prompt(running.unlogged)
                     chosen = running.chosen
                     claim = Claim(prompt_id=chosen.prompt_id, node=me, attempt=chosen.attempt, heartbeat=1)
@@ -590,6 +612,7 @@ class Scheduler:
                 log.finish(result)
 
         self.space.write(finish, durable=not all(running.at_once for running, _ in ended))
+        self._done_whole |= whole
         for running, _ in ended:
             running.unlogged = None
         results = [result for _, result in ended]
@@ -667,3 +690,9 @@ class Scheduler:
             return 0.0
         latencies = [c.ws.latency for c in self.node.connections.values()]
         return max(SETTLE_MIN_S, 3 * max(latencies, default=0.0))
+
+
+def _same(a: tuple[list[NodeInfo], list[str]], b: tuple[list[NodeInfo], list[str]]) -> bool:
+    """The same presence records (the Log hands out the same objects until they change) and
+    the same models."""
+    return a[1] == b[1] and len(a[0]) == len(b[0]) and all(x is y for x, y in zip(a[0], b[0], strict=True))

@@ -55,6 +55,7 @@ MIN_TICK_S = 0.005  # a burst of changes costs one look per 5 ms (a look costs w
 STREAM_EVERY_S = 0.1
 QUIET_START_S = 0.05  # nothing is streamed this early in a run (see _stream)
 SHOW_WAITING_S = 1.0  # a run at once that waits this long for its model shows its claim
+RESULTS_HOLD_S = 0.02  # a result waits at most this long for others to share its envelope
 SETTLE_MIN_S = 0.25  # claims must cross the mesh (several hops; ms under load) before anyone decides
 DEPTH_MAX = 48  # prompts per model claimed ahead at most
 COLD_GRACE_S = 0.25  # a node without the model loaded lets a node that has it claim first
@@ -121,7 +122,13 @@ class Scheduler:
         # Per model: held jobs take it by priority, as many at once as the manager runs
         # (``parallel``, its workers).
         self._gates: dict[str, Gate] = {}
-        self._finished: Grouped[tuple[Running, Result], None] = Grouped(self._write_results)
+        # Under load, results wait a few ms for the runs at once still to end (they end every
+        # few ms), so that many share one envelope: one write per answer was a fifth of an echo
+        # chat's cost with 50 clients.
+        self._finished: Grouped[tuple[Running, Result], None] = Grouped(
+            self._write_results, hold=lambda: self._at_once_running > 0, hold_s=RESULTS_HOLD_S
+        )
+        self._at_once_running = 0  # runs at once waiting for their model or running
         # Prompts run at once and stored done with their result: never open here, so the look
         # after that write need not read them back (a third of a look's cost, per chat).
         self._done_whole: set[str] = set()
@@ -454,10 +461,14 @@ class Scheduler:
         # Shown once it runs past its quiet start (``_stream``), or has waited for the model
         # for a while: under load, runs at once wait their turn at the gate for many ms each.
         showing = asyncio.get_running_loop().call_later(SHOW_WAITING_S, self._show, running)
+        self._at_once_running += 1
         try:
-            async with self._gate(prompt.model).enter((-prompt.priority, prompt.id)):
-                cancelled = running.cancel.is_set()  # while it waited, shown
-                result = None if cancelled else await self._execute(running, prompt, (), None)
+            try:
+                async with self._gate(prompt.model).enter((-prompt.priority, prompt.id)):
+                    cancelled = running.cancel.is_set()  # while it waited, shown
+                    result = None if cancelled else await self._execute(running, prompt, (), None)
+            finally:
+                self._at_once_running -= 1
             if result is None and running.unlogged is not None:
                 return False  # stopped before anyone saw it (the node is stopping): queue it
             await self._record(running, result)

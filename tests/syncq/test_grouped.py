@@ -56,6 +56,43 @@ def test_a_lone_call_runs_at_the_next_turn_and_later_calls_make_new_groups() -> 
     assert ledger.groups == [[1], [2]]
 
 
+def test_while_more_are_on_the_way_a_group_waits_for_them_until_it_is_full() -> None:
+    ledger = Ledger()
+
+    async def main() -> list[str]:
+        grouped = Grouped(ledger, hold=lambda: True, hold_s=60, most=3)
+
+        async def later(item: int, turns: int) -> str:
+            for _ in range(turns):
+                await asyncio.sleep(0)  # one turn of the loop (not a wait for time)
+            return await grouped(item)
+
+        return list(await asyncio.gather(*(later(i, 3 * i) for i in range(6))))
+
+    assert asyncio.run(main()) == [f"stored {i}" for i in range(6)]
+    assert ledger.groups == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_held_group_goes_when_nothing_more_is_on_the_way_or_its_time_is_up() -> None:
+    ledger = Ledger()
+    coming = [True]
+
+    async def main() -> None:
+        grouped = Grouped(ledger, hold=lambda: coming[0], hold_s=60)
+        first = asyncio.ensure_future(grouped(1))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert ledger.groups == []  # held: more are coming
+        coming[0] = False
+        assert await asyncio.gather(first, grouped(2)) == ["stored 1", "stored 2"]
+        coming[0] = True
+        timed = Grouped(ledger, hold=lambda: True, hold_s=0.01)
+        assert await timed(3) == "stored 3"  # nobody came: it went when its time was up
+
+    asyncio.run(main())
+    assert ledger.groups == [[1, 2], [3]]
+
+
 def test_a_bad_item_fails_its_own_caller_only() -> None:
     ledger = Ledger()
 

@@ -56,6 +56,7 @@ import dataclasses
 import filecmp
 import itertools
 import json
+import math
 import os
 import shutil
 import stat
@@ -143,17 +144,20 @@ class Portal:
             loop.add_reader(fd, self._inbox_changed, fd)
         self.node.log.event("portal", path=str(self.root))
         await self._resume()
+        listed = -math.inf  # when the inbox was last listed
         try:
             while True:
-                # The inbox is listed when inotify saw it change, or on a timer; not when only
+                # The inbox is listed when inotify saw it change, and at least every SAFETY_S
+                # (inotify misses what another host writes to a network mount); not whenever
                 # the log changed (every write of the node: an API's chats listed it each time).
-                if self._inbox_seen or fd is None or self._settling.waiting:
+                due = time.monotonic() - listed >= SAFETY_S
+                if self._inbox_seen or fd is None or self._settling.waiting or due:
                     self._inbox_seen = False
+                    listed = time.monotonic()
                     await self._take_inbox()
                 self._deliver()
-                timeout = SAFETY_S if fd is not None else 0.2
-                woke = await wait_event(self._wake, SETTLING_LOOK_S if self._settling.waiting else timeout)
-                self._inbox_seen |= not woke
+                timeout = max(0.0, listed + SAFETY_S - time.monotonic()) if fd is not None else 0.2
+                await wait_event(self._wake, SETTLING_LOOK_S if self._settling.waiting else timeout)
                 self._wake.clear()
         finally:
             if fd is not None:

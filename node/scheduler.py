@@ -23,6 +23,7 @@ import bisect
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +36,21 @@ from syncq.blobs import BlobRef
 from syncq.chat import MAX_LOGPROBS, TokenLogprob, ToolCall
 from syncq.claims import Candidate, HeartbeatWatch, Policy, candidate, expiry_record, first_choice, won
 from syncq.errors import BlobError, InvalidInput, MalformedRecord, StoreError
-from syncq.grouped import Grouped
+from syncq.grouped import Grouped, by_size
 from syncq.ids import PromptId
 from syncq.lifecycle import Facts, Status
-from syncq.records import FINISHES, MAX_CALLS, Claim, NodeInfo, Prompt, PromptKind, Result, RunStatus
-from syncq.space import wall_clock_ms
+from syncq.records import (
+    FINISHES,
+    MAX_CALLS,
+    Claim,
+    NodeInfo,
+    Prompt,
+    PromptKind,
+    Result,
+    RunStatus,
+    encode,
+)
+from syncq.space import MAX_UPDATE_BYTES, prompt_bytes, wall_clock_ms
 from syncq.watch import wait_event
 
 from .gate import Gate
@@ -126,9 +137,9 @@ class Scheduler:
         # few ms), so that many share one envelope: one write per answer was a fifth of an echo
         # chat's cost with 50 clients.
         self._finished: Grouped[tuple[Running, Result], None] = Grouped(
-            self._write_results, hold=lambda: self._at_once_running > 0, hold_s=RESULTS_HOLD_S
+            self._write_results, hold=self._more_soon, hold_s=RESULTS_HOLD_S
         )
-        self._at_once_running = 0  # runs at once waiting for their model or running
+        self._at_once_running: Counter[str] = Counter()  # per model: runs at once not ended
         # Prompts run at once and stored done with their result: never open here, so the look
         # after that write need not read them back (a third of a look's cost, per chat).
         self._done_whole: set[str] = set()
@@ -253,7 +264,9 @@ class Scheduler:
     def _choose(self, model: str, wall: int, mono: float) -> list[Candidate]:
         """Up to ``room`` prompts of the model to claim, first choices (``first_choice``) first
         among the head of the queue."""
-        held = sum(job.model == model for job in self.jobs.values())
+        # Runs at once do not count: they are not claimed ahead, and a streamed chat queued
+        # behind many of them must still be claimed, to meet them at the gate by priority.
+        held = sum(job.model == model and not job.at_once for job in self.jobs.values())
         need, batch = self._depth(model)
         room = need + batch - held
         if room < batch and held:
@@ -335,7 +348,13 @@ class Scheduler:
 
     def _put_claims(self, claimed: list[Running], text: str = "") -> None:
         """Write this node's claims with new heartbeats (and output of the first one, if any) as
-        one envelope, and offer it to the peers."""
+        one envelope, and offer it to the peers; as several if the prompts of runs at once
+        that show with them make it large."""
+        for batch in by_size(claimed, _claim_bytes, MAX_UPDATE_BYTES):
+            self._put_claim_batch(batch, text)
+            text = ""
+
+    def _put_claim_batch(self, claimed: list[Running], text: str) -> None:
         me = self.space.device_id
 
         def changes(log: Log) -> None:
@@ -417,6 +436,14 @@ class Scheduler:
                 shutil.rmtree(folder, ignore_errors=True)  # plaintext of attachments: not kept
             self._wake.set()
 
+    def _more_soon(self) -> bool:
+        """Whether a run at once is likely to end within ``RESULTS_HOLD_S``: one is going of a
+        model whose runs take less than that (echo, an embedding; not a long answer)."""
+        return any(
+            count and self._run_s.get(model, math.inf) < RESULTS_HOLD_S
+            for model, count in self._at_once_running.items()
+        )
+
     def _gate(self, model: str) -> Gate:
         return self._gates.setdefault(model, Gate(self.manager.parallel(model)))
 
@@ -451,7 +478,6 @@ class Scheduler:
             return False
         chosen = Candidate(prompt_id=prompt.id, model=model, priority=prompt.priority, attempt=1)
         running = Running(chosen=chosen, at_once=True, unlogged=prompt)
-        self.jobs[prompt.id] = running
         task = asyncio.ensure_future(self._at_once(running, prompt))
         self._tasks.add(task)
         task.add_done_callback(self._ended)
@@ -460,15 +486,18 @@ class Scheduler:
     async def _at_once(self, running: Running, prompt: Prompt) -> bool:
         # Shown once it runs past its quiet start (``_stream``), or has waited for the model
         # for a while: under load, runs at once wait their turn at the gate for many ms each.
+        # In ``jobs`` from the task's first step: a task cancelled before it (the scheduler
+        # stopping) leaves nothing behind to heartbeat for ever.
+        self.jobs[prompt.id] = running
         showing = asyncio.get_running_loop().call_later(SHOW_WAITING_S, self._show, running)
-        self._at_once_running += 1
+        self._at_once_running[prompt.model] += 1
         try:
             try:
                 async with self._gate(prompt.model).enter((-prompt.priority, prompt.id)):
                     cancelled = running.cancel.is_set()  # while it waited, shown
                     result = None if cancelled else await self._execute(running, prompt, (), None)
             finally:
-                self._at_once_running -= 1
+                self._at_once_running[prompt.model] -= 1
             if result is None and running.unlogged is not None:
                 return False  # stopped before anyone saw it (the node is stopping): queue it
             await self._record(running, result)
@@ -603,12 +632,23 @@ class Scheduler:
         self.node.advertise()
 
     def _write_results(self, ended: Sequence[tuple[Running, Result]]) -> list[None]:
-        """The results of the jobs that ended in one turn of the loop, as one envelope: under
-        load, one fsync for many answers. A run at once that never showed goes out whole:
-        its prompt, its claim and its result. Runs at once alone skip the fsync: their answer
-        is their acknowledgement, and the store syncs before any envelope leaves for a peer."""
-        me = self.space.device_id
+        """The results of the jobs that ended in one turn of the loop (or while ``_finished``
+        held them), as one envelope, or as several of at most ``MAX_UPDATE_BYTES``: under
+        load, one fsync for many answers. A run at once that never showed goes out whole: its
+        prompt, its claim and its result."""
+        for batch in by_size(ended, _result_bytes, MAX_UPDATE_BYTES):
+            self._write_result_batch(batch)
+        results = [result for _, result in ended]
+        for result in results:
+            self.node.log.event(
+                "finished", prompt=result.prompt_id, status=result.status.value, error=result.error
+            )
+        self.node.changed()
+        self.node.advertise()
+        return [None] * len(ended)
 
+    def _write_result_batch(self, ended: list[tuple[Running, Result]]) -> None:
+        me = self.space.device_id
         whole: set[str] = set()
 
         def finish(log: Log) -> None:
@@ -622,18 +662,13 @@ class Scheduler:
                     log.put_claim(claim)  # who ran it, as for any run
                 log.finish(result)
 
-        self.space.write(finish, durable=not all(running.at_once for running, _ in ended))
+        # No fsync when every run in it is a run at once that never showed: its answer is its
+        # acknowledgement, and the store syncs before any envelope leaves for a peer. One that
+        # showed has a claim other devices may hold: its result is synced, as any result is.
+        self.space.write(finish, durable=not all(r.at_once and r.unlogged is not None for r, _ in ended))
         self._done_whole |= whole
         for running, _ in ended:
             running.unlogged = None
-        results = [result for _, result in ended]
-        for result in results:
-            self.node.log.event(
-                "finished", prompt=result.prompt_id, status=result.status.value, error=result.error
-            )
-        self.node.changed()
-        self.node.advertise()
-        return [None] * len(ended)
 
     def _note_run(self, model: str, seconds: float) -> None:
         previous = self._run_s.get(model)
@@ -707,3 +742,13 @@ def _same(a: tuple[list[NodeInfo], list[str]], b: tuple[list[NodeInfo], list[str
     """The same presence records (the Log hands out the same objects until they change) and
     the same models."""
     return a[1] == b[1] and len(a[0]) == len(b[0]) and all(x is y for x, y in zip(a[0], b[0], strict=True))
+
+
+def _claim_bytes(running: Running) -> int:
+    return 200 + (prompt_bytes(running.unlogged) if running.unlogged is not None else 0)
+
+
+def _result_bytes(ended: tuple[Running, Result]) -> int:
+    running, result = ended
+    size = len(encode(result.to_wire()).encode())
+    return size + (_claim_bytes(running) if running.unlogged is not None else 0)

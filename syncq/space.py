@@ -39,6 +39,7 @@ from syncq.errors import (
     RelayOnly,
     StoreBroken,
 )
+from syncq.grouped import by_size
 from syncq.ids import ID_LENGTH, DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
 from syncq.invite import Grant
 from syncq.keys import (
@@ -542,7 +543,7 @@ class Space:
         with self.lock:
             self.keys_changed()
             updates, clock = [], self._blind_clock
-            for batch in _batches(prompts, MAX_UPDATE_BYTES):
+            for batch in by_size(prompts, prompt_bytes, MAX_UPDATE_BYTES):
                 entries = [(p.id, encode(p.to_wire())) for p in batch]
                 updates.append(yjs.encode_map_inserts(self._blind_client, clock, "prompts", entries))
                 clock += len(batch)
@@ -893,20 +894,12 @@ def _kind(kind: PromptKind | str | None) -> PromptKind | None:
         raise InvalidInput(f"unknown kind {kind!r} (known: {known})") from None
 
 
-def _batches(prompts: Sequence[Prompt], budget: int) -> Iterator[list[Prompt]]:
-    batch: list[Prompt] = []
-    size = 0
-    for prompt in prompts:
-        cost = len(prompt.input.encode()) + 300
-        if prompt.llm is not None:  # a conversation can outweigh its text many times over
-            cost += len(encode(prompt.llm.to_wire()).encode())
-        if batch and size + cost > budget:
-            yield batch
-            batch, size = [], 0
-        batch.append(prompt)
-        size += cost
-    if batch:
-        yield batch
+def prompt_bytes(prompt: Prompt) -> int:
+    """About how many bytes the prompt takes in an envelope (for ``grouped.by_size``)."""
+    cost = len(prompt.input.encode()) + 300
+    if prompt.llm is not None:  # a conversation can outweigh its text many times over
+        cost += len(encode(prompt.llm.to_wire()).encode())
+    return cost
 
 
 def _resolve(log: Log, prefix: str) -> PromptId:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
 from api_probe import Served
 from harness import NodeProcess, wait_until
 
+from syncq.frames import MAX_FRAME_SIZE
 from syncq.lifecycle import Status
-from syncq.space import NewPrompt, Space
+from syncq.space import NewPrompt, Space, wall_clock_ms
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +112,63 @@ def test_a_chat_does_not_jump_prompts_queued_for_its_model(api: Served) -> None:
     with Space.open(api.node.home) as space:
         started = {e.prompt.input: e.result.started_at for e in space.entries(limit=None) if e.result}
     assert all(started[t] <= started["after them"] for t in texts), started
+
+
+def test_a_streamed_chat_goes_ahead_of_chats_waiting_to_run_at_once(api: Served) -> None:
+    # Found in review: the runs at once waiting for the model counted as claims held ahead,
+    # so the streamed chat was not even claimed until most of them had run (9 of 10 first).
+    plain = [f"plain {i}" for i in range(10)]
+    asking = [threading.Thread(target=chat, args=(api, text), kwargs={"delay": 0.5}) for text in plain]
+    for thread in asking:
+        thread.start()
+    # All ten are in the node: one running, nine shown as waiting for echo (SHOW_WAITING_S).
+    wait_until(lambda: all(entry_of(api, text) is not None for text in plain), what="ten chats waiting")
+    sent = wall_clock_ms()
+    stream = api.client().chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "the user's question"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "the user's question"
+    for thread in asking:
+        thread.join(60)
+    with Space.open(api.node.home) as space:
+        started = {e.prompt.input: e.result.started_at for e in space.entries(limit=None) if e.result}
+    # Started after it was asked for and before it: at most one, let in as it was claimed.
+    ahead = [text for text in plain if sent <= started[text] < started["the user's question"]]
+    assert len(ahead) <= 1, ahead
+
+
+def test_many_large_chats_at_once_still_go_out_in_envelopes_a_peer_takes(tmp_path: Path) -> None:
+    # Found in review: the results of runs at once that ended together went out in one
+    # envelope with their prompts, 12-16 MiB for these, over the 8 MiB frame: the device's
+    # sync to every peer then stopped for good.
+    home = tmp_path / "big"
+    Space.init(home, name="big").close()
+    (home / "config.toml").write_text("[node]\nparallel = 4\n")
+    served = Served(NodeProcess(home, "--api", "127.0.0.1:0").start())
+    try:
+        wait_until(lambda: served.call("GET", "/v1/models/echo")[0] == 200, what="the node to serve echo")
+        chat(served, "warm up")
+        gate = threading.Barrier(16)
+
+        def large(i: int) -> None:
+            gate.wait()
+            served.client().chat.completions.create(
+                model="echo",
+                messages=[
+                    {"role": "system", "content": "s" * 700_000},
+                    {"role": "user", "content": f"large {i} " + "y" * 200_000},
+                ],
+            )
+
+        asking = [threading.Thread(target=large, args=(i,)) for i in range(16)]
+        for thread in asking:
+            thread.start()
+        for thread in asking:
+            thread.join(120)
+        with Space.open(home) as space:
+            assert sum(e.status is Status.DONE for e in space.entries(limit=None)) == 17
+            sizes = [len(row.data) for author in space.store.tops() for row in space.store.rows(author)]
+        # One prompt with its answer is about 1.1 MiB; no envelope holds two of them.
+        assert max(sizes) < 2 * 2**20 < MAX_FRAME_SIZE, max(sizes)
+    finally:
+        served.node.stop()

@@ -13,7 +13,8 @@ one JSON object.
    in processes of their own and driven by the same lean clients, interleaved (a block of
    requests to one, then the other, so that a busy spell slows both alike):
    - ``sequential``: one client, ``--requests`` non-streaming echo chats each; target (issue 15):
-     the node's p50 within 3x of the anchor's;
+     the node's p50 within 3x of the anchor's. The node serves echo itself, so these chats run
+     at once (``Scheduler.run_at_once``): one envelope each, not three as through the queue;
    - ``concurrent``: ``--clients`` clients at once, each with its own kept-alive connection;
      target: at least 300 requests/s through the node;
    - ``gemma_ttft`` (when gemma3-270m is installed, unless ``--no-gemma``): time to first token

@@ -90,6 +90,17 @@ class Served:
         return "\n".join(json.dumps(e) for e in self.node.events)
 
 
+def serving_echo(home: Path, name: str = "gpu", config: str = "") -> Served:
+    """A node in a new home ``home`` (with ``config`` as its config.toml, if given) serving
+    its API, once it serves echo."""
+    Space.init(home, name=name).close()
+    if config:
+        (home / "config.toml").write_text(config)
+    served = Served(NodeProcess(home, "--api", "127.0.0.1:0").start())
+    wait_until(lambda: served.call("GET", "/v1/models/echo")[0] == 200, what="the node to serve echo")
+    return served
+
+
 def start(home: Path) -> Served:
     node = NodeProcess(home, "--api", "127.0.0.1:0").start()
     served = Served(node)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from api_probe import Served
-from harness import NodeProcess, wait_until
+from api_probe import Served, serving_echo
+from harness import wait_until
 
 from syncq.frames import MAX_FRAME_SIZE
 from syncq.lifecycle import Status
@@ -23,10 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("at-once") / "home"
-    Space.init(home, name="gpu").close()
-    served = Served(NodeProcess(home, "--api", "127.0.0.1:0").start())
-    wait_until(lambda: served.call("GET", "/v1/models/echo")[0] == 200, what="the node to serve echo")
+    served = serving_echo(tmp_path_factory.mktemp("at-once") / "home")
     yield served
     served.node.stop()
 
@@ -142,11 +139,8 @@ def test_many_large_chats_at_once_still_go_out_in_envelopes_a_peer_takes(tmp_pat
     # envelope with their prompts, 12-16 MiB for these, over the 8 MiB frame: the device's
     # sync to every peer then stopped for good.
     home = tmp_path / "big"
-    Space.init(home, name="big").close()
-    (home / "config.toml").write_text("[node]\nparallel = 4\n")
-    served = Served(NodeProcess(home, "--api", "127.0.0.1:0").start())
+    served = serving_echo(home, "big", config="[node]\nparallel = 4\n")
     try:
-        wait_until(lambda: served.call("GET", "/v1/models/echo")[0] == 200, what="the node to serve echo")
         chat(served, "warm up")
         gate = threading.Barrier(16)
 

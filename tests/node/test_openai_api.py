@@ -12,8 +12,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from api_probe import Served, error, request
-from harness import NodeProcess, wait_until
+from api_probe import Served, error, request, serving_echo
+from harness import wait_until
 
 from syncq.space import Space
 
@@ -23,10 +23,7 @@ USER = [{"role": "user", "content": "one two three four five six seven eight"}]
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("openai") / "home"
-    Space.init(home, name="gpu").close()
-    served = Served(NodeProcess(home, "--api", "127.0.0.1:0").start())
-    wait_until(lambda: served.call("GET", "/v1/models/echo")[0] == 200, what="the node to serve echo")
+    served = serving_echo(tmp_path_factory.mktemp("openai") / "home")
     yield served
     served.node.stop()
 

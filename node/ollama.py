@@ -305,7 +305,7 @@ class OllamaApi:
         priority: int,
         *,
         durable: bool,
-        at_once: bool = False,
+        at_once: bool,
     ) -> str:
         """Queue the prompt; returns its id. Raises ``ApiError`` for what the node refuses.
         ``durable`` and ``at_once`` as in ``AsyncClient.submit``: a streamed answer starts

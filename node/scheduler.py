@@ -87,6 +87,18 @@ class Running:
     def model(self) -> str:
         return self.chosen.model
 
+    def next_claim(self, node: str) -> Claim:
+        """The claim to write now, by ``node`` (this one), with a new heartbeat."""
+        self.beat += 1
+        chosen = self.chosen
+        return Claim(
+            prompt_id=chosen.prompt_id,
+            node=node,
+            attempt=chosen.attempt,
+            heartbeat=self.beat,
+            running=self.running,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Open:
@@ -361,17 +373,7 @@ class Scheduler:
             for running in claimed:
                 if running.unlogged is not None:
                     log.put_prompt(running.unlogged)  # a run at once that runs long: now it shows
-                running.beat += 1
-                chosen = running.chosen
-                log.put_claim(
-                    Claim(
-                        prompt_id=chosen.prompt_id,
-                        node=me,
-                        attempt=chosen.attempt,
-                        heartbeat=running.beat,
-                        running=running.running,
-                    )
-                )
+                log.put_claim(running.next_claim(me))
             if text:
                 log.append_stream(claimed[0].chosen.prompt_id, text)
 
@@ -484,11 +486,11 @@ class Scheduler:
         return await asyncio.shield(task)
 
     async def _at_once(self, running: Running, prompt: Prompt) -> bool:
-        # Shown once it runs past its quiet start (``_stream``), or has waited for the model
-        # for a while: under load, runs at once wait their turn at the gate for many ms each.
         # In ``jobs`` from the task's first step: a task cancelled before it (the scheduler
         # stopping) leaves nothing behind to heartbeat for ever.
         self.jobs[prompt.id] = running
+        # Shown once it runs past its quiet start (``_stream``), or has waited for the model
+        # for a while: under load, runs at once wait their turn at the gate for many ms each.
         showing = asyncio.get_running_loop().call_later(SHOW_WAITING_S, self._show, running)
         self._at_once_running[prompt.model] += 1
         try:
@@ -638,8 +640,7 @@ class Scheduler:
         prompt, its claim and its result."""
         for batch in by_size(ended, _result_bytes, MAX_UPDATE_BYTES):
             self._write_result_batch(batch)
-        results = [result for _, result in ended]
-        for result in results:
+        for _, result in ended:
             self.node.log.event(
                 "finished", prompt=result.prompt_id, status=result.status.value, error=result.error
             )
@@ -657,9 +658,7 @@ class Scheduler:
                     if result.status is RunStatus.DONE:
                         whole.add(result.prompt_id)
                     log.put_prompt(running.unlogged)
-                    chosen = running.chosen
-                    claim = Claim(prompt_id=chosen.prompt_id, node=me, attempt=chosen.attempt, heartbeat=1)
-                    log.put_claim(claim)  # who ran it, as for any run
+                    log.put_claim(running.next_claim(me))  # who ran it, as for any run
                 log.finish(result)
 
         # No fsync when every run in it is a run at once that never showed: its answer is its

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 import syncq
 from syncq.blobs import BlobRef
@@ -178,14 +178,14 @@ class Media:
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return FileResponse(
+        return _ScratchFile(
+            scratch,
             path,
             media_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
             filename=name,
             content_disposition_type="inline",
             # Files come from any device of the space: shown, never run as this page's script.
             headers={"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"},
-            background=BackgroundTask(shutil.rmtree, scratch, ignore_errors=True),
         )
 
     def _add(
@@ -316,3 +316,18 @@ def _size(size: object) -> dict[str, int]:
             param="size",
         )
     return {"width": width, "height": height}
+
+
+class _ScratchFile(FileResponse):
+    """A decrypted file's response that removes its scratch folder however the sending ends.
+    A ``background`` task would not run when sending raises (a client gone mid-file)."""
+
+    def __init__(self, scratch: Path, path: Path, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.scratch = scratch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)

@@ -272,4 +272,11 @@ def test_prompts_list_their_files_and_serve_them(tmp_path: Path, nodes) -> None:
     assert status == 404 and "no file 'other.txt' (files: notes.html, talk.bin)" in raw.decode()
     assert call(url, "GET", f"/api/prompts/{prompt.id}/files/talk.bin?source=elsewhere")[0] == 400
     assert call(url, "GET", "/api/prompts/0000/files/talk.bin")[0] == 404
-    assert not any((tmp_path / "laptop" / "work").iterdir())  # decrypted copies are removed
+    # A client that hangs up after the first bytes leaves no decrypted copy either.
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("GET", entry["output_files"][0]["url"], headers=api_headers(tmp_path / "laptop"))
+    assert conn.getresponse().read(1024) == talk.read_bytes()[:1024]
+    conn.close()
+    # Decrypted copies are removed once each answer is sent, which ends just after its bytes arrive.
+    wait_until(lambda: not any((tmp_path / "laptop" / "work").iterdir()), what="the copies to go")

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pycrdt import Doc, Map, Text, TransactionEvent
 
 from syncq.device_records import DeviceName, InviteRecord
+from syncq.entries import Entry as Entry  # re-exported: Entry was defined here first
+from syncq.entries import Raw, entry_of
 from syncq.errors import BadUpdate, LocalProtocolError, MalformedRecord
 from syncq.ids import PromptId
-from syncq.lifecycle import Facts, Status, canonical_result, derive_status
+from syncq.lifecycle import Status
 from syncq.records import Cancel, Claim, Device, NodeInfo, Prompt, Result, Retry, Wire, decode, encode
 
 T = TypeVar("T")
@@ -39,25 +40,6 @@ ROOTS = (
     "invites",
     "names",
 )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Entry:
-    """A prompt with everything known about it and its derived status."""
-
-    prompt: Prompt
-    status: Status
-    facts: Facts
-    cancel: Cancel | None = None
-    retry: Retry | None = None
-    claims: tuple[Claim, ...] = ()
-    results: tuple[Result, ...] = ()
-    stream: str | None = None  # output so far while it runs (streams[id])
-
-    @property
-    def result(self) -> Result | None:
-        """The canonical result (``lifecycle.canonical_result``), if any run finished."""
-        return canonical_result(self.results)
 
 
 class Changes:
@@ -77,6 +59,12 @@ class Changes:
         """The ids changed since the last drain (every prompt, the first time)."""
         ids, self._ids = self._ids, set()
         return ids
+
+
+def _text(value: object) -> str | None:
+    # Anything but JSON text (another type a hostile member wrote) stays malformed: "" decodes
+    # to nothing, where str() of a nested map could read as a record.
+    return None if value is None else value if isinstance(value, str) else ""
 
 
 # Roots whose keys start with a prompt id and change its status; ``claims`` and ``results`` are
@@ -225,26 +213,18 @@ class Log:
     def entry(self, prompt_id: str, *, stream: bool = True) -> Entry:
         """The prompt with its facts and status (and the output streamed so far, unless
         ``stream`` is false). Raises ``KeyError`` or ``MalformedRecord``."""
-        prompt = self.prompt(prompt_id)
-        cancel = self._one(Cancel.from_wire, "cancels", prompt_id)
-        retry = self._one(Retry.from_wire, "retries", prompt_id)
-        claims = tuple(self._read(Claim.from_wire, "claims", self._grouped["claims"].get(prompt_id)))
-        results = tuple(self._read(Result.from_wire, "results", self._grouped["results"].get(prompt_id)))
-        facts = Facts(
-            max_attempts=max(prompt.max_attempts, retry.max_attempts if retry else 0),
-            cancelled=cancel is not None,
-            claims=claims,
-            results=results,
-            retried_at=retry.at if retry else 0,
-        )
-        return Entry(
-            prompt=prompt,
-            status=derive_status(facts),
-            facts=facts,
-            cancel=cancel,
-            retry=retry,
-            claims=claims,
-            results=results,
+        return entry_of(prompt_id, self.raw(prompt_id, stream=stream))
+
+    def raw(self, prompt_id: str, *, stream: bool = True) -> Raw:
+        """The prompt's records as stored, undecoded (what ``syncq.view`` keeps of it). Raises
+        ``KeyError``."""
+        maps = self._maps
+        return Raw(
+            prompt=_text(maps["prompts"][prompt_id]) or "",
+            cancel=_text(maps["cancels"].get(prompt_id)),
+            retry=_text(maps["retries"].get(prompt_id)),
+            claims=self._grouped_values("claims", prompt_id),
+            results=self._grouped_values("results", prompt_id),
             stream=self.stream(prompt_id) if stream else None,
         )
 
@@ -361,17 +341,12 @@ class Log:
             raise LocalProtocolError("a mutation must produce exactly one update")
         return self._captured.pop()
 
+    def _grouped_values(self, root: str, prompt_id: str) -> tuple[tuple[str, str], ...]:
+        root_map = self._maps[root]
+        return tuple((k, _text(root_map[k]) or "") for k in sorted(self._grouped[root].get(prompt_id, ())))
+
     def _all(self, convert: Callable[[str, object], T], root: str) -> Iterator[T]:
         return self._read(convert, root, list(self._maps[root]))
-
-    def _one(self, convert: Callable[[str, object], T], root: str, key: str) -> T | None:
-        stored = self._maps[root].get(key)
-        if stored is None:
-            return None
-        try:
-            return convert(key, decode(stored))
-        except MalformedRecord:
-            return None
 
     def _read(
         self, convert: Callable[[str, object], T], root: str, keys: Iterable[str] | None

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from syncq.errors import StoreClosed
 from syncq.store import Checkpoint, Peer, PutReport, Row
+from syncq.view import Sealed
+from syncq.viewstore import MemoryView
 
 
 class MemoryStore:
@@ -22,17 +24,34 @@ class MemoryStore:
         self._rejections: Counter[str] = Counter()
         self._marks: dict[tuple[bytes, int], str] = {}
         self._peers: dict[str, Peer] = {}
+        self._generation = 0
+        self.view = MemoryView(self.generation)
 
     def append_own(
-        self, author: bytes, seals: Sequence[Callable[[int], bytes]], *, durable: bool = True
+        self,
+        author: bytes,
+        seals: Sequence[Callable[[int], bytes]],
+        *,
+        durable: bool = True,
+        view: Sequence[Sealed] = (),
     ) -> list[int]:
-        """Allocate seqs and store each ``seal(seq)`` (memory: ``durable`` means nothing)."""
+        """Allocate seqs and store each ``seal(seq)`` (memory: ``durable`` means nothing), with
+        the view rows they change."""
         rows = self._all().setdefault(author, {})
         last = max(rows, default=0)
         seqs = list(range(last + 1, last + 1 + len(seals)))
         datas = [seal(seq) for seq, seal in zip(seqs, seals, strict=True)]  # all or nothing
         rows.update(zip(seqs, datas, strict=True))
+        self._generation += 1
+        if view and seqs:
+            self.view.appended(view)
+            self.view.move(author, seqs, self._generation - 1, self._generation)
         return seqs
+
+    def generation(self) -> int:
+        """The count every write of envelopes or marks moves on."""
+        self._all()
+        return self._generation
 
     def put(self, rows: Sequence[Row]) -> PutReport:
         """Store envelopes from elsewhere."""
@@ -49,6 +68,7 @@ class MemoryStore:
                 report.duplicates += 1
             else:
                 report.conflicts.append(row)
+        self._generation += bool(report.added)
         return report
 
     def tops(self) -> dict[bytes, int]:
@@ -102,6 +122,7 @@ class MemoryStore:
     def mark(self, author: bytes, seq: int, reason: str | None) -> None:
         """Quarantine a stored envelope for ``reason``, or release it (``None``)."""
         self._all()
+        self._generation += 1
         if reason is None:
             self._marks.pop((author, seq), None)
         else:

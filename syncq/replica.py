@@ -15,13 +15,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syncq import authorship, crypto, epochs, roster
+from syncq import authorship, crypto, epochs, roster, view
 from syncq.crypto import DeviceKeys, Kind, SpaceKeys
-from syncq.errors import BadRoster, EnvelopeRejected, SeqConflict, UnknownEpoch, Unlisted
+from syncq.entries import Raw
+from syncq.errors import BadRoster, EnvelopeRejected, MalformedRecord, SeqConflict, UnknownEpoch, Unlisted
+from syncq.lifecycle import Status
 from syncq.store import Checkpoint, Row, Store
+from syncq.viewstore import Reader, ViewState
 
 if TYPE_CHECKING:
-    from syncq.log import Log
+    from syncq.log import Changes, Log
+    from syncq.records import Prompt
 
 # The device list in the store's meta table (PROTOCOL.md, "Device list (roster)"): the space's
 # root and this device's own chain of entries (what the entries it signs extend). Who is listed
@@ -71,6 +75,12 @@ class Replica:
         self._listing: tuple[list[roster.Held], roster.Listing] | None = None
         self._rotations: tuple[list[Row], list[tuple[bytes, epochs.Rotation]]] | None = None
         self._waiting: dict[bytes, int] = {}  # per author held for a key: the epoch it needs
+        # The local view (syncq.view): prompts changed since it was last written, the store's
+        # generation it was last brought to here, and whether it must be written whole.
+        self._dirty: Changes | None = None
+        self._view_generation: int | None = None
+        self._rebuild = False
+        self._view_keys: view.Keys | None = None
 
     @property
     def log(self) -> Log:
@@ -80,14 +90,14 @@ class Replica:
             if self._log is None:
                 self._log = self._load()
             else:
-                self._catch_up(self._log)
+                self._settle(self._log)
             return self._log
 
     def catch_up(self) -> None:
         """Apply what the store holds beyond the Doc (if the Doc is loaded at all)."""
         with self._lock:
             if self._log is not None:
-                self._catch_up(self._log)
+                self._settle(self._log)
 
     def stored_own(self, author: bytes, seqs: Sequence[int], payloads: Sequence[bytes] | None) -> None:
         """Own envelopes were just stored under ``seqs``: take them in without reading them
@@ -103,13 +113,79 @@ class Replica:
                 self._catch_up(log, {(author, s): p for s, p in zip(seqs, payloads, strict=True)})
             elif seqs[0] == self._applied.get(author, 0) + 1:
                 self._applied[author] = seqs[-1]
-            else:
-                self._catch_up(log)
+            self._settle(log)
 
     def drop(self) -> None:
         """Forget the Doc (it holds a change the store does not, or the store is closing): the
         next use rebuilds it from the store."""
         self._log = None
+        self._dirty = None
+
+    # -- the local view (syncq.view) -------------------------------------------------------------
+
+    def reader(self) -> Reader | None:
+        """The view, to answer from without loading the Doc: None when the Doc is loaded here
+        (it answers at once) or the view may not cover the store as it is now."""
+        if self.keys.is_relay or self._log is not None:
+            return None
+        state = self.store.view.state()
+        if (
+            state is None
+            or state.generation != self.store.generation()
+            or state.epochs != tuple(sorted(self.keys.secrets))
+        ):
+            return None
+        return Reader(self.store.view, self._keys_for_view(), state)
+
+    def blind_rows(self, prompts: Sequence[Prompt], encoded: Sequence[str]) -> list[view.Sealed]:
+        """The view's rows for prompts about to be written blind (without the Doc), which
+        ``Store.append_own`` writes with them; none when the Doc is loaded (writing it then
+        brings the view up to date)."""
+        if self._log is not None:
+            return []
+        keys = self._keys_for_view()
+        return [keys.seal(p.id, Raw(prompt=e), Status.QUEUED) for p, e in zip(prompts, encoded, strict=True)]
+
+    def _keys_for_view(self) -> view.Keys:
+        if self._view_keys is None:
+            self._view_keys = view.Keys(self.keys.local_key, self._entropy)
+        return self._view_keys
+
+    def _settle(self, log: Log) -> None:
+        """Bring the Doc up to what the store holds, then the view up to the Doc. The store's
+        generation is read first: whatever the catch-up then reads is at least that new."""
+        generation = self.store.generation()
+        self._catch_up(log)
+        self._flush_view(log, generation)
+
+    def _flush_view(self, log: Log, generation: int) -> None:
+        """Write the rows of the prompts changed since the last flush (every row, for a
+        rebuild), and the state saying the view covers ``generation``."""
+        if self._dirty is None or self.keys.is_relay:
+            return
+        ids = log.prompt_ids() if self._rebuild else sorted(self._dirty.drain())
+        if not ids and not self._rebuild and generation == self._view_generation:
+            return
+        keys = self._keys_for_view()
+        rows, removed = [], []
+        for prompt_id in ids:
+            if not log.has_prompt(prompt_id):
+                removed.append(prompt_id)
+                continue
+            try:
+                status: Status | None = log.status(prompt_id)
+            except MalformedRecord:
+                status = None
+            rows.append(keys.seal(prompt_id, log.raw(prompt_id), status))
+        state = ViewState(
+            generation=generation,
+            vv=dict(self._applied),
+            devices=len(log.devices()),
+            epochs=tuple(sorted(self.keys.secrets)),
+        )
+        ok = self.store.view.write(rows, state, replace=self._rebuild, removed=removed)
+        self._rebuild = False
+        self._view_generation = generation if ok else None
 
     # -- exchanging envelopes (the sync layer and the tests use these) -------------------------
 
@@ -215,6 +291,7 @@ class Replica:
             if self._log is not None and put.added:
                 added = {(r.author, r.seq) for r in put.added}
                 self._catch_up(self._log, {k: v for k, v in payloads.items() if k in added})
+                self._settle(self._log)
         return report
 
     def _inspect(self, envelope: crypto.Envelope) -> tuple[bytes | None, EnvelopeRejected | None]:
@@ -344,6 +421,7 @@ class Replica:
             if listing.root is None:
                 return 0
             bounds = dict(listing.removed)
+            voiding = False
             for author in self.store.tops():
                 # Listed when it came, by a chain the removal has since cut (a device a thief
                 # admitted after its cutoff): nothing of it counts, as where the removal came first.
@@ -353,6 +431,9 @@ class Replica:
                 for row in self.store.rows(device, cutoff):  # by index: nothing, usually
                     if row.data[3] == Kind.ROSTER or row.quarantined not in (None, UnknownEpoch.reason):
                         continue  # device lists are ``resolve``'s to judge
+                    if not voiding:  # before the first mark: a crash then leaves no view to trust
+                        self.store.view.clear()
+                        voiding = True
                     self.store.mark(device, row.seq, Unlisted.reason)
                     voided += 1
                     rebuild = rebuild or row.seq <= self._applied.get(device, 0)
@@ -422,7 +503,9 @@ class Replica:
     def _load(self) -> Log:
         from syncq.log import Log
 
+        generation = self.store.generation()
         log = Log(client_id=new_client_id(self._entropy))
+        self._dirty = log.follow(streams=True)  # the Doc is empty: it names nothing yet
         self._applied = {}
         self._waiting = {}
         found = self.store.load_checkpoint()
@@ -441,9 +524,16 @@ class Replica:
                 # The checkpoint is only a cache of the envelopes: replay them all instead.
                 self.store.record_rejection(exc.reason, f"checkpoint ignored: {exc}")
                 log = Log(client_id=new_client_id(self._entropy))
+                self._dirty = log.follow(streams=True)
+        # The view holds every prompt as it was at its state's vector or later: if that is as
+        # new as the checkpoint, rewriting the prompts the catch-up changes is enough.
+        covered = self.store.view.state() if not self.keys.is_relay else None
+        self._rebuild = covered is None or any(covered.vv.get(a, 0) < s for a, s in self._applied.items())
+        self._dirty.drain()
         if self._catch_up(log) >= CHECKPOINT_AFTER:
             self._log = log
             self.checkpoint()
+        self._flush_view(log, generation)
         return log
 
     def _catch_up(self, log: Log, fresh: Mapping[tuple[bytes, int], bytes | None] | None = None) -> int:

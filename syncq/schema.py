@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS envelopes (
@@ -55,6 +55,14 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT    NOT NULL,             -- why; "unknown-epoch" is held, not given up
     PRIMARY KEY (author, seq)
 );
+-- The local view (syncq.view): each prompt's records sealed on their own, so that reading a
+-- few prompts need not load the Doc. A cache of the Doc: meta "view.state" says what it covers.
+CREATE TABLE IF NOT EXISTS view (
+    id     TEXT PRIMARY KEY,             -- the prompt id (its time and randomness: no content)
+    status BLOB NOT NULL,                -- a keyed tag of its status (syncq.view)
+    data   BLOB NOT NULL                 -- its records, sealed with a local key
+);
+CREATE INDEX IF NOT EXISTS view_status ON view (status, id);
 """
 
 # Schema 1 kept one row per rejection: a peer sending garbage grew the table without bound.
@@ -83,7 +91,16 @@ CREATE INDEX IF NOT EXISTS envelopes_control ON envelopes (author, seq)
     WHERE substr(data, 4, 1) IN (x'03', x'04');
 """
 
-_STEPS = {1: _TO_2, 2: _TO_3}  # from version: the statements that bring it to version + 1
+_TO_4 = """
+CREATE TABLE IF NOT EXISTS view (
+    id     TEXT PRIMARY KEY,             -- the prompt id (its time and randomness: no content)
+    status BLOB NOT NULL,                -- a keyed tag of its status (syncq.view)
+    data   BLOB NOT NULL                 -- its records, sealed with a local key
+);
+CREATE INDEX IF NOT EXISTS view_status ON view (status, id);
+"""
+
+_STEPS = {1: _TO_2, 2: _TO_3, 3: _TO_4}  # from version: the statements that bring it to version + 1
 
 
 def upgrade(conn: sqlite3.Connection) -> None:

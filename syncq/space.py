@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from syncq import chat, crypto, devices, roster, yjs
 from syncq.blobs import MAX_BLOB_SIZE, MAX_FILES, BlobRef, Sealer
@@ -34,6 +34,7 @@ from syncq.device_records import InviteRecord
 from syncq.devices import DeviceView, Removal
 from syncq.errors import (
     AlreadyInitialized,
+    EnvelopeRejected,
     InvalidInput,
     InvalidState,
     RelayOnly,
@@ -72,10 +73,13 @@ from syncq.records import (
 from syncq.replica import ReceiveReport, Replica, new_client_id
 from syncq.store import SqliteStore, Store
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     # syncq.log imports pycrdt (~100 ms): only code that reads the Doc loads it, so that a
     # cold `syncq add` (a blind insert) never pays for it.
     from syncq.log import Entry, Log
+    from syncq.viewstore import Reader
 
 BACKEND_KINDS = {"whisper": PromptKind.ASR, "diffusers": PromptKind.IMAGE}
 NODE_FRESH_MS = 15_000  # a node heartbeat older than this means no node runs in the home
@@ -542,12 +546,18 @@ class Space:
             return [stored[p.id] if p.id in known else next(added) for p in prompts]
         with self.lock:
             self.keys_changed()
-            updates, clock = [], self._blind_clock
+            updates, clock, encoded = [], self._blind_clock, list[str]()
             for batch in by_size(prompts, prompt_bytes, MAX_UPDATE_BYTES):
                 entries = [(p.id, encode(p.to_wire())) for p in batch]
                 updates.append(yjs.encode_map_inserts(self._blind_client, clock, "prompts", entries))
+                encoded.extend(text for _, text in entries)
                 clock += len(batch)
-            seqs = self.store.append_own(self._author, [self._sealer(u) for u in updates], durable=durable)
+            seqs = self.store.append_own(
+                self._author,
+                [self._sealer(u) for u in updates],
+                durable=durable,
+                view=self.replica.blind_rows(prompts, encoded),
+            )
             # Only now: a clock used by an update that never reached the store would leave a gap
             # that makes every peer hold this client's later updates forever.
             self._blind_clock = clock
@@ -694,11 +704,15 @@ class Space:
 
     def resolve(self, prefix: str) -> PromptId:
         """The one prompt id starting with ``prefix``. Raises ``UnknownId`` or ``AmbiguousId``."""
-        return _resolve(self.log, prefix)
+        found = self._viewed(lambda view: view.resolve(prefix))
+        return found if found is not None else _resolve(self.log, prefix)
 
     def show(self, prefix: str) -> Entry:
         """A prompt with its status, claims and every run. Raises ``UnknownId``,
         ``AmbiguousId`` or ``MalformedRecord``."""
+        found = self._viewed(lambda view: view.show(prefix))
+        if found is not None:
+            return found
         log = self.log
         return log.entry(_resolve(log, prefix))
 
@@ -715,12 +729,15 @@ class Space:
         ``since`` is an id (or prefix): only prompts added after it. Raises ``UnknownId`` or
         ``AmbiguousId`` for a bad ``since``.
         """
+        wanted = Status(status) if status is not None else None
+        found = self._viewed(lambda view: view.entries(limit=limit, status=wanted, model=model, since=since))
+        if found is not None:
+            return found
         log = self.log
         ids = log.prompt_ids()
         if since is not None:
             start = resolve_prefix(since, ids)
             ids = [i for i in ids if i > start]
-        wanted = Status(status) if status is not None else None
         picked: list[Entry] = []
         for prompt_id in reversed(ids):
             if limit is not None and len(picked) >= limit:
@@ -735,7 +752,13 @@ class Space:
 
     def status(self) -> SpaceStatus:
         """Counts and sizes for ``syncq status`` (a relay has no prompts it can count)."""
-        log = None if self.is_relay else self.log
+        prompts, counts, devices = None, {}, None
+        if not self.is_relay:
+            found = self._viewed(lambda view: (*view.counts(), view.devices))
+            if found is None:
+                log = self.log
+                found = (len(log), log.counts(), len(log.devices()))
+            prompts, counts, devices = found[0], {s.value: n for s, n in found[1].items()}, found[2]
         files, files_bytes = self.blobs.usage()
         return SpaceStatus(
             home=self.paths.root,
@@ -743,9 +766,9 @@ class Space:
             device_name=self.name,
             space_id=self.keys.space_id,
             relay=self.is_relay,
-            prompts=len(log) if log is not None else None,
-            counts={s.value: n for s, n in log.counts().items()} if log is not None else {},
-            devices=len(log.devices()) if log is not None else None,
+            prompts=prompts,
+            counts=counts,
+            devices=devices,
             envelopes=self.store.count(),
             store_bytes=self.store.size_bytes(),
             rejected=self.store.rejections(),
@@ -754,6 +777,21 @@ class Space:
             files_bytes=files_bytes,
             **self._mesh_status(),
         )
+
+    def _viewed(self, read: Callable[[Reader], T]) -> T | None:
+        """``read``'s answer from the local view, or None when the view cannot answer: it may
+        not cover the store, or the Doc is loaded here anyway (``Replica.reader``). A damaged
+        row makes the view be rebuilt from the Doc, which answers instead."""
+        self.require_member()
+        reader = self.replica.reader()
+        if reader is None:
+            return None
+        try:
+            return read(reader)
+        except EnvelopeRejected as exc:
+            self.store.view.clear()
+            self.store.record_rejection(exc.reason, f"view ignored: {exc}")
+            return None
 
     def node_running(self) -> str | None:
         """The listen URL of the node running in this home, judged by its heartbeat."""

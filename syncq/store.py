@@ -26,6 +26,15 @@ from typing import Any, Protocol
 
 from syncq.errors import StoreBroken, StoreClosed
 from syncq.schema import SCHEMA, SCHEMA_VERSION, upgrade
+from syncq.view import Sealed
+from syncq.viewstore import (
+    TOPS_SQL,
+    SqliteView,
+    ViewTable,
+    appended,
+    generation_in,
+    next_generation,
+)
 
 APPLICATION_ID = 0x53594E51  # "SYNQ": tells our database from any other SQLite file
 BUSY_TIMEOUT_MS = 30_000
@@ -78,11 +87,23 @@ class Store(Protocol):
     """The storage port. Every method raises ``StoreClosed`` after ``close`` and
     ``StoreBroken`` when the medium fails."""
 
+    @property
+    def view(self) -> ViewTable:
+        """The local view's rows (``syncq.view``)."""
+        ...
+
     def append_own(
-        self, author: bytes, seals: Sequence[Callable[[int], bytes]], *, durable: bool = True
+        self,
+        author: bytes,
+        seals: Sequence[Callable[[int], bytes]],
+        *,
+        durable: bool = True,
+        view: Sequence[Sealed] = (),
     ) -> list[int]:
         """Allocate the next seqs of ``author`` and store ``seal(seq)`` for each, atomically;
-        on disk before it returns unless ``durable`` is false (then ``sync`` makes it so)."""
+        on disk before it returns unless ``durable`` is false (then ``sync`` makes it so).
+        ``view`` holds the view rows of every prompt the envelopes change, written in the same
+        transaction (``viewstore.appended``)."""
         ...
 
     def sync(self) -> None:
@@ -110,6 +131,11 @@ class Store(Protocol):
 
     def tops(self) -> dict[bytes, int]:
         """Per author with at least one envelope, the highest seq stored."""
+        ...
+
+    def generation(self) -> int:
+        """A count that every write of envelopes or quarantine marks moves on: the same number
+        twice means the same envelopes, the same marks."""
         ...
 
     def rows(self, author: bytes, after: int = 0) -> Iterator[Row]:
@@ -197,6 +223,7 @@ class SqliteStore:
         # bookkeeping writes (metadata, peers) and received envelopes wake nobody through it.
         # It must not raise: the envelopes are stored by then, whatever it does.
         self.committed: Callable[[], None] = no_hook
+        self.view = SqliteView(self._read, lambda: self._write(durable=False))
 
     @classmethod
     def create(cls, path: Path) -> SqliteStore:
@@ -250,10 +277,15 @@ class SqliteStore:
         return cls(conn, path)
 
     def append_own(
-        self, author: bytes, seals: Sequence[Callable[[int], bytes]], *, durable: bool = True
+        self,
+        author: bytes,
+        seals: Sequence[Callable[[int], bytes]],
+        *,
+        durable: bool = True,
+        view: Sequence[Sealed] = (),
     ) -> list[int]:
         """Allocate seqs and store each ``seal(seq)`` in one transaction (with an fsync, unless
-        ``durable`` is false: see ``sync``)."""
+        ``durable`` is false: see ``sync``), with the view rows they change."""
         self._tops = None
         with self._write(durable=durable) as conn:
             last = conn.execute(
@@ -264,6 +296,10 @@ class SqliteStore:
                 "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)",
                 [(author, seq, seal(seq)) for seq, seal in zip(seqs, seals, strict=True)],
             )
+            before = generation_in(conn)
+            after = next_generation(conn)
+            if view and seqs:
+                appended(conn, author, seqs, before, after, view)
         # A FULL commit syncs the WAL, and with it every frame written before it.
         self._unsynced = not durable
         # Stored by now: a listener's bug must not make the write look failed (the caller
@@ -324,23 +360,23 @@ class SqliteStore:
                     report.duplicates += 1
                 else:
                     report.conflicts.append(row)
+            if report.added:
+                next_generation(conn)
         return report
 
     def tops(self) -> dict[bytes, int]:
         """Per author with at least one envelope, the highest seq stored."""
         version = self.data_version()
         if self._tops is None or self._tops[0] != version:
-            # A skip-scan of the (author, seq) index: one seek per author, not a pass over every
-            # envelope (a GROUP BY read them all, and it ran on each change: 16 ms at 75k).
-            found = self._read(
-                "WITH RECURSIVE a(author) AS (SELECT MIN(author) FROM envelopes UNION ALL"
-                " SELECT (SELECT MIN(author) FROM envelopes WHERE author > a.author) FROM a"
-                " WHERE a.author IS NOT NULL)"
-                " SELECT author, (SELECT MAX(seq) FROM envelopes e WHERE e.author = a.author)"
-                " FROM a WHERE author IS NOT NULL"
-            )
+            # One seek per author (a GROUP BY read every envelope, on each change: 16 ms at 75k).
+            found = self._read(TOPS_SQL)
             self._tops = (version, {author: top for author, top in found})
         return self._tops[1]
+
+    def generation(self) -> int:
+        """The count every write of envelopes or marks moves on (``Store.generation``)."""
+        found = self._read("SELECT value FROM meta WHERE key = 'store.generation'")
+        return int(found[0][0]) if found else 0
 
     def rows(self, author: bytes, after: int = 0) -> Iterator[Row]:
         """The author's envelopes after ``after``, in seq order (fetched in pages)."""
@@ -426,6 +462,7 @@ class SqliteStore:
                     "INSERT OR REPLACE INTO quarantine (author, seq, reason) VALUES (?, ?, ?)",
                     (author, seq, reason),
                 )
+            next_generation(conn)
 
     def quarantined(self) -> dict[str, int]:
         """Quarantined envelopes counted by reason."""

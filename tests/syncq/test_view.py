@@ -90,7 +90,7 @@ STEPS = st.lists(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=STEPS)
 def test_the_view_answers_as_the_doc_does_after_any_history(
     tmp_path_factory: Any, steps: list[tuple[str, int]]
@@ -109,6 +109,8 @@ def test_the_view_answers_as_the_doc_does_after_any_history(
                 elif op == "cli_add":  # another process of the laptop's home: `syncq add`
                     with Space.open(root / "laptop") as cli:
                         cli.add(f"cli {n}", model=MODELS[n % 2])
+                elif op == "gpu_add":  # a prompt of the node's own API
+                    gpu.add(f"api {n}", model=MODELS[n % 2])
                 elif op == "sync":
                     gpu.receive(list(laptop.envelopes(gpu.version_vector())))
                     laptop.receive(list(gpu.envelopes(laptop.version_vector())))
@@ -211,6 +213,7 @@ def test_an_old_home_gets_its_view_on_first_read(tmp_path: Path) -> None:
     with Space.init(home, name="laptop") as space:
         for i in range(3):
             space.add(f"q{i}", model="echo")
+        space.checkpoint()  # the Doc's next load starts from it: nothing is replayed
     with sqlite3.connect(home / "syncq.db") as conn:  # as schema 3 left it: no view at all
         conn.execute("DELETE FROM view")
         conn.execute("DELETE FROM meta WHERE key = 'view.state'")

@@ -84,14 +84,23 @@ def _finish(entry: Entry, streamed: str, as_json: bool) -> None:
         raise UserError(f"prompt {entry.prompt.id} {entry.status.value}: {error}")
 
 
-def log(space: Any, shown: Sequence[Entry], *, status: str | None, model: str | None, as_json: bool) -> None:
-    """After the first listing, print each new prompt and each status change as it happens."""
+def log(
+    space: Any,
+    shown: Sequence[Entry],
+    *,
+    status: str | None,
+    model: str | None,
+    grep: str | None = None,
+    as_json: bool,
+) -> None:
+    """After the first listing, print each new prompt (that the filters let through) and each
+    status change of those shown, as it happens."""
     from syncq.cli import render
 
     seen = {e.prompt.id: e.status for e in shown}
     newest = shown[-1].prompt.id if shown else None
     for _ in _changes(space, None):
-        fresh = space.entries(limit=None, since=newest, status=status, model=model)
+        fresh = space.entries(limit=None, since=newest, status=status, model=model, grep=grep)
         watching = [space.log.entry(pid) for pid, st in seen.items() if st not in TERMINAL]
         changed = [e for e in watching if e.status != seen[e.prompt.id]] + list(fresh)
         for entry in changed:

@@ -301,6 +301,12 @@ def _unserved(space: Any, model: str) -> str:
 @click.option("--status", type=click.Choice(STATUSES), help="Only prompts with this status.")
 @click.option("--model", help="Only prompts for this model.")
 @click.option("--since", metavar="ID", help="Only prompts added after this id (or prefix).")
+@click.option(
+    "--grep",
+    metavar="TEXT",
+    help="Only prompts whose text, conversation, answer or error contains TEXT (ignoring case; "
+    "a plain substring, not a pattern).",
+)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new prompts and status changes.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
@@ -310,25 +316,31 @@ def log_(
     status: str | None,
     model: str | None,
     since: str | None,
+    grep: str | None,
     follow: bool,
     as_json: bool,
 ) -> None:
     """List prompts with their status, newest last (like a chat).
 
+    --grep searches the decrypted log in memory: nothing is written to disk. -n counts the
+    prompts that match, newest first.
+
     \b
     Example:
       syncq log -n 50 --status done
+      syncq log --grep "sky blue" -n 0
       syncq log --json | jq .status
     """
     from syncq.cli import render
 
     space = _open(ctx)
-    entries = space.entries(limit=limit or None, status=status, model=model, since=since)
-    render.log(entries, as_json, _served(space))
+    entries = space.entries(limit=limit or None, status=status, model=model, since=since, grep=grep)
+    filtered = any(f is not None for f in (status, model, since, grep))
+    render.log(entries, as_json, _served(space), filtered=filtered)
     if follow:
         from syncq.cli import follow as following
 
-        following.log(space, entries, status=status, model=model, as_json=as_json)
+        following.log(space, entries, status=status, model=model, grep=grep, as_json=as_json)
 
 
 @cli.command()
@@ -442,6 +454,48 @@ def retry(ctx: click.Context, prompt_id: str, as_json: bool) -> None:
     from syncq.cli import render
 
     render.changed(_open(ctx).retry(prompt_id), as_json)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object summing up what was written.")
+@click.pass_context
+def export(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Write the decrypted history into FILE, a plain SQLite database to browse and search.
+
+    Tables prompts, runs and files (attachments' names, sizes and digests), with full-text
+    search on prompts and answers, for Datasette or sqlite-utils. FILE holds your prompts and
+    answers unencrypted: it is created readable by you alone (0600). Run it again to bring FILE
+    up to date: only prompts new or changed since are written.
+
+    \b
+    Example:
+      syncq export history.db
+      sqlite-utils search history.db prompts "sky blue"
+      datasette history.db
+    """
+    from syncq.cli import progress, render
+
+    from syncq.export import export as export_history
+
+    space = _open(ctx)
+    warned = False
+
+    def moved(done: int, total: int) -> None:
+        nonlocal warned
+        if not warned:  # the first call: FILE passed its checks, nothing is written yet
+            warned = True
+            click.echo(
+                f"warning: {file} holds this space's prompts and answers in plaintext, unencrypted "
+                "(readable by you alone, 0600): keep it private, delete it when done",
+                err=True,
+            )
+        if bar is not None:
+            bar(done, total)
+
+    with progress.counter("exporting prompts", quiet=as_json) as bar:
+        summary = export_history(space, file, progress=moved)
+    render.exported(summary, as_json)
 
 
 @cli.command()

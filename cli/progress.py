@@ -17,6 +17,7 @@ from syncq.blobs import BlobRef
 from syncq.errors import UserError
 
 BAR_FROM_BYTES = 8 * 1024 * 1024
+BAR_FROM_COUNT = 2000  # prompts to export: about a second's work
 
 
 @contextlib.contextmanager
@@ -38,6 +39,40 @@ def bar(label: str, total: int, *, quiet: bool) -> Iterator[Callable[[int, int],
     ) as progress:
         task = progress.add_task(label, total=total)
         yield lambda done, all_: progress.update(task, completed=done, total=all_)
+
+
+@contextlib.contextmanager
+def counter(
+    label: str, *, quiet: bool, least: int = BAR_FROM_COUNT
+) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``progress(done, total)`` callback of counted things (prompts exported) that draws a
+    rich bar once the total reaches ``least``, or None when none is wanted."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        task: list[Any] = []  # the bar, once a total worth one is known
+
+        def update(done: int, total: int) -> None:
+            if not task and total >= least:
+                from rich.console import Console
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+                progress = stack.enter_context(
+                    Progress(
+                        "{task.description}",
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TimeRemainingColumn(),
+                        console=Console(stderr=True),
+                        transient=True,
+                    )
+                )
+                task.extend([progress, progress.add_task(label, total=total)])
+            if task:
+                task[0].update(task[1], completed=done, total=total)
+
+        yield update
 
 
 def attach(space: Any, path: Path, *, quiet: bool) -> BlobRef:

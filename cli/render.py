@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from syncq.node.logs import one_line, printable
@@ -18,6 +18,9 @@ from syncq.chat import LlmInput, ToolCall
 from syncq.log import Entry
 from syncq.records import ModelAd, NodeInfo, Result
 from syncq.space import Space, SpaceStatus
+
+if TYPE_CHECKING:
+    from syncq.export import ExportSummary  # imports sqlite-utils: only `syncq export` pays for it
 
 STATUS_STYLE = {
     "queued": "yellow",
@@ -76,16 +79,20 @@ def initialised(space: Space, as_json: bool) -> None:
 UNSERVED = "no node serves this model"
 
 
-def log(entries: Sequence[Entry], as_json: bool, served: set[str] | None = None) -> None:
+def log(
+    entries: Sequence[Entry], as_json: bool, served: set[str] | None = None, *, filtered: bool = False
+) -> None:
     """`syncq log`; ``served`` (the models the mesh advertises, if known) marks prompts that
-    nothing will run."""
+    nothing will run; ``filtered`` says the entries are those a filter let through."""
     if as_json:
         for entry in entries:
             _json_line({**entry_json(entry), "note": _note(entry, served)})
         return
     if not entries:
-        click.echo('No prompts yet. Add one with: syncq add "hello" -m echo')
+        empty = 'No prompts yet. Add one with: syncq add "hello" -m echo'
+        click.echo("No prompts match." if filtered else empty)
         return
+    from rich.markup import escape
     from rich.table import Table
 
     ids = short_ids([e.prompt.id for e in entries])
@@ -106,13 +113,15 @@ def log(entries: Sequence[Entry], as_json: bool, served: set[str] | None = None)
     for entry, row in zip(entries, zip(ids, created, models, statuses, strict=True), strict=True):
         short, when, model, status = row
         result = entry.result
+        # A cell is read as markup: a prompt or answer (another device's, or a model's) saying
+        # "[link=...]" would plant a hyperlink, "[bold]" restyle the row.
         table.add_row(
             short,
             when,
             model,
             _status(entry.status.value) + status.removeprefix(entry.status.value),
-            _one_line(entry.prompt.input, text_width),
-            _one_line(_result_text(result), text_width) if result else "",
+            escape(_one_line(entry.prompt.input, text_width)),
+            escape(_one_line(_result_text(result), text_width)) if result else "",
         )
     console.print(table)
     if any(noted):
@@ -252,6 +261,37 @@ def changed(entry: Entry, as_json: bool) -> None:
         _json_line({"id": entry.prompt.id, "status": entry.status.value})
     else:
         click.echo(f"{entry.prompt.id} {entry.status.value}")
+
+
+def exported(summary: ExportSummary, as_json: bool) -> None:
+    """`syncq export`: what was written, and how to browse it."""
+    if as_json:
+        _json_line(
+            {
+                "path": str(summary.path),
+                "prompts": summary.prompts,
+                "written": summary.written,
+                "unchanged": summary.unchanged,
+                "skipped": summary.skipped,
+                "runs": summary.runs,
+                "files": summary.files,
+                "created": summary.created,
+                "rebuilt": summary.rebuilt,
+                "seconds": round(summary.seconds, 3),
+            }
+        )
+        return
+    how = "rebuilt, " if summary.rebuilt else ""
+    click.echo(
+        f"Exported {summary.prompts} prompts to {summary.path} ({how}{summary.written} written, "
+        f"{summary.unchanged} unchanged) in {summary.seconds:.1f} s"
+    )
+    if summary.skipped:
+        click.echo(f"{summary.skipped} malformed prompts left out (as `syncq log` leaves them out)")
+    import shlex
+
+    path = shlex.quote(str(summary.path))
+    click.echo(f'Browse it with: datasette {path}  or: sqlite-utils search {path} prompts "some words"')
 
 
 def models(nodes: Sequence[NodeInfo], as_json: bool) -> None:

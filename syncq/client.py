@@ -228,10 +228,17 @@ class _Verbs:
         return self.space.retry(prompt_id)
 
     def log(
-        self, *, limit: int | None = 20, status: str | None = None, model: str | None = None
+        self,
+        *,
+        limit: int | None = 20,
+        status: str | None = None,
+        model: str | None = None,
+        grep: str | None = None,
     ) -> list[Entry]:
-        """The latest prompts, oldest first, optionally of one status or model."""
-        return self.space.entries(limit=limit, status=status, model=model)
+        """The latest prompts, oldest first, optionally of one status or model, or mentioning
+        ``grep`` in their text, conversation, answers or errors, ignoring case
+        (``Space.entries``)."""
+        return self.space.entries(limit=limit, status=status, model=model, grep=grep)
 
     def nodes(self) -> list[NodeInfo]:
         """Every node of the mesh that announced itself."""

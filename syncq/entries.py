@@ -5,7 +5,7 @@ the same ``entry_of``, so they cannot differ.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,6 +33,23 @@ class Entry:
     def result(self) -> Result | None:
         """The canonical result (``lifecycle.canonical_result``), if any run finished."""
         return canonical_result(self.results)
+
+    def texts(self) -> Iterator[str]:
+        """The prompt's words and its runs' answers: its text, each turn of its conversation,
+        the texts it asks to embed, and each run's output and error."""
+        yield self.prompt.input
+        if self.prompt.llm is not None:
+            yield from (turn.content for turn in self.prompt.llm.messages)
+            yield from self.prompt.llm.inputs
+        for run in self.results:
+            yield run.output
+            if run.error is not None:
+                yield run.error
+
+    def mentions(self, text: str) -> bool:
+        """Whether ``text`` occurs in one of ``texts``, ignoring case (a substring, not words)."""
+        needle = text.casefold()
+        return any(needle in found.casefold() for found in self.texts())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,7 +15,8 @@ The whole tree, so a caller can see at a glance what to catch::
     │   ├── WaitTimeout             gave up waiting for a result; the prompt stays queued
     │   ├── NodeRunning             a second `syncq node` in a home whose node runs
     │   ├── RelayOnly               a relay's home holds only ciphertext: it cannot read or write
-    │   └── InviteRefused           an invite code that was used, expired, revoked or never made
+    │   ├── InviteRefused           an invite code that was used, expired, revoked or never made
+    │   └── ExportRefused           `syncq export` into a folder, an unwritable or foreign file
     ├── EnvelopeRejected            an envelope that must never be applied (counted, reported)
     │   ├── MalformedEnvelope       bytes that do not decode as an envelope
     │   ├── WrongSpace              sealed for another space
@@ -107,6 +108,11 @@ class RelayOnly(UserError):
 
 class InviteRefused(UserError):
     """An invite code a member will not admit: used, expired, revoked, or never made here."""
+
+
+class ExportRefused(UserError):
+    """The file named for an export cannot take it: a folder, not writable, not SQLite, or a
+    database that is not a syncq export (or is one of another space)."""
 
 
 class EnvelopeRejected(SyncqError):

@@ -12,6 +12,7 @@ reusing one after losing unsaved state makes peers ignore the new writes).
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -241,6 +242,31 @@ class Log:
             except MalformedRecord:
                 continue
 
+    def mentions(self, prompt_id: str, text: str) -> bool:
+        """``Entry.mentions`` for one prompt, deciding most misses from the stored JSON text
+        without decoding it (``syncq log --grep`` over a year of prompts). Raises ``KeyError``
+        or ``MalformedRecord``."""
+        stored = [self._maps["prompts"][prompt_id]]
+        stored += [self._maps["results"][key] for key in self._grouped["results"].get(prompt_id, ())]
+        if _absent(text, stored):
+            return False
+        return self.entry(prompt_id, stream=False).mentions(text)
+
+    def fingerprints(self) -> dict[str, str]:
+        """Per prompt id, a digest of every fact stored about it, as stored: its record, cancel,
+        retry, claims and results. It moves whenever its entry (and so its status) may have: an
+        export rewrites only the prompts whose fingerprint moved (``syncq.export``). One pass
+        over each root: asking each prompt's keys one by one costs 3 times as long."""
+        digests = {key: hashlib.blake2b(digest_size=16) for key in self._maps["prompts"]}
+        with self._doc.transaction():
+            for root in _FACTS:
+                for key, value in sorted(self._maps[root].items()):
+                    digest = digests.get(key.split("/", 1)[0])
+                    if digest is not None:
+                        part = f"{root}\0{key}\0{value}".encode(errors="surrogatepass")
+                        digest.update(len(part).to_bytes(8, "big") + part)
+        return {key: digest.hexdigest() for key, digest in digests.items()}
+
     def prompt(self, prompt_id: str) -> Prompt:
         """Just the prompt record. Raises ``KeyError`` or ``MalformedRecord``."""
         return Prompt.from_wire(prompt_id, decode(self._maps["prompts"][prompt_id]))
@@ -361,3 +387,18 @@ class Log:
 
 def _set(root: Map[object], key: str, wire: Wire) -> None:
     root[key] = encode(wire)
+
+
+# What JSON may write as an escape: a needle holding none of these appears verbatim in the stored
+# text wherever it appears in a decoded string, unless the text holds a \u escape (which may
+# spell any character; ``records.encode`` writes none, another writer might).
+_ESCAPED = frozenset('"\\/') | frozenset(map(chr, range(32)))
+
+
+def _absent(text: str, stored: list[object]) -> bool:
+    """Whether ``text`` surely occurs in no string of the stored records (ignoring case):
+    False where only decoding can tell."""
+    if _ESCAPED.intersection(text) or not all(isinstance(s, str) and "\\u" not in s for s in stored):
+        return False
+    needle = text.casefold()
+    return not any(needle in str(s).casefold() for s in stored)

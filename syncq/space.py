@@ -37,6 +37,7 @@ from syncq.errors import (
     EnvelopeRejected,
     InvalidInput,
     InvalidState,
+    MalformedRecord,
     RelayOnly,
     StoreBroken,
 )
@@ -723,14 +724,19 @@ class Space:
         status: Status | str | None = None,
         model: str | None = None,
         since: str | None = None,
+        grep: str | None = None,
     ) -> list[Entry]:
         """The newest ``limit`` prompts that match, oldest first (like a chat).
 
-        ``since`` is an id (or prefix): only prompts added after it. Raises ``UnknownId`` or
-        ``AmbiguousId`` for a bad ``since``.
+        ``since`` is an id (or prefix): only prompts added after it. ``grep`` keeps the prompts
+        that mention it, ignoring case, in their text, conversation, answers or errors
+        (``Entry.mentions``): searched in memory, in the local view's rows or the Doc, so nothing
+        is written anywhere. Raises ``UnknownId`` or ``AmbiguousId`` for a bad ``since``.
         """
         wanted = Status(status) if status is not None else None
-        found = self._viewed(lambda view: view.entries(limit=limit, status=wanted, model=model, since=since))
+        found = self._viewed(
+            lambda view: view.entries(limit=limit, status=wanted, model=model, since=since, grep=grep)
+        )
         if found is not None:
             return found
         log = self.log
@@ -743,6 +749,8 @@ class Space:
             if limit is not None and len(picked) >= limit:
                 break
             if wanted is not None and log.status(prompt_id) is not wanted:
+                continue
+            if grep is not None and not _mentions(log, prompt_id, grep):
                 continue
             for entry in log.entries([prompt_id]):
                 if model is None or entry.prompt.model == model:
@@ -938,6 +946,13 @@ def prompt_bytes(prompt: Prompt) -> int:
     if prompt.llm is not None:  # a conversation can outweigh its text many times over
         cost += len(encode(prompt.llm.to_wire()).encode())
     return cost
+
+
+def _mentions(log: Log, prompt_id: str, text: str) -> bool:
+    try:
+        return log.mentions(prompt_id, text)
+    except MalformedRecord:
+        return False  # skipped, as ``Log.entries`` skips it
 
 
 def _resolve(log: Log, prefix: str) -> PromptId:

@@ -352,7 +352,13 @@ class Reader:
         return self._keys.entry(prompt_id, data)
 
     def entries(
-        self, *, limit: int | None, status: Status | None, model: str | None, since: str | None
+        self,
+        *,
+        limit: int | None,
+        status: Status | None,
+        model: str | None,
+        since: str | None,
+        grep: str | None = None,
     ) -> list[Entry]:
         """The newest ``limit`` prompts that match, oldest first (``Space.entries``)."""
         above = self.resolve(since) if since is not None else None
@@ -366,7 +372,7 @@ class Reader:
                     entry = self._keys.entry(prompt_id, data)
                 except MalformedRecord:
                     continue
-                if model is None or entry.prompt.model == model:
+                if (model is None or entry.prompt.model == model) and (grep is None or entry.mentions(grep)):
                     picked.append(entry)
                     if limit is not None and len(picked) >= limit:
                         break

@@ -139,3 +139,74 @@ def test_a_batch_of_mutations_is_one_update() -> None:
     there.apply(update)
     assert [there.status(p.id) for p in (a, b)] == [Status.RUNNING, Status.RUNNING]
     assert there.stream(a.id) == "first words"
+
+
+def test_mentions_finds_text_conversation_answer_and_error_ignoring_case() -> None:
+    from syncq.chat import LlmInput, Message
+
+    log = Log(client_id=1)
+    chat = LlmInput(
+        messages=(Message(role="system", content="Answer as a PIRATE"), Message(role="user", content="hi"))
+    )
+    plain, talk, quoted = (
+        prompt(1, input="Die STRAẞE am Meer"),
+        prompt(2, input="hi", llm=chat),
+        prompt(3, input='say "\\n"\x01'),
+    )
+    added(log, plain, talk, quoted)
+    log.put_result(
+        Result(
+            prompt_id=talk.id,
+            node=DEV,
+            node_name="n",
+            attempt=1,
+            status=RunStatus.FAILED,
+            error="Out of Memory",
+            started_at=1,
+            finished_at=2,
+        )
+    )
+    log.put_result(
+        Result(
+            prompt_id=plain.id,
+            node=DEV,
+            node_name="n",
+            attempt=1,
+            status=RunStatus.DONE,
+            output="Rayleigh / scattering",
+            started_at=1,
+            finished_at=2,
+        )
+    )
+
+    def found(text: str) -> list[str]:
+        return [p.id for p in (plain, talk, quoted) if log.mentions(p.id, text)]
+
+    assert found("strasse") == [plain.id]  # casefold: ß is ss
+    assert found("pirate") == found("out of memory") == [talk.id]
+    assert found("rayleigh / SCATTERING") == [plain.id]  # "/" may be escaped in JSON: decoded
+    assert found('"\\n"') == found("\x01") == [quoted.id]
+    assert found("echo") == found("node_name") == []  # model and field names are not searched
+    for text in ("strasse", "pirate", "out of memory", '"\\n"', "echo", "x"):
+        assert found(text) == [
+            e.prompt.id for e in log.entries([plain.id, talk.id, quoted.id]) if e.mentions(text)
+        ]
+
+
+def test_a_fingerprint_moves_with_every_fact_of_its_prompt_only() -> None:
+    log = Log(client_id=1)
+    first, second = prompt(1), prompt(2)
+    added(log, first, second)
+    before = log.fingerprints()
+    assert set(before) == {first.id, second.id} and before[first.id] != before[second.id]
+    assert log.fingerprints() == before
+    seen = [before[first.id]]
+    for change in (
+        lambda: log.put_claim(Claim(prompt_id=first.id, node=DEV, attempt=1, heartbeat=1)),
+        lambda: log.put_claim(Claim(prompt_id=first.id, node=DEV, attempt=1, heartbeat=2)),
+        lambda: log.cancel(Cancel(prompt_id=first.id, by=DEV, at=3)),
+    ):
+        change()
+        now = log.fingerprints()
+        assert now[second.id] == before[second.id] and now[first.id] not in seen
+        seen.append(now[first.id])

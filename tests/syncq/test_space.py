@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import syncq
 from syncq import crypto, yjs
 from syncq.errors import (
     AlreadyInitialized,
@@ -312,3 +313,34 @@ def test_a_write_between_two_of_another_process_of_the_home_is_still_read(tmp_pa
             "written while the node's Doc is loaded",
             "the node's again",
         ]
+
+
+def test_entries_grep_searches_prompts_and_answers_with_the_other_filters(space: Space) -> None:
+    sky = space.add("Why is the SKY blue?", model="echo")
+    sea = space.add("why is the sea blue?", model="gemma3-270m")
+    space.add("what is a sky hook?", model="echo")
+    space.put_result(
+        Result(
+            prompt_id=sea.id,
+            node=space.device_id,
+            node_name="gpu",
+            attempt=1,
+            status=RunStatus.DONE,
+            output="It reflects the sky.",
+            started_at=1,
+            finished_at=2,
+        )
+    )
+    assert [e.prompt.input for e in space.entries(grep="sky")] == [
+        "Why is the SKY blue?",
+        "why is the sea blue?",  # by its answer
+        "what is a sky hook?",
+    ]
+    assert [e.prompt.id for e in space.entries(grep="SKY", limit=1)] == [space.log.prompt_ids()[-1]]
+    assert [e.prompt.id for e in space.entries(grep="sky", status="done")] == [sea.id]
+    assert [e.prompt.id for e in space.entries(grep="sky", model="echo", since=sky.id)] == [
+        space.log.prompt_ids()[-1]
+    ]
+    assert space.entries(grep="blue sky") == []
+    with syncq.open(space.paths.root) as client:  # the Python API's log
+        assert [e.prompt.id for e in client.log(grep="reflects")] == [sea.id]

@@ -30,6 +30,8 @@ def answers(space: Space) -> tuple[Any, ...]:
         space.entries(limit=2, status="queued"),
         space.entries(limit=None, status="done"),
         space.entries(limit=None, model="gemma"),
+        space.entries(limit=None, grep="ANSWER to"),
+        space.entries(limit=2, grep="cli", status="queued"),
         space.entries(limit=None, since=every[len(every) // 2].prompt.id) if every else [],
         [space.show(e.prompt.id[:12]) for e in every],
         (status.prompts, dict(status.counts), status.devices),

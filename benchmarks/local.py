@@ -5,8 +5,10 @@ Each figure comes with its anchor measured in the same run, so ratios survive a 
 - cold `syncq add` (median of 10 processes) against a bare `python -c pass` and against
   `python -c "import click"` (the CLI framework alone);
 - cold `syncq log -n 20` with 1k, 10k and 100k prompts (median of 5 processes, checkpoint
-  present) against loading the same Doc state into pycrdt directly, plus the first open after
-  the prompts were added (replay of every envelope, then a checkpoint is written);
+  and local view present) against loading the same Doc state into pycrdt directly, plus the
+  first open after the prompts were added (replay of every envelope, then a checkpoint and the
+  view are written); cold `syncq status` and `syncq show ID` on the same home, one
+  `syncq log --grep`, and library adds one per call into it;
 - memory (max RSS) of a process that opened a 100k space and listed it;
 - library add throughput, one prompt per call and batched (``add_many``);
 - bytes on disk per prompt, and envelope overhead against the raw Yjs update.
@@ -84,8 +86,14 @@ def cold_log(root: Path, n: int) -> dict[str, object]:
     fill_s, envelopes = fill(home, n)
     env = {**os.environ, "SYNCQ_HOME": str(home)}
     cmd = [str(BIN / "syncq"), "log", "-n", "20", "--json"]
-    first = timed_runs(cmd, env, 1)  # replays every envelope, then writes a checkpoint
+    first = timed_runs(cmd, env, 1)  # replays every envelope, writes a checkpoint and the view
     steady = timed_runs(cmd, env, 5)
+    status = timed_runs([str(BIN / "syncq"), "status", "--json"], env, 5)
+    with Space.open(home) as space:
+        newest = space.entries(limit=1)[0].prompt.id
+    show = timed_runs([str(BIN / "syncq"), "show", newest, "--json"], env, 5)
+    grep = timed_runs([str(BIN / "syncq"), "log", "--grep", "#7", "-n", "20", "--json"], env, 1)
+    adds = add_rate(home)
     with Space.open(home) as space:
         state = space.log.state()
         size = space.store.size_bytes()
@@ -105,11 +113,24 @@ def cold_log(root: Path, n: int) -> dict[str, object]:
         "cold_log_ms": ms(steady),
         "anchor_pycrdt_load_process_ms": ms(anchor),
         "ratio_to_anchor": round(statistics.median(steady) / statistics.median(anchor), 2),
+        "cold_status_ms": ms(status),
+        "cold_show_ms": ms(show),
+        "cold_grep_ms": ms(grep),
+        "library_adds_per_s_into_it": adds,
         "state_bytes": len(state),
         "store_bytes": size,
         "bytes_per_prompt": round(size / n),
         "max_rss_mb_open_and_list": float(rss),
     }
+
+
+def add_rate(home: Path, n: int = 300) -> int:
+    """Prompts a second through one open library Space into this home, one per call (durable)."""
+    with Space.open(home) as space:
+        start = time.perf_counter()
+        for i in range(n):
+            space.add(f"{TEXT} more {i}", model="echo")
+        return round(n / (time.perf_counter() - start))
 
 
 ANCHOR_LOAD = """

@@ -11,7 +11,8 @@ Each figure comes with its anchor measured in the same run, so ratios survive a 
   `syncq log --grep`, and library adds one per call into it;
 - memory (max RSS) of a process that opened a 100k space and listed it;
 - library add throughput, one prompt per call and batched (``add_many``);
-- bytes on disk per prompt, and envelope overhead against the raw Yjs update.
+- bytes on disk per prompt, and envelope overhead against the raw Yjs update: unpadded and
+  padded, for prompts of several sizes, a batch, claims, presence, a stream chunk and results.
 
 Usage: python benchmarks/local.py [--sizes 1000,10000,100000] [--out FILE]
 """
@@ -26,9 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from syncq import crypto, yjs
+from syncq import crypto, padding
+from syncq.ids import DeviceId, PromptId
+from syncq.records import Claim, NodeInfo, Result, RunStatus
 from syncq.space import NewPrompt, Space
 
 BIN = Path(sys.executable).parent
@@ -182,18 +186,58 @@ def throughput(root: Path) -> dict[str, object]:
 
 
 def overhead(root: Path) -> dict[str, object]:
+    """Bytes of real envelopes, each written as the node writes it: the Yjs update, the envelope
+    it would be unpadded (version 1: the update and 156 bytes) and padded (version 2, PROTOCOL.md
+    "Padding"). Claims, heartbeats, presence and stream chunks are small and frequent: they all
+    pad up to the floor."""
     with Space.init(root / "ovh", name="bench") as space:
-        one = [("01M880YASPKYQXRC5ZMSDQP441", {"model": "echo", "input": TEXT})]
-        update = yjs.encode_map_inserts(1, 0, "prompts", one)
-        envelope = crypto.seal(device=space.device, space=space.keys, seq=1, payload=update, nonce=bytes(12))
-        batch = [(f"01M880YASPKYQXRC5ZMSDQP{i:03d}", {"model": "echo", "input": TEXT}) for i in range(100)]
-        batch_update = yjs.encode_map_inserts(1, 0, "prompts", batch)
+        me = space.device_id
+        ids = [space.add(f"seed {i}", model="echo").id for i in range(2)]
+        written: dict[str, Callable[[], object]] = {
+            f"prompt_{n}_bytes": lambda n=n: space.add("x" * n, model="echo") for n in PROMPT_SIZES
+        }
+        written |= {
+            "batch_100_prompts": lambda: space.add_many([NewPrompt(text=TEXT, model="echo")] * 100),
+            "claim": lambda: space.put_claim(Claim(prompt_id=ids[0], node=me, attempt=1, heartbeat=1)),
+            "claims_heartbeat_2": lambda: space.write(
+                lambda log: [log.put_claim(Claim(prompt_id=p, node=me, attempt=1, heartbeat=2)) for p in ids]
+            ),
+            "presence": lambda: space.put_node(NodeInfo(id=me, name="bench", version="0", last_seen=1)),
+            "stream_chunk": lambda: space.append_stream(ids[0], " the next few words"),
+            "result_200_bytes": lambda: space.finish(_result(ids[0], me, "y" * 200)),
+            "result_10000_bytes": lambda: space.finish(_result(ids[1], me, "y" * 10_000)),
+        }
+        sizes = {name: _measure(space, write) for name, write in written.items()}
     return {
         "envelope_overhead_bytes": crypto.OVERHEAD,
-        "single_prompt_update_bytes": len(update),
-        "single_prompt_envelope_bytes": len(envelope),
-        "single_prompt_ratio": round(len(envelope) / len(update), 3),
-        "batch_100_ratio": round((len(batch_update) + crypto.OVERHEAD) / len(batch_update), 4),
+        "padding_floor_bytes": padding.FLOOR,
+        "envelopes": sizes,
+        "stream_bytes_per_s_unpadded": sizes["stream_chunk"]["unpadded"] * STREAM_PER_S,
+        "stream_bytes_per_s_padded": sizes["stream_chunk"]["padded"] * STREAM_PER_S,
+    }
+
+
+PROMPT_SIZES = (10, 100, 900, 2000, 10_000, 100_000)
+STREAM_PER_S = 10  # node.scheduler.STREAM_EVERY_S: a running job's output goes out every 100 ms
+
+
+def _result(prompt_id: str, node: str, output: str) -> Result:
+    return Result(
+        prompt_id=PromptId(prompt_id), node=DeviceId(node), node_name="bench", attempt=1,
+        status=RunStatus.DONE, output=output, started_at=1, finished_at=2,
+    )  # fmt: skip
+
+
+def _measure(space: Space, write: Callable[[], object]) -> dict[str, float]:
+    write()
+    *_, data = space.envelopes()
+    update = crypto.open_envelope(data, space.keys)[1]
+    unpadded = len(update) + crypto.OVERHEAD
+    return {
+        "update": len(update),
+        "unpadded": unpadded,
+        "padded": len(data),
+        "padded_over_unpadded": round(len(data) / unpadded, 3),
     }
 
 

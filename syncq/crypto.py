@@ -4,12 +4,16 @@ An envelope carries one Yjs update of one author::
 
     header     = magic "SQ" | v u8 | kind u8 | space_id 16B | epoch u32 | author 32B | seq u64
     nonce      = 12 random bytes
-    ciphertext = ChaCha20-Poly1305(enc_key[epoch], nonce, payload, aad=header)   (16-byte tag)
+    ciphertext = ChaCha20-Poly1305(enc_key[epoch], nonce, pad(payload), aad=header)   (16-byte tag)
     signature  = Ed25519(author, header || nonce || ciphertext)
 
 The AEAD keeps relays and disks from reading the payload and binds it to its header; the
-signature lets any holder of the public header (a relay included) check who wrote it without the
-space key. Random bytes (nonces, seeds) are arguments: this module never draws them itself.
+padding (``syncq.padding``, inside the AEAD) keeps them from reading its size; the signature
+lets any holder of the public header (a relay included) check who wrote it without the space
+key. Version 2 pads; version 1 (envelopes written before padding) is still read, unpadded. The
+version byte is in the AEAD's associated data and under the signature, so only the author, by
+sealing anew, can make one into the other. Random bytes (nonces, seeds) are arguments: this
+module never draws them itself.
 """
 
 from __future__ import annotations
@@ -32,20 +36,24 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from syncq.errors import (
     BadSignature,
     BadTag,
+    BadUpdate,
     MalformedEnvelope,
     UnknownEpoch,
     WrongSpace,
 )
 from syncq.ids import DeviceId, SpaceId
+from syncq.padding import pad, unpad
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2  # what this version writes: sealed payloads padded
+UNPADDED_VERSION = 1  # still read: envelopes sealed before padding, payload as it is
 MAGIC = b"SQ"
 _HEADER = struct.Struct(">2sBB16sI32sQ")
 HEADER_SIZE = _HEADER.size  # 64
 NONCE_SIZE = 12
 TAG_SIZE = 16
 SIGNATURE_SIZE = 64
-OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE + SIGNATURE_SIZE  # 156 bytes per envelope
+# 156 bytes per envelope, besides the payload: for a sealed one, its padding.padded_size
+OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE + SIGNATURE_SIZE
 MAX_ENVELOPE_SIZE = 16 * 1024 * 1024  # checked before anything else is done with the bytes
 SECRET_SIZE = 32
 _MAX_SEQ = (1 << 63) - 1
@@ -228,6 +236,7 @@ def _verifying_key(public: bytes) -> Ed25519PublicKey:
 class Envelope:
     """A decoded (not yet verified) envelope; ``raw`` is its exact bytes."""
 
+    version: int
     kind: Kind
     space_id: bytes
     epoch: int
@@ -258,7 +267,8 @@ def seal(
     nonce: bytes,
     kind: Kind = Kind.UPDATE,
 ) -> bytes:
-    """Seal ``payload`` as envelope ``seq`` of ``device`` under the space's current epoch.
+    """Seal ``payload``, padded (``syncq.padding``), as envelope ``seq`` of ``device`` under
+    the space's current epoch.
 
     ``nonce`` must be 12 fresh random bytes. Raises ``ValueError`` on bad arguments.
     """
@@ -276,7 +286,7 @@ def seal(
         device.public_key,
         seq,
     )
-    ciphertext = ChaCha20Poly1305(space.enc_key(epoch)).encrypt(nonce, payload, header)
+    ciphertext = ChaCha20Poly1305(space.enc_key(epoch)).encrypt(nonce, pad(payload), header)
     body = header + nonce + ciphertext
     return body + device.sign(body)
 
@@ -286,7 +296,9 @@ def sign_clear(
 ) -> bytes:
     """An envelope whose payload is in the clear (kind 4, roster: relays must read it). The
     nonce field is 12 zero bytes and the payload takes the ciphertext's place; the signature
-    authenticates it as it does any envelope. Raises ``ValueError`` on bad arguments."""
+    authenticates it as it does any envelope. Nothing is padded: the payload is public, and
+    its size (the device list's, the recipients of a key epoch) with it. Raises ``ValueError``
+    on bad arguments."""
     if not 1 <= seq <= _MAX_SEQ:
         raise ValueError(f"seq out of range: {seq}")
     header = _HEADER.pack(
@@ -307,7 +319,7 @@ def decode(data: bytes) -> Envelope:
     magic, version, kind, space_id, epoch, author, seq = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise MalformedEnvelope("not a syncq envelope (bad magic)")
-    if version != ENVELOPE_VERSION:
+    if version not in (UNPADDED_VERSION, ENVELOPE_VERSION):
         raise MalformedEnvelope(f"unsupported envelope version {version}")
     if kind not in Kind._value2member_map_:
         raise MalformedEnvelope(f"unknown envelope kind {kind}")
@@ -315,6 +327,7 @@ def decode(data: bytes) -> Envelope:
         raise MalformedEnvelope(f"seq out of range: {seq}")
     body_end = len(data) - SIGNATURE_SIZE
     return Envelope(
+        version=version,
         kind=Kind(kind),
         space_id=space_id,
         epoch=epoch,
@@ -352,16 +365,23 @@ def check_space(envelope: Envelope, space_id: SpaceId) -> None:
 
 
 def open_payload(envelope: Envelope, space: SpaceKeys) -> bytes:
-    """Decrypt and authenticate the payload.
+    """Decrypt and authenticate the payload, then (version 2) strip its padding.
 
-    Raises ``WrongSpace``, ``UnknownEpoch`` or ``BadTag``.
+    Raises ``WrongSpace``, ``UnknownEpoch``, ``BadTag``, or ``BadUpdate`` for padding that is
+    not what ``padding.pad`` writes (authenticated, so its author wrote it: quarantined).
     """
     check_space(envelope, space.space_id)
     key = space.enc_key(envelope.epoch)
     try:
-        return ChaCha20Poly1305(key).decrypt(envelope.nonce, envelope.ciphertext, envelope.header)
+        plain = ChaCha20Poly1305(key).decrypt(envelope.nonce, envelope.ciphertext, envelope.header)
     except InvalidTag as exc:
         raise BadTag(f"envelope {envelope.seq} of {envelope.author_id[:12]} fails authentication") from exc
+    if envelope.version == UNPADDED_VERSION:
+        return plain
+    try:
+        return unpad(plain)
+    except BadUpdate as exc:
+        raise BadUpdate(f"envelope {envelope.seq} of {envelope.author_id[:12]}: {exc}") from None
 
 
 def verify_envelope(data: bytes, space_id: SpaceId) -> Envelope:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncq import crypto
+from syncq import crypto, padding
 from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.errors import (
     BadSignature,
@@ -40,7 +40,8 @@ def test_envelope_round_trip(payload: bytes, seq: int) -> None:
 def test_envelope_layout_matches_protocol_md() -> None:
     data = sealed(b"abc")
     assert data[:2] == b"SQ"
-    assert len(data) == crypto.OVERHEAD + 3
+    assert data[2] == crypto.ENVELOPE_VERSION == 2
+    assert len(data) == crypto.OVERHEAD + padding.FLOOR  # 3 bytes, padded ("Padding")
     assert data[4:20] == bytes.fromhex(SPACE.space_id)
     assert data[24:56] == DEVICE.public_key
     assert int.from_bytes(data[56:64], "big") == 1

@@ -55,6 +55,7 @@ def damaged(draw: st.DrawFn) -> bytes:
 ANYTHING = st.one_of(
     st.binary(max_size=400),
     st.binary(min_size=crypto.OVERHEAD, max_size=crypto.OVERHEAD + 64).map(lambda b: b"SQ\x01\x01" + b[4:]),
+    st.binary(min_size=crypto.OVERHEAD, max_size=crypto.OVERHEAD + 64).map(lambda b: b"SQ\x02\x01" + b[4:]),
     damaged(),
     st.sampled_from(REAL),
 )

@@ -12,7 +12,8 @@ Each figure comes with its anchor measured in the same run, so ratios survive a 
 - memory (max RSS) of a process that opened a 100k space and listed it;
 - library add throughput, one prompt per call and batched (``add_many``);
 - bytes on disk per prompt, and envelope overhead against the raw Yjs update: unpadded and
-  padded, for prompts of several sizes, a batch, claims, presence, a stream chunk and results.
+  padded (at the small or the content floor), for prompts of several sizes, a batch, claims and
+  heartbeats, presence, cancels, retries, stream chunks, results and the batches that mix them.
 
 Usage: python benchmarks/local.py [--sizes 1000,10000,100000] [--out FILE]
 """
@@ -29,10 +30,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from syncq import crypto, padding
 from syncq.ids import DeviceId, PromptId
-from syncq.records import Claim, NodeInfo, Result, RunStatus
+from syncq.records import Claim, ModelAd, NodeInfo, Result, Retry, RunStatus
 from syncq.space import NewPrompt, Space
 
 BIN = Path(sys.executable).parent
@@ -188,37 +190,113 @@ def throughput(root: Path) -> dict[str, object]:
 def overhead(root: Path) -> dict[str, object]:
     """Bytes of real envelopes, each written as the node writes it: the Yjs update, the envelope
     it would be unpadded (version 1: the update and 156 bytes) and padded (version 2, PROTOCOL.md
-    "Padding"). Claims, heartbeats, presence and stream chunks are small and frequent: they all
-    pad up to the floor."""
+    "Padding"), with the floor its writer chose by what it carries. Claims, heartbeats,
+    presence, cancels, retries, stream chunks and device records are small and frequent: they
+    pad to the small floor; prompts and results, and any batch with one, to the content floor."""
     with Space.init(root / "ovh", name="bench") as space:
         me = space.device_id
-        ids = [space.add(f"seed {i}", model="echo").id for i in range(2)]
-        written: dict[str, Callable[[], object]] = {
-            f"prompt_{n}_bytes": lambda n=n: space.add("x" * n, model="echo") for n in PROMPT_SIZES
+        ids = [space.add(f"seed {i}", model="echo").id for i in range(8)]
+        at_once = space.prepare(NewPrompt(text=TEXT, model="echo"))
+        late = space.prepare(NewPrompt(text=TEXT, model="echo"))
+        small, content = padding.Floor.SMALL, padding.Floor.CONTENT
+        written: dict[str, tuple[padding.Floor, Callable[[], object]]] = {
+            f"prompt_{n}_bytes": (content, lambda n=n: space.add("x" * n, model="echo")) for n in PROMPT_SIZES
         }
         written |= {
-            "batch_100_prompts": lambda: space.add_many([NewPrompt(text=TEXT, model="echo")] * 100),
-            "claim": lambda: space.put_claim(Claim(prompt_id=ids[0], node=me, attempt=1, heartbeat=1)),
-            "claims_heartbeat_2": lambda: space.write(
-                lambda log: [log.put_claim(Claim(prompt_id=p, node=me, attempt=1, heartbeat=2)) for p in ids]
+            "batch_100_prompts": (
+                content,
+                lambda: space.add_many([NewPrompt(text=TEXT, model="echo")] * 100),
             ),
-            "presence": lambda: space.put_node(NodeInfo(id=me, name="bench", version="0", last_seen=1)),
-            "stream_chunk": lambda: space.append_stream(ids[0], " the next few words"),
-            "result_200_bytes": lambda: space.finish(_result(ids[0], me, "y" * 200)),
-            "result_10000_bytes": lambda: space.finish(_result(ids[1], me, "y" * 10_000)),
+            "claim": (small, lambda: space.put_claim(_claim(ids[0], me, 1))),
+            "heartbeat_1_claim": (small, lambda: space.put_claim(_claim(ids[0], me, 2))),
+            "heartbeat_3_claims": (small, lambda: _claims(space, ids[:3], me, 3)),  # a model's depth
+            "heartbeat_3_claims_again": (small, lambda: _claims(space, ids[:3], me, 4)),
+            "heartbeat_8_claims": (small, lambda: _claims(space, ids, me, 5)),
+            "presence_no_models": (small, lambda: space.put_node(_presence(me, 0))),
+            "presence_3_models": (small, lambda: space.put_node(_presence(me, 3))),  # what `make run` serves
+            "presence_6_models": (small, lambda: space.put_node(_presence(me, 6))),
+            "cancel": (small, lambda: space.cancel(ids[3])),
+            "retry": (small, lambda: space.write(lambda log: log.put_retry(_retry(ids[2], me)))),
+            "device": (small, lambda: space.put_device(space._own_record())),
+            "first_output_with_running_claim": (
+                small,
+                lambda: space.write(
+                    lambda log: (
+                        log.put_claim(_claim(ids[1], me, 6, running=True)),
+                        log.append_stream(ids[1], WORDS),
+                    )
+                ),
+            ),
+            "stream_chunk": (small, lambda: space.append_stream(ids[1], WORDS)),
+            "stream_chunk_4x": (small, lambda: space.append_stream(ids[1], WORDS * 4)),
+            "stream_chunk_16x": (small, lambda: space.append_stream(ids[1], WORDS * 16)),
+            "drop_stream": (small, lambda: space.drop_stream(ids[1])),
+            "claims_with_a_prompt_run_at_once": (
+                content,
+                lambda: space.write(
+                    lambda log: (log.put_prompt(late), log.put_claim(_claim(late.id, me, 1)))
+                ),
+            ),
+            "run_at_once_prompt_claim_result": (
+                content,
+                lambda: space.write(
+                    lambda log: (
+                        log.put_prompt(at_once),
+                        log.put_claim(_claim(at_once.id, me, 1)),
+                        log.finish(_result(at_once.id, me, "y" * 200)),
+                    )
+                ),
+            ),
+            "result_200_bytes": (content, lambda: space.finish(_result(ids[0], me, "y" * 200))),
+            "result_10000_bytes": (content, lambda: space.finish(_result(ids[1], me, "y" * 10_000))),
         }
-        sizes = {name: _measure(space, write) for name, write in written.items()}
+        sizes = {name: _measure(space, floor, write) for name, (floor, write) in written.items()}
+    chunk = sizes["stream_chunk"]
     return {
         "envelope_overhead_bytes": crypto.OVERHEAD,
-        "padding_floor_bytes": padding.FLOOR,
+        "padding_floor_bytes": {"small": int(small), "content": int(content)},
         "envelopes": sizes,
-        "stream_bytes_per_s_unpadded": sizes["stream_chunk"]["unpadded"] * STREAM_PER_S,
-        "stream_bytes_per_s_padded": sizes["stream_chunk"]["padded"] * STREAM_PER_S,
+        "stream_chunk_chars": len(WORDS),
+        "stream_bytes_per_s_unpadded": chunk["unpadded"] * STREAM_PER_S,
+        "stream_bytes_per_s_padded": chunk["padded"] * STREAM_PER_S,
+        "stream_bytes_per_s_at_the_content_floor": (crypto.OVERHEAD + int(content)) * STREAM_PER_S,
     }
 
 
 PROMPT_SIZES = (10, 100, 900, 2000, 10_000, 100_000)
 STREAM_PER_S = 10  # node.scheduler.STREAM_EVERY_S: a running job's output goes out every 100 ms
+# 100 ms of a small model's answer on a laptop (about 100 tokens/s, 4 characters a token); the
+# 4x and 16x chunks are a fast GPU's 400 and 1600 tokens/s.
+WORDS = " the sky is blue because the air scatter"
+
+
+def _claim(prompt_id: str, node: str, heartbeat: int, *, running: bool = False) -> Claim:
+    return Claim(
+        prompt_id=PromptId(prompt_id), node=DeviceId(node), attempt=1, heartbeat=heartbeat, running=running
+    )
+
+
+def _claims(space: Space, ids: list[PromptId], node: str, heartbeat: int) -> None:
+    space.write(lambda log: [log.put_claim(_claim(p, node, heartbeat)) for p in ids])
+
+
+def _presence(node: str, models: int) -> NodeInfo:
+    served = [
+        ModelAd(name="smollm2-135m", backend="llamacpp", loaded=True, size=270_600_000),
+        ModelAd(name="gemma3-270m", backend="llamacpp", loaded=False, size=253_100_000),
+        ModelAd(name="echo", backend="echo", loaded=True, size=0),
+        ModelAd(name="whisper-small", backend="whisper", loaded=False, size=487_600_000),
+        ModelAd(name="sd-turbo", backend="diffusers", loaded=False, size=5_210_000_000),
+        ModelAd(name="qwen2.5-7b-instruct", backend="ollama", loaded=False, size=4_680_000_000),
+    ]
+    return NodeInfo(
+        id=DeviceId(node), name="bench-laptop", version="0.17.0", last_seen=1_764_640_000_000,
+        listen="http://192.168.178.20:7331", models=tuple(served[:models]),
+    )  # fmt: skip
+
+
+def _retry(prompt_id: str, node: str) -> Retry:
+    return Retry(prompt_id=PromptId(prompt_id), by=DeviceId(node), at=1_764_640_000_000, max_attempts=6)
 
 
 def _result(prompt_id: str, node: str, output: str) -> Result:
@@ -228,12 +306,15 @@ def _result(prompt_id: str, node: str, output: str) -> Result:
     )  # fmt: skip
 
 
-def _measure(space: Space, write: Callable[[], object]) -> dict[str, float]:
+def _measure(space: Space, floor: padding.Floor, write: Callable[[], object]) -> dict[str, Any]:
     write()
     *_, data = space.envelopes()
     update = crypto.open_envelope(data, space.keys)[1]
     unpadded = len(update) + crypto.OVERHEAD
+    # The writer chose the floor the table names (where the two floors differ, this tells).
+    assert len(data) == crypto.OVERHEAD + padding.padded_size(len(update), floor), floor
     return {
+        "floor": floor.name.lower(),
         "update": len(update),
         "unpadded": unpadded,
         "padded": len(data),

@@ -4,11 +4,12 @@ An envelope carries one Yjs update of one author::
 
     header     = magic "SQ" | v u8 | kind u8 | space_id 16B | epoch u32 | author 32B | seq u64
     nonce      = 12 random bytes
-    ciphertext = ChaCha20-Poly1305(enc_key[epoch], nonce, pad(payload), aad=header)   (16-byte tag)
+    ciphertext = ChaCha20-Poly1305(enc_key[epoch], nonce, pad(payload, floor), aad=header)  (16-byte tag)
     signature  = Ed25519(author, header || nonce || ciphertext)
 
 The AEAD keeps relays and disks from reading the payload and binds it to its header; the
-padding (``syncq.padding``, inside the AEAD) keeps them from reading its size; the signature
+padding (``syncq.padding``, inside the AEAD) keeps them from reading its size (they learn
+its class: a floor for content, a smaller one for content-free records); the signature
 lets any holder of the public header (a relay included) check who wrote it without the space
 key. Version 2 pads; version 1 (envelopes written before padding) is still read, unpadded. The
 version byte is in the AEAD's associated data and under the signature, so only the author, by
@@ -42,7 +43,7 @@ from syncq.errors import (
     WrongSpace,
 )
 from syncq.ids import DeviceId, SpaceId
-from syncq.padding import pad, unpad
+from syncq.padding import Floor, pad, unpad
 
 ENVELOPE_VERSION = 2  # what this version writes: sealed payloads padded
 UNPADDED_VERSION = 1  # still read: envelopes sealed before padding, payload as it is
@@ -266,9 +267,11 @@ def seal(
     payload: bytes,
     nonce: bytes,
     kind: Kind = Kind.UPDATE,
+    floor: Floor = Floor.CONTENT,
 ) -> bytes:
-    """Seal ``payload``, padded (``syncq.padding``), as envelope ``seq`` of ``device`` under
-    the space's current epoch.
+    """Seal ``payload``, padded (``syncq.padding``) to at least ``floor``, as envelope ``seq``
+    of ``device`` under the space's current epoch. The floor is the writer's choice by what the
+    payload carries (``Floor.SMALL`` only for what ``syncq.log`` marks content-free).
 
     ``nonce`` must be 12 fresh random bytes. Raises ``ValueError`` on bad arguments.
     """
@@ -286,7 +289,7 @@ def seal(
         device.public_key,
         seq,
     )
-    ciphertext = ChaCha20Poly1305(space.enc_key(epoch)).encrypt(nonce, pad(payload), header)
+    ciphertext = ChaCha20Poly1305(space.enc_key(epoch)).encrypt(nonce, pad(payload, floor), header)
     body = header + nonce + ciphertext
     return body + device.sign(body)
 

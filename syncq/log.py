@@ -5,6 +5,11 @@ envelope; status is derived (``syncq.lifecycle``), never stored. Each value is o
 JSON text (``records.encode``: one immutable value per key, far less memory than nested maps or
 dicts); changing a record writes a new value.
 
+Each mutation also says how its envelope is padded (``Log.floor``, ``syncq.padding.Floor``):
+the content floor unless the method is marked content-free or a stream chunk (``SMALL``
+below); a batch takes the largest floor of its parts, so a claim written with a prompt or a
+result pads as content.
+
 The Doc is a cache: it is rebuilt from envelopes (and checkpoints) by ``syncq.space``. Its Yjs
 client id is an argument so that each process can use a fresh random one (DESIGN.md section 4:
 reusing one after losing unsaved state makes peers ignore the new writes).
@@ -25,6 +30,7 @@ from syncq.entries import Raw, entry_of
 from syncq.errors import BadUpdate, LocalProtocolError, MalformedRecord
 from syncq.ids import PromptId
 from syncq.lifecycle import Status
+from syncq.padding import Floor
 from syncq.records import Cancel, Claim, Device, NodeInfo, Prompt, Result, Retry, Wire, decode, encode
 
 T = TypeVar("T")
@@ -72,6 +78,9 @@ def _text(value: object) -> str | None:
 # keyed ``id/...``, one entry per node or run.
 _FACTS = ("prompts", "cancels", "retries", "claims", "results")
 _GROUPED = ("claims", "results")
+# What the mutations marked so pad to (``Floor.SMALL``): records that carry no prompt and no
+# result, and stream chunks. Every other mutation, a new one included, pads as content.
+SMALL = Floor.SMALL
 
 
 class Log:
@@ -82,6 +91,7 @@ class Log:
         self._maps = {name: self._doc.get(name, type=Map) for name in ROOTS}
         self._captured: list[bytes] = []
         self._batching = False
+        self._floor = Floor.CONTENT
         # Claim and result keys grouped by prompt id, kept up to date by the observers.
         self._grouped: dict[str, dict[str, set[str]]] = {name: {} for name in _GROUPED}
         self._feeds: list[Changes] = []
@@ -120,9 +130,16 @@ class Log:
 
     # -- mutations: each is one transaction and returns its update ---------------------------
 
+    @property
+    def floor(self) -> Floor:
+        """The padding floor of the update the last mutation returned: what it carries, not its
+        size (``syncq.padding``)."""
+        return self._floor
+
     def batch(self, changes: Callable[[Log], object]) -> bytes:
         """Run several mutations as one transaction and return its one update (each mutation
-        inside returns ``b""``): one envelope instead of several."""
+        inside returns ``b""``): one envelope instead of several, padded to the largest floor
+        of its parts."""
 
         def run() -> None:
             self._batching = True
@@ -131,11 +148,11 @@ class Log:
             finally:
                 self._batching = False
 
-        return self._mutate(run)
+        return self._mutate(run, SMALL)  # raised by each part (``_mutate``)
 
     def cancel(self, cancel: Cancel) -> bytes:
         """Record a cancel request."""
-        return self._mutate(lambda: _set(self._maps["cancels"], cancel.prompt_id, cancel.to_wire()))
+        return self._mutate(lambda: _set(self._maps["cancels"], cancel.prompt_id, cancel.to_wire()), SMALL)
 
     def put_prompt(self, prompt: Prompt) -> bytes:
         """Record a prompt through the Doc, for a batch that also claims and ends it (a run at
@@ -144,10 +161,11 @@ class Log:
 
     def put_retry(self, retry: Retry) -> bytes:
         """Record a request to run a failed prompt again."""
-        return self._mutate(lambda: _set(self._maps["retries"], retry.prompt_id, retry.to_wire()))
+        return self._mutate(lambda: _set(self._maps["retries"], retry.prompt_id, retry.to_wire()), SMALL)
 
     def append_stream(self, prompt_id: str, text: str) -> bytes:
-        """Append output to the prompt's stream (a Text, so each chunk is a small update)."""
+        """Append output to the prompt's stream (a Text, so each chunk is a small update). A
+        chunk pads to the small floor: under it, its length (a token's) does not show."""
         streams = self._maps["streams"]
 
         def append() -> None:
@@ -157,7 +175,7 @@ class Log:
             else:
                 streams[prompt_id] = Text(text)
 
-        return self._mutate(append)
+        return self._mutate(append, SMALL)
 
     def finish(self, result: Result) -> bytes:
         """Record a run's result and drop its stream, in one transaction: a finished job
@@ -172,11 +190,11 @@ class Log:
 
     def drop_stream(self, prompt_id: str) -> bytes:
         """Remove a stream (of a cancelled run). Raises ``KeyError`` if there is none."""
-        return self._mutate(lambda: self._maps["streams"].pop(prompt_id))
+        return self._mutate(lambda: self._maps["streams"].pop(prompt_id), SMALL)
 
     def put_claim(self, claim: Claim) -> bytes:
         """Write (or refresh) this node's claim on a prompt."""
-        return self._mutate(lambda: _set(self._maps["claims"], claim.key, claim.to_wire()))
+        return self._mutate(lambda: _set(self._maps["claims"], claim.key, claim.to_wire()), SMALL)
 
     def put_result(self, result: Result) -> bytes:
         """Record the outcome of one run."""
@@ -184,19 +202,19 @@ class Log:
 
     def put_device(self, device: Device) -> bytes:
         """Record (or update) a member device."""
-        return self._mutate(lambda: _set(self._maps["devices"], device.id, device.to_wire()))
+        return self._mutate(lambda: _set(self._maps["devices"], device.id, device.to_wire()), SMALL)
 
     def put_invite(self, invite: InviteRecord) -> bytes:
         """Record an invite, or its new state."""
-        return self._mutate(lambda: _set(self._maps["invites"], invite.id, invite.to_wire()))
+        return self._mutate(lambda: _set(self._maps["invites"], invite.id, invite.to_wire()), SMALL)
 
     def put_name(self, name: DeviceName) -> bytes:
         """Record a name given to a device."""
-        return self._mutate(lambda: _set(self._maps["names"], name.device, name.to_wire()))
+        return self._mutate(lambda: _set(self._maps["names"], name.device, name.to_wire()), SMALL)
 
     def put_node(self, node: NodeInfo) -> bytes:
         """Record a node's presence."""
-        return self._mutate(lambda: _set(self._maps["nodes"], node.id, node.to_wire()))
+        return self._mutate(lambda: _set(self._maps["nodes"], node.id, node.to_wire()), SMALL)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -356,10 +374,14 @@ class Log:
                     for prompt_id in ids:
                         feed.add(prompt_id)
 
-    def _mutate(self, change: Callable[[], object]) -> bytes:
+    def _mutate(self, change: Callable[[], object], floor: Floor = Floor.CONTENT) -> bytes:
+        # ``floor``: the content floor unless the caller marks it small (``SMALL``); inside a
+        # batch, the batch's floor rises to it.
         if self._batching:
+            self._floor = max(self._floor, floor)
             change()
             return b""
+        self._floor = floor
         self._captured.clear()
         with self._doc.transaction():
             change()

@@ -7,16 +7,28 @@ becomes::
 
     padded = length u32 big-endian || payload || zero bytes        (padded_size(length) bytes)
 
-``padded_size`` is ``FLOOR`` (2 KiB) for every payload of up to 2044 bytes: a 10-byte prompt, a
-900-byte one (its update is about 1150 bytes: a prompt record carries a model, an author and a
-time besides its text), a claim, a heartbeat, a presence record and a stream's next words all
-look alike. Above the floor it is PADMÉ (Nikitin et al., "Reducing Metadata Leakage from
-Encrypted Files and Communication with PURBs", PETS 2019): the length rounded up so that only
-its top ``floor(log2 E) + 1`` bits below the leading one may be set, E = ``floor(log2 L)``. A
-watcher then reads E and those few bits, O(log log L) bits of the length, for at most 6.25%
-more bytes above 2 KiB and 3.1% above 64 KiB; powers of two would leave E alone to read but cost
-up to 100%. PADMÉ alone would not hide short prompts: with no floor, the 10-byte and 900-byte
-prompts' updates (259 and 1149 bytes with the length field) fall in buckets 272 and 1152.
+``padded_size`` is at least a floor, which the writer picks by what the envelope carries
+(``Floor``), never by its size:
+
+- ``Floor.CONTENT`` (2 KiB) for anything that may carry a prompt or a result (adds, results, a
+  run at once's prompt, claim and result together) and for anything not marked otherwise: a
+  10-byte and a 900-byte prompt (whose update is about 1150 bytes: a prompt record carries a
+  model, an author and a time besides its text) look alike;
+- ``Floor.SMALL`` (512 bytes) only for records that the writer marks content-free or that are a
+  stream's next words (``syncq.log``: claims and their heartbeats, presence, cancels, retries,
+  stream chunks, device, name and invite records): at 10 chunks a second, a streamed answer
+  costs 6.7 KB/s, not 22. Their updates measure 14 to 470 bytes (``benchmarks/local.py``), so
+  the floor hides which of them an envelope is, and the length of each chunk of tokens.
+
+A watcher learns the class (an envelope of the small floor carries no prompt and no result),
+not the size within the floor. Above the floor it is PADMÉ (Nikitin et al., "Reducing Metadata
+Leakage from Encrypted Files and Communication with PURBs", PETS 2019): the length rounded up so
+that only its top ``floor(log2 E) + 1`` bits below the leading one may be set, E =
+``floor(log2 L)``. A watcher then reads E and those few bits, O(log log L) bits of the length,
+for at most 6.25% more bytes and 3.1% above 64 KiB; powers of two would leave E alone to read
+but cost up to 100%. PADMÉ alone would not hide short prompts: with no floor, the 10-byte and
+900-byte prompts' updates (259 and 1149 bytes with the length field) fall in buckets 272 and
+1152.
 
 ``PAD_LIMIT`` caps padding so that an envelope never leaves a frame because of it: a payload
 that fits below the limit is padded to at most the limit, and one above it gets its 4-byte
@@ -26,14 +38,23 @@ length and nothing more (such an envelope is within 4 bytes of what it was unpad
 from __future__ import annotations
 
 import struct
+from enum import IntEnum
 
 from syncq.errors import BadUpdate
 
-__all__ = ["FLOOR", "LENGTH_SIZE", "PAD_LIMIT", "pad", "padded_size", "padme", "unpad"]
+__all__ = ["LENGTH_SIZE", "PAD_LIMIT", "Floor", "pad", "padded_size", "padme", "unpad"]
 
 _LENGTH = struct.Struct(">I")
 LENGTH_SIZE = _LENGTH.size  # 4
-FLOOR = 2048  # the smallest padded payload: every short prompt and every small record
+
+
+class Floor(IntEnum):
+    """The smallest padded payload of an envelope, by what it carries (the writer says)."""
+
+    SMALL = 512  # content-free records and stream chunks only (syncq.log marks them)
+    CONTENT = 2048  # prompts, results, and every write not marked small: the default
+
+
 # The largest padded payload: an envelope of it (crypto.OVERHEAD more) in an ENVELOPES frame
 # (about 40 bytes more) stays under frames.MAX_FRAME_SIZE, 8 MiB (tests/syncq/test_padding.py).
 PAD_LIMIT = 8 * 1024 * 1024 - 4096
@@ -51,28 +72,29 @@ def padme(length: int) -> int:
     return (length + mask) & ~mask
 
 
-def padded_size(length: int) -> int:
-    """How many bytes a payload of ``length`` bytes is padded to, its length field included.
-    Raises ``ValueError`` for a negative length or one that a u32 cannot hold."""
+def padded_size(length: int, floor: Floor = Floor.CONTENT) -> int:
+    """How many bytes a payload of ``length`` bytes is padded to, its length field included,
+    at ``floor``. Raises ``ValueError`` for a negative length, one that a u32 cannot hold, or a
+    floor that is not a ``Floor``."""
     if not 0 <= length < 1 << 32:
         raise ValueError(f"a payload of {length} bytes cannot be padded")
     inner = LENGTH_SIZE + length
     if inner > PAD_LIMIT:
         return inner
-    return min(max(FLOOR, padme(inner)), PAD_LIMIT)
+    return min(max(Floor(floor), padme(inner)), PAD_LIMIT)
 
 
-def pad(payload: bytes) -> bytes:
-    """``payload`` with its length in front and zero bytes behind, ``padded_size`` in all.
-    Raises ``ValueError`` for a payload of 4 GiB or more."""
-    size = padded_size(len(payload))
+def pad(payload: bytes, floor: Floor = Floor.CONTENT) -> bytes:
+    """``payload`` with its length in front and zero bytes behind, ``padded_size`` at ``floor``
+    in all. Raises ``ValueError`` as ``padded_size`` does."""
+    size = padded_size(len(payload), floor)
     return _LENGTH.pack(len(payload)) + payload + bytes(size - LENGTH_SIZE - len(payload))
 
 
 def unpad(padded: bytes) -> bytes:
-    """The payload ``pad`` wrapped. Any total length is read (the writers' bucket rule may
-    change without a new envelope version), but the length field must fit and every byte after
-    the payload must be zero. Raises ``BadUpdate``."""
+    """The payload ``pad`` wrapped. Any total length is read, whatever floor its writer chose
+    (floors and buckets may change without a new envelope version), but the length field must
+    fit and every byte after the payload must be zero. Raises ``BadUpdate``."""
     if len(padded) < LENGTH_SIZE:
         raise BadUpdate(f"a padded payload of {len(padded)} bytes has no length field")
     (length,) = _LENGTH.unpack_from(padded)

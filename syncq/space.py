@@ -54,6 +54,7 @@ from syncq.keys import (
     save_space,
 )
 from syncq.lifecycle import TERMINAL, Status
+from syncq.padding import Floor
 from syncq.records import (
     Cancel,
     Claim,
@@ -553,9 +554,10 @@ class Space:
                 updates.append(yjs.encode_map_inserts(self._blind_client, clock, "prompts", entries))
                 encoded.extend(text for _, text in entries)
                 clock += len(batch)
+            # Prompts: the content floor (a 10-byte and a 900-byte one look alike).
             seqs = self.store.append_own(
                 self._author,
-                [self._sealer(u) for u in updates],
+                [self._sealer(u, Floor.CONTENT) for u in updates],
                 durable=durable,
                 view=self.replica.blind_rows(prompts, encoded),
             )
@@ -618,7 +620,11 @@ class Space:
         """Make several changes as one envelope (``Log.batch``): a scheduler's claims, or a
         run's "running" mark with its first output. With ``durable`` false the commit skips
         its fsync (``Store.sync``, before envelopes leave the device): for what power loss may
-        take back, since the prompt then simply runs again (claims, heartbeats, streams)."""
+        take back, since the prompt then simply runs again (claims, heartbeats, streams).
+
+        The envelope pads to the largest floor of the changes (``Log.floor``): the small one for
+        claims, heartbeats and stream chunks alone, the content floor once a prompt or a result
+        is among them (PROTOCOL.md, "Padding")."""
         with self.lock:
             self._write(lambda log: log.batch(changes), durable=durable)
 
@@ -902,10 +908,18 @@ class Space:
             llm=llm,
         )
 
-    def _sealer(self, payload: bytes) -> Callable[[int], bytes]:
+    def _sealer(self, payload: bytes, floor: Floor = Floor.CONTENT) -> Callable[[int], bytes]:
+        """Seals ``payload`` padded to ``floor``: the content floor unless the writer knows it
+        carries no prompt and no result (PROTOCOL.md, "Padding")."""
+
         def seal(seq: int) -> bytes:
             return crypto.seal(
-                device=self.device, space=self.keys, seq=seq, payload=payload, nonce=self.entropy(12)
+                device=self.device,
+                space=self.keys,
+                seq=seq,
+                payload=payload,
+                nonce=self.entropy(12),
+                floor=floor,
             )
 
         return seal
@@ -914,8 +928,11 @@ class Space:
         self.keys_changed()  # seal under the newest epoch, even one another process learnt
         log = self.log
         update = mutate(log)
+        # What the update carries picks its padding: the Log marks claims, presence, cancels,
+        # retries, streams and device records small, and a batch pads as its largest part.
+        floor = log.floor
         try:
-            seqs = self.store.append_own(self._author, [self._sealer(update)], durable=durable)
+            seqs = self.store.append_own(self._author, [self._sealer(update, floor)], durable=durable)
         except BaseException:
             self.replica.drop()  # the Doc holds a change the store does not
             raise

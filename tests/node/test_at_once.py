@@ -5,6 +5,7 @@ driven by the official ``openai`` client."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,10 @@ import pytest
 from api_probe import Served, serving_echo
 from harness import wait_until
 
+from syncq import crypto, yjs_read
 from syncq.frames import MAX_FRAME_SIZE
 from syncq.lifecycle import Status
+from syncq.padding import Floor, padded_size
 from syncq.space import NewPrompt, Space, wall_clock_ms
 
 pytestmark = pytest.mark.slow
@@ -166,3 +169,34 @@ def test_many_large_chats_at_once_still_go_out_in_envelopes_a_peer_takes(tmp_pat
         assert max(sizes) < 2 * 2**20 < MAX_FRAME_SIZE, max(sizes)
     finally:
         served.node.stop()
+
+
+def test_every_envelope_the_node_writes_pads_by_what_it_carries(api: Served) -> None:
+    # PROTOCOL.md, "Padding": a prompt or a result (alone, or in a batch with claims) pads to the
+    # content floor; claims, their heartbeats, the running mark, stream chunks and presence to
+    # the small one. Judged here by what each envelope the node wrote really holds.
+    queued, asked = (" ".join(f"{what}{i}" for i in range(30)) for what in ("queued", "asked"))
+    with Space.open(api.node.home) as space:
+        before = space.version_vector()
+        space.add(queued, model="echo", params={"delay": 1.5})  # claimed, streamed, ended
+    stream = api.client().chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": asked}], stream=True, extra_body={"delay": 1.5}
+    )  # run at once: its prompt shows with its first output, then chunks, then its result
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == asked
+    assert chat(api, "short") == "short"  # prompt, claim and result in one envelope
+    for text in (queued, asked, "short"):
+        wait_until(lambda t=text: (e := entry_of(api, t)) is not None and e.status is Status.DONE, what=text)
+    floors: list[Floor] = []
+    with Space.open(api.node.home) as space:
+        for data in space.envelopes(after=before):
+            envelope, update = crypto.open_envelope(data, space.keys)
+            if envelope.kind is not crypto.Kind.UPDATE:
+                continue
+            records = [json.loads(s) for s in yjs_read.inserted_strings(update) if s.startswith("{")]
+            content = any("input" in r or "status" in r for r in records)  # a prompt or a result
+            floor = Floor.CONTENT if content else Floor.SMALL
+            assert len(data) == crypto.OVERHEAD + padded_size(len(update), floor), records
+            floors.append(floor)
+    # Two adds and three results at least; claims and chunks of two streamed runs (a chunk every
+    # 100 ms for about a second each).
+    assert floors.count(Floor.CONTENT) >= 4 and floors.count(Floor.SMALL) >= 10, floors

@@ -41,7 +41,7 @@ def test_envelope_layout_matches_protocol_md() -> None:
     data = sealed(b"abc")
     assert data[:2] == b"SQ"
     assert data[2] == crypto.ENVELOPE_VERSION == 2
-    assert len(data) == crypto.OVERHEAD + padding.FLOOR  # 3 bytes, padded ("Padding")
+    assert len(data) == crypto.OVERHEAD + padding.Floor.CONTENT  # 3 bytes, padded ("Padding")
     assert data[4:20] == bytes.fromhex(SPACE.space_id)
     assert data[24:56] == DEVICE.public_key
     assert int.from_bytes(data[56:64], "big") == 1

@@ -1,6 +1,6 @@
-"""Padding of sealed payloads (PROTOCOL.md, "Envelope", "Padding"): a 2 KiB floor, PADMÉ above
-it, a cap that keeps every envelope within a frame; bad padding quarantined; version 1 (unpadded)
-envelopes still read."""
+"""Padding of sealed payloads (PROTOCOL.md, "Envelope", "Padding"): a 2 KiB floor for content and
+a 512-byte one for what the writer marks content-free, PADMÉ above, a cap that keeps every
+envelope within a frame; bad padding quarantined; version 1 (unpadded) envelopes still read."""
 
 from __future__ import annotations
 
@@ -16,13 +16,18 @@ from hypothesis import strategies as st
 from syncq import crypto, frames
 from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.errors import BadSignature, BadTag, BadUpdate
-from syncq.padding import FLOOR, LENGTH_SIZE, PAD_LIMIT, pad, padded_size, padme, unpad
+from syncq.ids import DeviceId, PromptId
+from syncq.log import Log
+from syncq.padding import LENGTH_SIZE, PAD_LIMIT, Floor, pad, padded_size, padme, unpad
 from syncq.protocol import MAX_FRAME_SIZE, Frame
-from syncq.space import Space
+from syncq.records import Claim, ModelAd, NodeInfo, Result, Retry, RunStatus
+from syncq.space import NewPrompt, Space
 
 DEVICE = DeviceKeys.from_seed(bytes(range(64)))
 SPACE = SpaceKeys.create(bytes(32))
 LENGTHS = st.integers(min_value=0, max_value=(1 << 32) - 1)
+FLOORS = st.sampled_from(Floor)
+FLOOR = Floor.CONTENT
 
 
 def seal_raw(*, device: DeviceKeys, space: SpaceKeys, seq: int, plaintext: bytes, version: int = 2) -> bytes:
@@ -37,28 +42,30 @@ def seal_raw(*, device: DeviceKeys, space: SpaceKeys, seq: int, plaintext: bytes
     return body + device.sign(body)
 
 
-@given(st.binary(max_size=20_000))
-def test_pad_and_unpad_round_trip(payload: bytes) -> None:
-    padded = pad(payload)
-    assert len(padded) == padded_size(len(payload))
+@given(st.binary(max_size=20_000), FLOORS)
+def test_pad_and_unpad_round_trip(payload: bytes, floor: Floor) -> None:
+    padded = pad(payload, floor)
+    assert len(padded) == padded_size(len(payload), floor)
     assert unpad(padded) == payload
 
 
-@given(LENGTHS)
-def test_the_padded_size_depends_only_on_the_bucket(length: int) -> None:
-    size = padded_size(length)
+@given(LENGTHS, FLOORS)
+def test_the_padded_size_depends_only_on_the_bucket(length: int, floor: Floor) -> None:
+    size = padded_size(length, floor)
     assert size >= length + LENGTH_SIZE
     # A bucket is a fixed point: every length up to the bucket's own payload pads to it.
     if size <= PAD_LIMIT:
-        assert padded_size(size - LENGTH_SIZE) == size
-    assert padded_size(max(0, length - 1)) <= size  # monotonic: no smaller length pads larger
+        assert padded_size(size - LENGTH_SIZE, floor) == size
+    assert padded_size(max(0, length - 1), floor) <= size  # monotonic: no smaller length pads larger
+    # The content floor never pads smaller than the small one: a mixed batch takes the larger.
+    assert padded_size(length, Floor.SMALL) <= padded_size(length, Floor.CONTENT)
 
 
-@given(LENGTHS)
-def test_the_overhead_stays_within_what_protocol_md_says(length: int) -> None:
-    inner, size = length + LENGTH_SIZE, padded_size(length)
-    if inner <= FLOOR:
-        assert size == FLOOR
+@given(LENGTHS, FLOORS)
+def test_the_overhead_stays_within_what_protocol_md_says(length: int, floor: Floor) -> None:
+    inner, size = length + LENGTH_SIZE, padded_size(length, floor)
+    if inner <= floor:
+        assert size == floor
     elif inner > PAD_LIMIT:
         assert size == inner  # only the length field: padding must not leave a frame
     else:
@@ -74,6 +81,11 @@ def test_padme_leaves_only_the_top_bits() -> None:
         padme(-1)
     with pytest.raises(ValueError):
         padded_size(1 << 32)
+    with pytest.raises(ValueError):
+        padded_size(10, 256)  # type: ignore[arg-type]  # only the two floors
+    assert padded_size(0) == padded_size(2044) == Floor.CONTENT == 2048  # the default: content
+    assert padded_size(0, Floor.SMALL) == padded_size(508, Floor.SMALL) == 512
+    assert padded_size(509, Floor.SMALL) == 544  # above the small floor: PADMÉ's step of 32
 
 
 def test_a_10_byte_and_a_900_byte_prompt_seal_to_one_size(space: Space) -> None:
@@ -83,6 +95,112 @@ def test_a_10_byte_and_a_900_byte_prompt_seal_to_one_size(space: Space) -> None:
     short, long, longer = (len(e) for e in list(space.envelopes())[-3:])
     assert short == long == crypto.OVERHEAD + FLOOR
     assert longer > long
+
+
+def last_size(space: Space) -> int:
+    *_, data = space.envelopes()
+    return len(data)
+
+
+def result(prompt_id: str, node: str, output: str = "") -> Result:
+    return Result(
+        prompt_id=PromptId(prompt_id), node=DeviceId(node), node_name="laptop", attempt=1,
+        status=RunStatus.DONE, output=output, started_at=1, finished_at=2,
+    )  # fmt: skip
+
+
+def test_content_free_writes_pad_to_the_small_floor(space: Space) -> None:
+    me, small = space.device_id, crypto.OVERHEAD + Floor.SMALL
+    ids = [space.add(f"prompt {i}", model="echo").id for i in range(3)]
+    assert last_size(space) == crypto.OVERHEAD + Floor.CONTENT
+    models = tuple(ModelAd(name=f"model-{i}", backend="llamacpp", loaded=True, size=9**9) for i in range(3))
+    presence = NodeInfo(
+        id=me,
+        name="laptop",
+        version="0.17.0",
+        last_seen=1,
+        listen="http://192.168.178.20:7331",
+        models=models,
+    )
+    writes: dict[str, Callable[[], object]] = {
+        "claim": lambda: space.put_claim(Claim(prompt_id=ids[0], node=me, attempt=1, heartbeat=1)),
+        "presence": lambda: space.put_node(presence),
+        "heartbeats": lambda: space.write(
+            lambda log: [log.put_claim(Claim(prompt_id=p, node=me, attempt=1, heartbeat=2)) for p in ids[:2]]
+        ),
+        "first output": lambda: space.write(
+            lambda log: (
+                log.put_claim(Claim(prompt_id=ids[1], node=me, attempt=1, heartbeat=3, running=True)),
+                log.append_stream(ids[1], "The sky"),
+            )
+        ),
+        "short chunk": lambda: space.append_stream(ids[1], " is"),
+        "long chunk": lambda: space.append_stream(ids[1], " blue because air scatters short waves more" * 10),
+        "drop stream": lambda: space.drop_stream(ids[1]),
+        "cancel": lambda: space.cancel(ids[2]),
+        "retry": lambda: space.write(
+            lambda log: log.put_retry(Retry(prompt_id=ids[0], by=me, at=1, max_attempts=6))
+        ),
+        "device": lambda: space.put_device(space._own_record()),
+    }
+    for what, write in writes.items():
+        write()
+        assert last_size(space) == small, what
+
+
+def test_a_write_with_a_prompt_or_a_result_pads_to_the_content_floor(space: Space) -> None:
+    me, content = space.device_id, crypto.OVERHEAD + Floor.CONTENT
+    ids = [space.add(f"prompt {i}", model="echo").id for i in range(3)]
+    at_once = space.prepare(NewPrompt(text="hi", model="echo"))
+    writes: dict[str, Callable[[], object]] = {
+        # A group commit of results with the claim of a run at once, as the scheduler writes it.
+        "claims and a result": lambda: space.write(
+            lambda log: (
+                log.put_claim(Claim(prompt_id=ids[0], node=me, attempt=1, heartbeat=9)),
+                log.finish(result(ids[0], me)),
+                log.append_stream(ids[1], "x"),
+            )
+        ),
+        "claims and a prompt": lambda: space.write(
+            lambda log: (
+                log.put_prompt(at_once),
+                log.put_claim(Claim(prompt_id=at_once.id, node=me, attempt=1, heartbeat=1)),
+            )
+        ),
+        "finish": lambda: space.finish(result(ids[1], me, "ok")),
+        "put_result": lambda: space.put_result(result(ids[2], me)),
+    }
+    for what, write in writes.items():
+        write()
+        assert last_size(space) == content, what
+    # Either order: the floor is the largest of the batch's parts, not its last.
+    again = Claim(prompt_id=at_once.id, node=me, attempt=1, heartbeat=2)
+    space.write(lambda log: (log.finish(result(at_once.id, me)), log.put_claim(again)))
+    assert last_size(space) == content
+
+
+def test_the_log_marks_only_content_free_mutations_small(space: Space) -> None:
+    log, me = Log(client_id=1), space.device_id
+    prompt = space.prepare(NewPrompt(text="hi", model="echo"))
+    log.put_claim(Claim(prompt_id=prompt.id, node=me, attempt=1, heartbeat=1))
+    assert log.floor is Floor.SMALL
+    log.put_prompt(prompt)
+    assert log.floor is Floor.CONTENT
+    log.batch(lambda log: log.put_claim(Claim(prompt_id=prompt.id, node=me, attempt=1, heartbeat=2)))
+    assert log.floor is Floor.SMALL  # a new mutation starts afresh
+    log.put_result(result(prompt.id, me))
+    assert log.floor is Floor.CONTENT
+
+
+def test_a_small_floor_envelope_opens_as_any_other() -> None:
+    for floor in Floor:
+        data = crypto.seal(device=DEVICE, space=SPACE, seq=1, payload=b"claim", nonce=bytes(12), floor=floor)
+        assert len(data) == crypto.OVERHEAD + floor
+        assert crypto.open_envelope(data, SPACE)[1] == b"claim"
+    # The default is the content floor: a write path that says nothing never shows a size.
+    assert len(crypto.seal(device=DEVICE, space=SPACE, seq=1, payload=b"", nonce=bytes(12))) == (
+        crypto.OVERHEAD + Floor.CONTENT
+    )
 
 
 def test_a_padded_envelope_near_the_limit_still_fits_one_frame() -> None:

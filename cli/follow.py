@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from syncq.client import Outcome, stranded
+from syncq.entries import Entry
 from syncq.errors import UserError
 from syncq.lifecycle import TERMINAL, Status
-from syncq.log import Entry
 
 
 def _changes(space: Any, timeout: float | None) -> Any:

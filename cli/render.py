@@ -15,7 +15,7 @@ from syncq.node.logs import one_line, printable
 
 from syncq.blobs import BlobRef
 from syncq.chat import LlmInput, ToolCall
-from syncq.log import Entry
+from syncq.entries import Entry
 from syncq.records import ModelAd, NodeInfo, Result
 from syncq.space import Space, SpaceStatus
 

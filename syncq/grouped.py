@@ -13,8 +13,10 @@ while it was busy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
+
+from syncq.batching import by_size as by_size  # the size rule groups follow too
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -109,19 +111,3 @@ def _settle(answer: asyncio.Future[R], outcome: R | Exception) -> None:
         answer.set_exception(outcome)
     else:
         answer.set_result(outcome)
-
-
-def by_size(items: Sequence[T], size: Callable[[T], int], budget: int) -> Iterator[list[T]]:
-    """``items`` in order, in runs of at most ``budget`` bytes by ``size`` (an item larger than
-    that alone): a group must still fit an envelope a peer takes (``PROTOCOL.md``'s frame cap)."""
-    batch: list[T] = []
-    used = 0
-    for item in items:
-        cost = size(item)
-        if batch and used + cost > budget:
-            yield batch
-            batch, used = [], 0
-        batch.append(item)
-        used += cost
-    if batch:
-        yield batch

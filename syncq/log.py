@@ -104,6 +104,8 @@ class Log:
         # API read it several times per prompt.
         self._nodes: list[NodeInfo] | None = None
         self._subscriptions.append(self._maps["nodes"].observe(self._forget_nodes))
+        self._devices: list[Device] | None = None  # likewise: the view counts them on each write
+        self._subscriptions.append(self._maps["devices"].observe(self._forget_devices))
 
     # -- state in and out ------------------------------------------------------------------
 
@@ -329,7 +331,12 @@ class Log:
 
     def devices(self) -> list[Device]:
         """Every member device known to the log, by name."""
-        return sorted(self._all(Device.from_wire, "devices"), key=lambda d: (d.name, d.id))
+        if self._devices is None:
+            self._devices = sorted(self._all(Device.from_wire, "devices"), key=lambda d: (d.name, d.id))
+        return list(self._devices)
+
+    def _forget_devices(self, event: object) -> None:
+        self._devices = None
 
     def invites(self) -> list[InviteRecord]:
         """Every invite made, newest first."""

@@ -34,6 +34,7 @@ class MemoryStore:
         *,
         durable: bool = True,
         view: Sequence[Sealed] = (),
+        covered: int | None = None,
     ) -> list[int]:
         """Allocate seqs and store each ``seal(seq)`` (memory: ``durable`` means nothing), with
         the view rows they change."""
@@ -43,7 +44,7 @@ class MemoryStore:
         datas = [seal(seq) for seq, seal in zip(seqs, seals, strict=True)]  # all or nothing
         rows.update(zip(seqs, datas, strict=True))
         self._generation += 1
-        if view and seqs:
+        if view and seqs and covered in (None, self._generation - 1):
             self.view.appended(view)
             self.view.move(author, seqs, self._generation - 1, self._generation)
         return seqs

@@ -81,6 +81,8 @@ class Replica:
         self._view_generation: int | None = None
         self._rebuild = False
         self._view_keys: view.Keys | None = None
+        self._folded: set[str] = set()  # rows handed to the write in progress (``own_rows``)
+        self._view_devices = -1  # how many devices the view's state counts
 
     @property
     def log(self) -> Log:
@@ -113,6 +115,16 @@ class Replica:
                 self._catch_up(log, {(author, s): p for s, p in zip(seqs, payloads, strict=True)})
             elif seqs[0] == self._applied.get(author, 0) + 1:
                 self._applied[author] = seqs[-1]
+            if self._folded and self._dirty is not None:
+                # The write's rows moved the view on if nothing else wrote since it was current.
+                state = self.store.view.state()
+                if state is not None and state.generation == self.store.generation():
+                    self._view_generation = state.generation
+                else:
+                    for prompt_id in self._folded:
+                        self._dirty.add(prompt_id)
+                    self._view_generation = None
+                self._folded = set()
             self._settle(log)
 
     def drop(self) -> None:
@@ -146,6 +158,41 @@ class Replica:
         keys = self._keys_for_view()
         return [keys.seal(p.id, Raw(prompt=e), Status.QUEUED) for p, e in zip(prompts, encoded, strict=True)]
 
+    def own_rows(self) -> tuple[list[view.Sealed], int | None]:
+        """For a write of this process's Doc about to be stored: the rows of the prompts it
+        changed, and the generation the view covered (``Store.append_own`` writes them in the
+        envelope's transaction only if the store is still there), so that a write costs no
+        transaction of its own for the view. None and no rows when the view was not current,
+        or the write changed the devices: the next flush then writes them."""
+        log, dirty = self._log, self._dirty
+        if log is None or dirty is None or self._view_generation is None or self._rebuild:
+            return [], None
+        if len(log.devices()) != self._view_devices:
+            return [], None
+        ids = dirty.drain()
+        rows, removed = self._rows(log, ids)
+        if removed:
+            for prompt_id in ids:
+                dirty.add(prompt_id)
+            return [], None
+        self._folded = ids
+        return rows, self._view_generation
+
+    def _rows(self, log: Log, ids: Iterable[str]) -> tuple[list[view.Sealed], list[str]]:
+        """The view rows of ``ids``, and those of them the Doc does not hold (to drop)."""
+        keys = self._keys_for_view()
+        rows, removed = [], []
+        for prompt_id in ids:
+            if not log.has_prompt(prompt_id):
+                removed.append(prompt_id)
+                continue
+            try:
+                status: Status | None = log.status(prompt_id)  # remembered: the scheduler asks too
+            except MalformedRecord:
+                status = None
+            rows.append(keys.seal(prompt_id, log.raw(prompt_id), status))
+        return rows, removed
+
     def _keys_for_view(self) -> view.Keys:
         if self._view_keys is None:
             self._view_keys = view.Keys(self.keys.local_key, self._entropy)
@@ -166,26 +213,18 @@ class Replica:
         ids = log.prompt_ids() if self._rebuild else sorted(self._dirty.drain())
         if not ids and not self._rebuild and generation == self._view_generation:
             return
-        keys = self._keys_for_view()
-        rows, removed = [], []
-        for prompt_id in ids:
-            if not log.has_prompt(prompt_id):
-                removed.append(prompt_id)
-                continue
-            try:
-                status: Status | None = log.status(prompt_id)
-            except MalformedRecord:
-                status = None
-            rows.append(keys.seal(prompt_id, log.raw(prompt_id), status))
+        rows, removed = self._rows(log, ids)
+        devices = len(log.devices())
         state = ViewState(
             generation=generation,
             vv=dict(self._applied),
-            devices=len(log.devices()),
+            devices=devices,
             epochs=tuple(sorted(self.keys.secrets)),
         )
         ok = self.store.view.write(rows, state, replace=self._rebuild, removed=removed)
         self._rebuild = False
         self._view_generation = generation if ok else None
+        self._view_devices = devices
 
     # -- exchanging envelopes (the sync layer and the tests use these) -------------------------
 

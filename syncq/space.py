@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from syncq import chat, crypto, devices, roster, yjs
+from syncq.batching import by_size
 from syncq.blobs import MAX_BLOB_SIZE, MAX_FILES, BlobRef, Sealer
 from syncq.blobstore import DEFAULT_RELAY_QUOTA, BlobStore
 from syncq.crypto import DeviceKeys, SpaceKeys
@@ -41,7 +42,6 @@ from syncq.errors import (
     RelayOnly,
     StoreBroken,
 )
-from syncq.grouped import by_size
 from syncq.ids import ID_LENGTH, DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
 from syncq.invite import Grant
 from syncq.keys import (
@@ -931,8 +931,11 @@ class Space:
         # What the update carries picks its padding: the Log marks claims, presence, cancels,
         # retries, streams and device records small, and a batch pads as its largest part.
         floor = log.floor
+        rows, covered = self.replica.own_rows()  # the view's rows go in the same transaction
         try:
-            seqs = self.store.append_own(self._author, [self._sealer(update, floor)], durable=durable)
+            seqs = self.store.append_own(
+                self._author, [self._sealer(update, floor)], durable=durable, view=rows, covered=covered
+            )
         except BaseException:
             self.replica.drop()  # the Doc holds a change the store does not
             raise

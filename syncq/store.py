@@ -28,11 +28,11 @@ from syncq.errors import StoreBroken, StoreClosed
 from syncq.schema import SCHEMA, SCHEMA_VERSION, upgrade
 from syncq.view import Sealed
 from syncq.viewstore import (
+    GENERATION_META,
     TOPS_SQL,
     SqliteView,
     ViewTable,
     appended,
-    generation_in,
     next_generation,
 )
 
@@ -99,11 +99,13 @@ class Store(Protocol):
         *,
         durable: bool = True,
         view: Sequence[Sealed] = (),
+        covered: int | None = None,
     ) -> list[int]:
         """Allocate the next seqs of ``author`` and store ``seal(seq)`` for each, atomically;
         on disk before it returns unless ``durable`` is false (then ``sync`` makes it so).
         ``view`` holds the view rows of every prompt the envelopes change, written in the same
-        transaction (``viewstore.appended``)."""
+        transaction (``viewstore.appended``); ``covered``, if given, is the generation the
+        writer's Doc was at when it made them (a blind write's rows need none)."""
         ...
 
     def sync(self) -> None:
@@ -217,6 +219,7 @@ class SqliteStore:
         # ``tops`` is asked on every read of the log and every batch sent to a peer: it is
         # cached until a write here, or another process's commit (data_version), changes it.
         self._tops: tuple[int, dict[bytes, int]] | None = None
+        self._generation: tuple[int, int] | None = None  # (data version, generation), likewise
         self._unsynced = False  # own envelopes committed without an fsync since the last one
         # Called after each commit of own envelopes (``append_own``): a node learns this way of
         # what its scheduler, its portals and its HTTP API (which shares its Space) wrote;
@@ -283,10 +286,11 @@ class SqliteStore:
         *,
         durable: bool = True,
         view: Sequence[Sealed] = (),
+        covered: int | None = None,
     ) -> list[int]:
         """Allocate seqs and store each ``seal(seq)`` in one transaction (with an fsync, unless
         ``durable`` is false: see ``sync``), with the view rows they change."""
-        self._tops = None
+        self._tops = self._generation = None
         with self._write(durable=durable) as conn:
             last = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM envelopes WHERE author = ?", (author,)
@@ -296,9 +300,9 @@ class SqliteStore:
                 "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)",
                 [(author, seq, seal(seq)) for seq, seal in zip(seqs, seals, strict=True)],
             )
-            before = generation_in(conn)
             after = next_generation(conn)
-            if view and seqs:
+            before = after - 1
+            if view and seqs and covered in (None, before):
                 appended(conn, author, seqs, before, after, view)
         # A FULL commit syncs the WAL, and with it every frame written before it.
         self._unsynced = not durable
@@ -339,7 +343,7 @@ class SqliteStore:
         this device reuse a seq that peers already saw.
         """
         report = PutReport()
-        self._tops = None
+        self._tops = self._generation = None
         with self._write(durable=False) as conn:
             for row in rows:
                 found = conn.execute(
@@ -374,9 +378,13 @@ class SqliteStore:
         return self._tops[1]
 
     def generation(self) -> int:
-        """The count every write of envelopes or marks moves on (``Store.generation``)."""
-        found = self._read("SELECT value FROM meta WHERE key = 'store.generation'")
-        return int(found[0][0]) if found else 0
+        """The count every write of envelopes or marks moves on (``Store.generation``); asked on
+        every read of the log, so cached until a write here or another process's commit."""
+        version = self.data_version()
+        if self._generation is None or self._generation[0] != version:
+            found = self._read("SELECT value FROM meta WHERE key = ?", (GENERATION_META,))
+            self._generation = (version, int(found[0][0]) if found else 0)
+        return self._generation[1]
 
     def rows(self, author: bytes, after: int = 0) -> Iterator[Row]:
         """The author's envelopes after ``after``, in seq order (fetched in pages)."""
@@ -454,6 +462,7 @@ class SqliteStore:
 
     def mark(self, author: bytes, seq: int, reason: str | None) -> None:
         """Quarantine a stored envelope for ``reason``, or release it (``None``)."""
+        self._generation = None
         with self._write(durable=False) as conn:
             if reason is None:
                 conn.execute("DELETE FROM quarantine WHERE author = ? AND seq = ?", (author, seq))

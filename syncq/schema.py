@@ -63,6 +63,25 @@ CREATE TABLE IF NOT EXISTS view (
     data   BLOB NOT NULL                 -- its records, sealed with a local key
 );
 CREATE INDEX IF NOT EXISTS view_status ON view (status, id);
+-- How many rows have each status tag, kept by triggers: `syncq status` reads a few rows, not
+-- an index of every prompt.
+CREATE TABLE IF NOT EXISTS view_counts (
+    status BLOB PRIMARY KEY,
+    n      INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS view_added AFTER INSERT ON view BEGIN
+    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS view_removed AFTER DELETE ON view BEGIN
+    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
+END;
+CREATE TRIGGER IF NOT EXISTS view_moved AFTER UPDATE OF status ON view
+    WHEN old.status != new.status BEGIN
+    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
+    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
 """
 
 # Schema 1 kept one row per rejection: a peer sending garbage grew the table without bound.
@@ -98,6 +117,25 @@ CREATE TABLE IF NOT EXISTS view (
     data   BLOB NOT NULL                 -- its records, sealed with a local key
 );
 CREATE INDEX IF NOT EXISTS view_status ON view (status, id);
+-- How many rows have each status tag, kept by triggers: `syncq status` reads a few rows, not
+-- an index of every prompt.
+CREATE TABLE IF NOT EXISTS view_counts (
+    status BLOB PRIMARY KEY,
+    n      INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS view_added AFTER INSERT ON view BEGIN
+    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS view_removed AFTER DELETE ON view BEGIN
+    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
+END;
+CREATE TRIGGER IF NOT EXISTS view_moved AFTER UPDATE OF status ON view
+    WHEN old.status != new.status BEGIN
+    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
+    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
 """
 
 _STEPS = {1: _TO_2, 2: _TO_3, 3: _TO_4}  # from version: the statements that bring it to version + 1
@@ -112,11 +150,23 @@ def upgrade(conn: sqlite3.Connection) -> None:
             if version >= SCHEMA_VERSION:
                 conn.execute("COMMIT")
                 return
-            for statement in _STEPS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(_STEPS[version]):
+                conn.execute(statement)
             conn.execute(f"PRAGMA user_version={version + 1}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of ``script``, split where SQLite says one ends (a trigger's body holds
+    semicolons of its own)."""
+    found, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip():
+                found.append(pending)
+            pending = ""
+    return found

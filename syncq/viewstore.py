@@ -150,6 +150,7 @@ class SqliteView:
         with self._write() as conn:
             if replace:
                 conn.execute("DELETE FROM view")
+                conn.execute("DELETE FROM view_counts")
             conn.executemany("DELETE FROM view WHERE id = ?", [(i,) for i in removed])
             put_rows(conn, rows)
             ok = state.generation == generation_in(conn)
@@ -188,7 +189,7 @@ class SqliteView:
 
     def counts(self) -> dict[bytes, int]:
         """Rows per status tag."""
-        found = self._read("SELECT status, COUNT(*) FROM view GROUP BY status", ())
+        found = self._read("SELECT status, n FROM view_counts WHERE n > 0", ())
         return {bytes(s): int(n) for s, n in found}
 
 
@@ -231,7 +232,8 @@ def next_generation(conn: sqlite3.Connection) -> int:
 def put_rows(conn: sqlite3.Connection, rows: Sequence[Sealed]) -> None:
     """Insert or replace view rows in the connection's transaction."""
     conn.executemany(
-        "INSERT OR REPLACE INTO view (id, status, data) VALUES (?, ?, ?)",
+        "INSERT INTO view (id, status, data) VALUES (?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data",
         [(r.prompt_id, r.status, r.data) for r in rows],
     )
 

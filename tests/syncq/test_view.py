@@ -217,9 +217,14 @@ def test_an_old_home_gets_its_view_on_first_read(tmp_path: Path) -> None:
             space.add(f"q{i}", model="echo")
         space.checkpoint()  # the Doc's next load starts from it: nothing is replayed
     with sqlite3.connect(home / "syncq.db") as conn:  # as schema 3 left it: no view at all
-        conn.execute("DELETE FROM view")
-        conn.execute("DELETE FROM meta WHERE key = 'view.state'")
+        for trigger in ("view_added", "view_removed", "view_moved"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE view")
+        conn.execute("DROP TABLE view_counts")
+        conn.execute("DELETE FROM meta WHERE key IN ('view.state', 'store.generation')")
+        conn.execute("PRAGMA user_version = 3")
     assert from_view(home) is None
     assert [e.prompt.input for e in from_doc(home)[0]] == ["q0", "q1", "q2"]
     assert from_view(home) == from_doc(home)
+    assert from_view(home)[-1][:2] == (3, {"queued": 3})  # the counts kept by the new triggers
     assert os.stat(home / "syncq.db").st_mode & 0o077 == 0

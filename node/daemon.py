@@ -37,6 +37,7 @@ from syncq.protocol import MAX_HANDSHAKE_FRAME, CloseCode, Role
 from syncq.records import ModelAd, NodeInfo
 from syncq.space import Space, wall_clock_ms
 from syncq.store import Peer, SqliteStore, no_hook
+from syncq.viewstore import NODE_FLUSH_S
 from syncq.watch import RECHECK_S, FolderWatch, wait_event
 
 from .connection import Connection
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 WATCH_INTERVAL_S = 0.005  # without inotify: how often to look for other processes' writes
 WATCH_SAFETY_S = 1.0  # with inotify: a look this often even without a reported write
 HEARTBEAT_S = 5.0
+VIEW_MOST = 64  # prompts written into the local view per flush: ~10 ms of the loop
 PRESENCE_S = 60.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
@@ -175,6 +177,7 @@ class Node:
         tasks = [keep("watch", self._watch), keep("heartbeat", self._heartbeat)]
         if not self.space.is_relay:
             tasks.append(keep("presence", self._presence))
+            tasks.append(keep("view", self._keep_view))
         elif self.relay_blob_days > 0:
             tasks.append(keep("forget", self._forget_old_blobs))
         if self.scheduler is not None:
@@ -491,6 +494,14 @@ class Node:
             if fd is not None:
                 loop.remove_reader(fd)
             watch.close()
+
+    async def _keep_view(self) -> None:
+        """Write what peers changed into the local view (``Replica.flush_view``), so that
+        `syncq log` and `status` in another process can read it instead of loading the Doc."""
+        while True:
+            await asyncio.sleep(NODE_FLUSH_S)
+            if self.space.replica.view_behind():
+                self.space.replica.flush_view(most=VIEW_MOST)
 
     async def _heartbeat(self) -> None:
         self.space.store.set_meta("node.pid", str(os.getpid()))

@@ -62,6 +62,13 @@ class Changes:
         """Note a change (called by the log)."""
         self._ids.add(prompt_id)
 
+    def pending(self) -> bool:
+        """Whether a change is waiting to be drained."""
+        return bool(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
     def drain(self) -> set[str]:
         """The ids changed since the last drain (every prompt, the first time)."""
         ids, self._ids = self._ids, set()

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 ROOT_META = "roster.root"
 CHAIN_META = "roster.chain"
 CHECKPOINT_AFTER = 256  # envelopes replayed on open before a fresh checkpoint is written
+FOLD_MOST = 8  # prompts whose rows an own write carries; more wait for the next flush
 _CLIENT_ID_BITS = 53  # Yjs client ids stay below 2**53; random, fresh for every process
 
 
@@ -92,14 +93,36 @@ class Replica:
             if self._log is None:
                 self._log = self._load()
             else:
-                self._settle(self._log)
+                self._catch_up(self._log)
             return self._log
 
     def catch_up(self) -> None:
         """Apply what the store holds beyond the Doc (if the Doc is loaded at all)."""
         with self._lock:
             if self._log is not None:
-                self._settle(self._log)
+                self._catch_up(self._log)
+
+    def flush_view(self, most: int | None = None) -> None:
+        """Bring the local view up to the Doc (if the Doc is loaded). Writes of this process
+        carry their rows themselves (``own_rows``); what came from elsewhere is written here,
+        in one transaction for whatever changed since the last flush: the node calls it a few
+        times a second (``VIEW_EVERY_S``), a process that loaded the Doc on close. A flush per
+        received envelope tripled the cost of receiving one. With ``most``, at most that many
+        prompts are written now and the rest at the next call (a node's loop is not held up
+        for long after a burst); the view covers the store only once all are."""
+        with self._lock:
+            if self._log is not None:
+                generation = self.store.generation()  # first: the catch-up reads at least this
+                self._catch_up(self._log)
+                self._flush_view(self._log, generation, most)
+
+    def view_behind(self) -> bool:
+        """Whether a flush would write anything."""
+        return self._log is not None and (
+            self._view_generation is None
+            or self._view_generation != self.store.generation()
+            or bool(self._dirty is not None and self._dirty.pending())
+        )
 
     def stored_own(self, author: bytes, seqs: Sequence[int], payloads: Sequence[bytes] | None) -> None:
         """Own envelopes were just stored under ``seqs``: take them in without reading them
@@ -125,7 +148,6 @@ class Replica:
                         self._dirty.add(prompt_id)
                     self._view_generation = None
                 self._folded = set()
-            self._settle(log)
 
     def drop(self) -> None:
         """Forget the Doc (it holds a change the store does not, or the store is closing): the
@@ -149,6 +171,14 @@ class Replica:
             return None
         return Reader(self.store.view, self._keys_for_view(), state)
 
+    def reader_may_come(self) -> bool:
+        """Whether another process may bring the view up to the store soon: the Doc is not
+        loaded here, and the view has a state for this home's keys (only behind)."""
+        if self.keys.is_relay or self._log is not None:
+            return False
+        state = self.store.view.state()
+        return state is not None and state.epochs == tuple(sorted(self.keys.secrets))
+
     def blind_rows(self, prompts: Sequence[Prompt], encoded: Sequence[str]) -> list[view.Sealed]:
         """The view's rows for prompts about to be written blind (without the Doc), which
         ``Store.append_own`` writes with them; none when the Doc is loaded (writing it then
@@ -168,6 +198,8 @@ class Replica:
         if log is None or dirty is None or self._view_generation is None or self._rebuild:
             return [], None
         if len(log.devices()) != self._view_devices:
+            return [], None
+        if len(dirty) > FOLD_MOST:  # a heartbeat of many claims: left to the next flush
             return [], None
         ids = dirty.drain()
         rows, removed = self._rows(log, ids)
@@ -198,22 +230,25 @@ class Replica:
             self._view_keys = view.Keys(self.keys.local_key, self._entropy)
         return self._view_keys
 
-    def _settle(self, log: Log) -> None:
-        """Bring the Doc up to what the store holds, then the view up to the Doc. The store's
-        generation is read first: whatever the catch-up then reads is at least that new."""
-        generation = self.store.generation()
-        self._catch_up(log)
-        self._flush_view(log, generation)
-
-    def _flush_view(self, log: Log, generation: int) -> None:
+    def _flush_view(self, log: Log, generation: int, most: int | None = None) -> None:
         """Write the rows of the prompts changed since the last flush (every row, for a
-        rebuild), and the state saying the view covers ``generation``."""
+        rebuild), and the state saying the view covers ``generation`` (unless ``most`` left
+        some for later)."""
         if self._dirty is None or self.keys.is_relay:
             return
+        if not self._rebuild and self.store.view.state() is None:
+            self._rebuild = True  # forgotten meanwhile (a damaged row, a removal): write it whole
         ids = log.prompt_ids() if self._rebuild else sorted(self._dirty.drain())
         if not ids and not self._rebuild and generation == self._view_generation:
             return
-        rows, removed = self._rows(log, ids)
+        later = ids[most:] if most is not None and not self._rebuild else []
+        for prompt_id in later:
+            self._dirty.add(prompt_id)
+        rows, removed = self._rows(log, ids[: len(ids) - len(later)])
+        if later:
+            self.store.view.write(rows, None, removed=removed)
+            self._view_generation = None
+            return
         devices = len(log.devices())
         state = ViewState(
             generation=generation,
@@ -330,7 +365,6 @@ class Replica:
             if self._log is not None and put.added:
                 added = {(r.author, r.seq) for r in put.added}
                 self._catch_up(self._log, {k: v for k, v in payloads.items() if k in added})
-                self._settle(self._log)
         return report
 
     def _inspect(self, envelope: crypto.Envelope) -> tuple[bytes | None, EnvelopeRejected | None]:

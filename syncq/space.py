@@ -17,6 +17,7 @@ that arrives after a gap is stored and held until the gap fills.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -41,6 +42,7 @@ from syncq.errors import (
     MalformedRecord,
     RelayOnly,
     StoreBroken,
+    StoreClosed,
 )
 from syncq.ids import ID_LENGTH, DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
 from syncq.invite import Grant
@@ -74,6 +76,7 @@ from syncq.records import (
 )
 from syncq.replica import ReceiveReport, Replica, new_client_id
 from syncq.store import SqliteStore, Store
+from syncq.viewstore import NODE_FLUSH_S
 
 T = TypeVar("T")
 
@@ -353,6 +356,8 @@ class Space:
     def close(self) -> None:
         """Close the store. Idempotent."""
         with self.lock:
+            with contextlib.suppress(StoreBroken, StoreClosed):
+                self.replica.flush_view()  # what this process read or wrote, for the next reader
             self.replica.drop()
             self.store.close()
             if self._blobs is not None:
@@ -798,6 +803,13 @@ class Space:
         row makes the view be rebuilt from the Doc, which answers instead."""
         self.require_member()
         reader = self.replica.reader()
+        if reader is None and self.replica.reader_may_come() and self.node_running():
+            # The node writes what its peers changed into the view a few times a second:
+            # waiting for that costs less than loading a long history's Doc.
+            deadline = time.monotonic() + 2 * NODE_FLUSH_S
+            while reader is None and time.monotonic() < deadline:
+                time.sleep(NODE_FLUSH_S / 10)
+                reader = self.replica.reader()
         if reader is None:
             return None
         try:

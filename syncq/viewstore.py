@@ -28,6 +28,9 @@ from syncq.lifecycle import Status
 from syncq.view import Keys, Sealed
 
 STATE_META = "view.state"
+# A running node writes what its peers changed into the view this often (node/daemon.py): a
+# reader that finds the view behind while a node runs waits up to twice that for it.
+NODE_FLUSH_S = 0.25
 PAGE = 200  # rows read at a time when listing
 
 
@@ -91,7 +94,7 @@ class ViewTable(Protocol):
     def write(
         self,
         rows: Sequence[Sealed],
-        state: ViewState,
+        state: ViewState | None,
         *,
         replace: bool = False,
         removed: Sequence[str] = (),
@@ -141,7 +144,7 @@ class SqliteView:
     def write(
         self,
         rows: Sequence[Sealed],
-        state: ViewState,
+        state: ViewState | None,
         *,
         replace: bool = False,
         removed: Sequence[str] = (),
@@ -153,10 +156,10 @@ class SqliteView:
                 conn.execute("DELETE FROM view_counts")
             conn.executemany("DELETE FROM view WHERE id = ?", [(i,) for i in removed])
             put_rows(conn, rows)
-            ok = state.generation == generation_in(conn)
-            if ok:
-                set_state(conn, state)
-        return ok
+            if state is None or state.generation != generation_in(conn):
+                return False
+            set_state(conn, state)
+        return True
 
     def clear(self) -> None:
         """Forget the state."""
@@ -276,7 +279,7 @@ class MemoryView:
     def write(
         self,
         rows: Sequence[Sealed],
-        state: ViewState,
+        state: ViewState | None,
         *,
         replace: bool = False,
         removed: Sequence[str] = (),
@@ -287,7 +290,7 @@ class MemoryView:
         for prompt_id in removed:
             self.rows.pop(prompt_id, None)
         self.appended(rows)
-        if state.generation != self._generation():
+        if state is None or state.generation != self._generation():
             return False
         self._state = state
         return True

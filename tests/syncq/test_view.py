@@ -83,6 +83,7 @@ STEPS = st.lists(
                 "retry",
                 "reopen",
                 "checkpoint",
+                "flush",
             ]
         ),
         st.integers(0, 50),
@@ -135,13 +136,17 @@ def test_the_view_answers_as_the_doc_does_after_any_history(
                     laptop = Space.open(root / "laptop")
                 elif op == "checkpoint":
                     gpu.checkpoint()
+                elif op == "flush":  # the node's timer (node/daemon.py, _keep_view)
+                    gpu.replica.flush_view()
             for home in (root / "laptop", root / "gpu"):
                 viewed = from_view(home)
                 if viewed is not None:
                     assert viewed == from_doc(home), (op, home.name)
-        # Once a process has read the Doc, the view covers the store: the next reads need no Doc.
+        # Once a process with the Doc flushed (a node's timer, or its close), the view covers
+        # the store: the next reads need no Doc.
         for space, home in ((laptop, root / "laptop"), (gpu, root / "gpu")):
             space.log  # noqa: B018
+            space.replica.flush_view()
             viewed = from_view(home)
             assert viewed is not None, f"the view of {home.name} does not cover its store"
             assert viewed == from_doc(home)

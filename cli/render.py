@@ -114,11 +114,12 @@ def log(
         short, when, model, status = row
         result = entry.result
         # A cell is read as markup: a prompt or answer (another device's, or a model's) saying
-        # "[link=...]" would plant a hyperlink, "[bold]" restyle the row.
+        # "[link=...]" would plant a hyperlink, "[bold]" restyle the row; and so would a model
+        # name (a received prompt's is any text: check_model runs on add only).
         table.add_row(
             short,
             when,
-            model,
+            escape(model),
             _status(entry.status.value) + status.removeprefix(entry.status.value),
             escape(_one_line(entry.prompt.input, text_width)),
             escape(_one_line(_result_text(result), text_width)) if result else "",
@@ -162,7 +163,7 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
     facts.add_row("id", p.id)
     note = _note(entry, served)
     facts.add_row("status", _status(entry.status.value) + (f" ({note})" if note else ""))
-    facts.add_row("model", f"{p.model} ({p.kind.value})")
+    facts.add_row("model", escape(f"{p.model} ({p.kind.value})"))
     facts.add_row("created", f"{_iso(p.created_at)} by {p.author[:16]}")
     facts.add_row("priority", f"{p.priority}   max attempts {p.max_attempts}")
     # Cells of a rich table are read as markup: a param's text (a stop string) or a file's name,
@@ -195,9 +196,9 @@ def show(entry: Entry, as_json: bool, served: set[str] | None = None) -> None:
         mark = " (canonical)" if run is entry.result and len(entry.results) > 1 else ""
         if not run.counts:
             mark += " (not counted as an attempt: that node cannot run the model)"
-        console.print(
-            f"\n[bold]run[/bold] attempt {run.attempt} on {run.node_name} ({run.node[:16]}): "
-            f"{_status(run.status.value)}{mark}"
+        console.print(  # the node's name is its own choice: text, not markup
+            f"\n[bold]run[/bold] attempt {run.attempt} on {escape(printable(run.node_name))} "
+            f"({escape(run.node[:16])}): {_status(run.status.value)}{mark}"
         )
         if run.tool_calls:
             _print_turn(console, "assistant", run.output, run.tool_calls, "")

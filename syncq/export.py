@@ -172,7 +172,8 @@ def export(
     log = space.log  # a relay is refused here, before any file is made
     created = _prepare(target)
     try:
-        db = Database(target, execute_plugins=False)
+        # Absolute: sqlite-utils and SQLite read ":memory:" (and, built so, "file:...") as no file.
+        db = Database(target.absolute(), execute_plugins=False)
     except sqlite3.Error as exc:
         raise ExportRefused(f"cannot open {target}: {exc}") from None
     try:

@@ -242,13 +242,8 @@ class Replica:
         if not ids and not self._rebuild and generation == self._view_generation:
             return
         later = ids[most:] if most is not None and not self._rebuild else []
-        for prompt_id in later:
-            self._dirty.add(prompt_id)
-        rows, removed = self._rows(log, ids[: len(ids) - len(later)])
-        if later:
-            self.store.view.write(rows, None, removed=removed)
-            self._view_generation = None
-            return
+        now = ids[: len(ids) - len(later)]
+        rows, removed = self._rows(log, now)
         devices = len(log.devices())
         state = ViewState(
             generation=generation,
@@ -256,9 +251,12 @@ class Replica:
             devices=devices,
             epochs=tuple(sorted(self.keys.secrets)),
         )
-        ok = self.store.view.write(rows, state, replace=self._rebuild, removed=removed)
-        self._rebuild = False
-        self._view_generation = generation if ok else None
+        ok = self.store.view.write(rows, state, replace=self._rebuild, removed=removed, partial=bool(later))
+        for prompt_id in later if ok else ids if not self._rebuild else ():
+            self._dirty.add(prompt_id)  # for the next flush: left for later, or overtaken
+        if ok:
+            self._rebuild = False
+        self._view_generation = generation if ok and not later else None
         self._view_devices = devices
 
     # -- exchanging envelopes (the sync layer and the tests use these) -------------------------

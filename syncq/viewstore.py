@@ -8,8 +8,11 @@ store still at that generation may read the view instead of loading the Doc; any
 loads the Doc, which brings the view up to date again. (The tops would not do: an envelope that
 fills a gap, or a mark, changes what the Doc holds but no author's highest seq.)
 
-Rows may be newer than the state says (a writer whose generation was overtaken stores its rows
-but not its state): a row is never older than the state, and the Doc's load rewrites every row
+A row is written only with the store at the generation its writer's Doc was brought to (a flush
+checks it in its transaction, an own write's rows go in its envelope's): a writer overtaken
+between reading the store and writing writes nothing, since its rows may be older than rows
+another writer wrote meanwhile, and keeps them to write again. Rows may be newer than the state
+says (a blind add's, a partial flush's), never older; and the Doc's load rewrites every row
 changed since its checkpoint, which the state's version vector is at least as new as.
 """
 
@@ -94,15 +97,16 @@ class ViewTable(Protocol):
     def write(
         self,
         rows: Sequence[Sealed],
-        state: ViewState | None,
+        state: ViewState,
         *,
         replace: bool = False,
         removed: Sequence[str] = (),
+        partial: bool = False,
     ) -> bool:
-        """Store ``rows`` (with ``replace``, instead of every row held), drop the rows of
-        ``removed`` and, if the store is still
-        at ``state.generation``, record ``state`` (else the state stays as it was). Returns
-        whether it was recorded."""
+        """If the store is still at ``state.generation``: store ``rows`` (with ``replace``,
+        instead of every row held), drop the rows of ``removed`` and, unless ``partial`` (some
+        changed prompts are left for later), record ``state``; else change nothing (the rows
+        may be older than rows written since). Returns whether it wrote."""
         ...
 
     def clear(self) -> None:
@@ -144,21 +148,23 @@ class SqliteView:
     def write(
         self,
         rows: Sequence[Sealed],
-        state: ViewState | None,
+        state: ViewState,
         *,
         replace: bool = False,
         removed: Sequence[str] = (),
+        partial: bool = False,
     ) -> bool:
-        """Store rows and record ``state`` if it still holds (``ViewTable.write``)."""
+        """Store rows and record ``state`` if the store is still there (``ViewTable.write``)."""
         with self._write() as conn:
+            if state.generation != generation_in(conn):
+                return False  # nothing written: the transaction commits nothing
             if replace:
                 conn.execute("DELETE FROM view")
                 conn.execute("DELETE FROM view_counts")
             conn.executemany("DELETE FROM view WHERE id = ?", [(i,) for i in removed])
             put_rows(conn, rows)
-            if state is None or state.generation != generation_in(conn):
-                return False
-            set_state(conn, state)
+            if not partial:
+                set_state(conn, state)
         return True
 
     def clear(self) -> None:
@@ -279,20 +285,22 @@ class MemoryView:
     def write(
         self,
         rows: Sequence[Sealed],
-        state: ViewState | None,
+        state: ViewState,
         *,
         replace: bool = False,
         removed: Sequence[str] = (),
+        partial: bool = False,
     ) -> bool:
-        """Store rows and record ``state`` if it still holds."""
+        """Store rows and record ``state`` if the store is still there."""
+        if state.generation != self._generation():
+            return False
         if replace:
             self.rows.clear()
         for prompt_id in removed:
             self.rows.pop(prompt_id, None)
         self.appended(rows)
-        if state is None or state.generation != self._generation():
-            return False
-        self._state = state
+        if not partial:
+            self._state = state
         return True
 
     def appended(self, rows: Sequence[Sealed]) -> None:

@@ -366,7 +366,9 @@ class Log:
     def _observe(self, root: str, event: Any) -> None:
         grouped = self._grouped.get(root)
         for key, change in event.keys.items():
-            prompt_id = key.split("/", 1)[0]
+            # Claims and results are keyed ``id/...``; prompts, cancels and retries by the id
+            # alone, whatever it holds (a member may write a key with a "/" in it).
+            prompt_id = key.split("/", 1)[0] if grouped is not None else key
             self._statuses.pop(prompt_id, None)
             if grouped is not None:
                 keys = grouped.setdefault(prompt_id, set())

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
-from syncq.errors import StoreClosed
+from syncq.errors import StoreClosed, Unlisted
 from syncq.store import Checkpoint, Peer, PutReport, Row
 from syncq.view import Sealed
-from syncq.viewstore import MemoryView
+from syncq.viewstore import VOIDS_META, MemoryView
 
 
 class MemoryStore:
@@ -124,6 +124,9 @@ class MemoryStore:
         """Quarantine a stored envelope for ``reason``, or release it (``None``)."""
         self._all()
         self._generation += 1
+        if Unlisted.reason in (reason, self._marks.get((author, seq))):
+            self.view.clear()
+            self._meta[VOIDS_META] = str(int(self._meta.get(VOIDS_META, "0")) + 1)
         if reason is None:
             self._marks.pop((author, seq), None)
         else:

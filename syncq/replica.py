@@ -21,7 +21,7 @@ from syncq.entries import Raw
 from syncq.errors import BadRoster, EnvelopeRejected, MalformedRecord, SeqConflict, UnknownEpoch, Unlisted
 from syncq.lifecycle import Status
 from syncq.store import Checkpoint, Row, Store
-from syncq.viewstore import Reader, ViewState
+from syncq.viewstore import VOIDS_META, Reader, ViewState
 
 if TYPE_CHECKING:
     from syncq.log import Changes, Log
@@ -84,6 +84,7 @@ class Replica:
         self._view_keys: view.Keys | None = None
         self._folded: set[str] = set()  # rows handed to the write in progress (``own_rows``)
         self._view_devices = -1  # how many devices the view's state counts
+        self._voids: str | None = None  # the store's count of voids when the Doc was loaded
 
     @property
     def log(self) -> Log:
@@ -111,6 +112,8 @@ class Replica:
         prompts are written now and the rest at the next call (a node's loop is not held up
         for long after a burst); the view covers the store only once all are."""
         with self._lock:
+            if self._log is not None and self._voided_since_load():
+                self.drop()  # it may hold what is voided now: loaded again when next used
             if self._log is not None:
                 generation = self.store.generation()  # first: the catch-up reads at least this
                 self._catch_up(self._log)
@@ -201,6 +204,9 @@ class Replica:
             return [], None
         if len(dirty) > FOLD_MOST:  # a heartbeat of many claims: left to the next flush
             return [], None
+        if self._voided_since_load():
+            self._view_generation = None  # the next flush loads the Doc again first
+            return [], None
         ids = dirty.drain()
         rows, removed = self._rows(log, ids)
         if removed:
@@ -224,6 +230,11 @@ class Replica:
                 status = None
             rows.append(keys.seal(prompt_id, log.raw(prompt_id), status))
         return rows, removed
+
+    def _voided_since_load(self) -> bool:
+        """Whether a void came (maybe in another process) since the Doc was loaded: then the
+        Doc may hold what is voided now, and must write nothing into the view."""
+        return self.store.get_meta(VOIDS_META) != self._voids
 
     def _keys_for_view(self) -> view.Keys:
         if self._view_keys is None:
@@ -492,7 +503,6 @@ class Replica:
             if listing.root is None:
                 return 0
             bounds = dict(listing.removed)
-            voiding = False
             for author in self.store.tops():
                 # Listed when it came, by a chain the removal has since cut (a device a thief
                 # admitted after its cutoff): nothing of it counts, as where the removal came first.
@@ -502,9 +512,7 @@ class Replica:
                 for row in self.store.rows(device, cutoff):  # by index: nothing, usually
                     if row.data[3] == Kind.ROSTER or row.quarantined not in (None, UnknownEpoch.reason):
                         continue  # device lists are ``resolve``'s to judge
-                    if not voiding:  # before the first mark: a crash then leaves no view to trust
-                        self.store.view.clear()
-                        voiding = True
+                    # The view's state goes in the mark's transaction (``Store.mark``).
                     self.store.mark(device, row.seq, Unlisted.reason)
                     voided += 1
                     rebuild = rebuild or row.seq <= self._applied.get(device, 0)
@@ -575,6 +583,7 @@ class Replica:
         from syncq.log import Log
 
         generation = self.store.generation()
+        self._voids = self.store.get_meta(VOIDS_META)  # after the generation: a void moves both
         log = Log(client_id=new_client_id(self._entropy))
         self._dirty = log.follow(streams=True)  # the Doc is empty: it names nothing yet
         self._applied = {}

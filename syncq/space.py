@@ -759,7 +759,7 @@ class Space:
         for prompt_id in reversed(ids):
             if limit is not None and len(picked) >= limit:
                 break
-            if wanted is not None and log.status(prompt_id) is not wanted:
+            if wanted is not None and _status(log, prompt_id) is not wanted:
                 continue
             if grep is not None and not _mentions(log, prompt_id, grep):
                 continue
@@ -978,6 +978,13 @@ def prompt_bytes(prompt: Prompt) -> int:
     if prompt.llm is not None:  # a conversation can outweigh its text many times over
         cost += len(encode(prompt.llm.to_wire()).encode())
     return cost
+
+
+def _status(log: Log, prompt_id: str) -> Status | None:
+    try:
+        return log.status(prompt_id)
+    except MalformedRecord:
+        return None  # skipped, as ``Log.entries`` skips it (a member may overwrite any prompt)
 
 
 def _mentions(log: Log, prompt_id: str, text: str) -> bool:

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from syncq.errors import StoreBroken, StoreClosed
+from syncq.errors import StoreBroken, StoreClosed, Unlisted
 from syncq.schema import SCHEMA, SCHEMA_VERSION, upgrade
 from syncq.view import Sealed
 from syncq.viewstore import (
     GENERATION_META,
+    STATE_META,
     TOPS_SQL,
+    VOIDS_META,
     SqliteView,
     ViewTable,
     appended,
@@ -120,7 +122,9 @@ class Store(Protocol):
         ...
 
     def mark(self, author: bytes, seq: int, reason: str | None) -> None:
-        """Quarantine a stored envelope for ``reason``, or release it (``None``)."""
+        """Quarantine a stored envelope for ``reason``, or release it (``None``). A void (a
+        mark ``Unlisted.reason`` set, replaced or released) forgets the local view's state in
+        the same transaction and moves the count of voids (``viewstore.VOIDS_META``) on."""
         ...
 
     def quarantined(self) -> dict[str, int]:
@@ -464,6 +468,17 @@ class SqliteStore:
         """Quarantine a stored envelope for ``reason``, or release it (``None``)."""
         self._generation = None
         with self._write(durable=False) as conn:
+            before = conn.execute(
+                "SELECT reason FROM quarantine WHERE author = ? AND seq = ?", (author, seq)
+            ).fetchone()
+            if Unlisted.reason in (reason, before[0] if before else None):
+                # A void: the view's state goes, and Docs loaded before it are loaded again.
+                conn.execute("DELETE FROM meta WHERE key = ?", (STATE_META,))
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key)"
+                    " DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                    (VOIDS_META,),
+                )
             if reason is None:
                 conn.execute("DELETE FROM quarantine WHERE author = ? AND seq = ?", (author, seq))
             else:

@@ -10,7 +10,8 @@ and no peer ever sees it.
 A row is a prompt id (time and randomness, no content), a keyed tag of its status (for
 ``syncq log --status`` and the counts of ``syncq status``: it shows which prompts share a
 status, not which status that is) and the prompt's records (``log.Raw``) sealed with a local
-key, the prompt id as associated data so that a row cannot be moved to another prompt. Nothing
+key, the prompt id and the tag as associated data so that a row cannot be moved to another
+prompt nor given another status's tag (it would be listed under that status). Nothing
 of a prompt's text, model, files or results is on disk in the clear.
 
 This module is pure: the store keeps the rows, the replica decides when they are written.
@@ -70,12 +71,15 @@ class Keys:
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode()
-        data = crypto.seal_local(self._seal_key, plain, self._entropy(crypto.NONCE_SIZE), _aad(prompt_id))
-        return Sealed(prompt_id, self.tag(status) if status is not None else self.malformed, data)
+        tag = self.tag(status) if status is not None else self.malformed
+        nonce = self._entropy(crypto.NONCE_SIZE)
+        data = crypto.seal_local(self._seal_key, plain, nonce, _aad(prompt_id, tag))
+        return Sealed(prompt_id, tag, data)
 
-    def open(self, prompt_id: str, data: bytes) -> Raw:
-        """A row's records. Raises ``EnvelopeRejected`` (a damaged row, or another key's)."""
-        plain = crypto.open_local(self._seal_key, data, _aad(prompt_id))
+    def open(self, prompt_id: str, tag: bytes, data: bytes) -> Raw:
+        """A row's records. Raises ``EnvelopeRejected`` (a damaged row, another key's, or one
+        given another row's tag)."""
+        plain = crypto.open_local(self._seal_key, data, _aad(prompt_id, tag))
         try:
             prompt, cancel, retry, claims, results, stream = json.loads(plain)
             return Raw(
@@ -89,16 +93,17 @@ class Keys:
         except (ValueError, TypeError) as exc:  # sealed by us, so only a bug gets here
             raise EnvelopeRejected(f"view row of {prompt_id} does not decode: {exc}") from exc
 
-    def entry(self, prompt_id: str, data: bytes) -> Entry:
+    def entry(self, prompt_id: str, tag: bytes, data: bytes) -> Entry:
         """A row's ``Entry``. Raises ``EnvelopeRejected`` or ``MalformedRecord``."""
-        return entry_of(prompt_id, self.open(prompt_id, data))
+        return entry_of(prompt_id, self.open(prompt_id, tag, data))
 
     def _tag(self, name: str) -> bytes:
         return hmac.new(self._tag_key, name.encode(), hashlib.sha256).digest()[:TAG_BYTES]
 
 
-def _aad(prompt_id: str) -> bytes:
-    return b"view " + prompt_id.encode()
+def _aad(prompt_id: str, tag: bytes) -> bytes:
+    # The tag is of fixed length (a row's is always one of ``Keys``' tags): nothing is ambiguous.
+    return b"view " + bytes(tag) + prompt_id.encode()
 
 
 def _optional(value: object) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from syncq.entries import Entry
 from syncq.errors import MalformedRecord
-from syncq.ids import PromptId, normalize_prefix, resolve_prefix
+from syncq.ids import ID_LENGTH, PromptId, normalize_prefix, resolve_prefix
 from syncq.lifecycle import Status
 from syncq.view import Keys, Sealed
 
@@ -115,12 +115,12 @@ class ViewTable(Protocol):
 
     def page(
         self, *, below: str | None = None, above: str | None = None, status: bytes | None = None
-    ) -> list[tuple[str, bytes]]:
+    ) -> list[tuple[str, bytes, bytes]]:
         """Up to ``PAGE`` rows (id, sealed), newest id first, with ids between ``above`` and
         ``below`` (both excluded) and, if given, that status tag."""
         ...
 
-    def prefixed(self, prefix: str) -> list[tuple[str, bytes]]:
+    def prefixed(self, prefix: str) -> list[tuple[str, bytes, bytes]]:
         """Every row whose id starts with ``prefix``, by id."""
         ...
 
@@ -174,27 +174,34 @@ class SqliteView:
 
     def page(
         self, *, below: str | None = None, above: str | None = None, status: bytes | None = None
-    ) -> list[tuple[str, bytes]]:
+    ) -> list[tuple[str, bytes, bytes]]:
         """Up to ``PAGE`` rows, newest first (``ViewTable.page``)."""
         bounds = (below if below is not None else "~", above or "")
         if status is None:
             found = self._read(
-                "SELECT id, data FROM view WHERE id < ? AND id > ? ORDER BY id DESC LIMIT ?",
+                "SELECT id, status, data FROM view WHERE id < ? AND id > ? ORDER BY id DESC LIMIT ?",
                 (*bounds, PAGE),
             )
         else:
             found = self._read(
-                "SELECT id, data FROM view WHERE status = ? AND id < ? AND id > ? ORDER BY id DESC LIMIT ?",
+                "SELECT id, status, data FROM view WHERE status = ? AND id < ? AND id > ?"
+                " ORDER BY id DESC LIMIT ?",
                 (status, *bounds, PAGE),
             )
-        return [(str(i), bytes(d)) for i, d in found]
+        return [(str(i), bytes(t), bytes(d)) for i, t, d in found]
 
-    def prefixed(self, prefix: str) -> list[tuple[str, bytes]]:
-        """Rows whose id starts with ``prefix`` (ids are Crockford base32: "~" sorts after)."""
-        found = self._read(
-            "SELECT id, data FROM view WHERE id >= ? AND id < ? ORDER BY id", (prefix, prefix + "~")
-        )
-        return [(str(i), bytes(d)) for i, d in found]
+    def prefixed(self, prefix: str) -> list[tuple[str, bytes, bytes]]:
+        """Rows whose id starts with ``prefix``: from it up to the prefix with its last
+        character moved on (not ``prefix + "~"``: a member may write keys that are no prompt id,
+        such as ``prefix + "~"`` or ``prefix + "é"``, and the Doc counts them as matches)."""
+        if not prefix:
+            found = self._read("SELECT id, status, data FROM view ORDER BY id", ())
+        else:
+            above = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            found = self._read(
+                "SELECT id, status, data FROM view WHERE id >= ? AND id < ? ORDER BY id", (prefix, above)
+            )
+        return [(str(i), bytes(t), bytes(d)) for i, t, d in found]
 
     def counts(self) -> dict[bytes, int]:
         """Rows per status tag."""
@@ -220,6 +227,10 @@ TOPS_SQL = (
 
 
 GENERATION_META = "store.generation"
+# How many voids (a mark ``Unlisted.reason`` set, replaced or released) the store has seen: a
+# Doc loaded before one may hold what is voided now (or lack what came back), so it writes no
+# view rows and is loaded again (``Replica``).
+VOIDS_META = "store.voids"
 
 
 def generation_in(conn: sqlite3.Connection) -> int:
@@ -318,7 +329,7 @@ class MemoryView:
 
     def page(
         self, *, below: str | None = None, above: str | None = None, status: bytes | None = None
-    ) -> list[tuple[str, bytes]]:
+    ) -> list[tuple[str, bytes, bytes]]:
         """Up to ``PAGE`` rows, newest first."""
         ids = sorted(
             (
@@ -330,11 +341,11 @@ class MemoryView:
             ),
             reverse=True,
         )
-        return [(i, self.rows[i].data) for i in ids[:PAGE]]
+        return [(i, self.rows[i].status, self.rows[i].data) for i in ids[:PAGE]]
 
-    def prefixed(self, prefix: str) -> list[tuple[str, bytes]]:
+    def prefixed(self, prefix: str) -> list[tuple[str, bytes, bytes]]:
         """Rows whose id starts with ``prefix``."""
-        return [(i, self.rows[i].data) for i in sorted(self.rows) if i.startswith(prefix)]
+        return [(i, r.status, r.data) for i, r in sorted(self.rows.items()) if i.startswith(prefix)]
 
     def counts(self) -> dict[bytes, int]:
         """Rows per status tag."""
@@ -355,14 +366,17 @@ class Reader:
         self.devices = state.devices
 
     def resolve(self, prefix: str) -> PromptId:
-        """The one prompt id starting with ``prefix`` (``ids.resolve_prefix``)."""
-        return resolve_prefix(prefix, [i for i, _ in self._table.prefixed(normalize_prefix(prefix))])
+        """The one prompt id starting with ``prefix`` (``ids.resolve_prefix``); a whole id held
+        is itself, as on the Doc (``space._resolve``), whatever longer keys a member wrote."""
+        if len(prefix) == ID_LENGTH and any(i == prefix for i, _, _ in self._table.prefixed(prefix)):
+            return PromptId(prefix)  # as typed: a key a member wrote need not be normalized
+        return resolve_prefix(prefix, [i for i, _, _ in self._table.prefixed(normalize_prefix(prefix))])
 
     def show(self, prefix: str) -> Entry:
         """The prompt ``prefix`` names. Raises ``UnknownId``, ``AmbiguousId``, ``MalformedRecord``."""
         prompt_id = self.resolve(prefix)
-        ((_, data),) = [(i, d) for i, d in self._table.prefixed(prompt_id) if i == prompt_id]
-        return self._keys.entry(prompt_id, data)
+        ((_, tag, data),) = [row for row in self._table.prefixed(prompt_id) if row[0] == prompt_id]
+        return self._keys.entry(prompt_id, tag, data)
 
     def entries(
         self,
@@ -380,9 +394,9 @@ class Reader:
         below: str | None = None
         while limit is None or len(picked) < limit:
             page = self._table.page(below=below, above=above, status=tag)
-            for prompt_id, data in page:
+            for prompt_id, found, data in page:
                 try:
-                    entry = self._keys.entry(prompt_id, data)
+                    entry = self._keys.entry(prompt_id, found, data)
                 except MalformedRecord:
                     continue
                 if (model is None or entry.prompt.model == model) and (grep is None or entry.mentions(grep)):

@@ -11,7 +11,38 @@ import sqlite3
 
 SCHEMA_VERSION = 4
 
-SCHEMA = """
+_VIEW = """
+-- The local view (syncq.view): each prompt's records sealed on their own, so that reading a
+-- few prompts need not load the Doc. A cache of the Doc: meta "view.state" says what it covers.
+CREATE TABLE IF NOT EXISTS view (
+    id     TEXT PRIMARY KEY,             -- the prompt id (its time and randomness: no content)
+    status BLOB NOT NULL,                -- a keyed tag of its status (syncq.view)
+    data   BLOB NOT NULL                 -- its records, sealed with a local key
+);
+CREATE INDEX IF NOT EXISTS view_status ON view (status, id);
+-- How many rows have each status tag, kept by triggers: `syncq status` reads a few rows, not
+-- an index of every prompt.
+CREATE TABLE IF NOT EXISTS view_counts (
+    status BLOB PRIMARY KEY,
+    n      INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS view_added AFTER INSERT ON view BEGIN
+    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS view_removed AFTER DELETE ON view BEGIN
+    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
+END;
+CREATE TRIGGER IF NOT EXISTS view_moved AFTER UPDATE OF status ON view
+    WHEN old.status != new.status BEGIN
+    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
+    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END;
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS envelopes (
     pos    INTEGER PRIMARY KEY,          -- arrival order on this device
     author BLOB    NOT NULL,             -- 32-byte Ed25519 public key
@@ -55,34 +86,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT    NOT NULL,             -- why; "unknown-epoch" is held, not given up
     PRIMARY KEY (author, seq)
 );
--- The local view (syncq.view): each prompt's records sealed on their own, so that reading a
--- few prompts need not load the Doc. A cache of the Doc: meta "view.state" says what it covers.
-CREATE TABLE IF NOT EXISTS view (
-    id     TEXT PRIMARY KEY,             -- the prompt id (its time and randomness: no content)
-    status BLOB NOT NULL,                -- a keyed tag of its status (syncq.view)
-    data   BLOB NOT NULL                 -- its records, sealed with a local key
-);
-CREATE INDEX IF NOT EXISTS view_status ON view (status, id);
--- How many rows have each status tag, kept by triggers: `syncq status` reads a few rows, not
--- an index of every prompt.
-CREATE TABLE IF NOT EXISTS view_counts (
-    status BLOB PRIMARY KEY,
-    n      INTEGER NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS view_added AFTER INSERT ON view BEGIN
-    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS view_removed AFTER DELETE ON view BEGIN
-    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
-END;
-CREATE TRIGGER IF NOT EXISTS view_moved AFTER UPDATE OF status ON view
-    WHEN old.status != new.status BEGIN
-    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
-    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + 1;
-END;
 """
+    + _VIEW
+)
 
 # Schema 1 kept one row per rejection: a peer sending garbage grew the table without bound.
 _TO_2 = """
@@ -110,33 +116,7 @@ CREATE INDEX IF NOT EXISTS envelopes_control ON envelopes (author, seq)
     WHERE substr(data, 4, 1) IN (x'03', x'04');
 """
 
-_TO_4 = """
-CREATE TABLE IF NOT EXISTS view (
-    id     TEXT PRIMARY KEY,             -- the prompt id (its time and randomness: no content)
-    status BLOB NOT NULL,                -- a keyed tag of its status (syncq.view)
-    data   BLOB NOT NULL                 -- its records, sealed with a local key
-);
-CREATE INDEX IF NOT EXISTS view_status ON view (status, id);
--- How many rows have each status tag, kept by triggers: `syncq status` reads a few rows, not
--- an index of every prompt.
-CREATE TABLE IF NOT EXISTS view_counts (
-    status BLOB PRIMARY KEY,
-    n      INTEGER NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS view_added AFTER INSERT ON view BEGIN
-    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS view_removed AFTER DELETE ON view BEGIN
-    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
-END;
-CREATE TRIGGER IF NOT EXISTS view_moved AFTER UPDATE OF status ON view
-    WHEN old.status != new.status BEGIN
-    UPDATE view_counts SET n = n - 1 WHERE status = old.status;
-    INSERT INTO view_counts (status, n) VALUES (new.status, 1)
-        ON CONFLICT (status) DO UPDATE SET n = n + 1;
-END;
-"""
+_TO_4 = _VIEW
 
 _STEPS = {1: _TO_2, 2: _TO_3, 3: _TO_4}  # from version: the statements that bring it to version + 1
 

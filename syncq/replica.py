@@ -107,7 +107,7 @@ class Replica:
         """Bring the local view up to the Doc (if the Doc is loaded). Writes of this process
         carry their rows themselves (``own_rows``); what came from elsewhere is written here,
         in one transaction for whatever changed since the last flush: the node calls it a few
-        times a second (``VIEW_EVERY_S``), a process that loaded the Doc on close. A flush per
+        times a second (``viewstore.NODE_FLUSH_S``), a process that loaded the Doc on close. A flush per
         received envelope tripled the cost of receiving one. With ``most``, at most that many
         prompts are written now and the rest at the next call (a node's loop is not held up
         for long after a burst); the view covers the store only once all are."""
@@ -163,24 +163,23 @@ class Replica:
     def reader(self) -> Reader | None:
         """The view, to answer from without loading the Doc: None when the Doc is loaded here
         (it answers at once) or the view may not cover the store as it is now."""
-        if self.keys.is_relay or self._log is not None:
-            return None
-        state = self.store.view.state()
-        if (
-            state is None
-            or state.generation != self.store.generation()
-            or state.epochs != tuple(sorted(self.keys.secrets))
-        ):
+        state = self._view_state()
+        if state is None or state.generation != self.store.generation():
             return None
         return Reader(self.store.view, self._keys_for_view(), state)
 
     def reader_may_come(self) -> bool:
         """Whether another process may bring the view up to the store soon: the Doc is not
         loaded here, and the view has a state for this home's keys (only behind)."""
+        return self._view_state() is not None
+
+    def _view_state(self) -> ViewState | None:
+        """The view's state, if a reader here may use it at some generation: the Doc is not
+        loaded here, and the state was written for the key epochs this home holds."""
         if self.keys.is_relay or self._log is not None:
-            return False
+            return None
         state = self.store.view.state()
-        return state is not None and state.epochs == tuple(sorted(self.keys.secrets))
+        return state if state is not None and state.epochs == tuple(sorted(self.keys.secrets)) else None
 
     def blind_rows(self, prompts: Sequence[Prompt], encoded: Sequence[str]) -> list[view.Sealed]:
         """The view's rows for prompts about to be written blind (without the Doc), which

@@ -62,10 +62,10 @@ def node(
     import asyncio  # here, not at the top: `syncq add` must not pay for it
     import signal
 
-    from syncq.executors.models import node_config, relay_blob_days
+    from syncq.executors.models import node_config, relay_blob_days, snapshot_every
     from syncq.node.api import is_loopback
     from syncq.node.api_auth import api_settings
-    from syncq.node.daemon import RELAY_BLOB_DAYS, Node
+    from syncq.node.daemon import RELAY_BLOB_DAYS, SNAPSHOT_EVERY, Node
     from syncq.node.lock import NodeLock
     from syncq.node.logs import NodeLog
     from syncq.node.portal import portal_roots
@@ -101,6 +101,7 @@ def node(
         api=api,
         api_settings=settings,
         relay_blob_days=relay_blob_days(space.paths.root, RELAY_BLOB_DAYS),
+        snapshot_every=snapshot_every(space.paths.root, SNAPSHOT_EVERY),
     )
 
     async def serve() -> None:

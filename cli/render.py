@@ -371,6 +371,8 @@ def status(st: SpaceStatus, as_json: bool) -> None:
                 "devices": st.devices,
                 "envelopes": st.envelopes,
                 "store_bytes": st.store_bytes,
+                "snapshots": st.snapshots,
+                "snapshot_covers": st.snapshot_covers,
                 "rejected": dict(st.rejected),
                 "quarantined": dict(st.quarantined),
                 "files": st.files,
@@ -396,7 +398,8 @@ def status(st: SpaceStatus, as_json: bool) -> None:
     else:
         grid.add_row("prompts", f"{st.prompts}: " + ", ".join(f"{_status(s)} {n}" for s, n in counts.items()))
         grid.add_row("devices", str(st.devices))
-    grid.add_row("store", f"{st.envelopes} envelopes, {_size(st.store_bytes)}")
+    held = f", {st.snapshots} snapshot{'' if st.snapshots == 1 else 's'} covering {st.snapshot_covers}"
+    grid.add_row("store", f"{st.envelopes} envelopes{held if st.snapshots else ''}, {_size(st.store_bytes)}")
     grid.add_row("files", f"{st.files} attachment{'' if st.files == 1 else 's'}, {_size(st.files_bytes)}")
     grid.add_row("node", f"[green]running[/] at {st.node}" if st.node else "[dim]not running (syncq node)[/]")
     sync = "in sync" if st.peers_behind == 0 else f"{st.peers_behind} envelopes to send"

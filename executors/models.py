@@ -229,6 +229,15 @@ def relay_blob_days(home: Path, default: float) -> float:
     return float(value)
 
 
+def snapshot_every(home: Path, default: int) -> int:
+    """``snapshot_every`` of config.toml's ``[node]``: after how many envelopes a node writes a
+    snapshot (0: never). Raises ``InvalidInput``."""
+    value = node_config(home).get("snapshot_every", default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"{home / 'config.toml'}: snapshot_every in [node] must be a whole number >= 0")
+    return value
+
+
 def _size(path: str) -> int:
     try:
         return Path(path).stat().st_size if path else 0

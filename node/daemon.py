@@ -62,6 +62,8 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 PING_S = 20.0
 RELAY_BLOB_DAYS = 30.0  # a relay forgets a kept file nobody stored or read for this long
+SNAPSHOT_EVERY = 500  # envelopes applied between snapshots (at least; syncq.replica.snapshot_due)
+SNAPSHOT_CHECK_S = 2.0  # how often the node asks whether one is due
 FORGET_EVERY_S = 6 * 3600.0
 DEVICES_EVERY_S = 0.2  # how often, at most, the node acts on a changed device list
 MAX_HANDSHAKING = 32  # inbound connections not yet past AUTH; past it the oldest is closed (4429)
@@ -84,9 +86,11 @@ class Node:
         api: tuple[str, int] | None = None,
         api_settings: ApiSettings | None = None,
         relay_blob_days: float = RELAY_BLOB_DAYS,
+        snapshot_every: int = SNAPSHOT_EVERY,
     ) -> None:
         self.space = space
         self.relay_blob_days = relay_blob_days  # 0: keep every file forever
+        self.snapshot_every = snapshot_every  # 0: never write one
         self.host = host
         self.port = port
         self.log = log
@@ -178,6 +182,8 @@ class Node:
         if not self.space.is_relay:
             tasks.append(keep("presence", self._presence))
             tasks.append(keep("view", self._keep_view))
+            if self.snapshot_every > 0:
+                tasks.append(keep("snapshots", self._keep_snapshots))
         elif self.relay_blob_days > 0:
             tasks.append(keep("forget", self._forget_old_blobs))
         if self.scheduler is not None:
@@ -432,6 +438,8 @@ class Node:
         if not self.space.is_relay and self.space.rotate_if_needed():
             self.log.event("keys-rotated", epoch=self.space.keys.epoch)
             self.changed()  # the keys envelope goes to every peer still admitted
+            if self.snapshot_every > 0:
+                self.write_snapshot()  # under the new epoch, holding nothing voided by the removal
         self.invites_changed()
 
     def invites_changed(self) -> None:
@@ -502,6 +510,26 @@ class Node:
             await asyncio.sleep(NODE_FLUSH_S)
             if self.space.replica.view_behind():
                 self.space.replica.flush_view(most=VIEW_MOST)
+
+    async def _keep_snapshots(self) -> None:
+        """Write a snapshot once enough was applied since the last (``Replica.snapshot_due``),
+        and offer it to connected relays, which serve it to newcomers."""
+        while True:
+            await asyncio.sleep(SNAPSHOT_CHECK_S)
+            if self.space.replica.snapshot_due(self.snapshot_every):
+                self.write_snapshot()
+
+    def write_snapshot(self) -> None:
+        """Write a snapshot of the Doc now (on the loop: it reads the Doc the loop writes) and
+        offer it to every connected relay that does not hold it."""
+        self.log.event("snapshot-writing", level="debug")
+        snapshot = self.space.replica.write_snapshot(self.space.device)
+        if snapshot is None:
+            return
+        self.log.event("snapshot-written", envelopes=snapshot.count, bytes=len(snapshot.data))
+        for conn in self.connections.values():
+            if conn.session.peer_relay and conn.peering.offer_snapshot(snapshot):
+                conn.wake.set()
 
     async def _heartbeat(self) -> None:
         self.space.store.set_meta("node.pid", str(os.getpid()))

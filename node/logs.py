@@ -35,6 +35,7 @@ _HUMAN = {
     "server-unreachable": "not serving the models of server {server}: {reason}",
     "portal": "file portal: {path}/inbox",
     "blobs-forgotten": "forgot {count} kept files nobody used for {days:g} days",
+    "snapshot-written": "wrote a snapshot covering {envelopes} envelopes ({bytes} bytes)",
     "blob-refused": "refused to keep a file for {peer}: {reason}",
     "portal-queued": "portal request {request} queued as {prompt}",
     "portal-delivered": "portal result of {prompt} in outbox ({status})",

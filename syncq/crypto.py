@@ -64,7 +64,7 @@ class Kind(enum.IntEnum):
     """What an envelope's payload is (PROTOCOL.md, "Kinds")."""
 
     UPDATE = 1  # one Yjs update: one local transaction
-    SNAPSHOT = 2  # a full state covering a version vector (reserved: sync issue)
+    SNAPSHOT = 2  # a whole Doc state covering a version vector (syncq.snapshots; never an envelope)
     KEYS = 3  # a new key epoch sealed to each device, in the clear (syncq.epochs)
     ROSTER = 4  # device-list entries in the clear, for relays to read (syncq.roster)
 
@@ -324,7 +324,7 @@ def decode(data: bytes) -> Envelope:
         raise MalformedEnvelope("not a syncq envelope (bad magic)")
     if version not in (UNPADDED_VERSION, ENVELOPE_VERSION):
         raise MalformedEnvelope(f"unsupported envelope version {version}")
-    if kind not in Kind._value2member_map_:
+    if kind not in Kind._value2member_map_ or kind == Kind.SNAPSHOT:  # a snapshot has a layout of its own
         raise MalformedEnvelope(f"unknown envelope kind {kind}")
     if not 1 <= seq <= _MAX_SEQ:
         raise MalformedEnvelope(f"seq out of range: {seq}")

@@ -15,7 +15,7 @@ import msgpack
 from syncq.blobs import ID_SIZE, chunk_count
 from syncq.crypto import MAX_ENVELOPE_SIZE
 
-PROTOCOL_VERSION = 3  # 3: four HELLO tags, the device check at AUTH (4410), the join frames
+PROTOCOL_VERSION = 4  # 4: snapshots (SNAPSHOT, and HAVE names those held); 3: four HELLO tags
 MAX_FRAME_SIZE = 8 * 1024 * 1024  # websocket max_size after AUTH; ENVELOPES batches stay below it
 MAX_HANDSHAKE_FRAME = 64 * 1024  # before AUTH (and every HAVE): a stranger's frames stay small
 MAX_BATCH_ENVELOPES = 1000
@@ -25,6 +25,8 @@ MAX_NAME = 64
 MAX_HOPS = 3  # how far a WANT_BLOB may travel through nodes that lack the blob
 MAX_BLOB_BYTES = 1 << 40  # what the wire admits; each node refuses more than its own blob_limit
 MAX_WANT = 16  # chunk indices per WANT_BLOB / NO_BLOB
+MAX_HELD_SNAPSHOTS = 8  # digests a HAVE names: the snapshots its sender holds
+SNAPSHOT_PART = 4 * 1024 * 1024  # bytes of a snapshot per SNAPSHOT frame
 
 
 class Frame(enum.IntEnum):
@@ -45,6 +47,7 @@ class Frame(enum.IntEnum):
     JOIN_REQUEST = 13
     JOIN_GRANT = 14
     JOIN_REFUSED = 15
+    SNAPSHOT = 16  # one part of a snapshot (syncq.snapshots)
 
 
 class CloseCode(enum.IntEnum):

@@ -6,7 +6,7 @@ It passes the same acceptance suite as ``SqliteStore`` (``tests/syncq/test_store
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from syncq.errors import StoreClosed, Unlisted
 from syncq.store import Checkpoint, Peer, PutReport, Row
@@ -24,6 +24,7 @@ class MemoryStore:
         self._rejections: Counter[str] = Counter()
         self._marks: dict[tuple[bytes, int], str] = {}
         self._peers: dict[str, Peer] = {}
+        self._snapshots: dict[bytes, tuple[bytes, bytes]] = {}  # digest: (head, data)
         self._generation = 0
         self.view = MemoryView(self.generation)
 
@@ -82,16 +83,47 @@ class MemoryStore:
         marks = self._marks
         return iter([Row(author, s, mine[s], marks.get((author, s))) for s in sorted(mine) if s > after])
 
-    def gapless_seqs(self) -> dict[bytes, int]:
-        """Per author, the highest seq with every seq from 1 to it stored."""
-        found = {}
+    def gapless_seqs(self, floor: Mapping[bytes, int] | None = None) -> dict[bytes, int]:
+        """Per author, the highest seq with every seq from 1 (or after its floor) to it stored."""
+        floor = floor or {}
+        found = {a: s for a, s in floor.items() if s > 0}
         for author, rows in self._all().items():
-            top = 0
+            top = floor.get(author, 0)
             while top + 1 in rows:
                 top += 1
             if top:
                 found[author] = top
         return found
+
+    def has(self, author: bytes, seq: int) -> bool:
+        """Whether envelope (author, seq) is stored."""
+        return seq in self._all().get(author, {})
+
+    def snapshots(self) -> list[tuple[bytes, bytes]]:
+        """The snapshots held: (digest, head), oldest stored first."""
+        self._all()
+        return [(digest, head) for digest, (head, _) in self._snapshots.items()]
+
+    def snapshot_data(self, digest: bytes) -> bytes | None:
+        """A held snapshot's bytes."""
+        self._all()
+        found = self._snapshots.get(digest)
+        return found[1] if found else None
+
+    def keep_snapshot(self, data: bytes, digest: bytes, head: bytes, drop: Sequence[bytes] = ()) -> None:
+        """Hold a snapshot and forget those it makes redundant."""
+        self._all()
+        for gone in drop:
+            self._snapshots.pop(gone, None)
+        self._snapshots.setdefault(digest, (head, data))
+        self._generation += 1
+
+    def forget_snapshots(self, digests: Sequence[bytes]) -> None:
+        """Forget held snapshots."""
+        self._all()
+        for gone in digests:
+            self._snapshots.pop(gone, None)
+        self._generation += 1
 
     def sync(self) -> None:
         """Nothing to put on disk."""

@@ -31,6 +31,8 @@ from syncq.protocol import (
     PeerClosed,
     Role,
     SessionFailed,
+    SnapshotPart,
+    SnapshotReceived,
     State,
     SyncSession,
     WindowOpen,
@@ -41,6 +43,7 @@ MAX_DROPPED = 100  # invalid envelopes one session may send before it is closed 
 
 if TYPE_CHECKING:
     from syncq.crypto import SpaceKeys
+    from syncq.snapshots import Head, Snapshot
     from syncq.space import Space
 
 
@@ -110,6 +113,11 @@ class Peering:
         self.received = 0
         self.sent = 0
         self.dropped = 0  # envelopes of this session that failed decoding, space or signature
+        self.snapshots_sent = 0
+        self.snapshots_taken = 0  # from the peer, held or applied here
+        self._snapshots: list[Head] = []  # to send before any envelope (``Replica.snapshots_for``)
+        self._sending: Snapshot | None = None  # the first of them, read whole
+        self._peer_holds: set[bytes] = set()  # digests of the snapshots the peer holds or was sent
 
     @property
     def open(self) -> bool:
@@ -130,12 +138,35 @@ class Peering:
         self.wants_to_send = False
         if not self.session.can_send:
             return 0
+        while self._snapshots and self._sending is None:  # first: envelopes would wait behind gaps
+            self._sending = self.space.replica.snapshot(self._snapshots[0])
+            if self._sending is None:
+                self._snapshots.pop(0)  # gone meanwhile (a newer one took its place)
+        if self._sending is not None:
+            snapshot = self._sending
+            if self.session.send_snapshot(snapshot.data) == len(snapshot.data):
+                self._snapshots.pop(0)
+                self._sending = None
+                self.session.note_peer_covers(snapshot.covers)
+                self.snapshots_sent += 1
+            self.wants_to_send = True
+            return 0
         batch = self.space.envelopes_for(self.session.peer_vv, MAX_BATCH_ENVELOPES, MAX_BATCH_BYTES)
         if batch:
             self.session.send_envelopes(batch)
             self.sent += len(batch)
             self.wants_to_send = True
         return len(batch)
+
+    def offer_snapshot(self, snapshot: Head) -> bool:
+        """Send ``snapshot`` (one just written) unless the peer holds it or it is queued;
+        whether it was queued. A relay serves it to newcomers instead of every envelope."""
+        if snapshot.digest in self._peer_holds or any(s.digest == snapshot.digest for s in self._snapshots):
+            return False
+        self._peer_holds.add(snapshot.digest)
+        self._snapshots.append(snapshot)
+        self.wants_to_send = True
+        return True
 
     def fail(self, code: CloseCode, reason: str) -> None:
         """End the session from this side."""
@@ -162,15 +193,40 @@ class Peering:
             if not self.hooks.authenticated(self):
                 self.session.fail(CloseCode.NORMAL, "duplicate connection")
                 return
-            self.session.send_have(self.space.version_vector())
-        elif isinstance(event, HaveReceived | WindowOpen):
+            held = self.space.replica.held_snapshots()
+            self.session.send_have(self.space.version_vector(), [s.digest for s in held])
+        elif isinstance(event, HaveReceived):
+            self._peer_holds = set(event.snapshots)
+            self._snapshots = self.space.replica.snapshots_for(event.vv, event.snapshots)
             self.wants_to_send = True
+        elif isinstance(event, WindowOpen):
+            self.wants_to_send = True
+        elif isinstance(event, SnapshotPart):
+            self.session.ack(event.batch)
+        elif isinstance(event, SnapshotReceived):
+            self._take(event)
         elif isinstance(event, EnvelopesReceived):
             self._store(event)
         elif isinstance(event, BlobEvent):
             self.hooks.blob(self, event)
         else:
             self.hooks.ended(self, event)
+
+    def _take(self, event: SnapshotReceived) -> None:
+        """Verify and hold (or apply) a snapshot, then acknowledge it; one nobody could have
+        signed counts as a dropped envelope."""
+        try:
+            report = self.space.replica.receive_snapshot(event.data)
+        except StoreError as exc:
+            self.fail(CloseCode.UNAVAILABLE, f"cannot store a snapshot here: {exc}")
+            return
+        if report.rejected in ("malformed", "wrong-space", "bad-signature"):
+            self.dropped += 1
+        self.session.ack(event.batch)
+        if report.kept:
+            self.snapshots_taken += 1
+            self.received += report.added
+            self.hooks.stored(self, report.added)
 
     def _store(self, event: EnvelopesReceived) -> None:
         # Each envelope is judged on its own and the batch is acknowledged (PROTOCOL.md,

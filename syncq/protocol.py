@@ -20,6 +20,8 @@ Every state transition lives in ``TRANSITIONS`` (h11's habit)::
     SYNCING         NO_BLOB                 SYNCING         emit BlobMissing
     SYNCING         KEEP_BLOB               SYNCING         emit BlobOffered; a relay fetches it
     SYNCING         KEPT_BLOB               SYNCING         emit BlobKept; the member stops asking
+    SYNCING         SNAPSHOT (a part)       SYNCING         emit SnapshotPart; driver ACKs
+    SYNCING         SNAPSHOT (the last)     SYNCING         emit SnapshotReceived; driver ACKs once held
     any open        ERROR                   CLOSED          emit PeerClosed
     any             anything else           CLOSED          emit SessionFailed (4409)
 
@@ -68,10 +70,12 @@ from syncq.frames import (
     MAX_FRAME_SIZE,
     MAX_HANDSHAKE_FRAME,
     MAX_HAVE_AUTHORS,
+    MAX_HELD_SNAPSHOTS,
     MAX_HOPS,
     MAX_NAME,
     MAX_WANT,
     PROTOCOL_VERSION,
+    SNAPSHOT_PART,
     CloseCode,
     Frame,
     Violation,
@@ -90,6 +94,7 @@ from syncq.handshake import (
     transcript_hash,
 )
 from syncq.ids import DeviceId
+from syncq.snapshots import MAX_SNAPSHOT_SIZE
 
 __all__ = [
     "MAX_AUTHORS",
@@ -136,6 +141,7 @@ TRANSITIONS: Mapping[tuple[State, Frame], State] = {
     (State.SYNCING, Frame.NO_BLOB): State.SYNCING,
     (State.SYNCING, Frame.KEEP_BLOB): State.SYNCING,
     (State.SYNCING, Frame.KEPT_BLOB): State.SYNCING,
+    (State.SYNCING, Frame.SNAPSHOT): State.SYNCING,
     (State.AWAIT_HELLO, Frame.ERROR): State.CLOSED,
     (State.AWAIT_AUTH, Frame.ERROR): State.CLOSED,
     (State.AWAIT_HAVE, Frame.ERROR): State.CLOSED,
@@ -157,9 +163,27 @@ class Authenticated:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HaveReceived:
-    """The peer's version vector: it holds every envelope up to these seqs."""
+    """The peer's version vector: it holds every envelope up to these seqs (or snapshots that
+    cover them), and the snapshots it holds (digests)."""
 
     vv: Mapping[bytes, int]
+    snapshots: Sequence[bytes] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotPart:
+    """A part of a snapshot came and is kept in memory until the last: ``ack(batch)``."""
+
+    batch: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotReceived:
+    """A whole snapshot came (its bytes, checked for size only): verify and hold it, then
+    ``ack(batch)``."""
+
+    batch: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,6 +265,8 @@ class BlobKept:
 Event = (
     Authenticated
     | HaveReceived
+    | SnapshotPart
+    | SnapshotReceived
     | EnvelopesReceived
     | WindowOpen
     | SessionFailed
@@ -291,6 +317,9 @@ class SyncSession:
     _seal_out: FrameSeal | None = None  # set once this side has sent its AUTH
     _seal_in: FrameSeal | None = None  # set once the peer's AUTH is verified
     _tagged: list[tuple[int, bytes]] = field(default_factory=list)  # the epochs of our tags
+    _parts: list[bytes] = field(default_factory=list)  # of the snapshot coming in
+    _parts_due: int = 0  # how many parts it has
+    _snapshot_sent: int = 0  # bytes of the snapshot going out queued so far
 
     def __post_init__(self) -> None:
         if len(self.challenge) != CHALLENGE_SIZE:
@@ -342,14 +371,44 @@ class SyncSession:
         """Whether the flow-control window allows another ENVELOPES batch."""
         return self.state is State.SYNCING and self._unacked < WINDOW
 
-    def send_have(self, vv: Mapping[bytes, int]) -> None:
+    def send_have(self, vv: Mapping[bytes, int], snapshots: Sequence[bytes] = ()) -> None:
         """Tell the peer what this side holds (after ``Authenticated``), in parts of at most
-        ``MAX_HAVE_AUTHORS``: the peer may not have raised its size limit yet."""
+        ``MAX_HAVE_AUTHORS``: the peer may not have raised its size limit yet. ``snapshots``
+        names the snapshots held (at most ``MAX_HELD_SNAPSHOTS`` digests, said in the last part)."""
         self._require(State.AWAIT_HAVE, State.SYNCING)
         items = sorted(vv.items())
         parts = [items[i : i + MAX_HAVE_AUTHORS] for i in range(0, len(items), MAX_HAVE_AUTHORS)] or [[]]
+        held = list(snapshots[:MAX_HELD_SNAPSHOTS])
         for i, part in enumerate(parts):
-            self._send([Frame.HAVE, dict(part), i < len(parts) - 1])
+            last = i == len(parts) - 1
+            self._send([Frame.HAVE, dict(part), not last, held if last else []])
+
+    def send_snapshot(self, data: bytes) -> int:
+        """Queue the next part of snapshot ``data`` that the window allows, each part one batch;
+        returns how many bytes of it are queued so far, all of them once the last part is.
+        The caller keeps calling while ``can_send`` until it returns ``len(data)``. Raises
+        ``ValueError`` if the window is closed or the snapshot is too large (the driver's bug)."""
+        if not self.can_send:
+            raise ValueError("the flow-control window is closed")
+        if not 0 < len(data) <= MAX_SNAPSHOT_SIZE:
+            raise ValueError("a snapshot is 1 to MAX_SNAPSHOT_SIZE bytes")
+        count = -(-len(data) // SNAPSHOT_PART)
+        index = self._snapshot_sent // SNAPSHOT_PART
+        part = data[index * SNAPSHOT_PART : (index + 1) * SNAPSHOT_PART]
+        self._send([Frame.SNAPSHOT, self._next_batch, index, count, part])
+        self._next_batch += 1
+        self._unacked += 1
+        self._snapshot_sent += len(part)
+        sent = self._snapshot_sent
+        if sent == len(data):
+            self._snapshot_sent = 0
+        return sent
+
+    def note_peer_covers(self, covers: Mapping[bytes, int]) -> None:
+        """Record that the peer holds (once it takes the snapshot sent) what ``covers`` names."""
+        for author, seq in covers.items():
+            if seq > self.peer_vv.get(author, 0):
+                self.peer_vv[author] = seq
 
     def send_envelopes(self, envelopes: Sequence[tuple[bytes, int, bytes]]) -> None:
         """Send (author, seq, data) envelopes the peer lacks, per author in seq order.
@@ -495,8 +554,12 @@ class SyncSession:
         return [Authenticated(peer_id=self.peer_id, peer_name=name, peer_relay=relay)]
 
     def _on_have(self, body: list[Any], frame: bytes) -> list[Event]:
-        fr.shape(body, 2)
-        vv, more = body
+        fr.shape(body, 3)
+        vv, more, held = body
+        if not isinstance(held, list) or len(held) > MAX_HELD_SNAPSHOTS:
+            raise Violation(CloseCode.MALFORMED, "HAVE names at most MAX_HELD_SNAPSHOTS snapshots")
+        for digest in held:
+            fr.check_bytes(digest, 32, "snapshot digest")
         if len(frame) > MAX_HANDSHAKE_FRAME + 16 or not isinstance(more, bool):
             raise Violation(CloseCode.TOO_LARGE, "a HAVE part over 64 KiB")
         if not isinstance(vv, dict) or len(vv) > MAX_HAVE_AUTHORS:
@@ -512,7 +575,7 @@ class SyncSession:
             self._hold = True
             return []
         self.peer_vv, self._have_part = self._have_part, {}
-        return [HaveReceived(vv=dict(self.peer_vv))]
+        return [HaveReceived(vv=dict(self.peer_vv), snapshots=tuple(held))]
 
     def _on_envelopes(self, body: list[Any], frame: bytes) -> list[Event]:
         fr.shape(body, 2)
@@ -525,6 +588,24 @@ class SyncSession:
             if not isinstance(data, bytes) or len(data) > MAX_ENVELOPE_SIZE:
                 raise Violation(CloseCode.TOO_LARGE, "an envelope is not bytes or is too large")
         return [EnvelopesReceived(batch=batch, envelopes=envelopes)]
+
+    def _on_snapshot(self, body: list[Any], frame: bytes) -> list[Event]:
+        fr.shape(body, 4)
+        batch, index, count, part = body
+        if not fr.whole(batch) or not fr.whole(index) or not fr.whole(count):
+            raise Violation(CloseCode.MALFORMED, "bad SNAPSHOT numbers")
+        if not 0 < count <= -(-MAX_SNAPSHOT_SIZE // SNAPSHOT_PART) or not isinstance(part, bytes):
+            raise Violation(CloseCode.TOO_LARGE, "a snapshot of too many parts")
+        if index != len(self._parts) or (index and count != self._parts_due):
+            raise Violation(CloseCode.MALFORMED, "SNAPSHOT parts out of order")
+        if not 0 < len(part) <= SNAPSHOT_PART or (index < count - 1 and len(part) != SNAPSHOT_PART):
+            raise Violation(CloseCode.TOO_LARGE, "a SNAPSHOT part of the wrong size")
+        self._parts.append(part)
+        self._parts_due = count
+        if index < count - 1:
+            return [SnapshotPart(batch=batch)]
+        data, self._parts, self._parts_due = b"".join(self._parts), [], 0
+        return [SnapshotReceived(batch=batch, data=data)]
 
     def _on_ack(self, body: list[Any], frame: bytes) -> list[Event]:
         fr.shape(body, 1)

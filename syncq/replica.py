@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from syncq import authorship, crypto, epochs, roster, view
+from syncq import authorship, crypto, epochs, roster, snapshots, view
 from syncq.crypto import DeviceKeys, Kind, SpaceKeys
 from syncq.entries import Raw
 from syncq.errors import BadRoster, EnvelopeRejected, MalformedRecord, SeqConflict, UnknownEpoch, Unlisted
 from syncq.lifecycle import Status
+from syncq.snapshots import Head, Snapshot
 from syncq.store import Checkpoint, Row, Store
 from syncq.viewstore import VOIDS_META, Reader, ViewState
 
@@ -34,6 +35,7 @@ ROOT_META = "roster.root"
 CHAIN_META = "roster.chain"
 CHECKPOINT_AFTER = 256  # envelopes replayed on open before a fresh checkpoint is written
 FOLD_MOST = 8  # prompts whose rows an own write carries; more wait for the next flush
+SNAPSHOT_FAR = 1000  # envelopes a peer lacks before it is sent a snapshot instead
 _CLIENT_ID_BITS = 53  # Yjs client ids stay below 2**53; random, fresh for every process
 
 
@@ -56,6 +58,15 @@ class ReceiveReport:
     # pass them on in good faith; they are counted as rejections but the rest is stored.
     refused: dict[str, int] = field(default_factory=dict)
     control: bool = False  # a device list or a key epoch came: who is listed, or the keys, changed
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReport:
+    """What ``Replica.receive_snapshot`` did with a snapshot from elsewhere."""
+
+    kept: bool = False  # held now (it covers what no held snapshot does)
+    added: int = 0  # envelopes it covers that this device lacked
+    rejected: str | None = None  # why it was refused (the reason of an ``EnvelopeRejected``)
 
 
 class Replica:
@@ -85,6 +96,7 @@ class Replica:
         self._folded: set[str] = set()  # rows handed to the write in progress (``own_rows``)
         self._view_devices = -1  # how many devices the view's state counts
         self._voids: str | None = None  # the store's count of voids when the Doc was loaded
+        self._held: tuple[int, list[Head]] | None = None  # (data version, snapshots held)
 
     @property
     def log(self) -> Log:
@@ -272,8 +284,9 @@ class Replica:
     # -- exchanging envelopes (the sync layer and the tests use these) -------------------------
 
     def version_vector(self) -> dict[bytes, int]:
-        """Per author, the highest seq up to which this device holds every envelope."""
-        return self.store.gapless_seqs()
+        """Per author, the highest seq up to which this device holds every envelope, or what
+        its snapshots cover and every envelope after that."""
+        return self.store.gapless_seqs(self.floor())
 
     def envelopes(self, after: Mapping[bytes, int] | None = None) -> Iterator[bytes]:
         """Stored envelopes the holder of ``after`` lacks, per author in seq order."""
@@ -308,6 +321,124 @@ class Replica:
             if len(batch) >= max_count or size >= max_bytes:
                 break
         return batch
+
+    # -- snapshots (syncq.snapshots; PROTOCOL.md, "Snapshots") ---------------------------------
+
+    def held_snapshots(self) -> list[Head]:
+        """What the snapshots held say in the clear (read again when another process commits,
+        or this one changes them)."""
+        version = self.store.data_version()
+        if self._held is None or self._held[0] != version:
+            held = []
+            for digest, head in self.store.snapshots():
+                try:
+                    held.append(snapshots.decode_head(head, digest))
+                except EnvelopeRejected:
+                    continue  # checked when it came: a damaged file covers nothing
+            self._held = (version, held)
+        return self._held[1]
+
+    def snapshot(self, head: Head) -> Snapshot | None:
+        """A held snapshot whole (None if it is gone meanwhile, or damaged)."""
+        data = self.store.snapshot_data(head.digest)
+        try:
+            return snapshots.decode_snapshot(data) if data is not None else None
+        except EnvelopeRejected:
+            return None
+
+    def floor(self) -> dict[bytes, int]:
+        """Per author, what the held snapshots cover: envelopes at or below it need not be here."""
+        return snapshots.merged(s.covers for s in self.held_snapshots())
+
+    def snapshots_for(self, have: Mapping[bytes, int], holds: Iterable[bytes]) -> list[Head]:
+        """The snapshots to send first to a peer whose HAVE is ``have`` and who holds ``holds``:
+        it is far behind them, or lacks what only they can give it (``snapshots.to_send``)."""
+        return snapshots.to_send(
+            self.held_snapshots(), have, holds, lambda a, seq: self.store.has(a, seq + 1), SNAPSHOT_FAR
+        )
+
+    def snapshot_due(self, every: int) -> bool:
+        """Whether this device has applied enough since the snapshots it holds to write one:
+        ``every`` envelopes, or a quarter of what they cover if that is more (a snapshot is the
+        whole history: writing 50 MB every 500 prompts would cost more than the envelopes)."""
+        if self.keys.is_relay:
+            return False
+        floor = self.floor()  # the highest seqs stored stand in for what the Doc applied: no load
+        return snapshots.beyond(self.store.tops(), floor) >= max(every, sum(floor.values()) // 4)
+
+    def write_snapshot(self, device: DeviceKeys) -> Snapshot | None:
+        """Seal the Doc as a snapshot of ``device`` and hold it (dropping those it covers); None
+        when a held one covers as much already. What removed devices wrote past their cutoff is
+        voided first, so the state never holds what the vector leaves out."""
+        with self._lock:
+            self.void_removed()
+            log = self.log
+            covers = snapshots.clipped(self._applied, self._bounds(self.listing()))
+            held = self.held_snapshots()
+            if not covers or any(snapshots.dominates(s.covers, covers) for s in held):
+                return None
+            data = snapshots.seal_snapshot(
+                device=device, space=self.keys, covers=covers, state=log.state(), nonce=self._entropy(12)
+            )
+            snapshot = snapshots.decode_snapshot(data)
+            _, drop = snapshots.kept(held, snapshot)
+            self._held = None
+            self.store.keep_snapshot(data, snapshot.digest, snapshot.head, drop)
+            return snapshot
+
+    def receive_snapshot(self, data: bytes) -> SnapshotReport:
+        """Verify a snapshot from elsewhere, apply it (a member) and hold it unless a held one
+        covers as much. Refused (counted, never held): one that fails its signature or space,
+        of an author not listed as a member, covering what a removed device wrote past its
+        cutoff, or (a member) sealed under an epoch not held here or not a Doc state. Raises
+        ``StoreBroken`` only."""
+        with self._lock:
+            try:
+                snapshot = snapshots.verify_snapshot(data, self.keys.space_id)
+                listing = self.listing()
+                if listing.root is not None and listing.role(snapshot.author) is not roster.Role.MEMBER:
+                    raise Unlisted(f"a snapshot of {snapshot.author.hex()[:12]}, not a member of the space")
+                device = snapshots.poisoned(snapshot.covers, self._bounds(listing))
+                if device is not None:
+                    raise Unlisted(f"a snapshot holds what {device.hex()[:12]} wrote after its removal")
+                keep, drop = snapshots.kept(self.held_snapshots(), snapshot)
+                added = snapshots.beyond(snapshot.covers, self.version_vector())
+                if not self.keys.is_relay:
+                    # A member holds one only once it took it (its own next one covers it too);
+                    # a relay, which cannot open it, holds it to pass on.
+                    keep = keep and added > 0
+                    if keep:
+                        self._take(snapshot)
+            except EnvelopeRejected as exc:
+                self.store.record_rejection(exc.reason, str(exc))
+                return SnapshotReport(rejected=exc.reason)
+            if keep:
+                self._held = None
+                try:
+                    self.store.keep_snapshot(snapshot.data, snapshot.digest, snapshot.head, drop)
+                except BaseException:
+                    self.drop()  # the Doc holds what the store does not: rebuilt on next use
+                    raise
+            return SnapshotReport(kept=keep, added=added if keep else 0)
+
+    def _take(self, snapshot: Snapshot) -> None:
+        """Apply a verified snapshot's state to the Doc and count what it covers as applied."""
+        state = snapshots.open_state(snapshot, self.keys)
+        log = self.log
+        log.apply(state)  # raises BadUpdate before changing anything for a state that is not one
+        self._applied = snapshots.merged([self._applied, snapshot.covers])
+        self._catch_up(log)  # envelopes held behind the gap it filled
+
+    def _bounds(self, listing: roster.Listing) -> dict[bytes, int]:
+        """Per device whose writes count only up to a seq, that seq: a removed device's cutoff,
+        and 0 for one no longer listed as a member (admitted by a chain a removal cut)."""
+        if listing.root is None:
+            return {}
+        bounds = dict(listing.removed)
+        for author in self.store.tops():
+            if author not in bounds and listing.roles.get(author) is not roster.Role.MEMBER:
+                bounds[author] = 0
+        return bounds
 
     def receive(self, datas: Iterable[bytes]) -> ReceiveReport:
         """Verify, store and apply envelopes from elsewhere, each on its own (PROTOCOL.md,
@@ -501,12 +632,18 @@ class Replica:
             listing = self.listing()
             if listing.root is None:
                 return 0
-            bounds = dict(listing.removed)
-            for author in self.store.tops():
-                # Listed when it came, by a chain the removal has since cut (a device a thief
-                # admitted after its cutoff): nothing of it counts, as where the removal came first.
-                if author not in bounds and listing.roles.get(author) is not roster.Role.MEMBER:
-                    bounds[author] = 0
+            # A device listed when it came, by a chain the removal has since cut (one a thief
+            # admitted after its cutoff), counts for nothing, as where the removal came first.
+            bounds = self._bounds(listing)
+            # A snapshot written before its author knew of the removal holds what it voids,
+            # and cannot be taken apart: forgotten, and the Doc rebuilt without it (peers send
+            # the envelopes again, or a snapshot written since).
+            poisoned = [s.digest for s in self.held_snapshots() if snapshots.poisoned(s.covers, bounds)]
+            if poisoned:
+                self._held = None
+                self.store.forget_snapshots(poisoned)
+                voided += len(poisoned)
+                rebuild = True
             for device, cutoff in bounds.items():
                 for row in self.store.rows(device, cutoff):  # by index: nothing, usually
                     if row.data[3] == Kind.ROSTER or row.quarantined not in (None, UnknownEpoch.reason):
@@ -604,6 +741,22 @@ class Replica:
                 self.store.record_rejection(exc.reason, f"checkpoint ignored: {exc}")
                 log = Log(client_id=new_client_id(self._entropy))
                 self._dirty = log.follow(streams=True)
+        # Held snapshots the checkpoint does not cover (none, or one taken since it was written):
+        # the envelopes they cover need not be here.
+        held = self.held_snapshots() if not self.keys.is_relay else []
+        bounds = self._bounds(self.listing()) if held else {}
+        for head in held:
+            if snapshots.dominates(self._applied, head.covers) or snapshots.poisoned(head.covers, bounds):
+                continue
+            snapshot = self.snapshot(head)
+            if snapshot is None:
+                continue
+            try:
+                log.apply(snapshots.open_state(snapshot, self.keys))
+            except EnvelopeRejected as exc:
+                self.store.record_rejection(exc.reason, f"snapshot ignored: {exc}")
+                continue
+            self._applied = snapshots.merged([self._applied, snapshot.covers])
         # The view holds every prompt as it was at its state's vector or later: if that is as
         # new as the checkpoint, rewriting the prompts the catch-up changes is enough.
         covered = self.store.view.state() if not self.keys.is_relay else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _VIEW = """
 -- The local view (syncq.view): each prompt's records sealed on their own, so that reading a
@@ -39,6 +39,19 @@ CREATE TRIGGER IF NOT EXISTS view_moved AFTER UPDATE OF status ON view
     INSERT INTO view_counts (status, n) VALUES (new.status, 1)
         ON CONFLICT (status) DO UPDATE SET n = n + 1;
 END;
+"""
+
+_SNAPSHOTS = """
+-- Snapshots held (syncq.snapshots): an antichain, none covering all another covers. What they
+-- cover is the floor of this device's HAVE: envelopes at or below it need not be stored.
+CREATE TABLE IF NOT EXISTS snapshots (
+    digest    BLOB    PRIMARY KEY,       -- SHA-256 of data
+    author    BLOB    NOT NULL,
+    count     INTEGER NOT NULL,          -- how many envelopes it covers
+    head      BLOB    NOT NULL,          -- its first bytes: author, epoch, vector (in the clear)
+    data      BLOB    NOT NULL,          -- the snapshot exactly as signed
+    stored_at INTEGER NOT NULL           -- ms since the epoch
+);
 """
 
 SCHEMA = (
@@ -88,6 +101,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 """
     + _VIEW
+    + _SNAPSHOTS
 )
 
 # Schema 1 kept one row per rejection: a peer sending garbage grew the table without bound.
@@ -118,7 +132,9 @@ CREATE INDEX IF NOT EXISTS envelopes_control ON envelopes (author, seq)
 
 _TO_4 = _VIEW
 
-_STEPS = {1: _TO_2, 2: _TO_3, 3: _TO_4}  # from version: the statements that bring it to version + 1
+_TO_5 = _SNAPSHOTS
+
+_STEPS = {1: _TO_2, 2: _TO_3, 3: _TO_4, 4: _TO_5}  # from version: the statements that bring it to version + 1
 
 
 def upgrade(conn: sqlite3.Connection) -> None:

@@ -129,6 +129,8 @@ class SpaceStatus:
     envelopes: int
     store_bytes: int
     rejected: Mapping[str, int]
+    snapshots: int = 0  # snapshots held (syncq.snapshots)
+    snapshot_covers: int = 0  # envelopes they cover between them (some may be stored too)
     files: int = 0  # attachments held here (a relay's kept copies included)
     files_bytes: int = 0
     node: str | None = None  # the running node's listen URL, if one runs in this home
@@ -790,6 +792,8 @@ class Space:
             devices=devices,
             envelopes=self.store.count(),
             store_bytes=self.store.size_bytes(),
+            snapshots=len(self.replica.held_snapshots()),
+            snapshot_covers=sum(self.replica.floor().values()),
             rejected=self.store.rejections(),
             quarantined=self.store.quarantined(),
             files=files,

@@ -148,8 +148,9 @@ class Store(Protocol):
         """The author's envelopes with seq > ``after``, in seq order."""
         ...
 
-    def gapless_seqs(self) -> dict[bytes, int]:
-        """Per author, the highest seq such that every seq from 1 to it is stored.
+    def gapless_seqs(self, floor: Mapping[bytes, int] | None = None) -> dict[bytes, int]:
+        """Per author, the highest seq such that every seq from 1 to it is stored, or (with a
+        ``floor``: what held snapshots cover) every seq after the author's floor.
 
         This, not the highest stored seq, is what a device may tell peers it has: an envelope
         held after a gap must not hide the missing one.
@@ -162,6 +163,28 @@ class Store(Protocol):
 
     def count(self) -> int:
         """How many envelopes are stored."""
+        ...
+
+    def has(self, author: bytes, seq: int) -> bool:
+        """Whether envelope (author, seq) is stored."""
+        ...
+
+    def snapshots(self) -> list[tuple[bytes, bytes]]:
+        """The snapshots held (``syncq.snapshots``): (digest, head), oldest stored first, without
+        their states (a snapshot of a year is tens of MB)."""
+        ...
+
+    def snapshot_data(self, digest: bytes) -> bytes | None:
+        """A held snapshot's bytes."""
+        ...
+
+    def keep_snapshot(self, data: bytes, digest: bytes, head: bytes, drop: Sequence[bytes] = ()) -> None:
+        """Hold a snapshot and forget the held ones named in ``drop`` (their digests), in one
+        transaction that moves the generation on (what this device covers changed)."""
+        ...
+
+    def forget_snapshots(self, digests: Sequence[bytes]) -> None:
+        """Forget held snapshots (poisoned by a removal), moving the generation on."""
         ...
 
     def load_checkpoint(self) -> Checkpoint | None:
@@ -414,24 +437,72 @@ class SqliteStore:
         )
         return [Row(author, seq, data) for author, seq, data in found]
 
-    def gapless_seqs(self) -> dict[bytes, int]:
-        """Per author, the highest seq with every seq from 1 to it stored."""
+    def gapless_seqs(self, floor: Mapping[bytes, int] | None = None) -> dict[bytes, int]:
+        """Per author, the highest seq with every seq from 1 (or after its floor) to it stored."""
         # Seqs are unique per author, so MAX(seq) = COUNT(*) means "no gap" (the usual case);
         # otherwise the end of the first run is the first seq whose successor is missing.
-        found = {}
+        floor = floor or {}
+        found = {a: s for a, s in floor.items() if s > 0}
         for author, top, count, first in self._read(
             "SELECT author, MAX(seq), COUNT(*), MIN(seq) FROM envelopes GROUP BY author"
         ):
-            if first != 1:
+            base = floor.get(author, 0)
+            if top <= base:
                 continue
-            if top != count:
+            if base:  # what is above the floor counts: one look at that run
+                count, first = self._read(
+                    "SELECT COUNT(*), MIN(seq) FROM envelopes WHERE author = ? AND seq > ?", (author, base)
+                )[0]
+            if first != base + 1:
+                continue
+            if top - base != count:
                 top = self._read(
-                    "SELECT MIN(seq) FROM envelopes e WHERE author = ? AND NOT EXISTS "
+                    "SELECT MIN(seq) FROM envelopes e WHERE author = ? AND seq > ? AND NOT EXISTS "
                     "(SELECT 1 FROM envelopes f WHERE f.author = e.author AND f.seq = e.seq + 1)",
-                    (author,),
+                    (author, base),
                 )[0][0]
             found[author] = top
         return found
+
+    def has(self, author: bytes, seq: int) -> bool:
+        """Whether envelope (author, seq) is stored."""
+        return bool(self._read("SELECT 1 FROM envelopes WHERE author = ? AND seq = ?", (author, seq)))
+
+    def snapshots(self) -> list[tuple[bytes, bytes]]:
+        """The snapshots held: (digest, head), oldest stored first."""
+        found = self._read("SELECT digest, head FROM snapshots ORDER BY stored_at, digest")
+        return [(bytes(d), bytes(h)) for d, h in found]
+
+    def snapshot_data(self, digest: bytes) -> bytes | None:
+        """A held snapshot's bytes."""
+        found = self._read("SELECT data FROM snapshots WHERE digest = ?", (digest,))
+        return bytes(found[0][0]) if found else None
+
+    def keep_snapshot(self, data: bytes, digest: bytes, head: bytes, drop: Sequence[bytes] = ()) -> None:
+        """Hold a snapshot and forget those it makes redundant, in one transaction."""
+        self._tops = self._generation = None
+        with self._write(durable=False) as conn:
+            conn.executemany("DELETE FROM snapshots WHERE digest = ?", [(d,) for d in drop])
+            conn.execute(
+                "INSERT OR IGNORE INTO snapshots (digest, author, count, head, data, stored_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    digest,
+                    data[24:56],
+                    int.from_bytes(data[56:64], "big"),
+                    head,
+                    data,
+                    int(time.time() * 1000),
+                ),
+            )
+            next_generation(conn)
+
+    def forget_snapshots(self, digests: Sequence[bytes]) -> None:
+        """Forget held snapshots."""
+        self._tops = self._generation = None
+        with self._write(durable=False) as conn:
+            conn.executemany("DELETE FROM snapshots WHERE digest = ?", [(d,) for d in digests])
+            next_generation(conn)
 
     def count(self) -> int:
         """How many envelopes are stored."""

@@ -187,9 +187,15 @@ def test_every_frame_outside_the_table_closes(side: str) -> None:
     ("frame", "code"),
     [
         (msgpack.packb([Frame.JOIN_HELLO, 2, bytes(32), bytes(32), bytes(16)]), CloseCode.VERSION),
-        (msgpack.packb([Frame.JOIN_HELLO, 3, bytes(31), bytes(32), bytes(16)]), CloseCode.MALFORMED),
-        (msgpack.packb([Frame.JOIN_HELLO, 3, bytes(32), bytes(32)]), CloseCode.MALFORMED),
-        (msgpack.packb([Frame.JOIN_HELLO, 3, bytes(32), bytes(32), [bytes(16)]]), CloseCode.MALFORMED),
+        (
+            msgpack.packb([Frame.JOIN_HELLO, PROTOCOL_VERSION, bytes(31), bytes(32), bytes(16)]),
+            CloseCode.MALFORMED,
+        ),
+        (msgpack.packb([Frame.JOIN_HELLO, PROTOCOL_VERSION, bytes(32), bytes(32)]), CloseCode.MALFORMED),
+        (
+            msgpack.packb([Frame.JOIN_HELLO, PROTOCOL_VERSION, bytes(32), bytes(32), [bytes(16)]]),
+            CloseCode.MALFORMED,
+        ),
         (b"\x91" + b"\x00" * 70_000, CloseCode.TOO_LARGE),
     ],
 )

@@ -492,13 +492,31 @@ def test_nothing_but_hello_before_auth() -> None:
         (msgpack.packb([True]), CloseCode.MALFORMED),
         (msgpack.packb([Frame.HELLO, 1, b"", b"", b"", "x", False]), CloseCode.VERSION),
         (msgpack.packb([Frame.HELLO, 2, bytes(32), bytes(32), bytes(16)]), CloseCode.VERSION),
-        (msgpack.packb([Frame.HELLO, 3, b"short", bytes(32), [bytes(16)] * 4]), CloseCode.MALFORMED),
-        (msgpack.packb([Frame.HELLO, 3, bytes(32), b"short", [bytes(16)] * 4]), CloseCode.MALFORMED),
-        (msgpack.packb([Frame.HELLO, 3, bytes(32), [bytes(16)] * 4]), CloseCode.MALFORMED),  # no ephemeral
-        (msgpack.packb([Frame.HELLO, 3, bytes(32), bytes(32), bytes(16)]), CloseCode.MALFORMED),  # one tag
-        (msgpack.packb([Frame.HELLO, 3, bytes(32), bytes(32), [bytes(16)] * 3]), CloseCode.MALFORMED),
-        (msgpack.packb([Frame.HELLO, 3, bytes(32), bytes(32), [bytes(15)] * 4]), CloseCode.MALFORMED),
-        (msgpack.packb([Frame.HELLO, 3]), CloseCode.MALFORMED),
+        (
+            msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, b"short", bytes(32), [bytes(16)] * 4]),
+            CloseCode.MALFORMED,
+        ),
+        (
+            msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, bytes(32), b"short", [bytes(16)] * 4]),
+            CloseCode.MALFORMED,
+        ),
+        (
+            msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, bytes(32), [bytes(16)] * 4]),
+            CloseCode.MALFORMED,
+        ),  # no ephemeral
+        (
+            msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, bytes(32), bytes(32), bytes(16)]),
+            CloseCode.MALFORMED,
+        ),  # one tag
+        (
+            msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, bytes(32), bytes(32), [bytes(16)] * 3]),
+            CloseCode.MALFORMED,
+        ),
+        (
+            msgpack.packb([Frame.HELLO, PROTOCOL_VERSION, bytes(32), bytes(32), [bytes(15)] * 4]),
+            CloseCode.MALFORMED,
+        ),
+        (msgpack.packb([Frame.HELLO, PROTOCOL_VERSION]), CloseCode.MALFORMED),
         (msgpack.packb([Frame.HELLO]), CloseCode.VERSION),
         (b"\x00" * (MAX_FRAME_SIZE + 1), CloseCode.TOO_LARGE),
     ],

@@ -117,7 +117,9 @@ class Peering:
         self.snapshots_taken = 0  # from the peer, held or applied here
         self._snapshots: list[Head] = []  # to send before any envelope (``Replica.snapshots_for``)
         self._sending: Snapshot | None = None  # the first of them, read whole
+        self._control: list[tuple[bytes, int, bytes]] = []  # device lists and keys a snapshot covers
         self._peer_holds: set[bytes] = set()  # digests of the snapshots the peer holds or was sent
+        self._peer_have: dict[bytes, int] = {}  # its HAVE, as it came
 
     @property
     def open(self) -> bool:
@@ -142,6 +144,14 @@ class Peering:
             self._sending = self.space.replica.snapshot(self._snapshots[0])
             if self._sending is None:
                 self._snapshots.pop(0)  # gone meanwhile (a newer one took its place)
+            else:  # no Doc state holds a device list or a key epoch: they go first
+                self._control = self._covered_control(self._sending.covers)
+        if self._control:  # the receiver must list the snapshot's author before it takes it
+            batch, self._control = self._control[:MAX_BATCH_ENVELOPES], self._control[MAX_BATCH_ENVELOPES:]
+            self.session.send_envelopes(batch)
+            self.sent += len(batch)
+            self.wants_to_send = True
+            return len(batch)
         if self._sending is not None:
             snapshot = self._sending
             if self.session.send_snapshot(snapshot.data) == len(snapshot.data):
@@ -157,6 +167,16 @@ class Peering:
             self.sent += len(batch)
             self.wants_to_send = True
         return len(batch)
+
+    def _covered_control(self, covers: dict[bytes, int]) -> list[tuple[bytes, int, bytes]]:
+        """The device-list and keys envelopes a snapshot covers that the peer lacks: it works
+        out who is listed, and the epochs, from those envelopes, which no Doc state holds."""
+        have = self._peer_have
+        return [
+            (row.author, row.seq, row.data)
+            for row in self.space.replica.control()
+            if have.get(row.author, 0) < row.seq <= covers.get(row.author, 0)
+        ]
 
     def offer_snapshot(self, snapshot: Head) -> bool:
         """Send ``snapshot`` (one just written) unless the peer holds it or it is queued;
@@ -197,6 +217,7 @@ class Peering:
             self.session.send_have(self.space.version_vector(), [s.digest for s in held])
         elif isinstance(event, HaveReceived):
             self._peer_holds = set(event.snapshots)
+            self._peer_have = dict(event.vv)
             self._snapshots = self.space.replica.snapshots_for(event.vv, event.snapshots)
             self.wants_to_send = True
         elif isinstance(event, WindowOpen):

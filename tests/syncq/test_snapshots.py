@@ -188,6 +188,9 @@ def ids(space: Space) -> list[tuple[str, str, str]]:
 @pytest.mark.usefixtures("near")
 def test_a_new_device_takes_a_snapshot_and_only_the_envelopes_after_it(tmp_path: Path) -> None:
     a = Space.init(tmp_path / "a", name="a", device_list=True)
+    early = join(tmp_path / "early", a, "early")  # offline from here on
+    lost = join(tmp_path / "lost", a, "lost phone")
+    a.remove_device(lost.device.public_key.hex())  # in a device-list envelope the snapshot covers
     for n in range(30):
         a.add(f"before the snapshot {n}", model="echo")
     snapshot = a.replica.write_snapshot(a.device)
@@ -199,13 +202,19 @@ def test_a_new_device_takes_a_snapshot_and_only_the_envelopes_after_it(tmp_path:
     assert link.a.snapshots_sent == 1 and link.b.snapshots_taken == 1
     assert ids(b) == ids(a) and len(ids(b)) == 33
     # b stores the snapshot and what came after it, not the 30 prompts' envelopes.
-    assert b.store.count() < 10
+    assert b.store.count() < 20  # device lists and keys, the 3 after it, its own
     assert b.version_vector() == a.version_vector() | b.version_vector()
     # A third device, admitted by b, that meets only b is brought up by the snapshot b holds.
     c = join(tmp_path / "c", b, "c")
     link = connect(b, c)
     assert link.a.snapshots_sent == 1
     assert ids(c) == ids(b)
+    # No state holds the device list: the device-list envelopes a snapshot covers go before
+    # it, so a device that was offline through a removal learns of it, and refuses that device.
+    link = connect(a, early)
+    assert link.a.snapshots_sent == 1 and ids(early) == ids(a)
+    assert lost.device.public_key in early.replica.listing().removed
+    assert early.peer_refusal(lost.device.public_key) == "this device was removed from the space"
     # What b writes from now on reaches a as envelopes, and b opens again from its store alone.
     b.add("from b", model="echo")
     b_home = b.paths.root
@@ -214,7 +223,7 @@ def test_a_new_device_takes_a_snapshot_and_only_the_envelopes_after_it(tmp_path:
     assert len(ids(b)) == 34 and set(ids(a)) < set(ids(b))
     connect(b, a)
     assert ids(a) == ids(b)
-    for space in (a, b, c):
+    for space in (a, b, c, lost, early):
         space.close()
 
 

@@ -62,10 +62,10 @@ def node(
     import asyncio  # here, not at the top: `syncq add` must not pay for it
     import signal
 
-    from syncq.executors.models import node_config, relay_blob_days, snapshot_every
+    from syncq.executors.models import node_config, prune_days, relay_blob_days, snapshot_every
     from syncq.node.api import is_loopback
     from syncq.node.api_auth import api_settings
-    from syncq.node.daemon import RELAY_BLOB_DAYS, SNAPSHOT_EVERY, Node
+    from syncq.node.daemon import PRUNE_DAYS, RELAY_BLOB_DAYS, SNAPSHOT_EVERY, Node
     from syncq.node.lock import NodeLock
     from syncq.node.logs import NodeLog
     from syncq.node.portal import portal_roots
@@ -102,6 +102,7 @@ def node(
         api_settings=settings,
         relay_blob_days=relay_blob_days(space.paths.root, RELAY_BLOB_DAYS),
         snapshot_every=snapshot_every(space.paths.root, SNAPSHOT_EVERY),
+        prune_days=prune_days(space.paths.root, PRUNE_DAYS),
     )
 
     async def serve() -> None:

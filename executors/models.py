@@ -229,6 +229,15 @@ def relay_blob_days(home: Path, default: float) -> float:
     return float(value)
 
 
+def prune_days(home: Path, default: float) -> float:
+    """``prune_days`` of config.toml's ``[node]``: how long envelopes stay once a snapshot covers
+    them (0: kept for ever). Raises ``InvalidInput``."""
+    value = node_config(home).get("prune_days", default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidInput(f"{home / 'config.toml'}: prune_days in [node] must be a number of days >= 0")
+    return float(value)
+
+
 def snapshot_every(home: Path, default: int) -> int:
     """``snapshot_every`` of config.toml's ``[node]``: after how many envelopes a node writes a
     snapshot (0: never). Raises ``InvalidInput``."""

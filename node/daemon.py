@@ -64,6 +64,7 @@ PING_S = 20.0
 RELAY_BLOB_DAYS = 30.0  # a relay forgets a kept file nobody stored or read for this long
 SNAPSHOT_EVERY = 500  # envelopes applied between snapshots (at least; syncq.replica.snapshot_due)
 SNAPSHOT_CHECK_S = 2.0  # how often the node asks whether one is due
+PRUNE_DAYS = 30.0  # envelopes a snapshot covers stay this long (and while a recent peer lacks them)
 FORGET_EVERY_S = 6 * 3600.0
 DEVICES_EVERY_S = 0.2  # how often, at most, the node acts on a changed device list
 MAX_HANDSHAKING = 32  # inbound connections not yet past AUTH; past it the oldest is closed (4429)
@@ -87,10 +88,12 @@ class Node:
         api_settings: ApiSettings | None = None,
         relay_blob_days: float = RELAY_BLOB_DAYS,
         snapshot_every: int = SNAPSHOT_EVERY,
+        prune_days: float = PRUNE_DAYS,
     ) -> None:
         self.space = space
         self.relay_blob_days = relay_blob_days  # 0: keep every file forever
         self.snapshot_every = snapshot_every  # 0: never write one
+        self.prune_days = prune_days  # 0: keep every envelope
         self.host = host
         self.port = port
         self.log = log
@@ -179,6 +182,8 @@ class Node:
         self.spawn(self._make_home_private())
         keep = self.supervisor.start
         tasks = [keep("watch", self._watch), keep("heartbeat", self._heartbeat)]
+        if self.prune_days > 0:
+            tasks.append(keep("prune", self._prune))
         if not self.space.is_relay:
             tasks.append(keep("presence", self._presence))
             tasks.append(keep("view", self._keep_view))
@@ -510,6 +515,20 @@ class Node:
             await asyncio.sleep(NODE_FLUSH_S)
             if self.space.replica.view_behind():
                 self.space.replica.flush_view(most=VIEW_MOST)
+
+    async def _prune(self) -> None:
+        """Drop envelopes snapshots have covered for ``prune_days`` and every peer seen in that
+        time holds (``Replica.prune``): looked at a few times per period, at most hourly."""
+        retention_ms = int(self.prune_days * 86_400_000)
+        while True:
+            await asyncio.sleep(min(3600.0, max(1.0, retention_ms / 4000)))
+            # On the loop: the store's connection is its thread's alone. One transaction.
+            if not self.space.replica.prunable(retention_ms):
+                continue
+            self.log.event("pruning", level="debug")
+            gone = self.space.replica.prune(retention_ms)
+            if gone:
+                self.log.event("pruned", envelopes=gone)
 
     async def _keep_snapshots(self) -> None:
         """Write a snapshot once enough was applied since the last (``Replica.snapshot_due``),

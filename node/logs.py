@@ -36,6 +36,7 @@ _HUMAN = {
     "portal": "file portal: {path}/inbox",
     "blobs-forgotten": "forgot {count} kept files nobody used for {days:g} days",
     "snapshot-written": "wrote a snapshot covering {envelopes} envelopes ({bytes} bytes)",
+    "pruned": "dropped {envelopes} envelopes that snapshots cover",
     "blob-refused": "refused to keep a file for {peer}: {reason}",
     "portal-queued": "portal request {request} queued as {prompt}",
     "portal-delivered": "portal result of {prompt} in outbox ({status})",

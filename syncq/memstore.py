@@ -118,6 +118,17 @@ class MemoryStore:
         self._snapshots.setdefault(digest, (head, data))
         self._generation += 1
 
+    def prune(self, bounds: Mapping[bytes, int]) -> int:
+        """Delete envelopes covered by snapshots, but device lists and keys."""
+        gone = 0
+        for author, bound in bounds.items():
+            rows = self._all().get(author, {})
+            for seq in [s for s, data in rows.items() if s <= bound and data[3] not in (3, 4)]:
+                del rows[seq]
+                self._marks.pop((author, seq), None)
+                gone += 1
+        return gone
+
     def forget_snapshots(self, digests: Sequence[bytes]) -> None:
         """Forget held snapshots."""
         self._all()

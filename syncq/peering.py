@@ -218,10 +218,14 @@ class Peering:
         elif isinstance(event, HaveReceived):
             self._peer_holds = set(event.snapshots)
             self._peer_have = dict(event.vv)
+            if self.session.peer_id is not None:  # what it holds, for pruning (``Replica.prune``)
+                self.space.replica.note_peer(bytes.fromhex(self.session.peer_id), event.vv, at_once=True)
             self._snapshots = self.space.replica.snapshots_for(event.vv, event.snapshots)
             self.wants_to_send = True
         elif isinstance(event, WindowOpen):
             self.wants_to_send = True
+            if self.session.all_acked and self.session.peer_id is not None:  # it stored all we sent
+                self.space.replica.note_peer(bytes.fromhex(self.session.peer_id), self.session.peer_vv)
         elif isinstance(event, SnapshotPart):
             self.session.ack(event.batch)
         elif isinstance(event, SnapshotReceived):

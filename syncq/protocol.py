@@ -367,6 +367,11 @@ class SyncSession:
         return self._seal_in is not None
 
     @property
+    def all_acked(self) -> bool:
+        """Whether every batch sent has been acknowledged: the peer holds ``peer_vv`` now."""
+        return self._unacked == 0
+
+    @property
     def can_send(self) -> bool:
         """Whether the flow-control window allows another ENVELOPES batch."""
         return self.state is State.SYNCING and self._unacked < WINDOW

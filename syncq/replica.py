@@ -10,6 +10,7 @@ client id (DESIGN.md section 4).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,12 @@ CHAIN_META = "roster.chain"
 CHECKPOINT_AFTER = 256  # envelopes replayed on open before a fresh checkpoint is written
 FOLD_MOST = 8  # prompts whose rows an own write carries; more wait for the next flush
 SNAPSHOT_FAR = 1000  # envelopes a peer lacks before it is sent a snapshot instead
+# Pruning (``Replica.prune``): when the floor stood where (so that envelopes are dropped only once
+# covered for the retention period), and what each peer said it holds, and when.
+MARKS_META = "prune.marks"
+PEERS_META = "prune.peers"
+MAX_MARKS = 64
+NOTE_PEER_MS = 1000
 _CLIENT_ID_BITS = 53  # Yjs client ids stay below 2**53; random, fresh for every process
 
 
@@ -73,9 +80,15 @@ class Replica:
     """The envelopes of one space on this device and the Doc built from them."""
 
     def __init__(
-        self, store: Store, keys: SpaceKeys, entropy: Callable[[int], bytes], lock: threading.RLock
+        self,
+        store: Store,
+        keys: SpaceKeys,
+        entropy: Callable[[int], bytes],
+        lock: threading.RLock,
+        clock: Callable[[], int] = lambda: 0,
     ) -> None:
         self.store = store
+        self.clock = clock  # ms: when snapshots came and peers were seen, for pruning
         self.keys = keys
         self._entropy = entropy
         self._lock = lock
@@ -97,6 +110,7 @@ class Replica:
         self._view_devices = -1  # how many devices the view's state counts
         self._voids: str | None = None  # the store's count of voids when the Doc was loaded
         self._held: tuple[int, list[Head]] | None = None  # (data version, snapshots held)
+        self._noted: dict[bytes, int] = {}  # per peer: when its holdings were last written down
 
     @property
     def log(self) -> Log:
@@ -384,6 +398,7 @@ class Replica:
             _, drop = snapshots.kept(held, snapshot)
             self._held = None
             self.store.keep_snapshot(data, snapshot.digest, snapshot.head, drop)
+            self._mark()
             return snapshot
 
     def receive_snapshot(self, data: bytes) -> SnapshotReport:
@@ -419,7 +434,60 @@ class Replica:
                 except BaseException:
                     self.drop()  # the Doc holds what the store does not: rebuilt on next use
                     raise
+                self._mark()
             return SnapshotReport(kept=keep, added=added if keep else 0)
+
+    # -- pruning ------------------------------------------------------------------------------
+
+    def _mark(self) -> None:
+        """Record when the floor reached where it is now: envelopes under it may go once that is
+        the retention period ago."""
+        marks = self._marks()
+        marks.append((self.clock(), self.floor()))
+        self.store.set_meta(MARKS_META, _vectors_json(marks[-MAX_MARKS:]))
+
+    def _marks(self) -> list[tuple[int, dict[bytes, int]]]:
+        return _vectors(self.store.get_meta(MARKS_META))
+
+    def note_peer(self, peer: bytes, have: Mapping[bytes, int], *, at_once: bool = False) -> None:
+        """What a peer holds (its HAVE; or, ``at_once`` false, what it acknowledged since, at
+        most once a second). Pruning keeps what a peer seen within the retention period has not
+        said it holds."""
+        now = self.clock()
+        if not at_once and now - self._noted.get(peer, -NOTE_PEER_MS) < NOTE_PEER_MS:
+            return  # at most once a second per peer: an ACK comes for every batch
+        self._noted[peer] = now
+        peers = {p: (at, vv) for at, vv, p in _peer_entries(self.store.get_meta(PEERS_META))}
+        peers[peer] = (now, {a: s for a, s in have.items() if s > 0})
+        self.store.set_meta(PEERS_META, _peers_json(peers))
+
+    def prunable(self, retention_ms: int) -> dict[bytes, int]:
+        """Per author, the seq up to which envelopes may go: covered by the held snapshots for
+        at least ``retention_ms`` (the latest floor recorded that long ago, and no higher than
+        the floor now: a snapshot forgotten since covers nothing), held by every peer seen
+        within that time, and below the author's newest (kept, so no seq is ever reused)."""
+        now = self.clock()
+        old = [vv for at, vv in self._marks() if at <= now - retention_ms]
+        if not old:
+            return {}
+        floor, bounds = self.floor(), dict(old[-1])
+        peers = [
+            vv for at, vv, _ in _peer_entries(self.store.get_meta(PEERS_META)) if at >= now - retention_ms
+        ]
+        tops = self.store.tops()
+        for author in list(bounds):
+            bound = min(bounds[author], floor.get(author, 0), tops.get(author, 0) - 1)
+            for vv in peers:
+                bound = min(bound, vv.get(author, 0))
+            bounds[author] = bound
+        return {a: b for a, b in bounds.items() if b > 0}
+
+    def prune(self, retention_ms: int) -> int:
+        """Drop the envelopes ``prunable`` names (never a device list or keys envelope); returns
+        how many went. One transaction: a kill in the middle leaves all of them or none."""
+        with self._lock:
+            bounds = self.prunable(retention_ms)
+            return self.store.prune(bounds) if bounds else 0
 
     def _take(self, snapshot: Snapshot) -> None:
         """Apply a verified snapshot's state to the Doc and count what it covers as applied."""
@@ -743,20 +811,7 @@ class Replica:
                 self._dirty = log.follow(streams=True)
         # Held snapshots the checkpoint does not cover (none, or one taken since it was written):
         # the envelopes they cover need not be here.
-        held = self.held_snapshots() if not self.keys.is_relay else []
-        bounds = self._bounds(self.listing()) if held else {}
-        for head in held:
-            if snapshots.dominates(self._applied, head.covers) or snapshots.poisoned(head.covers, bounds):
-                continue
-            snapshot = self.snapshot(head)
-            if snapshot is None:
-                continue
-            try:
-                log.apply(snapshots.open_state(snapshot, self.keys))
-            except EnvelopeRejected as exc:
-                self.store.record_rejection(exc.reason, f"snapshot ignored: {exc}")
-                continue
-            self._applied = snapshots.merged([self._applied, snapshot.covers])
+        self._take_held(log)
         # The view holds every prompt as it was at its state's vector or later: if that is as
         # new as the checkpoint, rewriting the prompts the catch-up changes is enough.
         covered = self.store.view.state() if not self.keys.is_relay else None
@@ -768,6 +823,24 @@ class Replica:
         self._flush_view(log, generation)
         return log
 
+    def _take_held(self, log: Log) -> None:
+        """Apply the held snapshots the Doc does not cover: on load, and when another process
+        took one (and may have pruned the envelopes it covers)."""
+        if self.keys.is_relay:
+            return
+        held = [h for h in self.held_snapshots() if not snapshots.dominates(self._applied, h.covers)]
+        bounds = self._bounds(self.listing()) if held else {}
+        for head in held:
+            snapshot = self.snapshot(head) if not snapshots.poisoned(head.covers, bounds) else None
+            if snapshot is None:
+                continue
+            try:
+                log.apply(snapshots.open_state(snapshot, self.keys))
+            except EnvelopeRejected as exc:
+                self.store.record_rejection(exc.reason, f"snapshot ignored: {exc}")
+                continue
+            self._applied = snapshots.merged([self._applied, snapshot.covers])
+
     def _catch_up(self, log: Log, fresh: Mapping[tuple[bytes, int], bytes | None] | None = None) -> int:
         """Apply stored envelopes the Doc lacks, per author in seq order, stopping at gaps and
         at envelopes held for an epoch's key.
@@ -778,6 +851,8 @@ class Replica:
         and decrypting again what just arrived.
         """
         applied = 0
+        if fresh is None:
+            self._take_held(log)
         if fresh is not None:
             for author, seq in sorted(fresh):
                 if seq == self._applied.get(author, 0) + 1:
@@ -854,6 +929,39 @@ class Replica:
 def _count(counts: dict[str, int], details: dict[str, str], exc: EnvelopeRejected) -> None:
     counts[exc.reason] = counts.get(exc.reason, 0) + 1
     details[exc.reason] = str(exc)
+
+
+def _vectors_json(marks: Iterable[tuple[int, Mapping[bytes, int]]]) -> str:
+    return json.dumps([[at, {a.hex(): seq for a, seq in sorted(vv.items())}] for at, vv in marks])
+
+
+def _vectors(text: str | None) -> list[tuple[int, dict[bytes, int]]]:
+    """Marks as ``_vectors_json`` wrote them; none for a missing or damaged value."""
+    try:
+        return [
+            (int(at), {bytes.fromhex(a): int(seq) for a, seq in vv.items()})
+            for at, vv in json.loads(text or "[]")
+        ]
+    except (ValueError, TypeError, AttributeError):
+        return []
+
+
+def _peers_json(peers: Mapping[bytes, tuple[int, Mapping[bytes, int]]]) -> str:
+    return json.dumps(
+        {p.hex(): [at, {a.hex(): s for a, s in sorted(vv.items())}] for p, (at, vv) in sorted(peers.items())}
+    )
+
+
+def _peer_entries(text: str | None) -> list[tuple[int, dict[bytes, int], bytes]]:
+    """(when seen, what it holds, peer) per peer, as ``_peers_json`` wrote them."""
+    try:
+        found = json.loads(text or "{}")
+        return [
+            (int(at), {bytes.fromhex(a): int(seq) for a, seq in vv.items()}, bytes.fromhex(p))
+            for p, (at, vv) in found.items()
+        ]
+    except (ValueError, TypeError, AttributeError):
+        return []
 
 
 def _vv_aad(vv: Mapping[bytes, int]) -> bytes:

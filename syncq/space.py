@@ -166,7 +166,7 @@ class Space:
         self.entropy = entropy
         self._author = device.public_key
         self.lock = threading.RLock()
-        self.replica = Replica(store, keys, entropy, self.lock)
+        self.replica = Replica(store, keys, entropy, self.lock, clock)
         self._keys_stamp = _stamp(paths.space_key)
         self._blind_client = new_client_id(entropy)
         self._blind_clock = 0

@@ -187,6 +187,12 @@ class Store(Protocol):
         """Forget held snapshots (poisoned by a removal), moving the generation on."""
         ...
 
+    def prune(self, bounds: Mapping[bytes, int]) -> int:
+        """Delete each author's envelopes up to its bound (and their quarantine marks), except
+        device lists and keys (kinds 4 and 3), in one transaction; returns how many went. The
+        generation does not move: what this device covers is the same (snapshots cover them)."""
+        ...
+
     def load_checkpoint(self) -> Checkpoint | None:
         """The latest checkpoint, if any."""
         ...
@@ -503,6 +509,26 @@ class SqliteStore:
         with self._write(durable=False) as conn:
             conn.executemany("DELETE FROM snapshots WHERE digest = ?", [(d,) for d in digests])
             next_generation(conn)
+
+    def prune(self, bounds: Mapping[bytes, int]) -> int:
+        """Delete envelopes covered by snapshots, but device lists and keys, in one transaction."""
+        gone = 0
+        with self._write(durable=False) as conn:
+            for author, bound in sorted(bounds.items()):
+                if bound <= 0:
+                    continue
+                conn.execute(
+                    "DELETE FROM quarantine WHERE author = ? AND seq <= ? AND seq IN (SELECT seq FROM"
+                    " envelopes WHERE author = ? AND seq <= ? AND substr(data, 4, 1) NOT IN (x'03', x'04'))",
+                    (author, bound, author, bound),
+                )
+                gone += conn.execute(
+                    "DELETE FROM envelopes WHERE author = ? AND seq <= ?"
+                    " AND substr(data, 4, 1) NOT IN (x'03', x'04')",
+                    (author, bound),
+                ).rowcount
+        self._tops = None
+        return gone
 
     def count(self) -> int:
         """How many envelopes are stored."""

@@ -36,8 +36,12 @@ def status(home: Path) -> dict[str, Any]:
 
 def laptop_with_history(home: Path) -> None:
     syncq(home, "init", "--name", "laptop")
+    add_history(home, range(PROMPTS))
+
+
+def add_history(home: Path, numbers: range) -> None:
     with Space.open(home) as space:  # one envelope each, as prompts queued over months are
-        for n in range(PROMPTS):
+        for n in numbers:
             space.add_many([NewPrompt(text=f"prompt {n}", model="echo")], durable=False)
 
 
@@ -91,3 +95,41 @@ def test_a_node_killed_while_it_writes_a_snapshot_loses_nothing(tmp_path: Path, 
     nodes(tmp_path / "gpu", "--no-executors")
     wait_until(lambda: status(tmp_path / "gpu")["prompts"] == PROMPTS, timeout=60, what="the gpu to catch up")
     assert status(tmp_path / "gpu")["snapshots"] == 1
+
+
+PRUNE = "[node]\nprune_days = 0.00003\n"  # 2.6 s: envelopes a snapshot covers go soon after
+
+
+def test_a_relay_prunes_and_still_serves_a_newcomer_and_a_device_away_for_longer(
+    tmp_path: Path, nodes
+) -> None:
+    laptop_home, relay_home = tmp_path / "laptop", tmp_path / "relay"
+    syncq(laptop_home, "init", "--name", "laptop")
+    admit(laptop_home, relay_home, "relay", role="relay")
+    admit(laptop_home, tmp_path / "phone", "phone")  # away from here on, for longer than 2.6 s
+    add_history(laptop_home, range(PROMPTS))
+    for home in (laptop_home, relay_home):
+        (home / "config.toml").write_text(PRUNE)
+    relay = nodes(relay_home, "--no-executors", "--verbose")
+    laptop = nodes(laptop_home, "--no-executors", "--peer", relay.url)
+    laptop.wait_event("snapshot-written", timeout=60)
+    assert relay.wait_event("pruned", timeout=60)["envelopes"] >= PROMPTS - 10
+    laptop.wait_event("pruned", timeout=60)
+    wait_until(lambda: status(relay_home)["envelopes"] < 30, what="the relay's pruning to be committed")
+    # kill -9 as the relay prunes again (more envelopes, a second snapshot): nothing is lost.
+    add_history(laptop_home, range(PROMPTS, PROMPTS + 700))
+    wait_until(lambda: len(relay.find("pruning")) >= 2, timeout=90, what="the relay to prune again")
+    relay.kill()
+    relay = nodes(relay_home, "--no-executors", port=relay.port)
+    admit(laptop_home, tmp_path / "gpu", "gpu")  # a newcomer, listed through the relay
+    in_sync = lambda: (found := status(laptop_home))["peers_connected"] == 1 and found["peers_behind"] == 0  # noqa: E731
+    wait_until(in_sync, timeout=60, what="the laptop to bring the restarted relay up to date")
+    laptop.stop()
+    for name in ("phone", "gpu"):
+        syncq(tmp_path / name, "peers", "add", relay.url)
+        nodes(tmp_path / name, "--no-executors")
+    for name in ("phone", "gpu"):
+        home = tmp_path / name
+        caught_up = lambda home=home: status(home)["prompts"] == PROMPTS + 700  # noqa: E731
+        wait_until(caught_up, timeout=90, what=f"the {name} to catch up")
+        assert status(home)["snapshots"] >= 1

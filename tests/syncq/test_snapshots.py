@@ -1,8 +1,8 @@
 """Snapshots (syncq.snapshots): the format, the rules, and bootstrapping over real sessions.
 
-The property test runs a mesh of replicas that add, write snapshots, connect, lose frames and
-take in late joiners; once healed, every replica must hold what a full replay of every
-envelope ever written holds.
+The property test runs a mesh of replicas that add, cancel, write snapshots, prune, connect,
+lose frames and take in late joiners; once healed, every replica must hold what a full replay of
+every envelope ever written holds.
 """
 
 from __future__ import annotations
@@ -256,6 +256,66 @@ def test_a_snapshot_of_a_removed_device_or_covering_its_late_writes_is_refused(t
         space.close()
 
 
+# -- pruning --------------------------------------------------------------------------------------
+
+
+def own_rows(space: Space) -> list[int]:
+    return [row.seq for row in space.store.rows(space.device.public_key)]
+
+
+@pytest.mark.usefixtures("near")
+def test_pruning_drops_what_a_snapshot_covered_for_the_retention_and_a_newcomer_still_converges(
+    tmp_path: Path,
+) -> None:
+    now = [0]
+    a = Space.init(tmp_path / "a", name="a", device_list=True, clock=lambda: now[0])
+    for n in range(30):
+        a.add(f"prompt {n}", model="echo")
+    before = ids(a)
+    assert a.replica.write_snapshot(a.device) is not None
+    top = own_rows(a)[-1]
+    assert a.replica.prune(1000) == 0  # covered, but not for 1 s yet
+    now[0] = 1000
+    assert a.replica.prune(1000) == 30  # the prompts' envelopes: not the device list, not the newest
+    assert own_rows(a) == [1, top]
+    a.add("after pruning", model="echo")  # a seq never reused
+    assert own_rows(a) == [1, top, top + 1]
+    home = a.paths.root
+    a.close()
+    a = Space.open(home)
+    assert ids(a)[:30] == before and len(ids(a)) == 31
+    b = join(tmp_path / "b", a, "b")
+    link = connect(a, b)
+    assert link.a.snapshots_sent == 1 and ids(b) == ids(a)
+    for space in (a, b):
+        space.close()
+
+
+@pytest.mark.usefixtures("near")
+def test_a_peer_seen_within_the_retention_holds_pruning_back_and_one_away_longer_does_not(
+    tmp_path: Path,
+) -> None:
+    now = [0]
+    a = Space.init(tmp_path / "a", name="a", device_list=True, clock=lambda: now[0])
+    b = join(tmp_path / "b", a, "b")
+    for n in range(10):
+        a.add(f"prompt {n}", model="echo")
+    a.replica.write_snapshot(a.device)
+    now[0] = 5
+    connect(a, b)  # b says, at 5, that it holds a's device list only
+    now[0] = 100
+    assert a.replica.prune(96) == 0  # b was seen 95 ms ago and lacks them
+    assert a.replica.prune(50) >= 10  # b was away longer than that: the snapshot is its way back
+    control = [r.seq for r in a.store.rows(a.device.public_key) if r.data[3] in (3, 4)]
+    assert own_rows(a) == sorted({*control, max(own_rows(a))})
+    b.close()
+    b = Space.open(tmp_path / "b")
+    connect(a, b)
+    assert ids(b) == ids(a) and len(ids(a)) == 10
+    for space in (a, b):
+        space.close()
+
+
 # -- the property: snapshots from different authors never lose an update ---------------------------
 
 
@@ -272,6 +332,7 @@ class SnapshotMesh(RuleBasedStateMachine):
         self.replicas: list[Space] = []
         self.links: dict[tuple[int, int], Link] = {}
         self.added = 0
+        self.written: dict[tuple[bytes, int], bytes] = {}
         self.before = replica.SNAPSHOT_FAR
         replica.SNAPSHOT_FAR = 4
 
@@ -309,6 +370,17 @@ class SnapshotMesh(RuleBasedStateMachine):
         space = self.replicas[self.pick(data)]
         space.replica.write_snapshot(space.device)
 
+    @rule(data=st.data())
+    def prune(self, data: st.DataObject) -> None:
+        self.collect()  # the replay must still see every envelope ever written
+        self.replicas[self.pick(data)].replica.prune(0)
+
+    def collect(self) -> None:
+        for space in self.replicas:
+            for author in space.store.tops():
+                for row in space.store.rows(author):
+                    self.written[(row.author, row.seq)] = row.data
+
     @precondition(lambda self: len(self.replicas) < 5)
     @rule()
     def late_joiner(self) -> None:
@@ -340,9 +412,9 @@ class SnapshotMesh(RuleBasedStateMachine):
     def heal_and_check(self) -> None:
         # A full replay: every author's own envelopes (an author keeps all of its own) applied
         # into a fresh replica that never saw a snapshot.
+        self.collect()
         replay = self.space(99)
-        for author in self.replicas:
-            replay.receive(list(author.replica.envelopes()))
+        replay.receive([self.written[key] for key in sorted(self.written)])
         for _ in range(len(self.replicas)):  # along a line: what one end wrote reaches the other
             for i in range(len(self.replicas) - 1):
                 link = Link(

@@ -4,7 +4,8 @@
    websocket message payloads, both ways) until B's store holds every envelope and B's Doc every
    prompt. Both nodes run in this process on one event loop, as the anchor's server and client
    do. Two shapes of backlog: prompts added 100 per call (``add_many``: one envelope per call)
-   and one per call (one envelope per prompt, what N separate `syncq add` make).
+   and one per call (one envelope per prompt, what N separate `syncq add` make), and one per
+   call again with A holding a snapshot of them (B is sent the snapshot: issue 17).
    Anchor, in the same run: pycrdt-websocket serving a plain Doc with the same N records to a
    fresh client (``anchor_pycrdt_websocket.py``). Target: <= 1.3x its time and bytes.
 2. Live latency: nodes A and B run as processes and are connected; a third process (this one)
@@ -21,6 +22,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -37,6 +39,7 @@ from nodes import start_node
 from syncq.node.daemon import Node
 from syncq.node.logs import NodeLog
 
+from syncq.snapshots import dominates
 from syncq.space import NewPrompt, Space
 
 BIN = Path(sys.executable).parent
@@ -59,20 +62,22 @@ async def backlog_once(root: Path, source: Path, n: int) -> dict[str, Any]:
     b = Space.join(root / f"b-{time.monotonic_ns()}", name="b", keys=a.keys)
     b.log  # load the (empty) Doc, so received envelopes are applied as they arrive  # noqa: B018
     quiet = NodeLog(json_lines=True, stream=open(os.devnull, "w"))  # noqa: SIM115
-    node_a = Node(a, host="127.0.0.1", port=0, log=quiet, discovery=False)
-    node_b = Node(b, host="127.0.0.1", port=0, log=quiet, discovery=False)
+    # Neither writes a snapshot during the run (A's, if any, was written before).
+    node_a = Node(a, host="127.0.0.1", port=0, log=quiet, discovery=False, snapshot_every=0)
+    node_b = Node(b, host="127.0.0.1", port=0, log=quiet, discovery=False, snapshot_every=0)
     tasks = [asyncio.create_task(node_a.run())]
     while not node_a.url:
         await asyncio.sleep(0.001)
     tasks.append(asyncio.create_task(node_b.run()))
     while not node_b.url:
         await asyncio.sleep(0.001)
-    target = a.store.count() + 1  # a's envelopes and b's own device record
+    target = a.version_vector()  # every envelope of a (or a snapshot covering it)
     start = time.perf_counter()
     node_b.add_peer(node_a.url, "config")
-    while b.store.count() < target or len(b.log) < n:
+    while len(b.log) < n or not dominates(b.version_vector(), target):
         await asyncio.sleep(0.001)
     seconds = time.perf_counter() - start
+    taken = sum(c.peering.snapshots_taken for c in node_b.connections.values())
     conn = next(iter(node_b.connections.values()))
     wire = conn.bytes_in + conn.bytes_out
     node_a.stop()
@@ -80,17 +85,25 @@ async def backlog_once(root: Path, source: Path, n: int) -> dict[str, Any]:
     await asyncio.gather(*tasks)
     a.close()
     b.close()
-    return {"seconds": seconds, "bytes": wire}
+    return {"seconds": seconds, "bytes": wire, "snapshots": taken}
 
 
-def backlog(root: Path, n: int, repeats: int, per_call: int) -> dict[str, Any]:
+def backlog(root: Path, n: int, repeats: int, per_call: int, snapshot: bool = False) -> dict[str, Any]:
     source = root / f"a-{per_call}"
-    make_backlog(source, n, per_call).close()
+    if not source.exists():
+        make_backlog(source, n, per_call).close()
+    if snapshot:
+        shutil.copytree(source, root / "a-snapshot")
+        source = root / "a-snapshot"
+        with Space.open(source) as a:
+            a.replica.write_snapshot(a.device)
     runs = [asyncio.run(backlog_once(root, source, n)) for _ in range(repeats)]
     with Space.open(source) as a:
         envelopes = a.store.count()
     return {
         "prompts_per_envelope": per_call,
+        "from_snapshot": snapshot,
+        "snapshots_taken": runs[-1]["snapshots"],
         "envelopes": envelopes,
         "seconds": round(statistics.median(r["seconds"] for r in runs), 4),
         "bytes": int(statistics.median(r["bytes"] for r in runs)),
@@ -151,13 +164,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="syncq-sync-bench-") as tmp:
         root = Path(tmp)
         shapes = [backlog(root, args.records, args.repeats, per_call) for per_call in (100, 1)]
+        shapes.append(backlog(root, args.records, args.repeats, 1, snapshot=True))
+        # The anchor again, after: the machine's load moved meanwhile (the median of both counts).
+        again = anchor.run(args.records, args.repeats)
+        reference = {
+            "seconds": statistics.median([reference["seconds"], again["seconds"]]),
+            "bytes": reference["bytes"],
+            "seconds_before_after": [reference["seconds"], again["seconds"]],
+        }
         for shape in shapes:
             shape["time_ratio_to_anchor"] = round(shape["seconds"] / reference["seconds"], 2)
             shape["bytes_ratio_to_anchor"] = round(shape["bytes"] / reference["bytes"], 3)
         report = {
             "benchmark": "sync",
             "records": args.records,
-            "anchor_pycrdt_websocket": {"seconds": reference["seconds"], "bytes": reference["bytes"]},
+            "anchor_pycrdt_websocket": reference,
             "backlog": shapes,
             "live": live_latency(root, args.adds),
             "target_ratio": 1.3,

@@ -95,9 +95,10 @@ class MemoryStore:
                 found[author] = top
         return found
 
-    def has(self, author: bytes, seq: int) -> bool:
-        """Whether envelope (author, seq) is stored."""
-        return seq in self._all().get(author, {})
+    def has_run(self, author: bytes, after: int, upto: int) -> bool:
+        """Whether every envelope of ``author`` after ``after`` up to ``upto`` is stored."""
+        rows = self._all().get(author, {})
+        return all(seq in rows for seq in range(after + 1, upto + 1))
 
     def snapshots(self) -> list[tuple[bytes, bytes]]:
         """The snapshots held: (digest, head), oldest stored first."""

@@ -367,8 +367,13 @@ class Replica:
     def snapshots_for(self, have: Mapping[bytes, int], holds: Iterable[bytes]) -> list[Head]:
         """The snapshots to send first to a peer whose HAVE is ``have`` and who holds ``holds``:
         it is far behind them, or lacks what only they can give it (``snapshots.to_send``)."""
+        floor = self.floor()
         return snapshots.to_send(
-            self.held_snapshots(), have, holds, lambda a, seq: self.store.has(a, seq + 1), SNAPSHOT_FAR
+            self.held_snapshots(),
+            have,
+            holds,
+            lambda a, seq: self.store.has_run(a, seq, floor.get(a, 0)),
+            SNAPSHOT_FAR,
         )
 
     def snapshot_due(self, every: int) -> bool:

@@ -240,8 +240,9 @@ def to_send(
 ) -> list[Head]:
     """The held snapshots to send a peer whose HAVE is ``have`` and who holds the snapshots
     ``holds`` (digests): each that covers at least ``far`` envelopes the peer lacks, or covers
-    one of an author whose next envelope after the peer's seq is not stored here (taken from a
-    snapshot, or pruned), so that envelopes alone could not bring the peer up."""
+    one of an author whose envelopes after the peer's seq are not all stored here up to the
+    floor (``can_send_after``: taken from a snapshot, or pruned), so that envelopes alone could
+    not bring the peer up."""
     known = set(holds)
     out: list[Head] = []
     for snapshot in held:

@@ -165,8 +165,8 @@ class Store(Protocol):
         """How many envelopes are stored."""
         ...
 
-    def has(self, author: bytes, seq: int) -> bool:
-        """Whether envelope (author, seq) is stored."""
+    def has_run(self, author: bytes, after: int, upto: int) -> bool:
+        """Whether every envelope of ``author`` after ``after`` up to ``upto`` is stored."""
         ...
 
     def snapshots(self) -> list[tuple[bytes, bytes]]:
@@ -470,9 +470,12 @@ class SqliteStore:
             found[author] = top
         return found
 
-    def has(self, author: bytes, seq: int) -> bool:
-        """Whether envelope (author, seq) is stored."""
-        return bool(self._read("SELECT 1 FROM envelopes WHERE author = ? AND seq = ?", (author, seq)))
+    def has_run(self, author: bytes, after: int, upto: int) -> bool:
+        """Whether every envelope of ``author`` after ``after`` up to ``upto`` is stored."""
+        found = self._read(
+            "SELECT COUNT(*) FROM envelopes WHERE author = ? AND seq > ? AND seq <= ?", (author, after, upto)
+        )
+        return bool(found[0][0] == upto - after)
 
     def snapshots(self) -> list[tuple[bytes, bytes]]:
         """The snapshots held: (digest, head), oldest stored first."""

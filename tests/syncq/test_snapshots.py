@@ -24,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from syncq import crypto, replica, snapshots
 from syncq.crypto import DeviceKeys, SpaceKeys
 from syncq.errors import BadSignature, BadTag, MalformedEnvelope, WrongSpace
+from syncq.invite import decode_invite
 from syncq.peering import Peering
 from syncq.protocol import Role
 from syncq.snapshots import Snapshot
@@ -313,6 +314,37 @@ def test_a_peer_seen_within_the_retention_holds_pruning_back_and_one_away_longer
     connect(a, b)
     assert ids(b) == ids(a) and len(ids(a)) == 10
     for space in (a, b):
+        space.close()
+
+
+def test_a_peer_whose_next_envelope_is_a_kept_device_list_still_gets_the_snapshot(tmp_path: Path) -> None:
+    # Pruning keeps device lists: the envelope after the peer's seq may be stored while those
+    # after it are gone. Envelopes alone would stop at that gap; the snapshot must go first.
+    now = [0]
+    a = Space.init(tmp_path / "a", name="a", device_list=True, clock=lambda: now[0])
+    b = join(tmp_path / "b", a, "b")
+    for n in range(5):
+        a.add(f"early {n}", model="echo")
+    code, _ = a.create_invite(role="member")
+    connect(a, b)
+    held = b.version_vector()[a.device.public_key]
+    b.close()
+    device = DeviceKeys.from_seed(os.urandom(64))  # admitted: a device-list envelope of a comes next
+    grant = a.admit(
+        decode_invite(code).id, device=device.public_key, exchange=device.exchange_public_key, name="d"
+    )
+    d = Space.join_granted(tmp_path / "d", device=device, name="d", grant=grant)
+    assert next(a.store.rows(a.device.public_key, held)).data[3] == 4  # the device list
+    for n in range(5):
+        a.add(f"late {n}", model="echo")
+    a.replica.write_snapshot(a.device)
+    now[0] = 10
+    assert a.replica.prune(1) > 0
+    b = Space.open(tmp_path / "b")
+    link = connect(a, b)  # 8 behind: far from "far behind", yet only the snapshot can bring it up
+    assert link.a.snapshots_sent == 1
+    assert ids(b) == ids(a) and len(ids(a)) == 10
+    for space in (a, b, d):
         space.close()
 
 

@@ -6,6 +6,7 @@ import itertools
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from hypothesis import settings
@@ -51,14 +52,18 @@ class Gossip(NoHooks):
         self.mesh.nudge(self.replica)
 
 
+def seeded(prefix: str) -> tuple[Path, Callable[[int], bytes], Callable[[], int]]:
+    """A scratch folder, seeded randomness and a clock that ticks a millisecond a call: what a
+    state machine's replicas share, so that a failing example replays."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    ticks = itertools.count(1_700_000_000_000)
+    return root, random.Random(0).randbytes, lambda: next(ticks)
+
+
 class Mesh(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.root = Path(tempfile.mkdtemp(prefix="syncq-mesh-"))
-        rng = random.Random(0)
-        self.entropy = rng.randbytes
-        ticks = itertools.count(1_700_000_000_000)
-        self.clock = lambda: next(ticks)
+        self.root, self.entropy, self.clock = seeded("syncq-mesh-")
         self.replicas: list[Space] = []
         self.links: dict[tuple[int, int], Link] = {}
         self.added: set[str] = set()

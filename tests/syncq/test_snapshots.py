@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import random
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from syncq.protocol import Role
 from syncq.snapshots import Snapshot
 from syncq.space import Space
 from tests.helpers.spaces import join
-from tests.syncq.test_peering import Link
+from tests.syncq.test_peering import Link, seeded
 
 A, B, C = b"a" * 32, b"b" * 32, b"c" * 32
 
@@ -264,12 +262,17 @@ def own_rows(space: Space) -> list[int]:
     return [row.seq for row in space.store.rows(space.device.public_key)]
 
 
+def clocked(home: Path) -> tuple[Space, list[int]]:
+    """A new space whose clock reads ``now[0]`` (ms)."""
+    now = [0]
+    return Space.init(home, name="a", device_list=True, clock=lambda: now[0]), now
+
+
 @pytest.mark.usefixtures("near")
 def test_pruning_drops_what_a_snapshot_covered_for_the_retention_and_a_newcomer_still_converges(
     tmp_path: Path,
 ) -> None:
-    now = [0]
-    a = Space.init(tmp_path / "a", name="a", device_list=True, clock=lambda: now[0])
+    a, now = clocked(tmp_path / "a")
     for n in range(30):
         a.add(f"prompt {n}", model="echo")
     before = ids(a)
@@ -296,8 +299,7 @@ def test_pruning_drops_what_a_snapshot_covered_for_the_retention_and_a_newcomer_
 def test_a_peer_seen_within_the_retention_holds_pruning_back_and_one_away_longer_does_not(
     tmp_path: Path,
 ) -> None:
-    now = [0]
-    a = Space.init(tmp_path / "a", name="a", device_list=True, clock=lambda: now[0])
+    a, now = clocked(tmp_path / "a")
     b = join(tmp_path / "b", a, "b")
     for n in range(10):
         a.add(f"prompt {n}", model="echo")
@@ -320,8 +322,7 @@ def test_a_peer_seen_within_the_retention_holds_pruning_back_and_one_away_longer
 def test_a_peer_whose_next_envelope_is_a_kept_device_list_still_gets_the_snapshot(tmp_path: Path) -> None:
     # Pruning keeps device lists: the envelope after the peer's seq may be stored while those
     # after it are gone. Envelopes alone would stop at that gap; the snapshot must go first.
-    now = [0]
-    a = Space.init(tmp_path / "a", name="a", device_list=True, clock=lambda: now[0])
+    a, now = clocked(tmp_path / "a")
     b = join(tmp_path / "b", a, "b")
     for n in range(5):
         a.add(f"early {n}", model="echo")
@@ -356,11 +357,7 @@ class SnapshotMesh(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.root = Path(tempfile.mkdtemp(prefix="syncq-snapshots-"))
-        rng = random.Random(0)
-        self.entropy = rng.randbytes
-        ticks = itertools.count(1_700_000_000_000)
-        self.clock = lambda: next(ticks)
+        self.root, self.entropy, self.clock = seeded("syncq-snapshots-")
         self.replicas: list[Space] = []
         self.links: dict[tuple[int, int], Link] = {}
         self.added = 0

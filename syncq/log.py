@@ -93,7 +93,11 @@ SMALL = Floor.SMALL
 class Log:
     """One space's CRDT state: mutations return the update to seal, queries return records."""
 
-    def __init__(self, client_id: int) -> None:
+    def __init__(self, client_id: int, state: bytes | None = None) -> None:
+        """A Doc, empty or holding ``state`` (a checkpoint's or a snapshot's): a state is
+        applied before the observers are attached, and the claim and result keys are then
+        grouped in one pass; observed, each key built an event nobody reads (at 100k prompts,
+        three quarters of the time to load a state). Raises ``BadUpdate`` for a bad state."""
         self._doc: Doc[Any] = Doc(client_id=client_id)
         self._maps = {name: self._doc.get(name, type=Map) for name in ROOTS}
         self._captured: list[bytes] = []
@@ -101,6 +105,14 @@ class Log:
         self._floor = Floor.CONTENT
         # Claim and result keys grouped by prompt id, kept up to date by the observers.
         self._grouped: dict[str, dict[str, set[str]]] = {name: {} for name in _GROUPED}
+        if state is not None:
+            try:
+                self._doc.apply_update(state)
+            except ValueError as exc:
+                raise BadUpdate(f"state is not a valid update: {exc}") from exc
+            for name, grouped in self._grouped.items():
+                for key in self._maps[name]:
+                    grouped.setdefault(key.split("/", 1)[0], set()).add(key)
         self._feeds: list[Changes] = []
         self._statuses: dict[str, Status] = {}  # derived on demand, dropped when facts change
         self._doc.observe(self._capture)

@@ -43,6 +43,7 @@ MARKS_META = "prune.marks"
 PEERS_META = "prune.peers"
 MAX_MARKS = 64
 NOTE_PEER_MS = 1000
+BOOTSTRAP_BELOW = 100  # prompts a Doc holds under which a snapshot taken replaces it (``_take``)
 _CLIENT_ID_BITS = 53  # Yjs client ids stay below 2**53; random, fresh for every process
 
 
@@ -496,9 +497,21 @@ class Replica:
 
     def _take(self, snapshot: Snapshot) -> None:
         """Apply a verified snapshot's state to the Doc and count what it covers as applied."""
+        from syncq.log import Log
+
         state = snapshots.open_state(snapshot, self.keys)
         log = self.log
-        log.apply(state)  # raises BadUpdate before changing anything for a state that is not one
+        if len(log) < BOOTSTRAP_BELOW:
+            # A new device: the snapshot becomes the Doc (built unobserved, ``Log``), with the
+            # little it held merged in; the view is then written whole.
+            fresh = Log(client_id=new_client_id(self._entropy), state=state)
+            fresh.apply(log.state())
+            self._log, log = fresh, fresh
+            self._dirty = fresh.follow(streams=True)
+            self._dirty.drain()
+            self._rebuild = True
+        else:
+            log.apply(state)  # raises BadUpdate before changing anything for one that is not a state
         self._applied = snapshots.merged([self._applied, snapshot.covers])
         self._catch_up(log)  # envelopes held behind the gap it filled
 
@@ -793,10 +806,9 @@ class Replica:
 
         generation = self.store.generation()
         self._voids = self.store.get_meta(VOIDS_META)  # after the generation: a void moves both
-        log = Log(client_id=new_client_id(self._entropy))
-        self._dirty = log.follow(streams=True)  # the Doc is empty: it names nothing yet
         self._applied = {}
         self._waiting = {}
+        log: Log | None = None
         found = self.store.load_checkpoint()
         removed = self.listing().removed if found is not None else {}
         if found is not None and any(found.vv.get(d, 0) > cutoff for d, cutoff in removed.items()):
@@ -807,13 +819,15 @@ class Replica:
             try:
                 state = crypto.open_local(self.keys.local_key("checkpoint"), sealed, _vv_aad(vv))
                 del sealed  # free the ciphertext before the Doc decodes the state: peak memory
-                log.apply(state)
+                log = Log(client_id=new_client_id(self._entropy), state=state)
+                del state
                 self._applied = vv
             except EnvelopeRejected as exc:
                 # The checkpoint is only a cache of the envelopes: replay them all instead.
                 self.store.record_rejection(exc.reason, f"checkpoint ignored: {exc}")
-                log = Log(client_id=new_client_id(self._entropy))
-                self._dirty = log.follow(streams=True)
+        if log is None:
+            log = Log(client_id=new_client_id(self._entropy))
+        self._dirty = log.follow(streams=True)
         # Held snapshots the checkpoint does not cover (none, or one taken since it was written):
         # the envelopes they cover need not be here.
         self._take_held(log)

@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     author    BLOB    NOT NULL,
     count     INTEGER NOT NULL,          -- how many envelopes it covers
     head      BLOB    NOT NULL,          -- its first bytes: author, epoch, vector (in the clear)
-    data      BLOB    NOT NULL,          -- the snapshot exactly as signed
+    data      BLOB,                      -- the snapshot as signed; NULL: in snapshots/<digest hex>
     stored_at INTEGER NOT NULL           -- ms since the epoch
 );
 """

@@ -477,34 +477,54 @@ class SqliteStore:
         )
         return bool(found[0][0] == upto - after)
 
+    # A snapshot's bytes live in a file of their own (``snapshots/<digest hex>``, beside the
+    # database), written and synced before the row that names it is committed: 5 MB into
+    # SQLite took 69 ms (the WAL, then its checkpoint), a file and its fsync 15 ms.
+
     def snapshots(self) -> list[tuple[bytes, bytes]]:
-        """The snapshots held: (digest, head), oldest stored first."""
-        found = self._read("SELECT digest, head FROM snapshots ORDER BY stored_at, digest")
-        return [(bytes(d), bytes(h)) for d, h in found]
+        """The snapshots held: (digest, head), oldest stored first; one whose file is gone (a
+        damaged home) holds nothing, so it is not listed."""
+        found = self._read("SELECT digest, head, data IS NULL FROM snapshots ORDER BY stored_at, digest")
+        return [
+            (bytes(d), bytes(h)) for d, h, in_file in found if not in_file or self._snapshot_file(d).exists()
+        ]
 
     def snapshot_data(self, digest: bytes) -> bytes | None:
         """A held snapshot's bytes."""
         found = self._read("SELECT data FROM snapshots WHERE digest = ?", (digest,))
-        return bytes(found[0][0]) if found else None
+        if not found:
+            return None
+        if found[0][0] is not None:
+            return bytes(found[0][0])
+        try:
+            return self._snapshot_file(digest).read_bytes()
+        except OSError:
+            return None
 
     def keep_snapshot(self, data: bytes, digest: bytes, head: bytes, drop: Sequence[bytes] = ()) -> None:
         """Hold a snapshot and forget those it makes redundant, in one transaction."""
         self._tops = self._generation = None
+        path = self._snapshot_file(digest)
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            scratch = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with open(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())  # on disk before the row that names it: never a row without it
+            os.replace(scratch, path)
+            _sync_folder(path.parent)
+        except OSError as exc:
+            raise StoreBroken(f"cannot write a snapshot into {path.parent}: {exc.strerror}") from exc
         with self._write(durable=False) as conn:
             conn.executemany("DELETE FROM snapshots WHERE digest = ?", [(d,) for d in drop])
             conn.execute(
                 "INSERT OR IGNORE INTO snapshots (digest, author, count, head, data, stored_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    digest,
-                    data[24:56],
-                    int.from_bytes(data[56:64], "big"),
-                    head,
-                    data,
-                    int(time.time() * 1000),
-                ),
+                " VALUES (?, ?, ?, ?, NULL, ?)",
+                (digest, data[24:56], int.from_bytes(data[56:64], "big"), head, int(time.time() * 1000)),
             )
             next_generation(conn)
+        self._unlink_snapshots(drop)
 
     def forget_snapshots(self, digests: Sequence[bytes]) -> None:
         """Forget held snapshots."""
@@ -512,6 +532,16 @@ class SqliteStore:
         with self._write(durable=False) as conn:
             conn.executemany("DELETE FROM snapshots WHERE digest = ?", [(d,) for d in digests])
             next_generation(conn)
+        self._unlink_snapshots(digests)
+
+    def _snapshot_file(self, digest: bytes) -> Path:
+        return self.path.parent / "snapshots" / digest.hex()
+
+    def _unlink_snapshots(self, digests: Sequence[bytes]) -> None:
+        # After the commit: a crash before it leaves a file nobody names (harmless, a few MB).
+        for digest in digests:
+            with contextlib.suppress(OSError):
+                self._snapshot_file(digest).unlink()
 
     def prune(self, bounds: Mapping[bytes, int]) -> int:
         """Delete envelopes covered by snapshots, but device lists and keys, in one transaction."""
@@ -622,9 +652,11 @@ class SqliteStore:
         )
 
     def size_bytes(self) -> int:
-        """Bytes of the database file and its WAL."""
+        """Bytes of the database file, its WAL and the snapshots' files."""
         files = [self.path, self.path.with_name(self.path.name + "-wal")]
-        return sum(f.stat().st_size for f in files if f.exists())
+        folder = self.path.parent / "snapshots"
+        files += list(folder.iterdir()) if folder.is_dir() else []
+        return sum(f.stat().st_size for f in files if f.is_file())
 
     def save_peer(self, peer: Peer) -> None:
         """Insert or replace a peer."""
@@ -713,6 +745,15 @@ class _WriteTransaction:
             raise StoreBroken(f"cannot write {self._path}: {err}") from err
         if isinstance(exc, sqlite3.Error):
             raise StoreBroken(f"cannot write {self._path}: {exc}") from exc
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a file renamed into it stays there through a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def no_hook() -> None:

@@ -65,6 +65,45 @@ def test_gapless_seqs_stop_at_the_first_gap(store: Store) -> None:
     assert store.gapless_seqs() == {A: 2, B: 5}
 
 
+def test_gapless_seqs_count_from_a_floor(store: Store) -> None:
+    store.put([Row(A, 5, b"5"), Row(A, 6, b"6"), Row(A, 8, b"8"), Row(B, 1, b"1")])
+    assert store.gapless_seqs({A: 4}) == {A: 6, B: 1}  # what snapshots cover, then the run after
+    assert store.gapless_seqs({A: 7, B: 3}) == {A: 8, B: 3}
+    assert store.has_run(A, 4, 6) and not store.has_run(A, 4, 8) and store.has_run(A, 9, 9)
+
+
+def test_snapshots_are_held_forgotten_and_replaced(store: Store) -> None:
+    first, second = b"S" * 100, b"T" * 200
+    store.keep_snapshot(first, b"1" * 32, b"head one")
+    generation = store.generation()
+    store.keep_snapshot(second, b"2" * 32, b"head two", drop=[b"1" * 32])
+    assert store.generation() > generation  # what this device covers changed
+    assert store.snapshots() == [(b"2" * 32, b"head two")]
+    assert store.snapshot_data(b"2" * 32) == second and store.snapshot_data(b"1" * 32) is None
+    store.forget_snapshots([b"2" * 32])
+    assert store.snapshots() == [] and store.snapshot_data(b"2" * 32) is None
+
+
+def test_a_snapshot_lives_in_a_private_file_and_one_whose_file_is_gone_covers_nothing(tmp_path: Path) -> None:
+    store = SqliteStore.create(tmp_path / "s.db")
+    store.keep_snapshot(b"S" * 100, b"1" * 32, b"head")
+    path = tmp_path / "snapshots" / ("31" * 32)
+    assert path.read_bytes() == b"S" * 100 and path.stat().st_mode & 0o777 == 0o600
+    assert store.size_bytes() >= 100
+    path.unlink()  # a damaged home: the row names bytes that are not there
+    assert store.snapshots() == [] and store.snapshot_data(b"1" * 32) is None
+    store.close()
+
+
+def test_pruning_keeps_device_lists_and_keys(store: Store) -> None:
+    rows = [Row(A, s, b"SQ\x02" + bytes([kind]) + b"x" * 80) for s, kind in enumerate([4, 1, 1, 3, 1, 1], 1)]
+    store.put([*rows, Row(A, 7, b"SQ\x02\x01 newest")])
+    store.mark(A, 2, "bad-tag")
+    assert store.prune({A: 6}) == 4
+    assert [r.seq for r in store.rows(A)] == [1, 4, 7]
+    assert store.quarantined() == {}  # a pruned envelope's mark goes with it
+
+
 def test_rows_page_through_long_runs(store: Store) -> None:
     store.put([Row(A, s, b"%d" % s) for s in range(1, 2501)])
     assert [r.seq for r in store.rows(A, after=10)] == list(range(11, 2501))

@@ -513,8 +513,10 @@ class Node:
         `syncq log` and `status` in another process can read it instead of loading the Doc."""
         while True:
             await asyncio.sleep(NODE_FLUSH_S)
-            if self.space.replica.view_behind():
-                self.space.replica.flush_view(most=VIEW_MOST)
+            # A long backlog (a rebuild, a snapshot taken) goes in slices of ``VIEW_MOST``, the
+            # loop free in between: one flush of 100k rows held it for 10 s.
+            while self.space.replica.view_behind() and self.space.replica.flush_view(most=VIEW_MOST):
+                await asyncio.sleep(0)
 
     async def _prune(self) -> None:
         """Drop envelopes snapshots have covered for ``prune_days`` and every peer seen in that

@@ -106,6 +106,7 @@ class Replica:
         self._dirty: Changes | None = None
         self._view_generation: int | None = None
         self._rebuild = False
+        self._filling = False  # a rebuild written in part: the rest comes as changed prompts
         self._view_keys: view.Keys | None = None
         self._folded: set[str] = set()  # rows handed to the write in progress (``own_rows``)
         self._view_devices = -1  # how many devices the view's state counts
@@ -130,21 +131,23 @@ class Replica:
             if self._log is not None:
                 self._catch_up(self._log)
 
-    def flush_view(self, most: int | None = None) -> None:
+    def flush_view(self, most: int | None = None) -> bool:
         """Bring the local view up to the Doc (if the Doc is loaded). Writes of this process
         carry their rows themselves (``own_rows``); what came from elsewhere is written here,
         in one transaction for whatever changed since the last flush: the node calls it a few
         times a second (``viewstore.NODE_FLUSH_S``), a process that loaded the Doc on close. A flush per
         received envelope tripled the cost of receiving one. With ``most``, at most that many
         prompts are written now and the rest at the next call (a node's loop is not held up
-        for long after a burst); the view covers the store only once all are."""
+        for long after a burst, or a rebuild); the view covers the store only once all are.
+        Returns whether prompts were left for later."""
         with self._lock:
             if self._log is not None and self._voided_since_load():
                 self.drop()  # it may hold what is voided now: loaded again when next used
-            if self._log is not None:
-                generation = self.store.generation()  # first: the catch-up reads at least this
-                self._catch_up(self._log)
-                self._flush_view(self._log, generation, most)
+            if self._log is None:
+                return False
+            generation = self.store.generation()  # first: the catch-up reads at least this
+            self._catch_up(self._log)
+            return self._flush_view(self._log, generation, most)
 
     def view_behind(self) -> bool:
         """Whether a flush would write anything."""
@@ -267,18 +270,19 @@ class Replica:
             self._view_keys = view.Keys(self.keys.local_key, self._entropy)
         return self._view_keys
 
-    def _flush_view(self, log: Log, generation: int, most: int | None = None) -> None:
+    def _flush_view(self, log: Log, generation: int, most: int | None = None) -> bool:
         """Write the rows of the prompts changed since the last flush (every row, for a
-        rebuild), and the state saying the view covers ``generation`` (unless ``most`` left
-        some for later)."""
+        rebuild: the first ``most`` of them replacing the table, the rest as changed), and the
+        state saying the view covers ``generation`` (unless ``most`` left some for later).
+        Returns whether some were left for later."""
         if self._dirty is None or self.keys.is_relay:
-            return
-        if not self._rebuild and self.store.view.state() is None:
+            return False
+        if not self._rebuild and not self._filling and self.store.view.state() is None:
             self._rebuild = True  # forgotten meanwhile (a damaged row, a removal): write it whole
         ids = log.prompt_ids() if self._rebuild else sorted(self._dirty.drain())
         if not ids and not self._rebuild and generation == self._view_generation:
-            return
-        later = ids[most:] if most is not None and not self._rebuild else []
+            return False
+        later = ids[most:] if most is not None else []
         now = ids[: len(ids) - len(later)]
         rows, removed = self._rows(log, now)
         devices = len(log.devices())
@@ -292,9 +296,12 @@ class Replica:
         for prompt_id in later if ok else ids if not self._rebuild else ():
             self._dirty.add(prompt_id)  # for the next flush: left for later, or overtaken
         if ok:
+            # The rest of a rebuild goes as changed prompts, the state forgotten until the last.
+            self._filling = (self._rebuild or self._filling) and bool(later)
             self._rebuild = False
         self._view_generation = generation if ok and not later else None
         self._view_devices = devices
+        return ok and bool(later)
 
     # -- exchanging envelopes (the sync layer and the tests use these) -------------------------
 

@@ -105,8 +105,9 @@ class ViewTable(Protocol):
     ) -> bool:
         """If the store is still at ``state.generation``: store ``rows`` (with ``replace``,
         instead of every row held), drop the rows of ``removed`` and, unless ``partial`` (some
-        changed prompts are left for later), record ``state``; else change nothing (the rows
-        may be older than rows written since). Returns whether it wrote."""
+        changed prompts are left for later), record ``state`` (a partial replace forgets the
+        state held); else change nothing (the rows may be older than rows written since).
+        Returns whether it wrote."""
         ...
 
     def clear(self) -> None:
@@ -161,6 +162,8 @@ class SqliteView:
             if replace:
                 conn.execute("DELETE FROM view")
                 conn.execute("DELETE FROM view_counts")
+                if partial:  # the rest comes in later writes: nobody may read a half table
+                    conn.execute("DELETE FROM meta WHERE key = ?", (STATE_META,))
             conn.executemany("DELETE FROM view WHERE id = ?", [(i,) for i in removed])
             put_rows(conn, rows)
             if not partial:
@@ -307,6 +310,8 @@ class MemoryView:
             return False
         if replace:
             self.rows.clear()
+            if partial:
+                self._state = None
         for prompt_id in removed:
             self.rows.pop(prompt_id, None)
         self.appended(rows)

@@ -322,8 +322,10 @@ def remove_device(space: Space, target: str) -> Removal:
                     log.put_invite(r.moved(InviteState.REVOKED, by=space.device_id, at=now)) for r in pending
                 ]
             )
+        # What this device holds of it: stored, or covered by a snapshot taken (whose envelopes
+        # are not here): a cutoff below what a snapshot covers would void that snapshot.
         tops = space.store.tops()
-        cutoff = tops.get(device, 0)
+        cutoff = max(tops.get(device, 0), space.replica.version_vector().get(device, 0))
         removal = roster.sign_entry(space.device, space.keys.space_id, device, Role.REMOVED, cutoff=cutoff)
         chain = roster.extend(space.replica.own_chain(), removal)
         # The removal and the new epoch in one transaction: a node of this home (or a peer) that

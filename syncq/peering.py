@@ -115,6 +115,8 @@ class Peering:
         self.dropped = 0  # envelopes of this session that failed decoding, space or signature
         self.snapshots_sent = 0
         self.snapshots_taken = 0  # from the peer, held or applied here
+        self.snapshots_refused = 0  # sent, and refused by the peer
+        self._awaiting: dict[int, dict[bytes, int]] = {}  # a snapshot's last batch: the peer's vv before
         self._snapshots: list[Head] = []  # to send before any envelope (``Replica.snapshots_for``)
         self._sending: Snapshot | None = None  # the first of them, read whole
         self._control: list[tuple[bytes, int, bytes]] = []  # device lists and keys a snapshot covers
@@ -157,6 +159,7 @@ class Peering:
             if self.session.send_snapshot(snapshot.data) == len(snapshot.data):
                 self._snapshots.pop(0)
                 self._sending = None
+                self._awaiting[self.session.last_batch] = dict(self.session.peer_vv)
                 self.session.note_peer_covers(snapshot.covers)
                 self.snapshots_sent += 1
             self.wants_to_send = True
@@ -213,8 +216,8 @@ class Peering:
             if not self.hooks.authenticated(self):
                 self.session.fail(CloseCode.NORMAL, "duplicate connection")
                 return
-            held = self.space.replica.held_snapshots()
-            self.session.send_have(self.space.version_vector(), [s.digest for s in held])
+            held = self.space.replica.held_snapshots()  # newest last: named first, if more than 8
+            self.session.send_have(self.space.version_vector(), [s.digest for s in reversed(held)])
         elif isinstance(event, HaveReceived):
             self._peer_holds = set(event.snapshots)
             self._peer_have = dict(event.vv)
@@ -224,6 +227,12 @@ class Peering:
             self.wants_to_send = True
         elif isinstance(event, WindowOpen):
             self.wants_to_send = True
+            before = self._awaiting.pop(event.batch, None)
+            if before is not None and not event.taken:
+                # Refused (its author is off the peer's list, a key it lacks): the peer holds
+                # what its HAVE said, not the snapshot. Whatever can go as envelopes goes.
+                self.session.peer_vv = before
+                self.snapshots_refused += 1
             if self.session.all_acked and self.session.peer_id is not None:  # it stored all we sent
                 self.space.replica.note_peer(bytes.fromhex(self.session.peer_id), self.session.peer_vv)
         elif isinstance(event, SnapshotPart):
@@ -241,13 +250,16 @@ class Peering:
         """Verify and hold (or apply) a snapshot, then acknowledge it; one nobody could have
         signed counts as a dropped envelope."""
         try:
-            report = self.space.replica.receive_snapshot(event.data)
+            report = self.space.replica.receive_snapshot(event.data, me=self.space.device.public_key)
         except StoreError as exc:
             self.fail(CloseCode.UNAVAILABLE, f"cannot store a snapshot here: {exc}")
             return
         if report.rejected in ("malformed", "wrong-space", "bad-signature"):
-            self.dropped += 1
-        self.session.ack(event.batch)
+            # Nobody signed it as it is (a relay never passes one on): up to 256 MiB each, one
+            # is enough to close the session.
+            self.fail(CloseCode.BAD_ENVELOPE, f"a snapshot nobody signed ({report.rejected})")
+            return
+        self.session.ack(event.batch, taken=report.rejected is None)
         if report.kept:
             self.snapshots_taken += 1
             self.received += report.added

@@ -196,7 +196,11 @@ class EnvelopesReceived:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WindowOpen:
-    """A batch was acknowledged: the driver may send more."""
+    """A batch was acknowledged: the driver may send more. ``taken`` is false when the batch
+    was a snapshot's last part and the peer refused the snapshot."""
+
+    batch: int = 0
+    taken: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -431,10 +435,16 @@ class SyncSession:
         for author, seq, _ in envelopes:
             self.note_peer_has(author, seq)
 
-    def ack(self, batch: int) -> None:
-        """Acknowledge a received batch once it is stored."""
+    def ack(self, batch: int, *, taken: bool = True) -> None:
+        """Acknowledge a received batch once it is stored; a snapshot's last part says whether
+        the snapshot was taken (or refused: the sender then counts on the peer's HAVE again)."""
         if self.state is State.SYNCING:
-            self._send([Frame.ACK, batch])
+            self._send([Frame.ACK, batch] if taken else [Frame.ACK, batch, False])
+
+    @property
+    def last_batch(self) -> int:
+        """The number of the last batch (or snapshot part) queued."""
+        return self._next_batch - 1
 
     def note_peer_has(self, author: bytes, seq: int) -> None:
         """Record that the peer holds (author, seq): only gapless runs count."""
@@ -613,11 +623,15 @@ class SyncSession:
         return [SnapshotReceived(batch=batch, data=data)]
 
     def _on_ack(self, body: list[Any], frame: bytes) -> list[Event]:
-        fr.shape(body, 1)
+        if len(body) != 2:
+            fr.shape(body, 1)
+        batch, taken = (body[0], True) if len(body) == 1 else body
+        if not fr.whole(batch) or not isinstance(taken, bool):
+            raise Violation(CloseCode.MALFORMED, "bad ACK")
         if self._unacked == 0:
             raise Violation(CloseCode.OUT_OF_ORDER, "ACK with nothing outstanding")
         self._unacked -= 1
-        return [WindowOpen()]
+        return [WindowOpen(batch=batch, taken=taken)]
 
     def _on_want_blob(self, body: list[Any], frame: bytes) -> list[Event]:
         fr.shape(body, 5)

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING
 from syncq import authorship, crypto, epochs, roster, snapshots, view
 from syncq.crypto import DeviceKeys, Kind, SpaceKeys
 from syncq.entries import Raw
-from syncq.errors import BadRoster, EnvelopeRejected, MalformedRecord, SeqConflict, UnknownEpoch, Unlisted
+from syncq.errors import (
+    BadRoster,
+    EnvelopeRejected,
+    ForgedRecord,
+    MalformedRecord,
+    SeqConflict,
+    UnknownEpoch,
+    Unlisted,
+)
 from syncq.lifecycle import Status
 from syncq.snapshots import Head, Snapshot
 from syncq.store import Checkpoint, Row, Store
@@ -113,6 +121,8 @@ class Replica:
         self._voids: str | None = None  # the store's count of voids when the Doc was loaded
         self._held: tuple[int, list[Head]] | None = None  # (data version, snapshots held)
         self._noted: dict[bytes, int] = {}  # per peer: when its holdings were last written down
+        self._rewrite = False  # a held snapshot may no longer be given: write one of this Doc
+        self._too_big = False  # the Doc is past what a snapshot may hold
 
     @property
     def log(self) -> Log:
@@ -375,9 +385,9 @@ class Replica:
     def snapshots_for(self, have: Mapping[bytes, int], holds: Iterable[bytes]) -> list[Head]:
         """The snapshots to send first to a peer whose HAVE is ``have`` and who holds ``holds``:
         it is far behind them, or lacks what only they can give it (``snapshots.to_send``)."""
-        floor = self.floor()
+        floor, listing = self.floor(), self.listing()
         return snapshots.to_send(
-            self.held_snapshots(),
+            [h for h in self.held_snapshots() if self._usable(h, listing)],
             have,
             holds,
             lambda a, seq: self.store.has_run(a, seq, floor.get(a, 0)),
@@ -388,8 +398,10 @@ class Replica:
         """Whether this device has applied enough since the snapshots it holds to write one:
         ``every`` envelopes, or a quarter of what they cover if that is more (a snapshot is the
         whole history: writing 50 MB every 500 prompts would cost more than the envelopes)."""
-        if self.keys.is_relay:
+        if self.keys.is_relay or self._too_big:
             return False
+        if self._rewrite:
+            return True
         floor = self.floor()  # the highest seqs stored stand in for what the Doc applied: no load
         return snapshots.beyond(self.store.tops(), floor) >= max(every, sum(floor.values()) // 4)
 
@@ -400,13 +412,23 @@ class Replica:
         with self._lock:
             self.void_removed()
             log = self.log
-            covers = snapshots.clipped(self._applied, self._bounds(self.listing()))
+            listing = self.listing()
+            covers = snapshots.clipped(self._applied, self._bounds(listing))
             held = self.held_snapshots()
-            if not covers or any(snapshots.dominates(s.covers, covers) for s in held):
+            if not covers or any(
+                snapshots.dominates(h.covers, covers) for h in held if self._usable(h, listing)
+            ):
+                self._rewrite = False  # one that may be given covers as much
+                return None
+            state = log.state()
+            if len(state) + (1 << 20) > snapshots.MAX_SNAPSHOT_SIZE:  # it could not be sent
+                self.store.record_rejection("malformed", f"no snapshot: the Doc is {len(state)} bytes")
+                self._too_big = True  # not tried again by this process: each try seals it whole
                 return None
             data = snapshots.seal_snapshot(
-                device=device, space=self.keys, covers=covers, state=log.state(), nonce=self._entropy(12)
+                device=device, space=self.keys, covers=covers, state=state, nonce=self._entropy(12)
             )
+            self._rewrite = False
             snapshot = snapshots.decode_snapshot(data)
             _, drop = snapshots.kept(held, snapshot)
             self._held = None
@@ -414,7 +436,7 @@ class Replica:
             self._mark()
             return snapshot
 
-    def receive_snapshot(self, data: bytes) -> SnapshotReport:
+    def receive_snapshot(self, data: bytes, me: bytes | None = None) -> SnapshotReport:
         """Verify a snapshot from elsewhere, apply it (a member) and hold it unless a held one
         covers as much. Refused (counted, never held): one that fails its signature or space,
         of an author not listed as a member, covering what a removed device wrote past its
@@ -426,9 +448,15 @@ class Replica:
                 listing = self.listing()
                 if listing.root is not None and listing.role(snapshot.author) is not roster.Role.MEMBER:
                     raise Unlisted(f"a snapshot of {snapshot.author.hex()[:12]}, not a member of the space")
-                device = snapshots.poisoned(snapshot.covers, self._bounds(listing))
+                device = snapshots.poisoned(snapshot.covers, self._bounds(listing, snapshot.covers))
                 if device is not None:
                     raise Unlisted(f"a snapshot holds what {device.hex()[:12]} wrote after its removal")
+                if me is not None and snapshot.covers.get(me, 0) > self.store.tops().get(me, 0):
+                    # What this device wrote, it knows: a vector past it would make this device
+                    # skip its own next envelopes (a member's lie; others' seqs cannot be checked).
+                    raise ForgedRecord(
+                        f"a snapshot of {snapshot.author.hex()[:12]} claims seqs this device never wrote"
+                    )
                 keep, drop = snapshots.kept(self.held_snapshots(), snapshot)
                 added = snapshots.beyond(snapshot.covers, self.version_vector())
                 if not self.keys.is_relay:
@@ -470,8 +498,10 @@ class Replica:
         if not at_once and now - self._noted.get(peer, -NOTE_PEER_MS) < NOTE_PEER_MS:
             return  # at most once a second per peer: an ACK comes for every batch
         self._noted[peer] = now
+        # Only authors this device holds: a HAVE may name 100,000 of them, made up.
+        ours = {*self.store.tops(), *self.floor()}
         peers = {p: (at, vv) for at, vv, p in _peer_entries(self.store.get_meta(PEERS_META))}
-        peers[peer] = (now, {a: s for a, s in have.items() if s > 0})
+        peers[peer] = (now, {a: s for a, s in have.items() if s > 0 and a in ours})
         self.store.set_meta(PEERS_META, _peers_json(peers))
 
     def prunable(self, retention_ms: int) -> dict[bytes, int]:
@@ -502,6 +532,18 @@ class Replica:
             bounds = self.prunable(retention_ms)
             return self.store.prune(bounds) if bounds else 0
 
+    def _covered_elsewhere(self, head: Head) -> bool:
+        """Whether every envelope ``head`` covers is stored here, or covered by another held
+        snapshot that stays: forgetting it then loses nothing but what a removal voids."""
+        listing = self.listing()
+        others = snapshots.merged(
+            h.covers for h in self.held_snapshots() if h is not head and self._usable(h, listing)
+        )
+        return all(
+            others.get(author, 0) >= seq or self.store.has_run(author, others.get(author, 0), seq)
+            for author, seq in head.covers.items()
+        )
+
     def _take(self, snapshot: Snapshot) -> None:
         """Apply a verified snapshot's state to the Doc and count what it covers as applied."""
         from syncq.log import Log
@@ -522,16 +564,24 @@ class Replica:
         self._applied = snapshots.merged([self._applied, snapshot.covers])
         self._catch_up(log)  # envelopes held behind the gap it filled
 
-    def _bounds(self, listing: roster.Listing) -> dict[bytes, int]:
+    def _bounds(self, listing: roster.Listing, also: Iterable[bytes] = ()) -> dict[bytes, int]:
         """Per device whose writes count only up to a seq, that seq: a removed device's cutoff,
-        and 0 for one no longer listed as a member (admitted by a chain a removal cut)."""
+        and 0 for one not listed as a member (admitted by a chain a removal cut), among the
+        authors stored here and ``also`` (a snapshot's, which may name authors not stored)."""
         if listing.root is None:
             return {}
         bounds = dict(listing.removed)
-        for author in self.store.tops():
+        for author in {*self.store.tops(), *also}:
             if author not in bounds and listing.roles.get(author) is not roster.Role.MEMBER:
                 bounds[author] = 0
         return bounds
+
+    def _usable(self, head: Head, listing: roster.Listing) -> bool:
+        """Whether a held snapshot may be given to a peer or applied: its author is a listed
+        member, and it holds nothing a removal voids."""
+        if listing.root is not None and listing.role(head.author) is not roster.Role.MEMBER:
+            return False
+        return snapshots.poisoned(head.covers, self._bounds(listing, head.covers)) is None
 
     def receive(self, datas: Iterable[bytes]) -> ReceiveReport:
         """Verify, store and apply envelopes from elsewhere, each on its own (PROTOCOL.md,
@@ -731,11 +781,24 @@ class Replica:
             # A snapshot written before its author knew of the removal holds what it voids,
             # and cannot be taken apart: forgotten, and the Doc rebuilt without it (peers send
             # the envelopes again, or a snapshot written since).
-            poisoned = [s.digest for s in self.held_snapshots() if snapshots.poisoned(s.covers, bounds)]
-            if poisoned:
+            poisoned = [h for h in self.held_snapshots() if not self._usable(h, listing)]
+            # ...unless the envelopes it covers are gone (pruned, or never here: taken from it).
+            # Forgotten then, it would take every author's history with it, on every node; kept,
+            # it keeps what the removed device wrote late (counted, and said in the detail).
+            gone = [h for h in poisoned if self._covered_elsewhere(h)]
+            kept = [h for h in poisoned if h not in gone]
+            # Either way no peer is given one of them any more: a snapshot of this Doc takes its
+            # place (the node writes one at once: ``snapshot_due``).
+            self._rewrite = self._rewrite or bool(poisoned)
+            if kept:
+                detail = (
+                    f"{len(kept)} snapshot(s) keep what a removed device wrote late: their envelopes are gone"
+                )
+                self.store.record_rejection(Unlisted.reason, detail)
+            if gone:
                 self._held = None
-                self.store.forget_snapshots(poisoned)
-                voided += len(poisoned)
+                self.store.forget_snapshots([h.digest for h in gone])
+                voided += len(gone)
                 rebuild = True
             for device, cutoff in bounds.items():
                 for row in self.store.rows(device, cutoff):  # by index: nothing, usually
@@ -855,9 +918,12 @@ class Replica:
         if self.keys.is_relay:
             return
         held = [h for h in self.held_snapshots() if not snapshots.dominates(self._applied, h.covers)]
-        bounds = self._bounds(self.listing()) if held else {}
+        listing = self.listing()
         for head in held:
-            snapshot = self.snapshot(head) if not snapshots.poisoned(head.covers, bounds) else None
+            # One a removal voids is applied only while it is the one copy of what it covers.
+            if not self._usable(head, listing) and self._covered_elsewhere(head):
+                continue
+            snapshot = self.snapshot(head)
             if snapshot is None:
                 continue
             try:

@@ -349,6 +349,104 @@ def test_a_peer_whose_next_envelope_is_a_kept_device_list_still_gets_the_snapsho
         space.close()
 
 
+# -- found by review: removals, refusals and lies about seqs ----------------------------------------
+
+
+@pytest.mark.usefixtures("near")
+def test_a_removal_after_pruning_keeps_everyone_elses_history(tmp_path: Path) -> None:
+    # The remover was offline longer than the retention: its cutoff of d is below what a's
+    # snapshot covers, and a pruned the envelopes. Forgetting the snapshot would take every
+    # author's history with it, on every node; it is kept, and a writes one to give instead.
+    a, now = clocked(tmp_path / "a")
+    d, r = join(tmp_path / "d", a, "d"), join(tmp_path / "r", a, "r")
+    connect(a, r)
+    for n in range(5):
+        d.add(f"by d {n}", model="echo")
+        a.add(f"by a {n}", model="echo")
+    connect(a, d)
+    a.replica.write_snapshot(a.device)
+    now[0] = 10_000
+    assert a.replica.prune(5_000) > 0
+    r.remove_device(d.device.public_key.hex())  # r knows d's device list only
+    connect(r, a)
+    assert [e for e in ids(a) if e[1].startswith("by a")] == [e for e in ids(a) if e[1].startswith("by a")][
+        :5
+    ]
+    assert len([e for e in ids(a) if e[1].startswith("by a")]) == 5  # nothing of a's lost
+    assert a.store.rejections().get("unlisted", 0) >= 1  # said: d's late writes stay
+    assert a.replica.snapshot_due(500)  # one of its own, to give instead
+    assert a.replica.write_snapshot(a.device) is not None
+    connect(a, r)
+    assert {e[1] for e in ids(r)} >= {f"by a {n}" for n in range(5)}
+    newcomer = join(tmp_path / "n", a, "n")
+    connect(a, newcomer)
+    assert ids(newcomer) == ids(a)
+    for space in (a, d, r, newcomer):
+        space.close()
+
+
+@pytest.mark.usefixtures("near")
+def test_a_removed_authors_snapshot_is_not_given_and_one_of_the_holder_takes_its_place(
+    tmp_path: Path,
+) -> None:
+    a = Space.init(tmp_path / "a", name="a", device_list=True)
+    t, b = join(tmp_path / "t", a, "t"), join(tmp_path / "b", a, "b")
+    for n in range(10):
+        t.add(f"by t {n}", model="echo")
+    connect(a, t)
+    snapshot = t.replica.write_snapshot(t.device)  # b has none of it: it takes the snapshot
+    assert snapshot is not None and b.replica.receive_snapshot(snapshot.data).kept
+    a.remove_device(t.device.public_key.hex())
+    connect(a, b)  # b learns of it
+    n = join(tmp_path / "n", b, "n")
+    assert b.replica.snapshots_for({}, []) == []  # t's is not given any more
+    assert b.replica.snapshot_due(500)
+    b.replica.write_snapshot(b.device)
+    link = connect(b, n)
+    assert link.a.snapshots_sent == 1 and ids(n) == ids(b) and len(ids(n)) == 10
+    for space in (a, t, b, n):
+        space.close()
+
+
+@pytest.mark.usefixtures("near")
+def test_a_refused_snapshot_leaves_the_peer_counted_as_its_have_said(tmp_path: Path) -> None:
+    a = Space.init(tmp_path / "a", name="a", device_list=True)
+    t, b, n = (join(tmp_path / name, a, name) for name in ("t", "b", "n"))
+    connect(a, b)  # b knows n
+    for k in range(10):
+        t.add(f"by t {k}", model="echo")
+    snapshot = t.replica.write_snapshot(t.device)  # b takes it; nobody else has t's prompts
+    assert snapshot is not None and b.replica.receive_snapshot(snapshot.data).kept
+    a.remove_device(t.device.public_key.hex())
+    connect(a, n)  # n hears of the removal; b has not
+    link = connect(b, n)
+    assert link.a.snapshots_sent == 1 and link.a.snapshots_refused == 1
+    assert n.store.rejections().get("unlisted", 0) >= 1
+    # b counts n as holding what its HAVE said, not the refused snapshot's vector.
+    assert link.a.session.peer_vv.get(t.device.public_key, 0) < snapshot.covers[t.device.public_key]
+    for space in (a, t, b, n):
+        space.close()
+
+
+def test_a_snapshot_claiming_seqs_this_device_never_wrote_is_refused(tmp_path: Path) -> None:
+    a = Space.init(tmp_path / "a", name="a", device_list=True)
+    mallory = join(tmp_path / "m", a, "mallory")
+    connect(a, mallory)
+    me = a.device.public_key
+    covers = {**mallory.replica.version_vector(), me: a.store.tops()[me] + 1_000_000}
+    lie = snapshots.seal_snapshot(
+        device=mallory.device,
+        space=mallory.keys,
+        covers=covers,
+        state=mallory.log.state(),
+        nonce=os.urandom(12),
+    )
+    report = a.replica.receive_snapshot(lie, me=me)
+    assert report.rejected == "forged" and not report.kept
+    for space in (a, mallory):
+        space.close()
+
+
 # -- the property: snapshots from different authors never lose an update ---------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,25 @@ def test_a_reader_that_rebuilds_the_view_while_a_void_begins_leaves_nothing_void
     assert viewed is None or viewed == doc
 
 
+def stored_by_an_old_node(home: Path, datas: list[bytes], voided: Sequence[tuple[bytes, int]] = ()) -> None:
+    """Envelopes (and voids) written as a node of the previous version writes them: straight
+    into the tables, with no generation, no view and no count of voids."""
+    from syncq import crypto
+
+    with sqlite3.connect(home / "syncq.db") as conn:
+        for data in datas:
+            envelope = crypto.decode(data)
+            conn.execute(
+                "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)",
+                (envelope.author, envelope.seq, data),
+            )
+        for author, seq in voided:
+            conn.execute(
+                "INSERT OR REPLACE INTO quarantine (author, seq, reason) VALUES (?, ?, 'unlisted')",
+                (author, seq),
+            )
+
+
 def _hostile_prompt(member: Space, key: str, record: str) -> None:
     """A member writes ``record`` under ``key`` of the prompts, bypassing every check of add."""
     member.write(lambda log: log._maps["prompts"].__setitem__(key, record))
@@ -190,15 +210,7 @@ def test_envelopes_a_node_of_the_previous_version_stores_make_readers_load_the_d
     assert from_view(home) is not None
     # The node started before the upgrade still runs 2782f91's code, which stores what a peer
     # sends as this (it knows nothing of the generation); the upgraded CLI then reads.
-    from syncq import crypto
-
-    with sqlite3.connect(home / "syncq.db") as conn:
-        for data in answer:
-            envelope = crypto.decode(data)
-            conn.execute(
-                "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)",
-                (envelope.author, envelope.seq, data),
-            )
+    stored_by_an_old_node(home, answer)
     viewed = from_view(home)  # before any Doc is loaded (a load brings the view up to date)
     doc = from_doc(home)
     assert doc[0][0].status.value == "done"
@@ -214,20 +226,7 @@ def test_a_void_by_a_node_of_the_previous_version_leaves_nothing_voided_in_the_v
     assert from_view(home) is not None
     # The gpu's node of the previous version (2782f91: no view, no generation) stores the
     # removal and voids what the phone wrote after its cutoff, as its Store.put and mark did.
-    from syncq import crypto
-
-    with sqlite3.connect(home / "syncq.db") as conn:
-        for data in removal:
-            envelope = crypto.decode(data)
-            conn.execute(
-                "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)",
-                (envelope.author, envelope.seq, data),
-            )
-        for author, seq in voided:
-            conn.execute(
-                "INSERT OR REPLACE INTO quarantine (author, seq, reason) VALUES (?, ?, 'unlisted')",
-                (author, seq),
-            )
+    stored_by_an_old_node(home, removal, voided)
     viewed = from_view(home)
     doc = from_doc(home)
     assert [e.prompt.input for e in doc[0]] == ["a real question"] and doc[0][0].result is None
@@ -336,15 +335,7 @@ def test_a_home_of_schema_3_upgraded_keeps_its_view_honest(tmp_path: Path) -> No
     assert from_view(home) is None  # upgraded on open: no view yet
     loaded = from_doc(home)  # which writes the view
     assert from_view(home) == loaded
-    from syncq import crypto
-
-    with sqlite3.connect(home / "syncq.db") as conn:  # the node of schema 3, still running
-        for data in answer:
-            envelope = crypto.decode(data)
-            conn.execute(
-                "INSERT INTO envelopes (author, seq, data) VALUES (?, ?, ?)",
-                (envelope.author, envelope.seq, data),
-            )
+    stored_by_an_old_node(home, answer)  # the node of schema 3, still running
     viewed = from_view(home)
     doc = from_doc(home)
     assert doc[0][0].status.value == "done" and (viewed is None or viewed == doc)

@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from syncq import authorship, crypto, epochs, roster, snapshots, view
 from syncq.crypto import DeviceKeys, Kind, SpaceKeys
@@ -430,10 +430,7 @@ class Replica:
             )
             self._rewrite = False
             snapshot = snapshots.decode_snapshot(data)
-            _, drop = snapshots.kept(held, snapshot)
-            self._held = None
-            self.store.keep_snapshot(data, snapshot.digest, snapshot.head, drop)
-            self._mark()
+            self._hold(snapshot, snapshots.kept(held, snapshot)[1])
             return snapshot
 
     def receive_snapshot(self, data: bytes, me: bytes | None = None) -> SnapshotReport:
@@ -469,14 +466,19 @@ class Replica:
                 self.store.record_rejection(exc.reason, str(exc))
                 return SnapshotReport(rejected=exc.reason)
             if keep:
-                self._held = None
                 try:
-                    self.store.keep_snapshot(snapshot.data, snapshot.digest, snapshot.head, drop)
+                    self._hold(snapshot, drop)
                 except BaseException:
                     self.drop()  # the Doc holds what the store does not: rebuilt on next use
                     raise
-                self._mark()
             return SnapshotReport(kept=keep, added=added if keep else 0)
+
+    def _hold(self, snapshot: Snapshot, drop: Sequence[bytes]) -> None:
+        """Store a snapshot (forgetting the held ones named in ``drop``) and mark when the floor
+        moved, for pruning."""
+        self._held = None
+        self.store.keep_snapshot(snapshot.data, snapshot.digest, snapshot.head, drop)
+        self._mark()
 
     # -- pruning ------------------------------------------------------------------------------
 
@@ -1024,36 +1026,35 @@ def _count(counts: dict[str, int], details: dict[str, str], exc: EnvelopeRejecte
 
 
 def _vectors_json(marks: Iterable[tuple[int, Mapping[bytes, int]]]) -> str:
-    return json.dumps([[at, {a.hex(): seq for a, seq in sorted(vv.items())}] for at, vv in marks])
+    return json.dumps([[at, _hexed(vv)] for at, vv in marks])
 
 
 def _vectors(text: str | None) -> list[tuple[int, dict[bytes, int]]]:
     """Marks as ``_vectors_json`` wrote them; none for a missing or damaged value."""
     try:
-        return [
-            (int(at), {bytes.fromhex(a): int(seq) for a, seq in vv.items()})
-            for at, vv in json.loads(text or "[]")
-        ]
+        return [(int(at), _unhexed(vv)) for at, vv in json.loads(text or "[]")]
     except (ValueError, TypeError, AttributeError):
         return []
 
 
 def _peers_json(peers: Mapping[bytes, tuple[int, Mapping[bytes, int]]]) -> str:
-    return json.dumps(
-        {p.hex(): [at, {a.hex(): s for a, s in sorted(vv.items())}] for p, (at, vv) in sorted(peers.items())}
-    )
+    return json.dumps({p.hex(): [at, _hexed(vv)] for p, (at, vv) in sorted(peers.items())})
 
 
 def _peer_entries(text: str | None) -> list[tuple[int, dict[bytes, int], bytes]]:
     """(when seen, what it holds, peer) per peer, as ``_peers_json`` wrote them."""
     try:
-        found = json.loads(text or "{}")
-        return [
-            (int(at), {bytes.fromhex(a): int(seq) for a, seq in vv.items()}, bytes.fromhex(p))
-            for p, (at, vv) in found.items()
-        ]
+        return [(int(at), _unhexed(vv), bytes.fromhex(p)) for p, (at, vv) in json.loads(text or "{}").items()]
     except (ValueError, TypeError, AttributeError):
         return []
+
+
+def _hexed(vv: Mapping[bytes, int]) -> dict[str, int]:
+    return {author.hex(): seq for author, seq in sorted(vv.items())}
+
+
+def _unhexed(found: Mapping[str, Any]) -> dict[bytes, int]:
+    return {bytes.fromhex(author): int(seq) for author, seq in found.items()}
 
 
 def _vv_aad(vv: Mapping[bytes, int]) -> bytes:

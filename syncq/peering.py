@@ -247,8 +247,8 @@ class Peering:
             self.hooks.ended(self, event)
 
     def _take(self, event: SnapshotReceived) -> None:
-        """Verify and hold (or apply) a snapshot, then acknowledge it; one nobody could have
-        signed counts as a dropped envelope."""
+        """Verify and hold (or apply) a snapshot, then acknowledge it, saying whether it was
+        taken; one nobody could have signed closes the session."""
         try:
             report = self.space.replica.receive_snapshot(event.data, me=self.space.device.public_key)
         except StoreError as exc:

@@ -503,7 +503,7 @@ class SqliteStore:
 
     def keep_snapshot(self, data: bytes, digest: bytes, head: bytes, drop: Sequence[bytes] = ()) -> None:
         """Hold a snapshot and forget those it makes redundant, in one transaction."""
-        self._tops = self._generation = None
+        self._generation = None
         path = self._snapshot_file(digest)
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -528,7 +528,7 @@ class SqliteStore:
 
     def forget_snapshots(self, digests: Sequence[bytes]) -> None:
         """Forget held snapshots."""
-        self._tops = self._generation = None
+        self._generation = None
         with self._write(durable=False) as conn:
             conn.executemany("DELETE FROM snapshots WHERE digest = ?", [(d,) for d in digests])
             next_generation(conn)

@@ -69,6 +69,9 @@ def test_kill_9_during_a_10k_backlog_then_restart_converges(tmp_path: Path, node
         b_home = member(tmp_path, first, "b")
         for i in range(10_000):  # one envelope per prompt: the slow path on purpose
             first.add_many([NewPrompt(text=f"backlog {i}", model="echo")])
+    # The envelope path is the point: a node with a snapshot would send b that instead.
+    config = a_home / "config.toml"
+    config.write_text((config.read_text() if config.exists() else "") + "\n[node]\nsnapshot_every = 0\n")
     a = nodes(a_home, "--no-executors")
     with Space.open(b_home) as space:
         space.store.save_peer(Peer(url=a.url, source="config"))

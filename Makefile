@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint types imports pytest bench clean system-deps
+.PHONY: run test lint types imports pytest bench sim clean system-deps
 
 # Serves the bundled smollm2-135m (the chat model), gemma3-270m (completions) and echo; from a
 # second terminal:
@@ -41,6 +41,13 @@ imports: $(VENV)/.installed-dev
 
 pytest: $(VENV)/.installed-dev
 	$(BIN)/pytest -n 2
+
+# The seeded whole-mesh simulation (tests/sim): `make test` runs 2,000 small schedules; this
+# runs larger ones, from seed FIRST on. A failing seed prints the command that replays it.
+SEEDS ?= 10000
+FIRST ?= 0
+sim: $(VENV)/.installed-dev
+	$(BIN)/python tests/sim/run.py --seeds $(SEEDS) --first $(FIRST)
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/local.py

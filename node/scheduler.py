@@ -534,7 +534,12 @@ class Scheduler:
         return tuple(paths)
 
     def _still_mine(self, chosen: Candidate) -> bool:
-        entry = self.space.log.entry(chosen.prompt_id, stream=False)
+        try:
+            entry = self.space.log.entry(chosen.prompt_id, stream=False)
+        except (KeyError, MalformedRecord):
+            # Gone from the log: written by a device whose removal voids it (found by the
+            # simulation, tests/sim: the job task died with a KeyError, logged as a crash).
+            return False
         return (
             won(entry.claims, self.space.device_id, chosen.attempt) and entry.status is not Status.CANCELLED
         )

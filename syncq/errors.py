@@ -33,7 +33,8 @@ The whole tree, so a caller can see at a glance what to catch::
     ├── MalformedRecord             a record in the log has the wrong shape (skipped by queries)
     ├── StoreError                  local storage
     │   ├── StoreClosed             used after close() (a bug in the caller)
-    │   └── StoreBroken             the database is corrupt, foreign, full or unwritable
+    │   ├── StoreBroken             the database is corrupt, foreign or unwritable
+    │   └── DiskFull                no room for a write: nothing half-written, retry once freed
     └── LocalProtocolError          this program misused an API (a bug, not a user mistake)
 
 Rejections of remote data carry a short machine-readable ``reason`` (``bad-tag``,
@@ -204,7 +205,12 @@ class StoreClosed(StoreError):
 
 
 class StoreBroken(StoreError):
-    """The database cannot be used: corrupt, not a syncq database, full or read-only."""
+    """The database cannot be used: corrupt, not a syncq database, or read-only."""
+
+
+class DiskFull(StoreError):
+    """A write found no room on the disk: it was rolled back whole (what was saved before it is
+    kept), and the same write works once space is freed."""
 
 
 class LocalProtocolError(SyncqError):

@@ -10,6 +10,7 @@ client id (DESIGN.md section 4).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,6 +22,7 @@ from syncq.crypto import DeviceKeys, Kind, SpaceKeys
 from syncq.entries import Raw
 from syncq.errors import (
     BadRoster,
+    DiskFull,
     EnvelopeRejected,
     ForgedRecord,
     MalformedRecord,
@@ -302,7 +304,16 @@ class Replica:
             devices=devices,
             epochs=tuple(sorted(self.keys.secrets)),
         )
-        ok = self.store.view.write(rows, state, replace=self._rebuild, removed=removed, partial=bool(later))
+        try:
+            ok = self.store.view.write(
+                rows, state, replace=self._rebuild, removed=removed, partial=bool(later)
+            )
+        except BaseException:
+            # Not written (a full disk, say): the next flush must write these rows, or it would
+            # record a state covering prompts the view lacks (the disk-full test found that).
+            for prompt_id in ids:
+                self._dirty.add(prompt_id)
+            raise
         for prompt_id in later if ok else ids if not self._rebuild else ():
             self._dirty.add(prompt_id)  # for the next flush: left for later, or overtaken
         if ok:
@@ -343,6 +354,10 @@ class Replica:
             for row in self.store.rows(author, after):
                 if (
                     row.seq != after + 1
+                    # Voided by a removal (stored before it came): every later seq is too, and
+                    # a peer that knows the removal refuses them; sent, they came back on every
+                    # session (found by the simulation, tests/sim).
+                    or row.quarantined == Unlisted.reason
                     or len(batch) >= max_count
                     or (batch and size + len(row.data) > max_bytes)
                 ):
@@ -908,10 +923,14 @@ class Replica:
         covered = self.store.view.state() if not self.keys.is_relay else None
         self._rebuild = covered is None or any(covered.vv.get(a, 0) < s for a, s in self._applied.items())
         self._dirty.drain()
-        if self._catch_up(log) >= CHECKPOINT_AFTER:
-            self._log = log
-            self.checkpoint()
-        self._flush_view(log, generation)
+        # The checkpoint and the view are caches: on a full disk, reading must still work
+        # (``syncq log`` did not); they are written when there is room again.
+        caught_up = self._catch_up(log)
+        with contextlib.suppress(DiskFull):
+            if caught_up >= CHECKPOINT_AFTER:
+                self._log = log
+                self.checkpoint()
+            self._flush_view(log, generation)
         return log
 
     def _take_held(self, log: Log) -> None:

@@ -42,7 +42,7 @@ from syncq.errors import (
     MalformedRecord,
     RelayOnly,
     StoreBroken,
-    StoreClosed,
+    StoreError,
 )
 from syncq.ids import ID_LENGTH, DeviceId, PromptId, SpaceId, is_prompt_id, next_prompt_id, resolve_prefix
 from syncq.invite import Grant
@@ -358,7 +358,7 @@ class Space:
     def close(self) -> None:
         """Close the store. Idempotent."""
         with self.lock:
-            with contextlib.suppress(StoreBroken, StoreClosed):
+            with contextlib.suppress(StoreError):  # broken, closed or a full disk: a cache
                 self.replica.flush_view()  # what this process read or wrote, for the next reader
             self.replica.drop()
             self.store.close()
@@ -780,7 +780,8 @@ class Space:
                 log = self.log
                 found = (len(log), log.counts(), len(log.devices()))
             prompts, counts, devices = found[0], {s.value: n for s, n in found[1].items()}, found[2]
-        files, files_bytes = self.blobs.usage()
+        # Not opened just to count: creating the attachment store is a write (a full disk).
+        files, files_bytes = self.blobs.usage() if self._blobs or self.paths.blobs.exists() else (0, 0)
         return SpaceStatus(
             home=self.paths.root,
             device_id=self.device_id,

@@ -15,6 +15,7 @@ hand-written transaction (BEGIN IMMEDIATE to allocate seqs) that sqlite-utils wo
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from syncq.errors import StoreBroken, StoreClosed, Unlisted
+from syncq.errors import DiskFull, StoreBroken, StoreClosed, StoreError, Unlisted
 from syncq.schema import SCHEMA, SCHEMA_VERSION, upgrade
 from syncq.view import Sealed
 from syncq.viewstore import (
@@ -357,11 +358,11 @@ class SqliteStore:
             self._unsynced = False
             return
         except OSError as exc:
-            raise StoreBroken(f"cannot sync {self.path}: {exc.strerror}") from exc
+            raise write_error(self.path, exc, "cannot sync") from exc
         try:
             os.fsync(fd)
         except OSError as exc:
-            raise StoreBroken(f"cannot sync {self.path}: {exc.strerror}") from exc
+            raise write_error(self.path, exc, "cannot sync") from exc
         finally:
             os.close(fd)
         self._unsynced = False
@@ -515,7 +516,9 @@ class SqliteStore:
             os.replace(scratch, path)
             _sync_folder(path.parent)
         except OSError as exc:
-            raise StoreBroken(f"cannot write a snapshot into {path.parent}: {exc.strerror}") from exc
+            with contextlib.suppress(OSError):
+                scratch.unlink()  # a half-written file takes room the next try needs
+            raise write_error(path.parent, exc, "cannot write a snapshot into") from exc
         with self._write(durable=False) as conn:
             conn.executemany("DELETE FROM snapshots WHERE digest = ?", [(d,) for d in drop])
             conn.execute(
@@ -730,7 +733,7 @@ class _WriteTransaction:
             self._conn.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreBroken(f"cannot write {self._path}: {exc}") from exc
+            raise write_error(self._path, exc) from exc
         return self._conn
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -742,9 +745,26 @@ class _WriteTransaction:
         except sqlite3.Error as err:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            raise StoreBroken(f"cannot write {self._path}: {err}") from err
+            raise write_error(self._path, err) from err
         if isinstance(exc, sqlite3.Error):
-            raise StoreBroken(f"cannot write {self._path}: {exc}") from exc
+            raise write_error(self._path, exc) from exc
+
+
+def write_error(path: Path, exc: sqlite3.Error | OSError, doing: str = "cannot write") -> StoreError:
+    """The error for a failed write: ``DiskFull`` when the disk had no room (SQLite rolled the
+    transaction back, so a retry once space is freed writes it whole), else ``StoreBroken``."""
+    full = (
+        exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if isinstance(exc, OSError)
+        else (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    )
+    if full:
+        return DiskFull(
+            f"the disk holding {path} is full: nothing was written, and nothing saved before is lost;"
+            " free some space and try again"
+        )
+    detail = exc.strerror if isinstance(exc, OSError) else exc
+    return StoreBroken(f"{doing} {path}: {detail}")
 
 
 def _sync_folder(folder: Path) -> None:

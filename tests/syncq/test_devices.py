@@ -127,6 +127,27 @@ def test_a_removed_device_reads_nothing_written_after_and_writes_nothing_that_co
         gpu.remove_device("phone")
 
 
+def test_what_a_removed_device_wrote_late_is_not_sent_on_by_a_member_that_stored_it(
+    tmp_path: Path, founder: Space
+) -> None:
+    # Found by the simulation (tests/sim, seed 56 of the small scale): the gpu stored what the
+    # phone wrote after its removal, before the removal reached it, and sent it to the founder
+    # on every session after, where it was refused and counted each time.
+    gpu = join(tmp_path / "gpu", founder, "gpu")
+    phone = join(tmp_path / "phone", founder, "phone")
+    sync([founder, gpu, phone])
+    removal = founder.remove_device("phone")
+    for n in range(3):
+        phone.add(f"late {n}", model="echo")
+    gpu.receive(list(phone.envelopes(gpu.version_vector())))  # the removal has not come yet
+    gpu.receive(list(founder.envelopes(gpu.version_vector())))  # now it has: voided at the gpu
+    late = gpu.replica.envelopes_for(founder.version_vector(), 100, 1 << 20)
+    phone_key = phone.device.public_key
+    assert [seq for author, seq, _ in late if author == phone_key] == []
+    assert gpu.version_vector()[phone_key] > removal.cutoff  # held, voided: not asked for again
+    assert "late 0" not in texts(gpu)
+
+
 def test_a_member_offline_through_two_rotations_catches_up(tmp_path: Path, founder: Space) -> None:
     gpu = join(tmp_path / "gpu", founder, "gpu")
     a, b = join(tmp_path / "a", founder, "a"), join(tmp_path / "b", founder, "b")

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint types imports pytest bench sim clean system-deps
+.PHONY: run test lint types imports pytest bench sim soak clean system-deps
 
 # Serves the bundled smollm2-135m (the chat model), gemma3-270m (completions) and echo; from a
 # second terminal:
@@ -48,6 +48,12 @@ SEEDS ?= 10000
 FIRST ?= 0
 sim: $(VENV)/.installed-dev
 	$(BIN)/python tests/sim/run.py --seeds $(SEEDS) --first $(FIRST)
+
+# The soak (tests/soak): six node processes under random cuts, partitions and kill -9 for
+# MINUTES (`make test` runs one); its last line is a JSON report.
+MINUTES ?= 10
+soak: $(VENV)/.installed-dev
+	$(BIN)/python tests/soak/soak.py --minutes $(MINUTES)
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/local.py

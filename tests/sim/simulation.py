@@ -427,7 +427,7 @@ class World:
         self.removal = rng.random() < 0.3
         # The oracle.
         self.acked: dict[str, tuple[int, int]] = {}  # prompt id: (node, seq of its envelope)
-        self.cancels: dict[str, int] = {}  # prompt id: when the cancel was acknowledged
+        self.cancels: dict[str, list[tuple[int, int]]] = {}  # prompt id: (node, seq) of each cancel
         self.seen_cancel: dict[tuple[int, str], int] = {}  # (node, prompt id): when it first saw it
         self.runs: list[Run] = []
         self.results: list[Written] = []
@@ -531,7 +531,7 @@ class World:
             node.space.cancel(prompt_id)
         except InvalidState:
             return  # it ended already
-        self.cancels.setdefault(prompt_id, self.now)
+        self.cancels.setdefault(prompt_id, []).append((node.index, node.space.store.tops()[node.public_key]))
         self.seen_cancel.setdefault((node.index, prompt_id), self.now)
         self.note(f"{node.name} cancels {prompt_id[-6:]}")
         self.changed(node)
@@ -665,7 +665,10 @@ class World:
     def send(self, link: Link, side: int, frame: bytes) -> None:
         rng = self.rng
         if self.faulty and rng.random() < self.p_drop:
+            # A stream cannot lose one frame and go on: the connection dies with it (what the
+            # frames after it would meet, a bad tag, shows when it is not the last).
             self.disturbed("dropped")
+            self.after(link.latency, None, lambda: self.close_link(link))
             return
         landing = max(link.landing[side], self.now + link.latency)
         if self.faulty and rng.random() < self.p_reorder:
@@ -846,8 +849,10 @@ class World:
                     if (who, written.attempt) not in runs:
                         raise SimFailure(f"{node.name} lacks n{written.node}'s result of {written.prompt_id}")
             dumps.append(dump)
-            for prompt_id in self.cancels:
-                self.check_cancel(node, log, prompt_id)
+            for prompt_id, cancels in self.cancels.items():
+                # A cancel by a device removed before it reached the remover is void too.
+                if any(counts(author, seq) for author, seq in cancels):
+                    self.check_cancel(node, log, prompt_id)
         if any(dump != dumps[0] for dump in dumps):
             raise SimFailure("replicas differ after the heal")
         self.check_duplicates()

@@ -160,12 +160,12 @@ class Run:
 
 @dataclass
 class Written:
-    """A result a node wrote: every replica must show it (unless its node was removed first)."""
+    """A done run's result a node wrote: every replica must show it (unless its node was
+    removed first)."""
 
     prompt_id: str
     node: int
     attempt: int
-    status: RunStatus
     finished_at: int
     seq: int
 
@@ -350,9 +350,7 @@ class Node:
             )
             space.finish(result)
             seq = space.store.tops()[self.public_key]
-            self.world.results.append(
-                Written(job.prompt_id, self.index, job.attempt, RunStatus.DONE, self.world.now, seq)
-            )
+            self.world.results.append(Written(job.prompt_id, self.index, job.attempt, self.world.now, seq))
             self.world.note(f"{self.name} done {job.prompt_id[-6:]} attempt {job.attempt}")
         self.world.changed(self)
 
@@ -502,9 +500,13 @@ class World:
         """Nodes up that are still in the space."""
         return [n for n in self.up() if self.removed is None or n.index != self.removed[0]]
 
+    def pick(self, nodes: list[Node]) -> Node | None:
+        """One of ``nodes`` at random (None if there are none: everyone is down)."""
+        return self.rng.choice(nodes) if nodes else None
+
     def add(self) -> None:
-        if self.up():
-            self.add_on(self.rng.choice(self.up()))
+        if node := self.pick(self.up()):
+            self.add_on(node)
 
     def add_on(self, node: Node) -> None:
         assert node.space is not None
@@ -519,10 +521,9 @@ class World:
         self.changed(node)
 
     def cancel(self) -> None:
-        if not self.up():
+        node = self.pick(self.up())
+        if node is None or node.space is None:
             return
-        node = self.rng.choice(self.up())
-        assert node.space is not None
         known = self.known(node.space.log)
         if not known:
             return
@@ -537,9 +538,9 @@ class World:
         self.changed(node)
 
     def kill(self) -> None:
-        if not self.up():
+        node = self.pick(self.up())
+        if node is None:
             return
-        node = self.rng.choice(self.up())
         self.disturbed("kill")
         for key in [k for k, link in self.links.items() if node in link.nodes]:
             self.drop_link(key)
@@ -575,18 +576,16 @@ class World:
             self.note(f"cut {key}")
 
     def snapshot(self) -> None:
-        if not self.members():
+        node = self.pick(self.members())
+        if node is None or node.space is None:
             return
-        node = self.rng.choice(self.members())
-        assert node.space is not None
         made = node.space.replica.write_snapshot(node.space.device)
         self.note(f"{node.name} snapshot {'written' if made else 'not needed'}")
 
     def prune(self) -> None:
-        if not self.members():
+        node = self.pick(self.members())
+        if node is None or node.space is None:
             return
-        node = self.rng.choice(self.members())
-        assert node.space is not None
         gone = node.space.replica.prune(RETENTION_MS)
         self.note(f"{node.name} pruned {gone}")
 
@@ -701,30 +700,28 @@ class World:
 
     def stored(self, node: Node, source: Peering) -> None:
         """Envelopes from a peer are stored: gossip them on, and act on device-list changes."""
-        for link in self.links_of(node):
-            end = link.end_of(node)
-            if end is not source:
-                end.wants_to_send = True
-                self.pump(link)
+        self.offer(node, source)
         self.devices_changed(node)
         node.wake()
         space = node.space
         assert space is not None
         for prompt_id in self.cancels:
-            if (node.index, prompt_id) not in self.seen_cancel:
-                try:
-                    cancelled = space.log.entry(prompt_id, stream=False).facts.cancelled
-                except KeyError:
-                    continue
-                if cancelled:
-                    self.seen_cancel[(node.index, prompt_id)] = self.now
+            # ``space.log`` only when needed: it may load the Doc, which draws a client id.
+            if (node.index, prompt_id) not in self.seen_cancel and space.log.has_prompt(prompt_id):
+                self.saw(node, space.log.entry(prompt_id, stream=False))
 
     def changed(self, node: Node) -> None:
         """The node wrote to its log: offer it to every peer, and let its claims look."""
-        for link in self.links_of(node):
-            link.end_of(node).wants_to_send = True
-            self.pump(link)
+        self.offer(node)
         node.wake()
+
+    def offer(self, node: Node, source: Peering | None = None) -> None:
+        """Let every session of ``node`` but ``source`` send what it has."""
+        for link in self.links_of(node):
+            end = link.end_of(node)
+            if end is not source:
+                end.wants_to_send = True
+                self.pump(link)
 
     def devices_changed(self, node: Node) -> None:
         """As the node's ``devices_changed``: close sessions the list now refuses, and rotate
@@ -746,13 +743,15 @@ class World:
     def links_of(self, node: Node) -> list[Link]:
         return [link for link in self.links.values() if node in link.nodes]
 
+    def apart(self) -> list[tuple[int, int]]:
+        """The pairs of members with no open session between them."""
+        members = self.members()
+        pairs = [(a.index, b.index) for a in members for b in members if a.index < b.index]
+        return [k for k in pairs if k not in self.links or not self.links[k].authenticated]
+
     def whole(self) -> None:
         """A session opened: the mesh is calm from now if every pair of members is connected."""
-        members = self.members()
-        pairs = {(a.index, b.index) for a in members for b in members if a.index < b.index}
-        if self.calm_since is None and all(
-            key in self.links and self.links[key].authenticated for key in pairs
-        ):
+        if self.calm_since is None and not self.apart():
             self.calm_since = self.now
 
     # -- the oracle ----------------------------------------------------------------------------
@@ -784,9 +783,7 @@ class World:
             return "frames in flight"
         if any(n.jobs for n in members):
             return f"claims held: {[(n.name, sorted(n.jobs)) for n in members if n.jobs]}"
-        pairs = [(a.index, b.index) for a in members for b in members if a.index < b.index]
-        if not all(key in self.links and self.links[key].authenticated for key in pairs):
-            apart = [k for k in pairs if k not in self.links or not self.links[k].authenticated]
+        if apart := self.apart():
             return f"not connected: {apart}"
         vectors = {n.name: self.named(self.counted(n.space.version_vector())) for n in members if n.space}
         if len(set(vectors.values())) != 1:
@@ -843,7 +840,7 @@ class World:
                     runs = {
                         (r.node, r.attempt)
                         for r in log.entry(written.prompt_id, stream=False).results
-                        if r.status is written.status
+                        if r.status is RunStatus.DONE
                     }
                     who = self.nodes[written.node].public_key.hex()
                     if (who, written.attempt) not in runs:
@@ -892,7 +889,7 @@ class World:
         if entry.status is not Status.DONE:
             raise SimFailure(f"{node.name}: cancelled {prompt_id} is {entry.status}")
         for written in self.results:
-            if written.prompt_id == prompt_id and written.status is RunStatus.DONE:
+            if written.prompt_id == prompt_id:
                 seen = self.seen_cancel.get((written.node, prompt_id))
                 if seen is not None and seen < written.finished_at:
                     raise SimFailure(f"n{written.node} finished {prompt_id} after it saw the cancel")
@@ -913,7 +910,7 @@ class World:
                         f" and n{second.node} attempt {second.attempt}"
                     )
             self.stats["reruns"] += len(runs) - 1
-        done = Counter(w.prompt_id for w in self.results if w.status is RunStatus.DONE)
+        done = Counter(w.prompt_id for w in self.results)
         self.stats["duplicates"] += sum(1 for n in done.values() if n > 1)  # shown as two runs
 
     def digest(self) -> str:
